@@ -1,0 +1,356 @@
+//! The balancer: the shared state behind every clone of the layer and its
+//! services, its builder, and the handle that changes the endpoint set.
+//!
+//! Requests read the current [`Snapshot`] through `ArcSwap` and never lock.
+//! Updates are serialised by a mutex that only writers take: each builds the
+//! next snapshot beside the current one and publishes it with one store, so
+//! a request in flight is never blocked or failed by an update.
+
+use std::convert::Infallible;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::{ArcSwap, Guard};
+use futures::{Stream, StreamExt};
+use tower::discover::Change;
+
+use crate::endpoint::{EndpointUrl, Member, Snapshot, Stats, MAX_WEIGHT};
+use crate::{BalanceLayer, Error, Policy};
+
+/// Most discovery changes applied in one rebuild of the set.
+const DISCOVERY_BATCH: usize = 1024;
+
+/// A load balancer over a set of HTTP endpoints.
+///
+/// Cheap to clone: clones share one endpoint set, one set of counters and
+/// one rotation. Make a [`BalanceLayer`] with [`Balancer::layer`], and change
+/// the set at runtime through the same value.
+///
+/// ```
+/// use tower_lb::Balancer;
+///
+/// let balancer = Balancer::builder()
+///     .endpoint("http://127.0.0.1:8081")
+///     .endpoint_weighted("http://127.0.0.1:8082", 3)
+///     .build()?;
+/// balancer.add("http://127.0.0.1:8083", 1)?;
+/// balancer.drain("http://127.0.0.1:8081")?; // in-flight requests finish
+/// assert_eq!(balancer.stats().endpoints.len(), 3);
+/// # Ok::<(), tower_lb::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct Balancer {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    snapshot: ArcSwap<Snapshot>,
+    policy: Policy,
+    /// Request counter of the rotating policies, kept across rebuilds.
+    sequence: Arc<AtomicUsize>,
+    /// Taken by updates only, never by requests.
+    writer: Mutex<()>,
+}
+
+impl Balancer {
+    /// Starts a [`BalancerBuilder`].
+    pub fn builder() -> BalancerBuilder {
+        BalancerBuilder::default()
+    }
+
+    /// A [`BalanceLayer`] that sends requests through this balancer.
+    pub fn layer(&self) -> BalanceLayer {
+        BalanceLayer::new(self.clone())
+    }
+
+    /// Current counters of every endpoint.
+    pub fn stats(&self) -> Stats {
+        self.snapshot().stats()
+    }
+
+    /// Adds an endpoint with a weight (0 adds it drained).
+    ///
+    /// Errors: [`Error::InvalidUrl`], [`Error::InvalidWeight`],
+    /// [`Error::DuplicateEndpoint`] if it is already in the set.
+    pub fn add(&self, url: &str, weight: u32) -> Result<(), Error> {
+        let url = EndpointUrl::parse(url)?;
+        check_weight(&url, weight)?;
+        self.update(|members| {
+            if position(members, &url).is_some() {
+                return Err(Error::DuplicateEndpoint {
+                    url: url.as_str().to_owned(),
+                });
+            }
+            members.push(Member::new(url, weight));
+            Ok(())
+        })
+    }
+
+    /// Removes an endpoint. Requests already sent to it finish normally; its
+    /// counters leave [`Balancer::stats`].
+    ///
+    /// Errors: [`Error::InvalidUrl`], [`Error::UnknownEndpoint`].
+    pub fn remove(&self, url: &str) -> Result<(), Error> {
+        let url = EndpointUrl::parse(url)?;
+        self.update(|members| {
+            let index = position(members, &url).ok_or_else(|| unknown(&url))?;
+            members.remove(index);
+            Ok(())
+        })
+    }
+
+    /// Changes an endpoint's weight; 0 drains it.
+    ///
+    /// Errors: [`Error::InvalidUrl`], [`Error::InvalidWeight`],
+    /// [`Error::UnknownEndpoint`].
+    pub fn set_weight(&self, url: &str, weight: u32) -> Result<(), Error> {
+        let url = EndpointUrl::parse(url)?;
+        check_weight(&url, weight)?;
+        self.update(|members| {
+            let index = position(members, &url).ok_or_else(|| unknown(&url))?;
+            members[index].weight = weight;
+            Ok(())
+        })
+    }
+
+    /// Drains an endpoint: it gets no new requests, and the ones in flight
+    /// finish. Same as `set_weight(url, 0)`; give it a weight again to
+    /// bring it back.
+    pub fn drain(&self, url: &str) -> Result<(), Error> {
+        self.set_weight(url, 0)
+    }
+
+    /// Applies a batch of discovery changes at once, all or none.
+    ///
+    /// `Change::Insert(url, weight)` adds the endpoint or, if it is already
+    /// in the set, sets its weight; `Change::Remove(url)` removes it if
+    /// present. The first invalid change is returned and nothing is applied.
+    ///
+    /// ```
+    /// use tower::discover::Change;
+    /// # let balancer = tower_lb::Balancer::builder().build()?;
+    /// balancer.apply([
+    ///     Change::Insert("http://127.0.0.1:8081", 2),
+    ///     Change::Remove("http://127.0.0.1:8082"),
+    /// ])?;
+    /// # Ok::<(), tower_lb::Error>(())
+    /// ```
+    pub fn apply<K, I>(&self, changes: I) -> Result<(), Error>
+    where
+        K: AsRef<str>,
+        I: IntoIterator<Item = Change<K, u32>>,
+    {
+        let changes = changes
+            .into_iter()
+            .map(ParsedChange::parse)
+            .collect::<Result<Vec<_>, _>>()?;
+        self.apply_parsed(changes);
+        Ok(())
+    }
+
+    /// Follows a discovery stream of `Change<url, weight>` events (the
+    /// [`tower::discover`] model) until it ends, applying each as
+    /// [`Balancer::apply`] does. Changes that arrive together are applied in
+    /// one rebuild of the set.
+    ///
+    /// An invalid change (a bad URL or weight) is skipped and logged at
+    /// `warn` level, so one bad record cannot stall discovery. The stream's
+    /// own error ends the loop and is returned.
+    ///
+    /// ```no_run
+    /// # async fn run(balancer: tower_lb::Balancer) {
+    /// use tower::discover::Change;
+    /// let (tx, rx) = futures::channel::mpsc::unbounded::<Result<_, std::convert::Infallible>>();
+    /// tokio::spawn({
+    ///     let balancer = balancer.clone();
+    ///     async move { balancer.follow(rx).await }
+    /// });
+    /// tx.unbounded_send(Ok(Change::Insert("http://127.0.0.1:8083", 1))).ok();
+    /// # }
+    /// ```
+    pub async fn follow<S, K, E>(&self, changes: S) -> Result<(), E>
+    where
+        S: Stream<Item = Result<Change<K, u32>, E>>,
+        K: AsRef<str>,
+    {
+        let mut batches = std::pin::pin!(changes.ready_chunks(DISCOVERY_BATCH));
+        while let Some(batch) = batches.next().await {
+            let mut parsed = Vec::with_capacity(batch.len());
+            let mut failure = None;
+            for change in batch {
+                match change {
+                    Ok(change) => match ParsedChange::parse(change) {
+                        Ok(change) => parsed.push(change),
+                        Err(error) => tracing::warn!(%error, "discovery change skipped"),
+                    },
+                    Err(error) => {
+                        failure = Some(error);
+                        break;
+                    }
+                }
+            }
+            if !parsed.is_empty() {
+                self.apply_parsed(parsed);
+            }
+            if let Some(error) = failure {
+                return Err(error);
+            }
+        }
+        Ok(())
+    }
+
+    /// The current snapshot, loaded without a lock.
+    pub(crate) fn snapshot(&self) -> Guard<Arc<Snapshot>> {
+        self.shared.snapshot.load()
+    }
+
+    fn apply_parsed(&self, changes: Vec<ParsedChange>) {
+        let Ok(()) = self.update::<Infallible>(|members| {
+            changes.into_iter().for_each(|c| c.apply_to(members));
+            Ok(())
+        });
+    }
+
+    /// Runs `edit` on a copy of the member list and publishes the result,
+    /// unless `edit` fails.
+    fn update<E>(&self, edit: impl FnOnce(&mut Vec<Member>) -> Result<(), E>) -> Result<(), E> {
+        let shared = &self.shared;
+        // A panic elsewhere while holding the lock left no half-written
+        // state (the snapshot is swapped whole), so a poisoned lock is fine.
+        let _writer = shared.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut members = shared.snapshot.load().members().to_vec();
+        edit(&mut members)?;
+        let next = Snapshot::build(members, &shared.policy, &shared.sequence);
+        shared.snapshot.store(Arc::new(next));
+        Ok(())
+    }
+}
+
+/// Builds a [`Balancer`] from a static list of endpoints and a policy.
+///
+/// Mistakes are remembered and returned by [`BalancerBuilder::build`], so
+/// calls chain.
+///
+/// An empty list is allowed: requests then fail with
+/// [`Error::NoEndpointAvailable`] until endpoints are added at runtime.
+#[derive(Debug, Default)]
+#[must_use]
+pub struct BalancerBuilder {
+    members: Vec<Member>,
+    policy: Policy,
+    error: Option<Error>,
+}
+
+impl BalancerBuilder {
+    /// Adds an endpoint with weight 1.
+    pub fn endpoint(self, url: &str) -> Self {
+        self.endpoint_weighted(url, 1)
+    }
+
+    /// Adds an endpoint with a weight between 0 (drained) and
+    /// [`MAX_WEIGHT`](crate::MAX_WEIGHT).
+    pub fn endpoint_weighted(mut self, url: &str, weight: u32) -> Self {
+        if self.error.is_some() {
+            return self;
+        }
+        let added = EndpointUrl::parse(url).and_then(|url| {
+            check_weight(&url, weight)?;
+            if position(&self.members, &url).is_some() {
+                return Err(Error::DuplicateEndpoint {
+                    url: url.as_str().to_owned(),
+                });
+            }
+            Ok(Member::new(url, weight))
+        });
+        match added {
+            Ok(member) => self.members.push(member),
+            Err(error) => self.error = Some(error),
+        }
+        self
+    }
+
+    /// Sets the selection policy; the default is
+    /// [`Policy::weighted_round_robin`].
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Checks the configuration and builds the balancer.
+    ///
+    /// Errors: the first invalid endpoint ([`Error::InvalidUrl`],
+    /// [`Error::InvalidWeight`], [`Error::DuplicateEndpoint`]), or
+    /// [`Error::ZeroTotalWeight`] if endpoints were given but all with weight 0.
+    pub fn build(self) -> Result<Balancer, Error> {
+        if let Some(error) = self.error {
+            return Err(error);
+        }
+        if !self.members.is_empty() && self.members.iter().all(|m| m.weight == 0) {
+            return Err(Error::ZeroTotalWeight);
+        }
+        let sequence = Arc::new(AtomicUsize::new(0));
+        let snapshot = Snapshot::build(self.members, &self.policy, &sequence);
+        Ok(Balancer {
+            shared: Arc::new(Shared {
+                snapshot: ArcSwap::from_pointee(snapshot),
+                policy: self.policy,
+                sequence,
+                writer: Mutex::new(()),
+            }),
+        })
+    }
+}
+
+/// A discovery change with its URL parsed and weight checked.
+enum ParsedChange {
+    Upsert(EndpointUrl, u32),
+    Remove(EndpointUrl),
+}
+
+impl ParsedChange {
+    fn parse<K: AsRef<str>>(change: Change<K, u32>) -> Result<Self, Error> {
+        Ok(match change {
+            Change::Insert(url, weight) => {
+                let url = EndpointUrl::parse(url.as_ref())?;
+                check_weight(&url, weight)?;
+                ParsedChange::Upsert(url, weight)
+            }
+            Change::Remove(url) => ParsedChange::Remove(EndpointUrl::parse(url.as_ref())?),
+        })
+    }
+
+    fn apply_to(self, members: &mut Vec<Member>) {
+        match self {
+            ParsedChange::Upsert(url, weight) => match position(members, &url) {
+                Some(i) => members[i].weight = weight,
+                None => members.push(Member::new(url, weight)),
+            },
+            ParsedChange::Remove(url) => {
+                if let Some(i) = position(members, &url) {
+                    members.remove(i);
+                }
+            }
+        }
+    }
+}
+
+fn position(members: &[Member], url: &EndpointUrl) -> Option<usize> {
+    members.iter().position(|m| m.state.url == *url)
+}
+
+fn check_weight(url: &EndpointUrl, weight: u32) -> Result<(), Error> {
+    if weight > MAX_WEIGHT {
+        return Err(Error::InvalidWeight {
+            url: url.as_str().to_owned(),
+            weight,
+        });
+    }
+    Ok(())
+}
+
+fn unknown(url: &EndpointUrl) -> Error {
+    Error::UnknownEndpoint {
+        url: url.as_str().to_owned(),
+    }
+}

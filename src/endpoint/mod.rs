@@ -1,0 +1,20 @@
+//! The endpoint set: addresses, live per-endpoint state, the published
+//! snapshot that requests read, and the stats copied out of it.
+
+mod set;
+mod state;
+mod stats;
+mod url;
+
+pub(crate) use set::{Member, Snapshot};
+pub(crate) use state::{EndpointState, InFlight};
+pub use stats::{EndpointStats, FailureCounts, Stats};
+pub(crate) use url::EndpointUrl;
+
+/// The largest weight an endpoint may have.
+///
+/// Weights are relative, so small numbers say everything a weight can say;
+/// a larger one is almost always a unit mistake and is refused with
+/// [`Error::InvalidWeight`](crate::Error::InvalidWeight). Weight 0 is allowed
+/// and means drained: no new requests.
+pub const MAX_WEIGHT: u32 = 10_000;

@@ -1,0 +1,184 @@
+//! Live per-endpoint state: request counters, in-flight count and a latency
+//! average, all atomics so that recording never takes a lock.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::stats::{EndpointStats, FailureCounts};
+use super::EndpointUrl;
+use crate::outcome::Outcome;
+
+/// One endpoint's live state. Shared (`Arc`) by every snapshot that lists the
+/// endpoint and by the requests in flight to it, so counters survive weight
+/// changes and a removed endpoint's last requests still record somewhere.
+#[derive(Debug)]
+pub(crate) struct EndpointState {
+    pub(crate) url: EndpointUrl,
+    started: AtomicU64,
+    in_flight: AtomicU64,
+    succeeded: AtomicU64,
+    server_errors: AtomicU64,
+    connect_errors: AtomicU64,
+    timeouts: AtomicU64,
+    other_errors: AtomicU64,
+    cancelled: AtomicU64,
+    /// Latency average in nanoseconds; 0 until the first answer.
+    latency_ewma_nanos: AtomicU64,
+}
+
+/// Weight of a new sample in the latency average.
+const EWMA_NEW_SAMPLE_SHARE: u64 = 5; // 1/5 = 0.2
+
+impl EndpointState {
+    pub(crate) fn new(url: EndpointUrl) -> Self {
+        EndpointState {
+            url,
+            started: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            succeeded: AtomicU64::new(0),
+            server_errors: AtomicU64::new(0),
+            connect_errors: AtomicU64::new(0),
+            timeouts: AtomicU64::new(0),
+            other_errors: AtomicU64::new(0),
+            cancelled: AtomicU64::new(0),
+            latency_ewma_nanos: AtomicU64::new(0),
+        }
+    }
+
+    fn record(&self, outcome: Outcome, latency: Duration) {
+        let counter = match outcome {
+            Outcome::Success => &self.succeeded,
+            Outcome::ServerError => &self.server_errors,
+            Outcome::ConnectError => &self.connect_errors,
+            Outcome::Timeout => &self.timeouts,
+            Outcome::OtherError => &self.other_errors,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        // A connect error says nothing about how fast the server answers.
+        if outcome != Outcome::ConnectError {
+            self.record_latency(latency);
+        }
+    }
+
+    fn record_latency(&self, latency: Duration) {
+        let sample = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX).max(1);
+        let _ = self
+            .latency_ewma_nanos
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                Some(if old == 0 {
+                    sample
+                } else {
+                    let old = u128::from(old);
+                    let n = u128::from(EWMA_NEW_SAMPLE_SHARE);
+                    let new = (old * (n - 1) + u128::from(sample)) / n;
+                    u64::try_from(new).unwrap_or(u64::MAX).max(1)
+                })
+            });
+    }
+
+    /// A consistent-enough copy of the counters for [`crate::Stats`].
+    pub(crate) fn stats(&self, weight: u32) -> EndpointStats {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let ewma = load(&self.latency_ewma_nanos);
+        EndpointStats {
+            url: self.url.as_str().to_owned(),
+            weight,
+            in_flight: load(&self.in_flight),
+            requests: load(&self.started),
+            successes: load(&self.succeeded),
+            failures: FailureCounts {
+                server_error: load(&self.server_errors),
+                connect: load(&self.connect_errors),
+                timeout: load(&self.timeouts),
+                other: load(&self.other_errors),
+            },
+            cancelled: load(&self.cancelled),
+            latency_ewma: (ewma > 0).then(|| Duration::from_nanos(ewma)),
+        }
+    }
+}
+
+/// One request in flight to one endpoint.
+///
+/// Counts the request as started when made, and as finished when dropped:
+/// with its outcome if [`InFlight::finish`] was called, as cancelled if the
+/// request's future was dropped first. So the in-flight count cannot drift.
+#[derive(Debug)]
+pub(crate) struct InFlight {
+    endpoint: Arc<EndpointState>,
+    started_at: Instant,
+    finished: bool,
+}
+
+impl InFlight {
+    pub(crate) fn start(endpoint: Arc<EndpointState>) -> Self {
+        endpoint.started.fetch_add(1, Ordering::Relaxed);
+        endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight {
+            endpoint,
+            started_at: Instant::now(),
+            finished: false,
+        }
+    }
+
+    pub(crate) fn endpoint(&self) -> &EndpointState {
+        &self.endpoint
+    }
+
+    /// Records the outcome and the time since the request started; returns
+    /// that time.
+    pub(crate) fn finish(mut self, outcome: Outcome) -> Duration {
+        let latency = self.started_at.elapsed();
+        self.endpoint.record(outcome, latency);
+        self.finished = true;
+        latency
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.endpoint.cancelled.fetch_add(1, Ordering::Relaxed);
+        }
+        self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint() -> Arc<EndpointState> {
+        Arc::new(EndpointState::new(
+            EndpointUrl::parse("http://127.0.0.1:1").unwrap(),
+        ))
+    }
+
+    #[test]
+    fn every_request_ends_as_exactly_one_outcome() {
+        let ep = endpoint();
+        let a = InFlight::start(ep.clone());
+        let b = InFlight::start(ep.clone());
+        let c = InFlight::start(ep.clone());
+        assert_eq!(ep.stats(1).in_flight, 3);
+        a.finish(Outcome::Success);
+        b.finish(Outcome::ServerError);
+        drop(c);
+        let stats = ep.stats(1);
+        assert_eq!(stats.in_flight, 0);
+        assert_eq!(stats.requests, 3);
+        assert_eq!(stats.successes, 1);
+        assert_eq!(stats.failures.server_error, 1);
+        assert_eq!(stats.cancelled, 1);
+    }
+
+    #[test]
+    fn latency_average_moves_a_fifth_of_the_way_to_each_sample() {
+        let ep = endpoint();
+        ep.record_latency(Duration::from_millis(10));
+        assert_eq!(ep.stats(1).latency_ewma, Some(Duration::from_millis(10)));
+        ep.record_latency(Duration::from_millis(20));
+        assert_eq!(ep.stats(1).latency_ewma, Some(Duration::from_millis(12)));
+    }
+}

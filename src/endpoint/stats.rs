@@ -1,0 +1,87 @@
+//! Read-only copies of the balancer's counters, for tests, dashboards and
+//! the demo.
+
+use std::time::Duration;
+
+/// The state of every endpoint in the set, in the order they were added.
+///
+/// ```
+/// let balancer = tower_lb::Balancer::builder()
+///     .endpoint("http://127.0.0.1:8081")
+///     .build()?;
+/// let stats = balancer.stats();
+/// assert_eq!(stats.endpoints[0].url, "http://127.0.0.1:8081");
+/// assert_eq!(stats.in_flight(), 0);
+/// # Ok::<(), tower_lb::Error>(())
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// One entry per endpoint, drained ones included.
+    pub endpoints: Vec<EndpointStats>,
+}
+
+impl Stats {
+    /// The entry of the endpoint with this canonical URL.
+    pub fn endpoint(&self, url: &str) -> Option<&EndpointStats> {
+        self.endpoints.iter().find(|e| e.url == url)
+    }
+
+    /// Requests in flight over all endpoints.
+    pub fn in_flight(&self) -> u64 {
+        self.endpoints.iter().map(|e| e.in_flight).sum()
+    }
+
+    /// Requests started over all endpoints.
+    pub fn requests(&self) -> u64 {
+        self.endpoints.iter().map(|e| e.requests).sum()
+    }
+}
+
+/// Counters of one endpoint since it joined the set.
+///
+/// Every started request is counted exactly once more when it ends, so once
+/// traffic stops `requests == successes + failures.total() + cancelled` and
+/// `in_flight == 0`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EndpointStats {
+    /// Canonical URL, `scheme://host:port/base`.
+    pub url: String,
+    /// Current weight; 0 means drained.
+    pub weight: u32,
+    /// Requests sent and not yet answered.
+    pub in_flight: u64,
+    /// Requests sent.
+    pub requests: u64,
+    /// Answers with a status below 500.
+    pub successes: u64,
+    /// Failed requests, by kind.
+    pub failures: FailureCounts,
+    /// Requests whose future was dropped before an answer came.
+    pub cancelled: u64,
+    /// Moving average of the time to the response head (each new sample
+    /// counts one fifth); `None` before the first answer.
+    pub latency_ewma: Option<Duration>,
+}
+
+/// Failed requests of one endpoint, by kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FailureCounts {
+    /// Answers with a 5xx status.
+    pub server_error: u64,
+    /// Requests that never reached a server (refused, reset, unreachable).
+    pub connect: u64,
+    /// Requests that timed out.
+    pub timeout: u64,
+    /// Other errors of the wrapped service.
+    pub other: u64,
+}
+
+impl FailureCounts {
+    /// All failures together.
+    pub fn total(&self) -> u64 {
+        self.server_error + self.connect + self.timeout + self.other
+    }
+}

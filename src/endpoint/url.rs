@@ -1,0 +1,217 @@
+//! Endpoint addresses: parsing, the canonical name, and the pieces a request
+//! rewrite needs.
+
+use std::fmt;
+use std::sync::Arc;
+
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+
+use crate::Error;
+
+/// Where an endpoint lives: `http` or `https`, host and port, and an optional
+/// base path that is put in front of every request path.
+///
+/// Parsed once, when the endpoint joins the set, so that routing a request
+/// only copies ready-made parts.
+#[derive(Clone, Debug)]
+pub struct EndpointUrl {
+    scheme: Scheme,
+    authority: Authority,
+    port: u16,
+    /// Empty, or starts with `/` and has no trailing `/`.
+    base_path: Box<str>,
+    /// `scheme://host:port/base`, lowercase host, port always written.
+    canonical: Arc<str>,
+}
+
+impl EndpointUrl {
+    /// Parses and checks an endpoint URL such as `http://10.0.0.7:8080` or
+    /// `https://api.internal/v2`.
+    pub fn parse(url: &str) -> Result<Self, Error> {
+        let invalid = |reason: &str| Error::InvalidUrl {
+            url: url.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let uri: Uri = url.trim().parse().map_err(|e: http::uri::InvalidUri| {
+            invalid(&format!("not a URI ({e}); expected e.g. http://127.0.0.1:8080"))
+        })?;
+        let parts = uri.into_parts();
+        let scheme = match parts.scheme {
+            Some(s) if s == Scheme::HTTP || s == Scheme::HTTPS => s,
+            Some(_) => return Err(invalid("the scheme must be http or https")),
+            None => return Err(invalid("missing scheme; expected e.g. http://127.0.0.1:8080")),
+        };
+        let authority = parts.authority.ok_or_else(|| invalid("missing host"))?;
+        if authority.as_str().contains('@') {
+            return Err(invalid("user info (user:password@) is not supported"));
+        }
+        if authority.host().is_empty() {
+            return Err(invalid("missing host"));
+        }
+        let default_port = if scheme == Scheme::HTTPS { 443 } else { 80 };
+        let has_port = authority.as_str().len() > authority.host().len();
+        let port = match authority.port_u16() {
+            None if !has_port => default_port,
+            Some(port) if port > 0 => port,
+            _ => return Err(invalid("the port must be a number from 1 to 65535")),
+        };
+        let base_path = match &parts.path_and_query {
+            Some(pq) if pq.query().is_some() => {
+                return Err(invalid("an endpoint URL cannot carry a query"))
+            }
+            Some(pq) => pq.path().trim_end_matches('/'),
+            None => "",
+        };
+        // Lowercase what is case-insensitive so that two spellings of one
+        // endpoint compare equal.
+        let authority: Authority = authority
+            .as_str()
+            .to_ascii_lowercase()
+            .parse()
+            .map_err(|_| invalid("invalid host"))?;
+        let canonical = format!("{scheme}://{}:{port}{base_path}", authority.host());
+        Ok(EndpointUrl {
+            scheme,
+            authority,
+            port,
+            base_path: base_path.into(),
+            canonical: canonical.into(),
+        })
+    }
+
+    /// The canonical form, `scheme://host:port/base`: the endpoint's name in
+    /// stats, errors and updates.
+    pub fn as_str(&self) -> &str {
+        &self.canonical
+    }
+
+    /// Builds the URI for a request to this endpoint: its scheme and
+    /// authority, the base path, then the request's own path and query.
+    pub(crate) fn join(&self, request: &Uri) -> Result<Uri, Error> {
+        let path_and_query = match request.path_and_query() {
+            None => PathAndQuery::from_static("/"),
+            Some(pq) if self.base_path.is_empty() => pq.clone(),
+            Some(pq) => {
+                let joined = format!("{}{}", self.base_path, pq.as_str());
+                PathAndQuery::try_from(joined).map_err(|e| self.invalid_request(e))?
+            }
+        };
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|e| self.invalid_request(e))
+    }
+
+    /// Points a `reqwest` URL at this endpoint, keeping path and query.
+    #[cfg(feature = "reqwest")]
+    pub(crate) fn route_url(&self, url: &mut reqwest::Url) -> Result<(), Error> {
+        let default_port = if self.scheme == Scheme::HTTPS { 443 } else { 80 };
+        let port = (self.port != default_port).then_some(self.port);
+        url.set_scheme(self.scheme.as_str())
+            .map_err(|()| self.invalid_request("scheme cannot be changed"))?;
+        url.set_host(Some(self.authority.host()))
+            .map_err(|e| self.invalid_request(e))?;
+        url.set_port(port)
+            .map_err(|()| self.invalid_request("port cannot be set"))?;
+        if !self.base_path.is_empty() {
+            let joined = format!("{}{}", self.base_path, url.path());
+            url.set_path(&joined);
+        }
+        Ok(())
+    }
+
+    fn invalid_request(&self, reason: impl fmt::Display) -> Error {
+        Error::InvalidRequest {
+            endpoint: self.as_str().to_owned(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+impl PartialEq for EndpointUrl {
+    fn eq(&self, other: &Self) -> bool {
+        self.canonical == other.canonical
+    }
+}
+
+impl Eq for EndpointUrl {}
+
+impl fmt::Display for EndpointUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.canonical)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_form_writes_the_port_and_lowercases_the_host() {
+        let url = EndpointUrl::parse("HTTP://Example.COM/api/").unwrap();
+        assert_eq!(url.as_str(), "http://example.com:80/api");
+        assert_eq!(url, EndpointUrl::parse("http://example.com:80/api").unwrap());
+        let tls = EndpointUrl::parse("https://example.com").unwrap();
+        assert_eq!(tls.as_str(), "https://example.com:443");
+    }
+
+    #[test]
+    fn bad_urls_are_rejected_with_a_reason() {
+        for bad in [
+            "",
+            "127.0.0.1:8080",
+            "/just/a/path",
+            "ftp://127.0.0.1",
+            "http://",
+            "http://user:pw@127.0.0.1",
+            "http://127.0.0.1:0",
+            "http://127.0.0.1/x?y=1",
+            "http://exa mple.com",
+            "http://127.0.0.1:99999",
+        ] {
+            match EndpointUrl::parse(bad) {
+                Err(Error::InvalidUrl { url, reason }) => {
+                    assert_eq!(url, bad);
+                    assert!(!reason.is_empty());
+                }
+                other => panic!("{bad:?} gave {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn join_keeps_path_and_query_and_prefixes_the_base_path() {
+        let plain = EndpointUrl::parse("http://127.0.0.1:8081").unwrap();
+        let uri: Uri = "/users/42?full=1".parse().unwrap();
+        assert_eq!(
+            plain.join(&uri).unwrap(),
+            "http://127.0.0.1:8081/users/42?full=1"
+        );
+
+        let based = EndpointUrl::parse("http://127.0.0.1:8081/api/").unwrap();
+        assert_eq!(
+            based.join(&uri).unwrap(),
+            "http://127.0.0.1:8081/api/users/42?full=1"
+        );
+
+        // An absolute request URI has its scheme and authority replaced.
+        let absolute: Uri = "https://placeholder/x".parse().unwrap();
+        assert_eq!(plain.join(&absolute).unwrap(), "http://127.0.0.1:8081/x");
+    }
+
+    #[cfg(feature = "reqwest")]
+    #[test]
+    fn route_url_rewrites_scheme_host_port_and_base_path() {
+        let endpoint = EndpointUrl::parse("http://[::1]:8081/api").unwrap();
+        let mut url = reqwest::Url::parse("https://backend/users/42?x=%20y").unwrap();
+        endpoint.route_url(&mut url).unwrap();
+        assert_eq!(url.as_str(), "http://[::1]:8081/api/users/42?x=%20y");
+
+        let default_port = EndpointUrl::parse("http://127.0.0.1:80").unwrap();
+        let mut url = reqwest::Url::parse("http://backend:1234/").unwrap();
+        default_port.route_url(&mut url).unwrap();
+        assert_eq!(url.as_str(), "http://127.0.0.1/");
+    }
+}

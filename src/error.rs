@@ -1,0 +1,111 @@
+//! The one error type of the crate.
+//!
+//! Configuration mistakes, "nothing to send to" and failures of the wrapped
+//! service are different problems with different fixes, so each has its own
+//! variant. The wrapped service's error is kept whole as the `source`, so a
+//! caller can still ask a `reqwest::Error` whether it was a timeout.
+
+use crate::endpoint::MAX_WEIGHT;
+
+/// A type-erased error, as Tower uses between layers.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Everything that can go wrong in `tower-lb`.
+///
+/// Matching on the variant tells configuration errors (returned by the
+/// builder and the update methods) apart from per-request errors
+/// ([`Error::NoEndpointAvailable`], [`Error::Upstream`]).
+///
+/// ```
+/// let err = tower_lb::Balancer::builder()
+///     .endpoint("ftp://127.0.0.1:21")
+///     .build()
+///     .unwrap_err();
+/// assert!(matches!(err, tower_lb::Error::InvalidUrl { .. }));
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No endpoint may take the request: the set is empty or every endpoint
+    /// is drained (weight 0).
+    #[error("no endpoint available: the endpoint set is empty or every endpoint is drained")]
+    NoEndpointAvailable,
+
+    /// An endpoint URL that cannot be used.
+    #[error("invalid endpoint URL {url:?}: {reason}")]
+    InvalidUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A weight above [`MAX_WEIGHT`](crate::MAX_WEIGHT).
+    #[error("weight {weight} of endpoint {url} is above the maximum of {max}", max = MAX_WEIGHT)]
+    InvalidWeight {
+        /// The endpoint.
+        url: String,
+        /// The weight asked for.
+        weight: u32,
+    },
+
+    /// Endpoints were given, but all with weight 0, so none could be chosen.
+    #[error("every endpoint has weight 0, so no request could ever be sent")]
+    ZeroTotalWeight,
+
+    /// The same endpoint was given twice.
+    #[error("endpoint {url} is listed twice")]
+    DuplicateEndpoint {
+        /// The endpoint, in canonical form.
+        url: String,
+    },
+
+    /// An update named an endpoint that is not in the set.
+    #[error("endpoint {url} is not in the set")]
+    UnknownEndpoint {
+        /// The endpoint, in canonical form.
+        url: String,
+    },
+
+    /// The request's URI could not be pointed at the chosen endpoint.
+    #[error("request cannot be routed to {endpoint}: {reason}")]
+    InvalidRequest {
+        /// The chosen endpoint.
+        endpoint: String,
+        /// What went wrong.
+        reason: String,
+    },
+
+    /// The wrapped service failed while calling `endpoint`. The original
+    /// error is the [`source`](std::error::Error::source).
+    #[error("request to {endpoint} failed")]
+    Upstream {
+        /// The endpoint the request was sent to.
+        endpoint: String,
+        /// The wrapped service's error.
+        #[source]
+        source: BoxError,
+    },
+
+    /// The wrapped service failed in `poll_ready`, before any endpoint was
+    /// chosen.
+    #[error("the wrapped service is not ready")]
+    NotReady(#[source] BoxError),
+}
+
+impl Error {
+    /// The wrapped service's error, if this is [`Error::Upstream`] or
+    /// [`Error::NotReady`].
+    ///
+    /// ```
+    /// # use tower_lb::Error;
+    /// let err = Error::NoEndpointAvailable;
+    /// assert!(err.upstream().is_none());
+    /// ```
+    pub fn upstream(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        match self {
+            Error::Upstream { source, .. } | Error::NotReady(source) => Some(source.as_ref()),
+            _ => None,
+        }
+    }
+}

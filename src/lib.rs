@@ -1,0 +1,67 @@
+//! Client-side HTTP load balancing as Tower layers.
+//!
+//! An application balances its own outgoing calls over a set of backends,
+//! with no proxy in between: wrap the HTTP client (a `reqwest::Client`, or
+//! any Tower service over [`http::Request`]) in a [`BalanceLayer`], and every
+//! request is sent to an endpoint chosen by the [`Policy`], with its scheme
+//! and authority rewritten to that endpoint's.
+//!
+//! ```no_run
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_lb::{Balancer, HttpToReqwest, Policy};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let balancer = Balancer::builder()
+//!     .endpoint("http://127.0.0.1:8081") // weight 1
+//!     .endpoint_weighted("http://127.0.0.1:8082", 3)
+//!     .policy(Policy::weighted_round_robin())
+//!     .build()?; // a typed error for bad input, never a panic
+//! let client = ServiceBuilder::new()
+//!     .layer(balancer.layer())
+//!     .service(HttpToReqwest::new(reqwest::Client::new()));
+//! // The request names a path; the balancer fills in the endpoint.
+//! let request = http::Request::get("/users/42").body(reqwest::Body::from(""))?;
+//! let response = client.oneshot(request).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The pieces, in the order a request meets them:
+//! - [`Balancer`]: the shared endpoint set, its policy and counters; cheap to
+//!   clone; also the handle that changes the set at runtime ([`Balancer::add`],
+//!   [`Balancer::drain`], [`Balancer::follow`] for a discovery stream).
+//! - [`BalanceLayer`] and [`Balance`]: the Tower layer and service.
+//! - [`Policy`]: smooth weighted round robin (the default), round robin, random.
+//! - [`Stats`]: per-endpoint counters: in flight, successes, failures by kind,
+//!   cancelled, a latency average.
+//! - [`Error`]: configuration errors, "no endpoint available", and the wrapped
+//!   service's error.
+//!
+//! Requests never take a lock: the endpoint set is an immutable snapshot
+//! swapped atomically on change, and counters are atomics. A request whose
+//! future is dropped releases its in-flight count.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod balancer;
+mod endpoint;
+mod error;
+mod layer;
+mod outcome;
+mod policy;
+mod request;
+#[cfg(feature = "reqwest")]
+mod reqwest_http;
+mod service;
+
+pub use balancer::{Balancer, BalancerBuilder};
+pub use endpoint::{EndpointStats, FailureCounts, Stats, MAX_WEIGHT};
+pub use error::{BoxError, Error};
+pub use layer::BalanceLayer;
+pub use policy::Policy;
+pub use request::{BalanceRequest, BalanceResponse};
+#[cfg(feature = "reqwest")]
+pub use reqwest_http::HttpToReqwest;
+pub use service::{Balance, ResponseFuture};
+/// The discovery event type [`Balancer::apply`] and [`Balancer::follow`] take.
+pub use tower::discover::Change;

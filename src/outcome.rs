@@ -1,0 +1,118 @@
+//! What became of a request: the signal every later decision (stats, latency
+//! estimates, ejection) is made from.
+
+use std::error::Error as StdError;
+use std::io;
+
+use http::StatusCode;
+
+/// The result of one request to one endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// The endpoint answered with a status below 500.
+    Success,
+    /// The endpoint answered with a 5xx status.
+    ServerError,
+    /// The request never reached a server: refused, reset or unreachable.
+    ConnectError,
+    /// No answer in time.
+    Timeout,
+    /// The wrapped service failed in some other way.
+    OtherError,
+}
+
+impl Outcome {
+    /// Classifies an answer by its status.
+    pub(crate) fn from_status(status: StatusCode) -> Self {
+        if status.is_server_error() {
+            Outcome::ServerError
+        } else {
+            Outcome::Success
+        }
+    }
+
+    /// Classifies an error of the wrapped service by walking its source chain.
+    ///
+    /// Recognised: `reqwest::Error` (connect, timeout), `tower`'s timeout
+    /// `Elapsed`, and `std::io::Error` kinds for refused or timed-out
+    /// connections (which hyper-based clients carry in their chain).
+    pub(crate) fn from_error(error: &(dyn StdError + 'static)) -> Self {
+        let mut next = Some(error);
+        while let Some(err) = next {
+            if let Some(outcome) = Self::classify_one(err) {
+                return outcome;
+            }
+            next = err.source();
+        }
+        Outcome::OtherError
+    }
+
+    fn classify_one(err: &(dyn StdError + 'static)) -> Option<Self> {
+        #[cfg(feature = "reqwest")]
+        if let Some(e) = err.downcast_ref::<reqwest::Error>() {
+            if e.is_connect() {
+                return Some(Outcome::ConnectError);
+            }
+            if e.is_timeout() {
+                return Some(Outcome::Timeout);
+            }
+        }
+        if err.is::<tower::timeout::error::Elapsed>() {
+            return Some(Outcome::Timeout);
+        }
+        let io = err.downcast_ref::<io::Error>()?;
+        match io.kind() {
+            io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::NotConnected
+            | io::ErrorKind::AddrNotAvailable
+            | io::ErrorKind::HostUnreachable
+            | io::ErrorKind::NetworkUnreachable => Some(Outcome::ConnectError),
+            io::ErrorKind::TimedOut => Some(Outcome::Timeout),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Wrapper(io::Error);
+
+    impl std::fmt::Display for Wrapper {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("client error")
+        }
+    }
+
+    impl StdError for Wrapper {
+        fn source(&self) -> Option<&(dyn StdError + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn statuses_split_at_500() {
+        assert_eq!(Outcome::from_status(StatusCode::OK), Outcome::Success);
+        assert_eq!(Outcome::from_status(StatusCode::NOT_FOUND), Outcome::Success);
+        assert_eq!(
+            Outcome::from_status(StatusCode::SERVICE_UNAVAILABLE),
+            Outcome::ServerError
+        );
+    }
+
+    #[test]
+    fn io_errors_are_found_anywhere_in_the_chain() {
+        let refused = Wrapper(io::Error::from(io::ErrorKind::ConnectionRefused));
+        assert_eq!(Outcome::from_error(&refused), Outcome::ConnectError);
+        let timed_out = Wrapper(io::Error::from(io::ErrorKind::TimedOut));
+        assert_eq!(Outcome::from_error(&timed_out), Outcome::Timeout);
+        let other = Wrapper(io::Error::other("boom"));
+        assert_eq!(Outcome::from_error(&other), Outcome::OtherError);
+        let elapsed = tower::timeout::error::Elapsed::new();
+        assert_eq!(Outcome::from_error(&elapsed), Outcome::Timeout);
+    }
+}

@@ -1,0 +1,74 @@
+//! What the balancer reads from and writes to the requests and responses it
+//! handles: `http` types, the Tower convention, and `reqwest`'s own.
+
+use http::StatusCode;
+
+use crate::endpoint::EndpointUrl;
+use crate::Error;
+
+/// A request the balancer can route: [`http::Request<B>`] for any body, and
+/// `reqwest::Request` (with the `reqwest` feature, on by default).
+///
+/// The balancer replaces the request's scheme and authority with the chosen
+/// endpoint's and puts the endpoint's base path in front of the request's
+/// path; query and headers are kept. An `http::Request` may carry just a path
+/// (`/users/42`); a `reqwest::Request` always has a full URL, whose host is
+/// then a placeholder (`http://backend/users/42`).
+///
+/// This trait is sealed: the balancer relies on exactly how these types are
+/// rewritten.
+pub trait BalanceRequest: sealed::Route {}
+
+/// A response whose status the balancer reads to classify the outcome:
+/// [`http::Response<B>`] and `reqwest::Response`. Sealed.
+pub trait BalanceResponse: sealed::Status {}
+
+pub(crate) mod sealed {
+    use super::*;
+
+    pub trait Route {
+        /// Points the request at `endpoint`.
+        fn route_to(&mut self, endpoint: &EndpointUrl) -> Result<(), Error>;
+    }
+
+    pub trait Status {
+        fn status(&self) -> StatusCode;
+    }
+}
+
+impl<B> BalanceRequest for http::Request<B> {}
+
+impl<B> sealed::Route for http::Request<B> {
+    fn route_to(&mut self, endpoint: &EndpointUrl) -> Result<(), Error> {
+        *self.uri_mut() = endpoint.join(self.uri())?;
+        Ok(())
+    }
+}
+
+impl<B> BalanceResponse for http::Response<B> {}
+
+impl<B> sealed::Status for http::Response<B> {
+    fn status(&self) -> StatusCode {
+        self.status()
+    }
+}
+
+#[cfg(feature = "reqwest")]
+impl BalanceRequest for reqwest::Request {}
+
+#[cfg(feature = "reqwest")]
+impl sealed::Route for reqwest::Request {
+    fn route_to(&mut self, endpoint: &EndpointUrl) -> Result<(), Error> {
+        endpoint.route_url(self.url_mut())
+    }
+}
+
+#[cfg(feature = "reqwest")]
+impl BalanceResponse for reqwest::Response {}
+
+#[cfg(feature = "reqwest")]
+impl sealed::Status for reqwest::Response {
+    fn status(&self) -> StatusCode {
+        self.status()
+    }
+}
