@@ -97,7 +97,10 @@ mod tests {
     #[test]
     fn statuses_split_at_500() {
         assert_eq!(Outcome::from_status(StatusCode::OK), Outcome::Success);
-        assert_eq!(Outcome::from_status(StatusCode::NOT_FOUND), Outcome::Success);
+        assert_eq!(
+            Outcome::from_status(StatusCode::NOT_FOUND),
+            Outcome::Success
+        );
         assert_eq!(
             Outcome::from_status(StatusCode::SERVICE_UNAVAILABLE),
             Outcome::ServerError

@@ -144,7 +144,9 @@ where
             // `None` only if polled again after completion, which the
             // `Future` contract leaves open; never completing is the
             // harmless answer.
-            StateProj::Failed { error } => error.take().map_or(Poll::Pending, |e| Poll::Ready(Err(e))),
+            StateProj::Failed { error } => {
+                error.take().map_or(Poll::Pending, |e| Poll::Ready(Err(e)))
+            }
             StateProj::Sent {
                 future,
                 in_flight,
@@ -167,7 +169,11 @@ where
                 });
                 if let Some(in_flight) = in_flight.take() {
                     let latency = in_flight.finish(outcome);
-                    tracing::debug!(?outcome, latency_us = latency.as_micros() as u64, "request finished");
+                    tracing::debug!(
+                        ?outcome,
+                        latency_us = latency.as_micros() as u64,
+                        "request finished"
+                    );
                 }
                 Poll::Ready(result)
             }

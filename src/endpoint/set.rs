@@ -41,7 +41,11 @@ pub(crate) struct Snapshot {
 
 impl Snapshot {
     /// Builds the snapshot and the policy's selection state for `members`.
-    pub(crate) fn build(members: Vec<Member>, policy: &Policy, sequence: &Arc<AtomicUsize>) -> Self {
+    pub(crate) fn build(
+        members: Vec<Member>,
+        policy: &Policy,
+        sequence: &Arc<AtomicUsize>,
+    ) -> Self {
         let (active, weights): (Vec<_>, Vec<_>) = members
             .iter()
             .filter(|m| m.weight > 0)

@@ -33,13 +33,19 @@ impl EndpointUrl {
             reason: reason.to_owned(),
         };
         let uri: Uri = url.trim().parse().map_err(|e: http::uri::InvalidUri| {
-            invalid(&format!("not a URI ({e}); expected e.g. http://127.0.0.1:8080"))
+            invalid(&format!(
+                "not a URI ({e}); expected e.g. http://127.0.0.1:8080"
+            ))
         })?;
         let parts = uri.into_parts();
         let scheme = match parts.scheme {
             Some(s) if s == Scheme::HTTP || s == Scheme::HTTPS => s,
             Some(_) => return Err(invalid("the scheme must be http or https")),
-            None => return Err(invalid("missing scheme; expected e.g. http://127.0.0.1:8080")),
+            None => {
+                return Err(invalid(
+                    "missing scheme; expected e.g. http://127.0.0.1:8080",
+                ))
+            }
         };
         let authority = parts.authority.ok_or_else(|| invalid("missing host"))?;
         if authority.as_str().contains('@') {
@@ -107,7 +113,11 @@ impl EndpointUrl {
     /// Points a `reqwest` URL at this endpoint, keeping path and query.
     #[cfg(feature = "reqwest")]
     pub(crate) fn route_url(&self, url: &mut reqwest::Url) -> Result<(), Error> {
-        let default_port = if self.scheme == Scheme::HTTPS { 443 } else { 80 };
+        let default_port = if self.scheme == Scheme::HTTPS {
+            443
+        } else {
+            80
+        };
         let port = (self.port != default_port).then_some(self.port);
         url.set_scheme(self.scheme.as_str())
             .map_err(|()| self.invalid_request("scheme cannot be changed"))?;
@@ -152,7 +162,10 @@ mod tests {
     fn canonical_form_writes_the_port_and_lowercases_the_host() {
         let url = EndpointUrl::parse("HTTP://Example.COM/api/").unwrap();
         assert_eq!(url.as_str(), "http://example.com:80/api");
-        assert_eq!(url, EndpointUrl::parse("http://example.com:80/api").unwrap());
+        assert_eq!(
+            url,
+            EndpointUrl::parse("http://example.com:80/api").unwrap()
+        );
         let tls = EndpointUrl::parse("https://example.com").unwrap();
         assert_eq!(tls.as_str(), "https://example.com:443");
     }

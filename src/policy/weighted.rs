@@ -79,7 +79,10 @@ fn cycle_weights(weights: &[u32]) -> Vec<u64> {
     if total <= limit {
         return reduced;
     }
-    reduced.iter().map(|&w| (w * limit / total).max(1)).collect()
+    reduced
+        .iter()
+        .map(|&w| (w * limit / total).max(1))
+        .collect()
 }
 
 fn gcd(mut a: u32, mut b: u32) -> u32 {

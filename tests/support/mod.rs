@@ -1,0 +1,121 @@
+//! Loopback backends and a balanced client for the integration tests.
+#![allow(dead_code)] // each test file uses its own part of this module
+
+use std::time::Duration;
+
+use futures::stream::{self, StreamExt};
+use tower::{ServiceBuilder, ServiceExt};
+use tower_lb::{Balance, Balancer, HttpToReqwest};
+use wiremock::matchers::any;
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+/// The header each test backend names itself in.
+pub const BACKEND: &str = "x-backend";
+
+/// A balanced client that takes `http::Request`s.
+pub type Client = Balance<HttpToReqwest>;
+
+/// Starts `n` wiremock servers on 127.0.0.1 answering 200 to everything,
+/// each naming itself ("a", "b", ...) in the `x-backend` header.
+pub async fn backends(n: usize) -> Vec<MockServer> {
+    let mut servers = Vec::with_capacity(n);
+    for i in 0..n {
+        servers.push(backend(&name(i), ResponseTemplate::new(200)).await);
+    }
+    servers
+}
+
+/// One wiremock server answering `template` (plus its name) to everything.
+pub async fn backend(name: &str, template: ResponseTemplate) -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(any())
+        .respond_with(template.insert_header(BACKEND, name))
+        .mount(&server)
+        .await;
+    server
+}
+
+/// "a" for 0, "b" for 1, ...
+pub fn name(i: usize) -> String {
+    char::from(b'a' + i as u8).to_string()
+}
+
+/// A balanced reqwest client over `balancer`.
+pub fn client(balancer: &Balancer) -> Client {
+    ServiceBuilder::new()
+        .layer(balancer.layer())
+        .service(HttpToReqwest::new(reqwest::Client::new()))
+}
+
+/// A GET for `path` with an empty body.
+pub fn get(path: &str) -> http::Request<reqwest::Body> {
+    http::Request::get(path)
+        .body(reqwest::Body::from(""))
+        .expect("a valid test request")
+}
+
+/// Sends one GET and returns the name of the backend that answered.
+pub async fn send(client: &Client, path: &str) -> Result<String, tower_lb::Error> {
+    let response = client.clone().oneshot(get(path)).await?;
+    Ok(backend_name(&response))
+}
+
+pub fn backend_name(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get(BACKEND)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("?")
+        .to_owned()
+}
+
+/// Sends `count` GETs, at most `concurrency` at a time, and returns each
+/// result in completion order.
+pub async fn send_many(
+    client: &Client,
+    count: usize,
+    concurrency: usize,
+) -> Vec<Result<String, tower_lb::Error>> {
+    stream::iter(0..count)
+        .map(|i| {
+            let client = client.clone();
+            async move { send(&client, &format!("/r/{i}")).await }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await
+}
+
+/// Requests a wiremock server has received.
+pub async fn received(server: &MockServer) -> usize {
+    server
+        .received_requests()
+        .await
+        .expect("request recording is on")
+        .len()
+}
+
+/// Waits until `check` holds, for at most five seconds.
+pub async fn eventually(mut check: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("condition not reached within five seconds");
+}
+
+/// Asserts that every counter of every endpoint has settled: nothing in
+/// flight, and every request counted exactly once as an outcome.
+pub fn assert_settled(balancer: &Balancer) {
+    for e in balancer.stats().endpoints {
+        assert_eq!(e.in_flight, 0, "{} still has requests in flight", e.url);
+        assert_eq!(
+            e.requests,
+            e.successes + e.failures.total() + e.cancelled,
+            "{}: requests and outcomes disagree: {e:?}",
+            e.url
+        );
+    }
+}
