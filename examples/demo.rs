@@ -1,0 +1,194 @@
+//! The tower-lb demo: a few backends on 127.0.0.1, a reqwest client behind the
+//! balancing layer, a few thousand requests, and where they went.
+//!
+//! Run it with `cargo run --release --example demo`. It needs nothing
+//! installed and finishes in seconds.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use futures::stream::{self, StreamExt};
+use tower::{ServiceBuilder, ServiceExt};
+use tower_lb::{Balance, Balancer, BoxError, HttpToReqwest, Policy};
+use wiremock::matchers::any;
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+type Client = Balance<HttpToReqwest>;
+
+const CONCURRENCY: usize = 32;
+
+/// A running backend: its name, address and the weight it is given.
+struct Backend {
+    name: &'static str,
+    server: MockServer,
+    weight: u32,
+}
+
+impl Backend {
+    /// Starts a backend that answers every request after `delay`, naming
+    /// itself in the `x-backend` header.
+    async fn start(name: &'static str, weight: u32, delay: Duration) -> Self {
+        let server = MockServer::start().await;
+        Mock::given(any())
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .insert_header("x-backend", name)
+                    .set_delay(delay),
+            )
+            .mount(&server)
+            .await;
+        Backend {
+            name,
+            server,
+            weight,
+        }
+    }
+}
+
+/// Latencies seen by the client, by the backend that answered.
+type Latencies = BTreeMap<String, Vec<Duration>>;
+
+/// Sends `count` GETs through `client`, `CONCURRENCY` at a time.
+async fn send(client: &Client, count: usize) -> Result<(Latencies, Duration), BoxError> {
+    let started = Instant::now();
+    let results: Vec<_> = stream::iter(0..count)
+        .map(|i| {
+            let client = client.clone();
+            async move {
+                let request =
+                    http::Request::get(format!("/items/{i}")).body(reqwest::Body::from(""))?;
+                let sent = Instant::now();
+                let response = client.oneshot(request).await?;
+                let name = response
+                    .headers()
+                    .get("x-backend")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("?")
+                    .to_owned();
+                Ok::<_, BoxError>((name, sent.elapsed()))
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await;
+    let mut latencies = Latencies::new();
+    for result in results {
+        let (name, latency) = result?;
+        latencies.entry(name).or_default().push(latency);
+    }
+    Ok((latencies, started.elapsed()))
+}
+
+/// The nearest-rank percentile of sorted samples; `None` if there are none.
+fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted.get(rank.clamp(1, sorted.len().max(1)) - 1).copied()
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+/// Prints one row per backend: weight, requests, share against the fair
+/// share, latency percentiles, and the balancer's own latency average.
+fn print_table(
+    title: &str,
+    backends: &[Backend],
+    balancer: &Balancer,
+    phase: (Latencies, Duration),
+) {
+    let (mut latencies, elapsed) = phase;
+    let total: usize = latencies.values().map(Vec::len).sum();
+    let stats = balancer.stats();
+    let total_weight: u32 = backends
+        .iter()
+        .filter_map(|b| stats.endpoint(&b.server.uri()))
+        .map(|e| e.weight)
+        .sum();
+    println!("\n{title}");
+    println!(
+        "{total} requests in {:.2} s ({:.0} req/s), concurrency {CONCURRENCY}",
+        elapsed.as_secs_f64(),
+        total as f64 / elapsed.as_secs_f64()
+    );
+    println!(
+        "{:<8} {:>6} {:>9} {:>8} {:>9} {:>10} {:>10} {:>10} {:>9}",
+        "backend", "weight", "requests", "share", "expected", "p50", "p99", "ewma", "failures"
+    );
+    for backend in backends {
+        let Some(endpoint) = stats.endpoint(&backend.server.uri()) else {
+            println!("{:<8} (removed)", backend.name);
+            continue;
+        };
+        let mut seen = latencies.remove(backend.name).unwrap_or_default();
+        seen.sort();
+        let share = seen.len() as f64 / total.max(1) as f64;
+        let expected = f64::from(endpoint.weight) / f64::from(total_weight.max(1));
+        println!(
+            "{:<8} {:>6} {:>9} {:>7.2}% {:>8.2}% {:>10} {:>10} {:>10} {:>9}",
+            backend.name,
+            endpoint.weight,
+            seen.len(),
+            share * 100.0,
+            expected * 100.0,
+            percentile(&seen, 50.0).map_or_else(|| "-".into(), ms),
+            percentile(&seen, 99.0).map_or_else(|| "-".into(), ms),
+            endpoint.latency_ewma.map_or_else(|| "-".into(), ms),
+            endpoint.failures.total(),
+        );
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    let mut backends = vec![
+        Backend::start("alpha", 5, Duration::from_millis(2)).await,
+        Backend::start("bravo", 3, Duration::from_millis(2)).await,
+        Backend::start("charlie", 1, Duration::from_millis(4)).await,
+        Backend::start("delta", 1, Duration::from_millis(4)).await,
+    ];
+    let balancer = backends
+        .iter()
+        .fold(Balancer::builder(), |b, backend| {
+            b.endpoint_weighted(&backend.server.uri(), backend.weight)
+        })
+        .policy(Policy::weighted_round_robin())
+        .build()?;
+    let client = ServiceBuilder::new()
+        .layer(balancer.layer())
+        .service(HttpToReqwest::new(reqwest::Client::new()));
+
+    println!("tower-lb demo: {} backends on 127.0.0.1", backends.len());
+    for b in &backends {
+        println!("  {:<8} {}  weight {}", b.name, b.server.uri(), b.weight);
+    }
+
+    let phase = send(&client, 4_000).await?;
+    print_table(
+        "1. Smooth weighted round robin, weights 5:3:1:1",
+        &backends,
+        &balancer,
+        phase,
+    );
+
+    // Change the set at runtime: drain one backend, add another.
+    let echo = Backend::start("echo", 2, Duration::from_millis(2)).await;
+    balancer.add(&echo.server.uri(), echo.weight)?;
+    balancer.drain(&backends[3].server.uri())?;
+    backends.push(echo);
+    let phase = send(&client, 2_000).await?;
+    print_table(
+        "2. At runtime: delta drained (weight 0), echo added with weight 2",
+        &backends,
+        &balancer,
+        phase,
+    );
+
+    let stats = balancer.stats();
+    println!(
+        "\nall requests answered; {} in flight at the end, {} sent in total",
+        stats.in_flight(),
+        stats.requests()
+    );
+    Ok(())
+}
