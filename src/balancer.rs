@@ -7,15 +7,14 @@
 //! a request in flight is never blocked or failed by an update.
 
 use std::convert::Infallible;
-use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwap, Guard};
 use futures::{Stream, StreamExt};
 use tower::discover::Change;
 
-use crate::endpoint::{EndpointUrl, Member, Snapshot, Stats, MAX_WEIGHT};
-use crate::{BalanceLayer, Error, Policy};
+use crate::endpoint::{Counters, EndpointState, EndpointUrl, Member, Snapshot, Stats, MAX_WEIGHT};
+use crate::{BalanceLayer, BalanceRequest, Error, Policy, SessionKey};
 
 /// Most discovery changes applied in one rebuild of the set.
 const DISCOVERY_BATCH: usize = 1024;
@@ -47,8 +46,7 @@ pub struct Balancer {
 struct Shared {
     snapshot: ArcSwap<Snapshot>,
     policy: Policy,
-    /// Request counter of the rotating policies, kept across rebuilds.
-    sequence: Arc<AtomicUsize>,
+    counters: Counters,
     /// Taken by updates only, never by requests.
     writer: Mutex<()>,
 }
@@ -69,6 +67,33 @@ impl Balancer {
         self.snapshot().stats()
     }
 
+    /// Where a request with this key goes now, by canonical URL, without
+    /// sending anything: for tests, dashboards and "which backend holds
+    /// user 42?". `None` unless the policy hashes (only hashing places keys),
+    /// or when no endpoint takes requests. With bounded loads the answer
+    /// depends on the loads of the moment.
+    ///
+    /// ```
+    /// use tower_lb::{Balancer, Policy, SessionKey};
+    ///
+    /// let balancer = Balancer::builder()
+    ///     .endpoint("http://127.0.0.1:8081")
+    ///     .endpoint("http://127.0.0.1:8082")
+    ///     .policy(Policy::maglev())
+    ///     .build()?;
+    /// let home = balancer.locate(&SessionKey::new("user-42")).unwrap();
+    /// assert_eq!(balancer.locate(&SessionKey::new("user-42")).unwrap(), home);
+    /// # Ok::<(), tower_lb::Error>(())
+    /// ```
+    pub fn locate(&self, key: &SessionKey) -> Option<Arc<str>> {
+        if !self.shared.policy.is_hash() {
+            return None;
+        }
+        self.snapshot()
+            .pick(Some(key.hash()))
+            .map(|endpoint| endpoint.url.shared_name())
+    }
+
     /// Adds an endpoint with a weight (0 adds it drained).
     ///
     /// Errors: [`Error::InvalidUrl`], [`Error::InvalidWeight`],
@@ -76,13 +101,14 @@ impl Balancer {
     pub fn add(&self, url: &str, weight: u32) -> Result<(), Error> {
         let url = EndpointUrl::parse(url)?;
         check_weight(&url, weight)?;
+        let counters = &self.shared.counters;
         self.update(|members| {
             if position(members, &url).is_some() {
                 return Err(Error::DuplicateEndpoint {
                     url: url.as_str().to_owned(),
                 });
             }
-            members.push(Member::new(url, weight));
+            members.push(Member::new(url, weight, counters));
             Ok(())
         })
     }
@@ -201,13 +227,27 @@ impl Balancer {
     }
 
     /// The current snapshot, loaded without a lock.
-    pub(crate) fn snapshot(&self) -> Guard<Arc<Snapshot>> {
+    fn snapshot(&self) -> Guard<Arc<Snapshot>> {
         self.shared.snapshot.load()
     }
 
+    /// Chooses the endpoint for `request`, or `None` when no endpoint takes
+    /// requests.
+    pub(crate) fn pick<R: BalanceRequest>(&self, request: &R) -> Option<Arc<EndpointState>> {
+        let key = self
+            .shared
+            .policy
+            .request_key()
+            .and_then(|key| key.hash(&request.info()));
+        self.snapshot().pick(key).cloned()
+    }
+
     fn apply_parsed(&self, changes: Vec<ParsedChange>) {
+        let counters = &self.shared.counters;
         let Ok(()) = self.update::<Infallible>(|members| {
-            changes.into_iter().for_each(|c| c.apply_to(members));
+            changes
+                .into_iter()
+                .for_each(|c| c.apply_to(members, counters));
             Ok(())
         });
     }
@@ -221,7 +261,7 @@ impl Balancer {
         let _writer = shared.writer.lock().unwrap_or_else(|p| p.into_inner());
         let mut members = shared.snapshot.load().members().to_vec();
         edit(&mut members)?;
-        let next = Snapshot::build(members, &shared.policy, &shared.sequence);
+        let next = Snapshot::build(members, &shared.policy, &shared.counters);
         shared.snapshot.store(Arc::new(next));
         Ok(())
     }
@@ -239,6 +279,7 @@ impl Balancer {
 pub struct BalancerBuilder {
     members: Vec<Member>,
     policy: Policy,
+    counters: Counters,
     error: Option<Error>,
 }
 
@@ -261,7 +302,7 @@ impl BalancerBuilder {
                     url: url.as_str().to_owned(),
                 });
             }
-            Ok(Member::new(url, weight))
+            Ok(Member::new(url, weight, &self.counters))
         });
         match added {
             Ok(member) => self.members.push(member),
@@ -272,30 +313,31 @@ impl BalancerBuilder {
 
     /// Sets the selection policy; the default is
     /// [`Policy::weighted_round_robin`].
-    pub fn policy(mut self, policy: Policy) -> Self {
-        self.policy = policy;
+    pub fn policy(mut self, policy: impl Into<Policy>) -> Self {
+        self.policy = policy.into();
         self
     }
 
     /// Checks the configuration and builds the balancer.
     ///
     /// Errors: the first invalid endpoint ([`Error::InvalidUrl`],
-    /// [`Error::InvalidWeight`], [`Error::DuplicateEndpoint`]), or
-    /// [`Error::ZeroTotalWeight`] if endpoints were given but all with weight 0.
+    /// [`Error::InvalidWeight`], [`Error::DuplicateEndpoint`]),
+    /// [`Error::InvalidPolicy`], or [`Error::ZeroTotalWeight`] if endpoints
+    /// were given but all with weight 0.
     pub fn build(self) -> Result<Balancer, Error> {
         if let Some(error) = self.error {
             return Err(error);
         }
+        self.policy.validate()?;
         if !self.members.is_empty() && self.members.iter().all(|m| m.weight == 0) {
             return Err(Error::ZeroTotalWeight);
         }
-        let sequence = Arc::new(AtomicUsize::new(0));
-        let snapshot = Snapshot::build(self.members, &self.policy, &sequence);
+        let snapshot = Snapshot::build(self.members, &self.policy, &self.counters);
         Ok(Balancer {
             shared: Arc::new(Shared {
                 snapshot: ArcSwap::from_pointee(snapshot),
                 policy: self.policy,
-                sequence,
+                counters: self.counters,
                 writer: Mutex::new(()),
             }),
         })
@@ -320,11 +362,11 @@ impl ParsedChange {
         })
     }
 
-    fn apply_to(self, members: &mut Vec<Member>) {
+    fn apply_to(self, members: &mut Vec<Member>, counters: &Counters) {
         match self {
             ParsedChange::Upsert(url, weight) => match position(members, &url) {
                 Some(i) => members[i].weight = weight,
-                None => members.push(Member::new(url, weight)),
+                None => members.push(Member::new(url, weight, counters)),
             },
             ParsedChange::Remove(url) => {
                 if let Some(i) = position(members, &url) {

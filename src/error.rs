@@ -60,6 +60,13 @@ pub enum Error {
         url: String,
     },
 
+    /// A policy option out of range, or options that do not go together.
+    #[error("invalid policy: {reason}")]
+    InvalidPolicy {
+        /// What is wrong.
+        reason: String,
+    },
+
     /// An update named an endpoint that is not in the set.
     #[error("endpoint {url} is not in the set")]
     UnknownEndpoint {

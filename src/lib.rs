@@ -43,6 +43,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod affinity;
 mod balancer;
 mod endpoint;
 mod error;
@@ -54,11 +55,12 @@ mod request;
 mod reqwest_http;
 mod service;
 
+pub use affinity::{key_hash, RequestInfo, RequestKey, SessionKey};
 pub use balancer::{Balancer, BalancerBuilder};
 pub use endpoint::{EndpointStats, FailureCounts, Stats, MAX_WEIGHT};
 pub use error::{BoxError, Error};
 pub use layer::BalanceLayer;
-pub use policy::Policy;
+pub use policy::{ConsistentHash, Policy, DEFAULT_LOAD_FACTOR, DEFAULT_VIRTUAL_NODES};
 pub use request::{BalanceRequest, BalanceResponse};
 #[cfg(feature = "reqwest")]
 pub use reqwest_http::HttpToReqwest;

@@ -4,7 +4,7 @@
 use http::StatusCode;
 
 use crate::endpoint::EndpointUrl;
-use crate::Error;
+use crate::{Error, RequestInfo};
 
 /// A request the balancer can route: [`http::Request<B>`] for any body, and
 /// `reqwest::Request` (with the `reqwest` feature, on by default).
@@ -27,6 +27,9 @@ pub(crate) mod sealed {
     use super::*;
 
     pub trait Route {
+        /// What key sources may read.
+        fn info(&self) -> RequestInfo<'_>;
+
         /// Points the request at `endpoint`.
         fn route_to(&mut self, endpoint: &EndpointUrl) -> Result<(), Error>;
     }
@@ -39,6 +42,16 @@ pub(crate) mod sealed {
 impl<B> BalanceRequest for http::Request<B> {}
 
 impl<B> sealed::Route for http::Request<B> {
+    fn info(&self) -> RequestInfo<'_> {
+        RequestInfo {
+            method: self.method(),
+            path: self.uri().path(),
+            query: self.uri().query(),
+            headers: self.headers(),
+            extensions: Some(self.extensions()),
+        }
+    }
+
     fn route_to(&mut self, endpoint: &EndpointUrl) -> Result<(), Error> {
         *self.uri_mut() = endpoint.join(self.uri())?;
         Ok(())
@@ -58,6 +71,16 @@ impl BalanceRequest for reqwest::Request {}
 
 #[cfg(feature = "reqwest")]
 impl sealed::Route for reqwest::Request {
+    fn info(&self) -> RequestInfo<'_> {
+        RequestInfo {
+            method: self.method(),
+            path: self.url().path(),
+            query: self.url().query(),
+            headers: self.headers(),
+            extensions: None,
+        }
+    }
+
     fn route_to(&mut self, endpoint: &EndpointUrl) -> Result<(), Error> {
         endpoint.route_url(self.url_mut())
     }

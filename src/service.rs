@@ -76,8 +76,8 @@ where
     }
 
     fn call(&mut self, mut request: R) -> Self::Future {
-        let endpoint = match self.balancer.snapshot().pick() {
-            Some(endpoint) => endpoint.clone(),
+        let endpoint = match self.balancer.pick(&request) {
+            Some(endpoint) => endpoint,
             None => {
                 tracing::debug!("no endpoint available");
                 return ResponseFuture::failed(Error::NoEndpointAvailable);

@@ -6,7 +6,7 @@ mod state;
 mod stats;
 mod url;
 
-pub(crate) use set::{Member, Snapshot};
+pub(crate) use set::{Counters, Member, Snapshot};
 pub(crate) use state::{EndpointState, InFlight};
 pub use stats::{EndpointStats, FailureCounts, Stats};
 pub(crate) use url::EndpointUrl;

@@ -6,11 +6,20 @@
 //! without a lock and keeps using it even if a newer one is published
 //! meanwhile.
 
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::Arc;
 
 use super::{EndpointState, EndpointUrl, Stats};
-use crate::policy::{Pick, Policy};
+use crate::policy::{Pick, PickContext, Policy};
+
+/// Counters that outlive snapshots.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Counters {
+    /// Position of the rotating policies, so a rebuild does not restart them.
+    pub(crate) sequence: Arc<AtomicUsize>,
+    /// Requests in flight over the whole balancer.
+    pub(crate) in_flight: Arc<AtomicU64>,
+}
 
 /// An endpoint and its weight.
 #[derive(Clone, Debug)]
@@ -20,9 +29,9 @@ pub(crate) struct Member {
 }
 
 impl Member {
-    pub(crate) fn new(url: EndpointUrl, weight: u32) -> Self {
+    pub(crate) fn new(url: EndpointUrl, weight: u32, counters: &Counters) -> Self {
         Member {
-            state: Arc::new(EndpointState::new(url)),
+            state: Arc::new(EndpointState::new(url, counters.in_flight.clone())),
             weight,
         }
     }
@@ -37,32 +46,32 @@ pub(crate) struct Snapshot {
     /// order; the picker's indices point into this.
     active: Vec<Arc<EndpointState>>,
     picker: Box<dyn Pick>,
+    counters: Counters,
 }
 
 impl Snapshot {
     /// Builds the snapshot and the policy's selection state for `members`.
-    pub(crate) fn build(
-        members: Vec<Member>,
-        policy: &Policy,
-        sequence: &Arc<AtomicUsize>,
-    ) -> Self {
-        let (active, weights): (Vec<_>, Vec<_>) = members
-            .iter()
-            .filter(|m| m.weight > 0)
-            .map(|m| (m.state.clone(), m.weight))
-            .unzip();
-        let picker = policy.picker(&weights, sequence);
+    pub(crate) fn build(members: Vec<Member>, policy: &Policy, counters: &Counters) -> Self {
+        let active_members: Vec<Member> =
+            members.iter().filter(|m| m.weight > 0).cloned().collect();
+        let picker = policy.picker(&active_members, &counters.sequence);
         Snapshot {
+            active: active_members.into_iter().map(|m| m.state).collect(),
             members,
-            active,
             picker,
+            counters: counters.clone(),
         }
     }
 
-    /// Chooses the endpoint for the next request, or `None` when no endpoint
-    /// takes requests.
-    pub(crate) fn pick(&self) -> Option<&Arc<EndpointState>> {
-        self.picker.pick().and_then(|i| self.active.get(i))
+    /// Chooses the endpoint for the next request (`key`: the hash of its
+    /// key, if it has one), or `None` when no endpoint takes requests.
+    pub(crate) fn pick(&self, key: Option<u64>) -> Option<&Arc<EndpointState>> {
+        let ctx = PickContext {
+            key,
+            endpoints: &self.active,
+            in_flight: &self.counters.in_flight,
+        };
+        self.picker.pick(&ctx).and_then(|i| self.active.get(i))
     }
 
     pub(crate) fn members(&self) -> &[Member] {

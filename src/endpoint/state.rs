@@ -15,6 +15,8 @@ use crate::outcome::Outcome;
 #[derive(Debug)]
 pub(crate) struct EndpointState {
     pub(crate) url: EndpointUrl,
+    /// Requests in flight over the whole balancer, kept with this endpoint's.
+    balancer_in_flight: Arc<AtomicU64>,
     started: AtomicU64,
     in_flight: AtomicU64,
     succeeded: AtomicU64,
@@ -31,9 +33,10 @@ pub(crate) struct EndpointState {
 const EWMA_NEW_SAMPLE_SHARE: u64 = 5; // 1/5 = 0.2
 
 impl EndpointState {
-    pub(crate) fn new(url: EndpointUrl) -> Self {
+    pub(crate) fn new(url: EndpointUrl, balancer_in_flight: Arc<AtomicU64>) -> Self {
         EndpointState {
             url,
+            balancer_in_flight,
             started: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             succeeded: AtomicU64::new(0),
@@ -44,6 +47,11 @@ impl EndpointState {
             cancelled: AtomicU64::new(0),
             latency_ewma_nanos: AtomicU64::new(0),
         }
+    }
+
+    /// Requests sent to this endpoint and not finished yet.
+    pub(crate) fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
     }
 
     fn record(&self, outcome: Outcome, latency: Duration) {
@@ -115,6 +123,7 @@ impl InFlight {
     pub(crate) fn start(endpoint: Arc<EndpointState>) -> Self {
         endpoint.started.fetch_add(1, Ordering::Relaxed);
         endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
+        endpoint.balancer_in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight {
             endpoint,
             started_at: Instant::now(),
@@ -142,6 +151,9 @@ impl Drop for InFlight {
             self.endpoint.cancelled.fetch_add(1, Ordering::Relaxed);
         }
         self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.endpoint
+            .balancer_in_flight
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -152,6 +164,7 @@ mod tests {
     fn endpoint() -> Arc<EndpointState> {
         Arc::new(EndpointState::new(
             EndpointUrl::parse("http://127.0.0.1:1").unwrap(),
+            Arc::default(),
         ))
     }
 

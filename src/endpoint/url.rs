@@ -91,6 +91,11 @@ impl EndpointUrl {
         &self.canonical
     }
 
+    /// The canonical form, shared rather than copied.
+    pub(crate) fn shared_name(&self) -> Arc<str> {
+        self.canonical.clone()
+    }
+
     /// Builds the URI for a request to this endpoint: its scheme and
     /// authority, the base path, then the request's own path and query.
     pub(crate) fn join(&self, request: &Uri) -> Result<Uri, Error> {

@@ -4,23 +4,41 @@
 //! selection state for one snapshot of the set, prepared off the request path
 //! and read without a lock by every request.
 
+mod consistent;
+mod maglev;
 mod random;
+mod ring;
 mod round_robin;
 mod weighted;
 
 use std::fmt;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::Arc;
 
+pub use consistent::{ConsistentHash, DEFAULT_LOAD_FACTOR, DEFAULT_VIRTUAL_NODES};
 use random::WeightedRandom;
 use round_robin::RoundRobin;
 use weighted::SmoothWeighted;
+
+use crate::endpoint::{EndpointState, Member};
+use crate::{Error, RequestKey};
+
+/// What a policy may look at to choose an endpoint for one request.
+pub(crate) struct PickContext<'a> {
+    /// The hash of the request's key, when the policy hashes and the request
+    /// has a key.
+    pub(crate) key: Option<u64>,
+    /// The active endpoints; picks are indices into this.
+    pub(crate) endpoints: &'a [Arc<EndpointState>],
+    /// Requests in flight over the whole balancer.
+    pub(crate) in_flight: &'a AtomicU64,
+}
 
 /// Selection state for one snapshot of the endpoint set.
 pub(crate) trait Pick: Send + Sync + fmt::Debug {
     /// The index, among the active endpoints, of the one to send the next
     /// request to; `None` if there are none.
-    fn pick(&self) -> Option<usize>;
+    fn pick(&self, ctx: &PickContext<'_>) -> Option<usize>;
 }
 
 /// How the balancer chooses an endpoint for each request.
@@ -40,12 +58,13 @@ pub struct Policy {
     kind: Kind,
 }
 
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 enum Kind {
     RoundRobin,
     #[default]
     WeightedRoundRobin,
     Random,
+    Hash(Box<ConsistentHash>),
 }
 
 impl Policy {
@@ -77,14 +96,74 @@ impl Policy {
         Policy { kind: Kind::Random }
     }
 
-    /// Prepares the selection state for active endpoints with these weights
-    /// (all above zero). `sequence` is the balancer's request counter, shared
+    /// Consistent hashing on a hash ring (ketama style): virtual nodes in
+    /// proportion to weight, binary-search lookup. Configure it with the
+    /// [`ConsistentHash`] methods.
+    pub fn ring_hash() -> ConsistentHash {
+        ConsistentHash::ring()
+    }
+
+    /// Consistent hashing with a Maglev lookup table (Eisenbud et al., NSDI
+    /// 2016): a prime-sized table (65,537 slots by default), weighted, one
+    /// read per lookup, near-perfect balance. Configure it with the
+    /// [`ConsistentHash`] methods.
+    pub fn maglev() -> ConsistentHash {
+        ConsistentHash::maglev()
+    }
+
+    pub(crate) fn is_hash(&self) -> bool {
+        matches!(self.kind, Kind::Hash(_))
+    }
+
+    /// Where the policy takes request keys from, if it hashes.
+    pub(crate) fn request_key(&self) -> Option<&RequestKey> {
+        match &self.kind {
+            Kind::Hash(hash) => Some(hash.request_key()),
+            _ => None,
+        }
+    }
+
+    /// Reports configuration mistakes, at `build()`.
+    pub(crate) fn validate(&self) -> Result<(), Error> {
+        match &self.kind {
+            Kind::Hash(hash) => hash.validate(),
+            _ => Ok(()),
+        }
+    }
+
+    /// Prepares the selection state for the active endpoints (weights all
+    /// above zero). `sequence` is the balancer's request counter, shared
     /// across snapshots so that a rebuild does not restart the rotation.
-    pub(crate) fn picker(&self, weights: &[u32], sequence: &Arc<AtomicUsize>) -> Box<dyn Pick> {
-        match self.kind {
-            Kind::RoundRobin => Box::new(RoundRobin::new(weights.len(), sequence.clone())),
-            Kind::WeightedRoundRobin => Box::new(SmoothWeighted::new(weights, sequence.clone())),
-            Kind::Random => Box::new(WeightedRandom::new(weights)),
+    pub(crate) fn picker(&self, active: &[Member], sequence: &Arc<AtomicUsize>) -> Box<dyn Pick> {
+        let weights = || active.iter().map(|m| m.weight).collect::<Vec<_>>();
+        match &self.kind {
+            Kind::RoundRobin => Box::new(RoundRobin::new(active.len(), sequence.clone())),
+            Kind::WeightedRoundRobin => Box::new(SmoothWeighted::new(&weights(), sequence.clone())),
+            Kind::Random => Box::new(WeightedRandom::new(&weights())),
+            Kind::Hash(hash) => hash.picker(active, sequence),
+        }
+    }
+}
+
+impl From<ConsistentHash> for Policy {
+    fn from(hash: ConsistentHash) -> Self {
+        Policy {
+            kind: Kind::Hash(Box::new(hash)),
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+
+    /// A context for a request without a key, with nothing in flight.
+    pub(crate) fn no_key() -> PickContext<'static> {
+        static NOTHING_IN_FLIGHT: AtomicU64 = AtomicU64::new(0);
+        PickContext {
+            key: None,
+            endpoints: &[],
+            in_flight: &NOTHING_IN_FLIGHT,
         }
     }
 }

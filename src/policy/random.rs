@@ -1,6 +1,6 @@
 //! Weighted random choice.
 
-use super::Pick;
+use super::{Pick, PickContext};
 
 #[derive(Debug)]
 pub(crate) struct WeightedRandom {
@@ -22,7 +22,7 @@ impl WeightedRandom {
 }
 
 impl Pick for WeightedRandom {
-    fn pick(&self) -> Option<usize> {
+    fn pick(&self, _: &PickContext<'_>) -> Option<usize> {
         let total = *self.cumulative.last()?;
         if total == 0 {
             return None;
@@ -35,16 +35,17 @@ impl Pick for WeightedRandom {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::test_support::no_key;
 
     #[test]
     fn shares_follow_weights() {
         let random = WeightedRandom::new(&[1, 3]);
         let mut counts = [0u32; 2];
         for _ in 0..40_000 {
-            counts[random.pick().unwrap()] += 1;
+            counts[random.pick(&no_key()).unwrap()] += 1;
         }
         // Expected 10,000 and 30,000; the standard deviation is about 87.
         assert!((9_000..11_000).contains(&counts[0]), "{counts:?}");
-        assert_eq!(WeightedRandom::new(&[]).pick(), None);
+        assert_eq!(WeightedRandom::new(&[]).pick(&no_key()), None);
     }
 }

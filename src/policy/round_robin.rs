@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use super::Pick;
+use super::{Pick, PickContext};
 
 #[derive(Debug)]
 pub(crate) struct RoundRobin {
@@ -18,7 +18,7 @@ impl RoundRobin {
 }
 
 impl Pick for RoundRobin {
-    fn pick(&self) -> Option<usize> {
+    fn pick(&self, _: &PickContext<'_>) -> Option<usize> {
         if self.len == 0 {
             return None;
         }
@@ -29,12 +29,13 @@ impl Pick for RoundRobin {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::test_support::no_key;
 
     #[test]
     fn visits_each_endpoint_in_turn() {
         let rr = RoundRobin::new(3, Arc::default());
-        let picks: Vec<_> = (0..7).filter_map(|_| rr.pick()).collect();
+        let picks: Vec<_> = (0..7).filter_map(|_| rr.pick(&no_key())).collect();
         assert_eq!(picks, [0, 1, 2, 0, 1, 2, 0]);
-        assert_eq!(RoundRobin::new(0, Arc::default()).pick(), None);
+        assert_eq!(RoundRobin::new(0, Arc::default()).pick(&no_key()), None);
     }
 }

@@ -14,7 +14,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use super::Pick;
+use super::{Pick, PickContext};
 
 /// The longest cycle prepared, in picks.
 const CYCLE_LIMIT: u64 = 1 << 16;
@@ -38,7 +38,7 @@ impl SmoothWeighted {
 }
 
 impl Pick for SmoothWeighted {
-    fn pick(&self) -> Option<usize> {
+    fn pick(&self, _: &PickContext<'_>) -> Option<usize> {
         if self.cycle.is_empty() {
             return None;
         }
@@ -95,6 +95,7 @@ fn gcd(mut a: u32, mut b: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::test_support::no_key;
 
     fn letters(weights: &[u32]) -> String {
         smooth_cycle(weights)
@@ -139,9 +140,12 @@ mod tests {
     fn the_counter_carries_across_rebuilds() {
         let sequence = Arc::new(AtomicUsize::new(0));
         let first = SmoothWeighted::new(&[1, 1], sequence.clone());
-        assert_eq!(first.pick(), Some(0));
+        assert_eq!(first.pick(&no_key()), Some(0));
         let second = SmoothWeighted::new(&[1, 1], sequence);
-        assert_eq!(second.pick(), Some(1));
-        assert_eq!(SmoothWeighted::new(&[], Arc::default()).pick(), None);
+        assert_eq!(second.pick(&no_key()), Some(1));
+        assert_eq!(
+            SmoothWeighted::new(&[], Arc::default()).pick(&no_key()),
+            None
+        );
     }
 }

@@ -1,0 +1,285 @@
+//! Request keys: what a consistent-hash policy hashes to place a request, so
+//! that the same key reaches the same endpoint from every client instance.
+//!
+//! The hash is fixed and documented ([`key_hash`]: XXH3-64 with seed 0), so
+//! two processes running this crate agree on where a key lives. Key values
+//! are hashed as soon as they are read and never stored, logged or shown.
+
+use std::fmt;
+use std::sync::Arc;
+
+use http::header::HeaderName;
+use http::{Extensions, HeaderMap, Method};
+
+/// The stable hash of a key: XXH3-64 with seed 0 over the key's bytes.
+///
+/// Part of the crate's compatibility promise: it does not change between
+/// versions, so every process agrees on where a key lives.
+///
+/// ```
+/// assert_eq!(tower_lb::key_hash(b"user-42"), tower_lb::key_hash(b"user-42"));
+/// assert_ne!(tower_lb::key_hash(b"user-42"), tower_lb::key_hash(b"user-43"));
+/// ```
+pub fn key_hash(key: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(key)
+}
+
+/// An explicit key for one request, put in its `Extensions`: the request
+/// goes to the endpoint this key hashes to.
+///
+/// Only the key's hash is kept, so the value cannot leak through `Debug`,
+/// logs or stats.
+///
+/// ```
+/// use tower_lb::SessionKey;
+///
+/// let mut request = http::Request::get("/cart").body(()).unwrap();
+/// request.extensions_mut().insert(SessionKey::new("user-42"));
+/// assert!(!format!("{:?}", SessionKey::new("user-42")).contains("user-42"));
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SessionKey {
+    hash: u64,
+}
+
+impl SessionKey {
+    /// A key from any bytes: a user id, a session id, a tenant name.
+    pub fn new(key: impl AsRef<[u8]>) -> Self {
+        SessionKey {
+            hash: key_hash(key.as_ref()),
+        }
+    }
+
+    /// The key's [`key_hash`].
+    pub fn hash(&self) -> u64 {
+        self.hash
+    }
+}
+
+impl fmt::Debug for SessionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SessionKey(hash={:016x})", self.hash)
+    }
+}
+
+/// The parts of a request a key source may read.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestInfo<'a> {
+    pub(crate) method: &'a Method,
+    pub(crate) path: &'a str,
+    pub(crate) query: Option<&'a str>,
+    pub(crate) headers: &'a HeaderMap,
+    pub(crate) extensions: Option<&'a Extensions>,
+}
+
+impl<'a> RequestInfo<'a> {
+    /// The request method.
+    pub fn method(&self) -> &'a Method {
+        self.method
+    }
+
+    /// The request path, as sent (before the endpoint's base path is added).
+    pub fn path(&self) -> &'a str {
+        self.path
+    }
+
+    /// The query string, without `?`.
+    pub fn query(&self) -> Option<&'a str> {
+        self.query
+    }
+
+    /// The request headers.
+    pub fn headers(&self) -> &'a HeaderMap {
+        self.headers
+    }
+
+    /// The request's extensions; `None` for `reqwest::Request`, which has none.
+    pub fn extensions(&self) -> Option<&'a Extensions> {
+        self.extensions
+    }
+}
+
+type KeyFn = dyn Fn(&RequestInfo<'_>) -> Option<u64> + Send + Sync;
+
+/// Where a consistent-hash policy finds a request's key: one or more
+/// sources, tried in order; the first that yields a key wins.
+///
+/// The default is [`RequestKey::session`], the [`SessionKey`] in the
+/// request's extensions.
+///
+/// ```
+/// use tower_lb::RequestKey;
+///
+/// // An explicit SessionKey if set, else the x-user-id header, else the path.
+/// let key = RequestKey::session()
+///     .or(RequestKey::header("x-user-id"))
+///     .or(RequestKey::path());
+/// ```
+#[derive(Clone)]
+pub struct RequestKey {
+    sources: Vec<Source>,
+    /// A mistake found while configuring, reported when the balancer is built.
+    error: Option<String>,
+}
+
+#[derive(Clone)]
+enum Source {
+    Session,
+    Header(HeaderName),
+    Path,
+    Custom(Arc<KeyFn>),
+}
+
+impl RequestKey {
+    /// The [`SessionKey`] in the request's extensions.
+    pub fn session() -> Self {
+        Self::from_source(Source::Session)
+    }
+
+    /// The value of a header (the first, if it appears more than once).
+    /// An invalid header name is reported by the balancer's `build()`.
+    pub fn header(name: &str) -> Self {
+        match HeaderName::from_bytes(name.as_bytes()) {
+            Ok(name) => Self::from_source(Source::Header(name)),
+            Err(_) => RequestKey {
+                sources: Vec::new(),
+                error: Some(format!("{name:?} is not a valid header name")),
+            },
+        }
+    }
+
+    /// The request path (without the query).
+    pub fn path() -> Self {
+        Self::from_source(Source::Path)
+    }
+
+    /// A function of the request that returns the key's hash, or `None` when
+    /// the request has no key. Use [`key_hash`] on the key's bytes so that
+    /// every process agrees.
+    ///
+    /// ```
+    /// use tower_lb::{key_hash, RequestKey};
+    ///
+    /// let tenant = RequestKey::from_fn(|request| {
+    ///     let first = request.path().trim_start_matches('/').split('/').next()?;
+    ///     (!first.is_empty()).then(|| key_hash(first.as_bytes()))
+    /// });
+    /// ```
+    pub fn from_fn<F>(key: F) -> Self
+    where
+        F: Fn(&RequestInfo<'_>) -> Option<u64> + Send + Sync + 'static,
+    {
+        Self::from_source(Source::Custom(Arc::new(key)))
+    }
+
+    /// Tries `self` first, then `other`.
+    pub fn or(mut self, other: RequestKey) -> Self {
+        self.sources.extend(other.sources);
+        self.error = self.error.or(other.error);
+        self
+    }
+
+    fn from_source(source: Source) -> Self {
+        RequestKey {
+            sources: vec![source],
+            error: None,
+        }
+    }
+
+    pub(crate) fn error(&self) -> Option<&str> {
+        self.error.as_deref()
+    }
+
+    /// The hash of the request's key, from the first source that has one.
+    pub(crate) fn hash(&self, request: &RequestInfo<'_>) -> Option<u64> {
+        self.sources.iter().find_map(|source| match source {
+            Source::Session => request
+                .extensions
+                .and_then(|e| e.get::<SessionKey>())
+                .map(SessionKey::hash),
+            Source::Header(name) => request
+                .headers
+                .get(name)
+                .map(|value| key_hash(value.as_bytes())),
+            Source::Path => Some(key_hash(request.path.as_bytes())),
+            Source::Custom(key) => key(request),
+        })
+    }
+}
+
+impl Default for RequestKey {
+    fn default() -> Self {
+        Self::session()
+    }
+}
+
+impl fmt::Debug for RequestKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut list = f.debug_list();
+        for source in &self.sources {
+            match source {
+                Source::Session => list.entry(&"session"),
+                Source::Header(name) => list.entry(&format_args!("header {name}")),
+                Source::Path => list.entry(&"path"),
+                Source::Custom(_) => list.entry(&"custom"),
+            };
+        }
+        list.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info<'a>(headers: &'a HeaderMap, extensions: &'a Extensions) -> RequestInfo<'a> {
+        RequestInfo {
+            method: &Method::GET,
+            path: "/a/b",
+            query: None,
+            headers,
+            extensions: Some(extensions),
+        }
+    }
+
+    #[test]
+    fn sources_are_tried_in_order() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-user-id", "u1".parse().unwrap());
+        let mut extensions = Extensions::new();
+        let key = RequestKey::session()
+            .or(RequestKey::header("x-user-id"))
+            .or(RequestKey::path());
+
+        assert_eq!(
+            key.hash(&info(&headers, &extensions)),
+            Some(key_hash(b"u1"))
+        );
+        extensions.insert(SessionKey::new("s1"));
+        assert_eq!(
+            key.hash(&info(&headers, &extensions)),
+            Some(key_hash(b"s1"))
+        );
+        let empty = HeaderMap::new();
+        let none = Extensions::new();
+        assert_eq!(key.hash(&info(&empty, &none)), Some(key_hash(b"/a/b")));
+        assert_eq!(RequestKey::session().hash(&info(&empty, &none)), None);
+    }
+
+    #[test]
+    fn a_bad_header_name_is_kept_as_an_error() {
+        assert!(RequestKey::header("bad header").error().is_some());
+        assert!(RequestKey::path()
+            .or(RequestKey::header(""))
+            .error()
+            .is_some());
+        assert!(RequestKey::header("x-ok").error().is_none());
+    }
+
+    #[test]
+    fn the_hash_is_pinned() {
+        // XXH3-64, seed 0: part of the compatibility promise.
+        assert_eq!(key_hash(b""), 0x2d06_8005_38d3_94c2);
+        assert_eq!(key_hash(b"user-42"), key_hash(b"user-42"));
+    }
+}

@@ -1,0 +1,248 @@
+//! Consistent hashing: the same key reaches the same endpoint from every
+//! client instance, and a change of the set moves as few keys as possible.
+//!
+//! Two tables ([`Ring`] and [`Maglev`]), an optional load bound (Mirrokni,
+//! Thorup and Zadimoghaddam, "Consistent Hashing with Bounded Loads"), and a
+//! fallback policy for requests without a key.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use super::maglev::{self, Maglev, DEFAULT_TABLE_SIZE, MAX_TABLE_SIZE};
+use super::ring::Ring;
+use super::{Pick, PickContext, Policy};
+use crate::endpoint::Member;
+use crate::{Error, RequestKey};
+
+/// Virtual nodes per endpoint of average weight on the ring, by default.
+pub const DEFAULT_VIRTUAL_NODES: u32 = 2_048;
+/// The usual balance factor for bounded loads: no endpoint takes more than
+/// 1.25 × its fair share of the requests in flight.
+pub const DEFAULT_LOAD_FACTOR: f64 = 1.25;
+
+/// A consistent-hash policy: made by [`Policy::ring_hash`] or
+/// [`Policy::maglev`], configured here, and given to
+/// [`BalancerBuilder::policy`](crate::BalancerBuilder::policy).
+///
+/// ```
+/// use tower_lb::{Balancer, Policy, RequestKey};
+///
+/// let balancer = Balancer::builder()
+///     .endpoint("http://127.0.0.1:8081")
+///     .endpoint("http://127.0.0.1:8082")
+///     .policy(
+///         Policy::maglev()
+///             .key(RequestKey::header("x-user-id"))
+///             .bounded_loads() // no endpoint above 1.25 × its share in flight
+///             .fallback(Policy::round_robin()), // for requests without the header
+///     )
+///     .build()?;
+/// # Ok::<(), tower_lb::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct ConsistentHash {
+    table: TableKind,
+    key: RequestKey,
+    load_factor: Option<f64>,
+    fallback: Box<Policy>,
+    /// A mistake found while configuring, reported by `build()`.
+    error: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum TableKind {
+    Ring { virtual_nodes: u32 },
+    Maglev { size: u64 },
+}
+
+impl ConsistentHash {
+    pub(crate) fn ring() -> Self {
+        Self::with_table(TableKind::Ring {
+            virtual_nodes: DEFAULT_VIRTUAL_NODES,
+        })
+    }
+
+    pub(crate) fn maglev() -> Self {
+        Self::with_table(TableKind::Maglev {
+            size: DEFAULT_TABLE_SIZE,
+        })
+    }
+
+    fn with_table(table: TableKind) -> Self {
+        ConsistentHash {
+            table,
+            key: RequestKey::default(),
+            load_factor: None,
+            fallback: Box::new(Policy::weighted_round_robin()),
+            error: None,
+        }
+    }
+
+    /// Where the key comes from; the default is [`RequestKey::session`].
+    pub fn key(mut self, key: RequestKey) -> Self {
+        self.key = key;
+        self
+    }
+
+    /// The policy for requests that have no key; the default is
+    /// [`Policy::weighted_round_robin`]. It cannot itself hash.
+    pub fn fallback(mut self, policy: impl Into<Policy>) -> Self {
+        self.fallback = Box::new(policy.into());
+        self
+    }
+
+    /// Bounds every endpoint's load at [`DEFAULT_LOAD_FACTOR`] (1.25) times
+    /// its fair share: a key goes to the first endpoint in its preference
+    /// order that is under the bound, so one hot key cannot melt a backend.
+    pub fn bounded_loads(self) -> Self {
+        self.load_factor(DEFAULT_LOAD_FACTOR)
+    }
+
+    /// Bounded loads with balance factor `c`, at least 1: an endpoint with
+    /// weight share `s` takes a new request only while its requests in flight,
+    /// this one included, are at most `⌈c × s × (all in flight + 1)⌉`. Smaller
+    /// `c` balances more evenly and moves more keys away from home.
+    pub fn load_factor(mut self, c: f64) -> Self {
+        if !(c.is_finite() && c >= 1.0) {
+            self.note_error(format!(
+                "the load factor must be a number of at least 1, not {c}"
+            ));
+        }
+        self.load_factor = Some(c);
+        self
+    }
+
+    /// Ring only: points per endpoint of average weight (1 to 65,536;
+    /// default [`DEFAULT_VIRTUAL_NODES`]). More points balance better and
+    /// cost memory: about 20 bytes each. The ring holds at most 2²⁰ points
+    /// in all, so very large sets get fewer per endpoint.
+    pub fn virtual_nodes(mut self, points: u32) -> Self {
+        match &mut self.table {
+            TableKind::Ring { virtual_nodes } if (1..=65_536).contains(&points) => {
+                *virtual_nodes = points
+            }
+            TableKind::Ring { .. } => {
+                self.note_error(format!("virtual nodes must be 1 to 65536, not {points}"))
+            }
+            TableKind::Maglev { .. } => {
+                self.note_error("virtual_nodes applies to the ring, not to Maglev".into())
+            }
+        }
+        self
+    }
+
+    /// Maglev only: the lookup table size, a prime from 2 to 16,777,216
+    /// (default 65,537). It should be well above the number of endpoints
+    /// (the paper suggests 100 times) for an even spread.
+    pub fn table_size(mut self, size: u64) -> Self {
+        match &mut self.table {
+            TableKind::Maglev { size: s } if size <= MAX_TABLE_SIZE && maglev::is_prime(size) => {
+                *s = size
+            }
+            TableKind::Maglev { .. } => self.note_error(format!(
+                "the Maglev table size must be a prime up to {MAX_TABLE_SIZE}, not {size}"
+            )),
+            TableKind::Ring { .. } => {
+                self.note_error("table_size applies to Maglev, not to the ring".into())
+            }
+        }
+        self
+    }
+
+    fn note_error(&mut self, reason: String) {
+        self.error.get_or_insert(reason);
+    }
+
+    pub(crate) fn request_key(&self) -> &RequestKey {
+        &self.key
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), Error> {
+        let reason = self.error.as_deref().or(self.key.error()).or_else(|| {
+            self.fallback
+                .is_hash()
+                .then_some("the fallback is for requests without a key, so it cannot hash")
+        });
+        match reason {
+            Some(reason) => Err(Error::InvalidPolicy {
+                reason: reason.to_owned(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    pub(crate) fn picker(&self, members: &[Member], sequence: &Arc<AtomicUsize>) -> Box<dyn Pick> {
+        let table = match self.table {
+            TableKind::Ring { virtual_nodes } => Table::Ring(Ring::build(members, virtual_nodes)),
+            TableKind::Maglev { size } => Table::Maglev(Maglev::build(members, size)),
+        };
+        let bound = self.load_factor.map(|factor| LoadBound {
+            factor,
+            weights: members.iter().map(|m| m.weight).collect(),
+            total_weight: members.iter().map(|m| f64::from(m.weight)).sum(),
+        });
+        Box::new(HashPicker {
+            table,
+            bound,
+            fallback: self.fallback.picker(members, sequence),
+        })
+    }
+}
+
+#[derive(Debug)]
+enum Table {
+    Ring(Ring),
+    Maglev(Maglev),
+}
+
+#[derive(Debug)]
+struct HashPicker {
+    table: Table,
+    bound: Option<LoadBound>,
+    fallback: Box<dyn Pick>,
+}
+
+impl Pick for HashPicker {
+    fn pick(&self, ctx: &PickContext<'_>) -> Option<usize> {
+        let Some(hash) = ctx.key else {
+            return self.fallback.pick(ctx);
+        };
+        match (&self.table, &self.bound) {
+            (Table::Ring(ring), None) => ring.owner(hash),
+            (Table::Maglev(table), None) => table.owner(hash),
+            (Table::Ring(ring), Some(bound)) => bound.first_fitting(ring.walk(hash), ctx),
+            (Table::Maglev(table), Some(bound)) => bound.first_fitting(table.walk(hash), ctx),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct LoadBound {
+    factor: f64,
+    weights: Box<[u32]>,
+    total_weight: f64,
+}
+
+impl LoadBound {
+    /// The first endpoint in `preference` whose load, with this request,
+    /// stays within its bound; the first in `preference` if loads moved so
+    /// fast that none did.
+    fn first_fitting(
+        &self,
+        mut preference: impl Iterator<Item = usize>,
+        ctx: &PickContext<'_>,
+    ) -> Option<usize> {
+        let all = ctx.in_flight.load(Ordering::Relaxed) as f64 + 1.0;
+        let home = preference.next()?;
+        let fits = |i: usize| {
+            let share = f64::from(self.weights[i]) / self.total_weight;
+            let bound = (self.factor * share * all).ceil();
+            (ctx.endpoints[i].in_flight() + 1) as f64 <= bound
+        };
+        if fits(home) {
+            return Some(home);
+        }
+        preference.find(|&i| fits(i)).or(Some(home))
+    }
+}
