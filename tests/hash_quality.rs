@@ -1,0 +1,171 @@
+//! How well the consistent-hash tables spread and keep 1,000,000 keys.
+//!
+//! `cargo test --release --test hash_quality -- --nocapture --test-threads 1`
+//! prints the figures quoted in docs/consistent-hashing.md.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tower_lb::{Balancer, ConsistentHash, Policy, SessionKey};
+
+const KEYS: usize = 1_000_000;
+
+fn keys() -> Vec<SessionKey> {
+    (0..KEYS).map(|i| SessionKey::new(format!("key-{i}"))).collect()
+}
+
+fn url(i: usize) -> String {
+    format!("http://10.0.{}.{}:8080", i / 250, i % 250 + 1)
+}
+
+fn balancer(policy: ConsistentHash, weights: &[u32]) -> Balancer {
+    weights
+        .iter()
+        .enumerate()
+        .fold(Balancer::builder(), |b, (i, &w)| b.endpoint_weighted(&url(i), w))
+        .policy(policy)
+        .build()
+        .unwrap()
+}
+
+fn placement(balancer: &Balancer, keys: &[SessionKey]) -> Vec<Arc<str>> {
+    keys.iter()
+        .map(|k| balancer.locate(k).expect("every key has a home"))
+        .collect()
+}
+
+fn loads(placement: &[Arc<str>]) -> HashMap<&str, usize> {
+    let mut loads = HashMap::new();
+    for home in placement {
+        *loads.entry(&**home).or_default() += 1;
+    }
+    loads
+}
+
+fn max_over_mean(placement: &[Arc<str>], endpoints: usize) -> f64 {
+    let max = loads(placement).values().copied().max().unwrap_or(0);
+    max as f64 / (placement.len() as f64 / endpoints as f64)
+}
+
+fn moved(before: &[Arc<str>], after: &[Arc<str>]) -> usize {
+    before.iter().zip(after).filter(|(a, b)| a != b).count()
+}
+
+fn tables() -> [(&'static str, fn() -> ConsistentHash); 2] {
+    [("ring", Policy::ring_hash), ("maglev", Policy::maglev)]
+}
+
+#[test]
+fn ten_equal_endpoints_share_the_keys_evenly() {
+    let keys = keys();
+    for (name, policy) in tables() {
+        let balancer = balancer(policy(), &[1; 10]);
+        let ratio = max_over_mean(&placement(&balancer, &keys), 10);
+        println!("{name}: 10 equal endpoints, 1M keys: max/mean load {ratio:.4}");
+        let limit = if name == "ring" { 1.10 } else { 1.02 };
+        assert!(ratio <= limit, "{name}: max/mean {ratio} above {limit}");
+    }
+}
+
+#[test]
+fn an_eleventh_endpoint_takes_about_a_eleventh_of_the_keys_from_the_others() {
+    let keys = keys();
+    for (name, policy) in tables() {
+        let balancer = balancer(policy(), &[1; 10]);
+        let before = placement(&balancer, &keys);
+        balancer.add(&url(10), 1).unwrap();
+        let after = placement(&balancer, &keys);
+        let moved_keys = moved(&before, &after);
+        let to_new = before
+            .iter()
+            .zip(&after)
+            .filter(|(a, b)| a != b && ***b == *url(10))
+            .count();
+        let share = moved_keys as f64 / KEYS as f64;
+        println!(
+            "{name}: 10 -> 11 endpoints: {:.2}% of keys moved (ideal 9.09%), {:.2}% of the moved went to the new endpoint",
+            share * 100.0,
+            to_new as f64 / moved_keys as f64 * 100.0
+        );
+        assert!(share <= 0.105, "{name}: {share} of keys moved");
+        assert!(share >= 0.07, "{name}: the new endpoint took too little: {share}");
+        if name == "ring" {
+            assert_eq!(to_new, moved_keys, "on the ring, keys only move to the new endpoint");
+        }
+    }
+}
+
+#[test]
+fn removing_an_endpoint_moves_its_keys_and_almost_no_others() {
+    let keys = keys();
+    for (name, policy) in tables() {
+        let balancer = balancer(policy(), &[1; 10]);
+        let before = placement(&balancer, &keys);
+        let gone = url(3);
+        balancer.remove(&gone).unwrap();
+        let after = placement(&balancer, &keys);
+        let its_keys = before.iter().filter(|h| ***h == *gone).count();
+        let others_moved = before
+            .iter()
+            .zip(&after)
+            .filter(|(a, b)| ***a != *gone && a != b)
+            .count();
+        println!(
+            "{name}: remove 1 of 10: its {its_keys} keys moved; {others_moved} other keys moved ({:.3}% of all)",
+            others_moved as f64 / KEYS as f64 * 100.0
+        );
+        assert!(after.iter().all(|h| **h != *gone));
+        if name == "ring" {
+            assert_eq!(others_moved, 0, "on the ring only the removed endpoint's keys move");
+        } else {
+            // Maglev's table is rebuilt: near-minimal disruption, per the paper.
+            assert!((others_moved as f64) < 0.02 * KEYS as f64);
+        }
+
+        // Back in the set, every key is home again.
+        balancer.add(&gone, 1).unwrap();
+        assert_eq!(placement(&balancer, &keys), before, "{name}: keys did not return");
+    }
+}
+
+#[test]
+fn weights_1_2_3_give_shares_of_one_two_and_three_sixths() {
+    let keys = keys();
+    for (name, policy) in tables() {
+        let balancer = balancer(policy(), &[1, 2, 3]);
+        let placed = placement(&balancer, &keys);
+        let loads = loads(&placed);
+        let shares: Vec<f64> = (0..3)
+            .map(|i| loads[url(i).as_str()] as f64 / KEYS as f64)
+            .collect();
+        println!(
+            "{name}: weights 1:2:3 -> shares {:.4} {:.4} {:.4} (ideal 0.1667 0.3333 0.5000)",
+            shares[0], shares[1], shares[2]
+        );
+        for (i, share) in shares.iter().enumerate() {
+            let ideal = (i + 1) as f64 / 6.0;
+            assert!((share - ideal).abs() < 0.01, "{name}: share {i} is {share}");
+        }
+    }
+}
+
+#[test]
+fn placement_ignores_the_order_endpoints_were_added_in() {
+    let keys = &keys()[..50_000];
+    for (name, policy) in tables() {
+        let forward = balancer(policy(), &[1, 2, 3, 1, 1]);
+        let backward = (0..5)
+            .rev()
+            .fold(Balancer::builder(), |b, i| {
+                b.endpoint_weighted(&url(i), [1, 2, 3, 1, 1][i])
+            })
+            .policy(policy())
+            .build()
+            .unwrap();
+        assert_eq!(
+            placement(&forward, keys),
+            placement(&backward, keys),
+            "{name}: two processes that list endpoints differently disagree"
+        );
+    }
+}
