@@ -11,7 +11,9 @@ use tower_lb::{Balancer, ConsistentHash, Policy, SessionKey};
 const KEYS: usize = 1_000_000;
 
 fn keys() -> Vec<SessionKey> {
-    (0..KEYS).map(|i| SessionKey::new(format!("key-{i}"))).collect()
+    (0..KEYS)
+        .map(|i| SessionKey::new(format!("key-{i}")))
+        .collect()
 }
 
 fn url(i: usize) -> String {
@@ -22,7 +24,9 @@ fn balancer(policy: ConsistentHash, weights: &[u32]) -> Balancer {
     weights
         .iter()
         .enumerate()
-        .fold(Balancer::builder(), |b, (i, &w)| b.endpoint_weighted(&url(i), w))
+        .fold(Balancer::builder(), |b, (i, &w)| {
+            b.endpoint_weighted(&url(i), w)
+        })
         .policy(policy)
         .build()
         .unwrap()
@@ -51,7 +55,10 @@ fn moved(before: &[Arc<str>], after: &[Arc<str>]) -> usize {
     before.iter().zip(after).filter(|(a, b)| a != b).count()
 }
 
-fn tables() -> [(&'static str, fn() -> ConsistentHash); 2] {
+/// A table kind by name, and how to make its default policy.
+type Table = (&'static str, fn() -> ConsistentHash);
+
+fn tables() -> [Table; 2] {
     [("ring", Policy::ring_hash), ("maglev", Policy::maglev)]
 }
 
@@ -88,9 +95,15 @@ fn an_eleventh_endpoint_takes_about_a_eleventh_of_the_keys_from_the_others() {
             to_new as f64 / moved_keys as f64 * 100.0
         );
         assert!(share <= 0.105, "{name}: {share} of keys moved");
-        assert!(share >= 0.07, "{name}: the new endpoint took too little: {share}");
+        assert!(
+            share >= 0.07,
+            "{name}: the new endpoint took too little: {share}"
+        );
         if name == "ring" {
-            assert_eq!(to_new, moved_keys, "on the ring, keys only move to the new endpoint");
+            assert_eq!(
+                to_new, moved_keys,
+                "on the ring, keys only move to the new endpoint"
+            );
         }
     }
 }
@@ -116,7 +129,10 @@ fn removing_an_endpoint_moves_its_keys_and_almost_no_others() {
         );
         assert!(after.iter().all(|h| **h != *gone));
         if name == "ring" {
-            assert_eq!(others_moved, 0, "on the ring only the removed endpoint's keys move");
+            assert_eq!(
+                others_moved, 0,
+                "on the ring only the removed endpoint's keys move"
+            );
         } else {
             // Maglev's table is rebuilt: near-minimal disruption, per the paper.
             assert!((others_moved as f64) < 0.02 * KEYS as f64);
@@ -124,7 +140,11 @@ fn removing_an_endpoint_moves_its_keys_and_almost_no_others() {
 
         // Back in the set, every key is home again.
         balancer.add(&gone, 1).unwrap();
-        assert_eq!(placement(&balancer, &keys), before, "{name}: keys did not return");
+        assert_eq!(
+            placement(&balancer, &keys),
+            before,
+            "{name}: keys did not return"
+        );
     }
 }
 

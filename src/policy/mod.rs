@@ -111,7 +111,8 @@ impl Policy {
         ConsistentHash::maglev()
     }
 
-    pub(crate) fn is_hash(&self) -> bool {
+    /// Whether this policy places requests by the hash of a key.
+    pub fn is_hash(&self) -> bool {
         matches!(self.kind, Kind::Hash(_))
     }
 

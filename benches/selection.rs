@@ -1,0 +1,105 @@
+//! What selection costs: key lookups in the consistent-hash tables, table
+//! builds, and one request through the layer for every policy, at 10, 100
+//! and 1,000 endpoints.
+//!
+//! `cargo bench --bench selection`
+
+use std::convert::Infallible;
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion};
+use futures::FutureExt;
+use tower::{service_fn, Layer, Service};
+use tower_lb::{Balancer, Policy, SessionKey};
+
+const SIZES: [usize; 3] = [10, 100, 1_000];
+
+fn balancer(endpoints: usize, policy: impl Into<Policy>) -> Balancer {
+    (0..endpoints)
+        .fold(Balancer::builder(), |b, i| {
+            b.endpoint_weighted(
+                &format!("http://10.{}.{}.1:8080", i / 250, i % 250),
+                1 + (i % 3) as u32,
+            )
+        })
+        .policy(policy)
+        .build()
+        .expect("a valid benchmark set")
+}
+
+fn policies() -> Vec<(&'static str, Policy)> {
+    vec![
+        ("weighted_round_robin", Policy::weighted_round_robin()),
+        ("round_robin", Policy::round_robin()),
+        ("random", Policy::random()),
+        ("ring", Policy::ring_hash().into()),
+        ("maglev", Policy::maglev().into()),
+        ("ring_bounded", Policy::ring_hash().bounded_loads().into()),
+        ("maglev_bounded", Policy::maglev().bounded_loads().into()),
+    ]
+}
+
+fn hash_lookup(c: &mut Criterion) {
+    let keys: Vec<SessionKey> = (0..4096)
+        .map(|i| SessionKey::new(format!("user-{i}")))
+        .collect();
+    let mut group = c.benchmark_group("hash_lookup");
+    for n in SIZES {
+        for (name, policy) in policies().into_iter().filter(|(_, p)| p.is_hash()) {
+            let balancer = balancer(n, policy);
+            let mut next = 0;
+            group.bench_function(BenchmarkId::new(name, n), |b| {
+                b.iter(|| {
+                    next = (next + 1) & 4095;
+                    black_box(balancer.locate(&keys[next]))
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+fn table_build(c: &mut Criterion) {
+    let mut group = c.benchmark_group("table_build");
+    group.sample_size(10);
+    for n in SIZES {
+        for (name, policy) in [("ring", Policy::ring_hash()), ("maglev", Policy::maglev())] {
+            group.bench_function(BenchmarkId::new(name, n), |b| {
+                b.iter(|| black_box(balancer(n, policy.clone())))
+            });
+        }
+    }
+    group.finish();
+}
+
+fn layer_call(c: &mut Criterion) {
+    let mut group = c.benchmark_group("layer_call");
+    for n in SIZES {
+        for (name, policy) in policies() {
+            let balancer = balancer(n, policy);
+            let inner = service_fn(|_: http::Request<()>| async {
+                Ok::<_, Infallible>(http::Response::new(()))
+            });
+            let mut service = balancer.layer().layer(inner);
+            let mut next = 0u32;
+            group.bench_function(BenchmarkId::new(name, n), |b| {
+                b.iter_batched(
+                    || {
+                        next = next.wrapping_add(1);
+                        let mut request = http::Request::get("/users/42").body(()).expect("valid");
+                        request
+                            .extensions_mut()
+                            .insert(SessionKey::new(next.to_le_bytes()));
+                        request
+                    },
+                    |request| service.call(request).now_or_never(),
+                    BatchSize::SmallInput,
+                )
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, hash_lookup, table_build, layer_call);
+criterion_main!(benches);
