@@ -72,8 +72,37 @@ fn table_build(c: &mut Criterion) {
     group.finish();
 }
 
+/// A request for the `layer_call` group, keyed for the hashing policies.
+fn request(n: u32) -> http::Request<()> {
+    let mut request = http::Request::get("/users/42").body(()).expect("valid");
+    request
+        .extensions_mut()
+        .insert(SessionKey::new(n.to_le_bytes()));
+    request
+}
+
+fn trivial_service(
+) -> impl Service<http::Request<()>, Response = http::Response<()>, Error = Infallible, Future: Send>
+{
+    service_fn(|_: http::Request<()>| async { Ok::<_, Infallible>(http::Response::new(())) })
+}
+
 fn layer_call(c: &mut Criterion) {
     let mut group = c.benchmark_group("layer_call");
+    // The same request to the same trivial service with no balancer: what the
+    // harness itself costs.
+    let mut raw = trivial_service();
+    let mut next = 0u32;
+    group.bench_function("raw", |b| {
+        b.iter_batched(
+            || {
+                next = next.wrapping_add(1);
+                request(next)
+            },
+            |request| raw.call(request).now_or_never(),
+            BatchSize::SmallInput,
+        )
+    });
     for n in SIZES {
         for (name, policy) in policies() {
             let balancer = balancer(n, policy);

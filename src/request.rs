@@ -53,7 +53,8 @@ impl<B> sealed::Route for http::Request<B> {
     }
 
     fn route_to(&mut self, endpoint: &EndpointUrl) -> Result<(), Error> {
-        *self.uri_mut() = endpoint.join(self.uri())?;
+        let uri = std::mem::take(self.uri_mut());
+        *self.uri_mut() = endpoint.join(uri)?;
         Ok(())
     }
 }

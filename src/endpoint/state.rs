@@ -17,7 +17,6 @@ pub(crate) struct EndpointState {
     pub(crate) url: EndpointUrl,
     /// Requests in flight over the whole balancer, kept with this endpoint's.
     balancer_in_flight: Arc<AtomicU64>,
-    started: AtomicU64,
     in_flight: AtomicU64,
     succeeded: AtomicU64,
     server_errors: AtomicU64,
@@ -37,7 +36,6 @@ impl EndpointState {
         EndpointState {
             url,
             balancer_in_flight,
-            started: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             succeeded: AtomicU64::new(0),
             server_errors: AtomicU64::new(0),
@@ -89,19 +87,26 @@ impl EndpointState {
     pub(crate) fn stats(&self, weight: u32) -> EndpointStats {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let ewma = load(&self.latency_ewma_nanos);
+        // Read while requests finish, the sum can be off by those finishing
+        // at that moment; once traffic stops it is exact.
+        let successes = load(&self.succeeded);
+        let failures = FailureCounts {
+            server_error: load(&self.server_errors),
+            connect: load(&self.connect_errors),
+            timeout: load(&self.timeouts),
+            other: load(&self.other_errors),
+        };
+        let cancelled = load(&self.cancelled);
+        let in_flight = load(&self.in_flight);
         EndpointStats {
             url: self.url.as_str().to_owned(),
             weight,
-            in_flight: load(&self.in_flight),
-            requests: load(&self.started),
-            successes: load(&self.succeeded),
-            failures: FailureCounts {
-                server_error: load(&self.server_errors),
-                connect: load(&self.connect_errors),
-                timeout: load(&self.timeouts),
-                other: load(&self.other_errors),
-            },
-            cancelled: load(&self.cancelled),
+            in_flight,
+            // Every request is in flight or has exactly one outcome.
+            requests: successes + failures.total() + cancelled + in_flight,
+            successes,
+            failures,
+            cancelled,
             latency_ewma: (ewma > 0).then(|| Duration::from_nanos(ewma)),
         }
     }
@@ -109,7 +114,7 @@ impl EndpointState {
 
 /// One request in flight to one endpoint.
 ///
-/// Counts the request as started when made, and as finished when dropped:
+/// Counts the request as in flight when made, and as finished when dropped:
 /// with its outcome if [`InFlight::finish`] was called, as cancelled if the
 /// request's future was dropped first. So the in-flight count cannot drift.
 #[derive(Debug)]
@@ -121,7 +126,6 @@ pub(crate) struct InFlight {
 
 impl InFlight {
     pub(crate) fn start(endpoint: Arc<EndpointState>) -> Self {
-        endpoint.started.fetch_add(1, Ordering::Relaxed);
         endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
         endpoint.balancer_in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight {

@@ -96,23 +96,22 @@ impl EndpointUrl {
         self.canonical.clone()
     }
 
-    /// Builds the URI for a request to this endpoint: its scheme and
+    /// Turns a request's URI into one for this endpoint: its scheme and
     /// authority, the base path, then the request's own path and query.
-    pub(crate) fn join(&self, request: &Uri) -> Result<Uri, Error> {
-        let path_and_query = match request.path_and_query() {
-            None => PathAndQuery::from_static("/"),
-            Some(pq) if self.base_path.is_empty() => pq.clone(),
+    /// Takes the URI by value so that the path is moved, not copied.
+    pub(crate) fn join(&self, request: Uri) -> Result<Uri, Error> {
+        let mut parts = request.into_parts();
+        parts.path_and_query = match parts.path_and_query {
+            None => Some(PathAndQuery::from_static("/")),
+            Some(pq) if self.base_path.is_empty() => Some(pq),
             Some(pq) => {
                 let joined = format!("{}{}", self.base_path, pq.as_str());
-                PathAndQuery::try_from(joined).map_err(|e| self.invalid_request(e))?
+                Some(PathAndQuery::try_from(joined).map_err(|e| self.invalid_request(e))?)
             }
         };
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(path_and_query)
-            .build()
-            .map_err(|e| self.invalid_request(e))
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        Uri::from_parts(parts).map_err(|e| self.invalid_request(e))
     }
 
     /// Points a `reqwest` URL at this endpoint, keeping path and query.
@@ -204,19 +203,19 @@ mod tests {
         let plain = EndpointUrl::parse("http://127.0.0.1:8081").unwrap();
         let uri: Uri = "/users/42?full=1".parse().unwrap();
         assert_eq!(
-            plain.join(&uri).unwrap(),
+            plain.join(uri.clone()).unwrap(),
             "http://127.0.0.1:8081/users/42?full=1"
         );
 
         let based = EndpointUrl::parse("http://127.0.0.1:8081/api/").unwrap();
         assert_eq!(
-            based.join(&uri).unwrap(),
+            based.join(uri).unwrap(),
             "http://127.0.0.1:8081/api/users/42?full=1"
         );
 
         // An absolute request URI has its scheme and authority replaced.
         let absolute: Uri = "https://placeholder/x".parse().unwrap();
-        assert_eq!(plain.join(&absolute).unwrap(), "http://127.0.0.1:8081/x");
+        assert_eq!(plain.join(absolute).unwrap(), "http://127.0.0.1:8081/x");
     }
 
     #[cfg(feature = "reqwest")]
