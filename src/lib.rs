@@ -31,7 +31,9 @@
 //!   clone; also the handle that changes the set at runtime ([`Balancer::add`],
 //!   [`Balancer::drain`], [`Balancer::follow`] for a discovery stream).
 //! - [`BalanceLayer`] and [`Balance`]: the Tower layer and service.
-//! - [`Policy`]: smooth weighted round robin (the default), round robin, random.
+//! - [`Policy`]: smooth weighted round robin (the default), round robin, random,
+//!   and consistent hashing ([`Policy::ring_hash`], [`Policy::maglev`], configured
+//!   through [`ConsistentHash`]) of a request key ([`RequestKey`], [`SessionKey`]).
 //! - [`Stats`]: per-endpoint counters: in flight, successes, failures by kind,
 //!   cancelled, a latency average.
 //! - [`Error`]: configuration errors, "no endpoint available", and the wrapped
