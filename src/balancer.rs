@@ -14,7 +14,7 @@ use futures::{Stream, StreamExt};
 use tower::discover::Change;
 
 use crate::endpoint::{Counters, EndpointState, EndpointUrl, Member, Snapshot, Stats, MAX_WEIGHT};
-use crate::{BalanceLayer, BalanceRequest, Error, Policy, SessionKey};
+use crate::{BalanceLayer, BalanceRequest, Error, Policy, RequestInfo, SessionKey};
 
 /// Most discovery changes applied in one rebuild of the set.
 const DISCOVERY_BATCH: usize = 1024;
@@ -234,11 +234,16 @@ impl Balancer {
     /// Chooses the endpoint for `request`, or `None` when no endpoint takes
     /// requests.
     pub(crate) fn pick<R: BalanceRequest>(&self, request: &R) -> Option<Arc<EndpointState>> {
+        self.pick_for(&request.info())
+    }
+
+    /// Chooses the endpoint for a request described by `request`.
+    pub(crate) fn pick_for(&self, request: &RequestInfo<'_>) -> Option<Arc<EndpointState>> {
         let key = self
             .shared
             .policy
             .request_key()
-            .and_then(|key| key.hash(&request.info()));
+            .and_then(|key| key.hash(request));
         self.snapshot().pick(key).cloned()
     }
 

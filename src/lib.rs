@@ -50,6 +50,8 @@ mod balancer;
 mod endpoint;
 mod error;
 mod layer;
+#[cfg(feature = "reqwest-middleware")]
+mod middleware;
 mod outcome;
 mod policy;
 mod request;

@@ -5,6 +5,8 @@
 //! two processes running this crate agree on where a key lives. Key values
 //! are hashed as soon as they are read and never stored, logged or shown.
 
+mod cookie;
+
 use std::fmt;
 use std::sync::Arc;
 
@@ -126,6 +128,8 @@ pub struct RequestKey {
 enum Source {
     Session,
     Header(HeaderName),
+    Cookie(Box<str>),
+    Query(Box<str>),
     Path,
     Custom(Arc<KeyFn>),
 }
@@ -141,11 +145,28 @@ impl RequestKey {
     pub fn header(name: &str) -> Self {
         match HeaderName::from_bytes(name.as_bytes()) {
             Ok(name) => Self::from_source(Source::Header(name)),
-            Err(_) => RequestKey {
-                sources: Vec::new(),
-                error: Some(format!("{name:?} is not a valid header name")),
-            },
+            Err(_) => Self::invalid(format!("{name:?} is not a valid header name")),
         }
+    }
+
+    /// The value of a cookie in the request's `Cookie` headers, such as
+    /// `JSESSIONID`: the first non-empty one of that name, without quotes.
+    /// Malformed pairs are skipped; headers need not be UTF-8. An invalid
+    /// cookie name is reported by the balancer's `build()`.
+    pub fn cookie(name: &str) -> Self {
+        if name.is_empty() || !name.bytes().all(is_token_byte) {
+            return Self::invalid(format!("{name:?} is not a valid cookie name"));
+        }
+        Self::from_source(Source::Cookie(name.into()))
+    }
+
+    /// The value of a query parameter, as sent (still percent-encoded): the
+    /// first non-empty one of that name.
+    pub fn query(name: &str) -> Self {
+        if name.is_empty() {
+            return Self::invalid("the query parameter name is empty".into());
+        }
+        Self::from_source(Source::Query(name.into()))
     }
 
     /// The request path (without the query).
@@ -186,6 +207,13 @@ impl RequestKey {
         }
     }
 
+    fn invalid(reason: String) -> Self {
+        RequestKey {
+            sources: Vec::new(),
+            error: Some(reason),
+        }
+    }
+
     pub(crate) fn error(&self) -> Option<&str> {
         self.error.as_deref()
     }
@@ -200,6 +228,11 @@ impl RequestKey {
             Source::Header(name) => request
                 .headers
                 .get(name)
+                .map(|value| key_hash(value.as_bytes())),
+            Source::Cookie(name) => cookie::find_cookie(request.headers, name).map(key_hash),
+            Source::Query(name) => request
+                .query
+                .and_then(|query| find_query_parameter(query, name))
                 .map(|value| key_hash(value.as_bytes())),
             Source::Path => Some(key_hash(request.path.as_bytes())),
             Source::Custom(key) => key(request),
@@ -220,12 +253,27 @@ impl fmt::Debug for RequestKey {
             match source {
                 Source::Session => list.entry(&"session"),
                 Source::Header(name) => list.entry(&format_args!("header {name}")),
+                Source::Cookie(name) => list.entry(&format_args!("cookie {name}")),
+                Source::Query(name) => list.entry(&format_args!("query {name}")),
                 Source::Path => list.entry(&"path"),
                 Source::Custom(_) => list.entry(&"custom"),
             };
         }
         list.finish()
     }
+}
+
+/// The first non-empty value of parameter `name` in a query string.
+fn find_query_parameter<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        (key == name && !value.is_empty()).then_some(value)
+    })
+}
+
+/// A byte allowed in a cookie name (an RFC 7230 token).
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 #[cfg(test)]
@@ -264,6 +312,27 @@ mod tests {
         let none = Extensions::new();
         assert_eq!(key.hash(&info(&empty, &none)), Some(key_hash(b"/a/b")));
         assert_eq!(RequestKey::session().hash(&info(&empty, &none)), None);
+    }
+
+    #[test]
+    fn cookie_and_query_sources() {
+        let mut headers = HeaderMap::new();
+        headers.insert("cookie", "a=1; sid=\"s-9\"".parse().unwrap());
+        let extensions = Extensions::new();
+        let mut request = info(&headers, &extensions);
+        request.query = Some("x=&user=u7&user=u8");
+        assert_eq!(
+            RequestKey::cookie("sid").hash(&request),
+            Some(key_hash(b"s-9"))
+        );
+        assert_eq!(
+            RequestKey::query("user").hash(&request),
+            Some(key_hash(b"u7"))
+        );
+        assert_eq!(RequestKey::query("x").hash(&request), None);
+        assert!(RequestKey::cookie("bad name").error().is_some());
+        assert!(RequestKey::cookie("").error().is_some());
+        assert!(RequestKey::query("").error().is_some());
     }
 
     #[test]
