@@ -13,6 +13,7 @@ use arc_swap::{ArcSwap, Guard};
 use futures::{Stream, StreamExt};
 use tower::discover::Change;
 
+use crate::affinity::LearnedHomes;
 use crate::endpoint::{Counters, EndpointState, EndpointUrl, Member, Snapshot, Stats, MAX_WEIGHT};
 use crate::{BalanceLayer, BalanceRequest, Error, Policy, RequestInfo, SessionKey};
 
@@ -47,8 +48,25 @@ struct Shared {
     snapshot: ArcSwap<Snapshot>,
     policy: Policy,
     counters: Counters,
+    /// Which endpoint issued each affinity cookie, when the key reads cookies.
+    learned: Option<Arc<LearnedHomes>>,
+    /// The cookie store handed to reqwest, once asked for.
+    #[cfg(feature = "cookies")]
+    jar: std::sync::OnceLock<Arc<crate::BalancedCookieJar>>,
     /// Taken by updates only, never by requests.
     writer: Mutex<()>,
+}
+
+/// A reference to a balancer that does not keep it alive.
+#[cfg(feature = "cookies")]
+#[derive(Debug)]
+pub(crate) struct WeakBalancer(std::sync::Weak<Shared>);
+
+#[cfg(feature = "cookies")]
+impl WeakBalancer {
+    pub(crate) fn upgrade(&self) -> Option<Balancer> {
+        self.0.upgrade().map(|shared| Balancer { shared })
+    }
 }
 
 impl Balancer {
@@ -69,7 +87,9 @@ impl Balancer {
 
     /// Where a request with this key goes now, by canonical URL, without
     /// sending anything: for tests, dashboards and "which backend holds
-    /// user 42?". `None` unless the policy hashes (only hashing places keys),
+    /// user 42?". A session cookie's value learned from a backend's
+    /// `Set-Cookie` is located at that backend. `None` unless the policy
+    /// hashes (only hashing places keys),
     /// or when no endpoint takes requests. With bounded loads the answer
     /// depends on the loads of the moment.
     ///
@@ -89,9 +109,16 @@ impl Balancer {
         if !self.shared.policy.is_hash() {
             return None;
         }
-        self.snapshot()
-            .pick(Some(key.hash()))
-            .map(|endpoint| endpoint.url.shared_name())
+        let snapshot = self.snapshot();
+        let learned = self
+            .shared
+            .learned
+            .as_ref()
+            .and_then(|l| l.home(key.hash()));
+        match learned.filter(|home| snapshot.is_active(home)) {
+            Some(home) => Some(home.url.shared_name()),
+            None => snapshot.pick(Some(key.hash())).map(|e| e.url.shared_name()),
+        }
     }
 
     /// Adds an endpoint with a weight (0 adds it drained).
@@ -237,14 +264,84 @@ impl Balancer {
         self.pick_for(&request.info())
     }
 
-    /// Chooses the endpoint for a request described by `request`.
+    /// Chooses the endpoint for a request described by `request`: the
+    /// endpoint that issued its session cookie if known and taking requests,
+    /// else the policy's choice.
     pub(crate) fn pick_for(&self, request: &RequestInfo<'_>) -> Option<Arc<EndpointState>> {
-        let key = self
-            .shared
-            .policy
-            .request_key()
-            .and_then(|key| key.hash(request));
-        self.snapshot().pick(key).cloned()
+        let snapshot = self.snapshot();
+        let Some(request_key) = self.shared.policy.request_key() else {
+            return snapshot.pick(None).cloned();
+        };
+        #[cfg(feature = "cookies")]
+        let stored = self.jar_cookies(request);
+        #[cfg(feature = "cookies")]
+        let request = &RequestInfo {
+            jar_cookies: stored.as_ref(),
+            ..*request
+        };
+        let key = request_key.hash(request);
+        if let (Some(learned), Some(key)) = (&self.shared.learned, key) {
+            if let Some(home) = learned.home(key).filter(|home| snapshot.is_active(home)) {
+                return Some(home);
+            }
+        }
+        snapshot.pick(key).cloned()
+    }
+
+    /// The affinity cookies the jar holds for `request`, if a jar is in use
+    /// and the request carries no `Cookie` header of its own.
+    #[cfg(feature = "cookies")]
+    fn jar_cookies(&self, request: &RequestInfo<'_>) -> Option<http::HeaderValue> {
+        let jar = self.shared.jar.get()?;
+        if self.shared.learned.is_none() || request.headers.contains_key(http::header::COOKIE) {
+            return None;
+        }
+        jar.site_cookies(request.path)
+    }
+
+    /// The learned affinity table, when the policy keys on cookies.
+    pub(crate) fn learned(&self) -> Option<&Arc<LearnedHomes>> {
+        self.shared.learned.as_ref()
+    }
+
+    /// A cookie store to give the `reqwest::Client` under the balancer, so
+    /// that a backend's session cookie brings the client back to it
+    /// ("learned affinity"). Needs the `cookies` feature and a policy keyed
+    /// on a cookie ([`RequestKey::cookie`](crate::RequestKey::cookie)).
+    ///
+    /// Every call returns the same store.
+    ///
+    /// ```
+    /// use tower_lb::{Balancer, Policy, RequestKey};
+    ///
+    /// let balancer = Balancer::builder()
+    ///     .endpoint("http://127.0.0.1:8081")
+    ///     .policy(Policy::ring_hash().key(RequestKey::cookie("JSESSIONID")))
+    ///     .build()?;
+    /// let http = reqwest::Client::builder()
+    ///     .cookie_provider(balancer.cookie_jar())
+    ///     .build()
+    ///     .unwrap();
+    /// # Ok::<(), tower_lb::Error>(())
+    /// ```
+    #[cfg(feature = "cookies")]
+    pub fn cookie_jar(&self) -> Arc<crate::BalancedCookieJar> {
+        self.shared
+            .jar
+            .get_or_init(|| {
+                let weak = WeakBalancer(Arc::downgrade(&self.shared));
+                Arc::new(crate::BalancedCookieJar::new(weak))
+            })
+            .clone()
+    }
+
+    /// Whether `url` points at one of the endpoints.
+    #[cfg(feature = "cookies")]
+    pub(crate) fn serves(&self, url: &reqwest::Url) -> bool {
+        self.snapshot()
+            .members()
+            .iter()
+            .any(|m| m.state.url.serves(url))
     }
 
     fn apply_parsed(&self, changes: Vec<ParsedChange>) {
@@ -338,11 +435,19 @@ impl BalancerBuilder {
             return Err(Error::ZeroTotalWeight);
         }
         let snapshot = Snapshot::build(self.members, &self.policy, &self.counters);
+        let cookie_names = self
+            .policy
+            .request_key()
+            .map(|key| key.cookie_names())
+            .unwrap_or_default();
         Ok(Balancer {
             shared: Arc::new(Shared {
                 snapshot: ArcSwap::from_pointee(snapshot),
                 policy: self.policy,
                 counters: self.counters,
+                learned: LearnedHomes::new(cookie_names).map(Arc::new),
+                #[cfg(feature = "cookies")]
+                jar: std::sync::OnceLock::new(),
                 writer: Mutex::new(()),
             }),
         })

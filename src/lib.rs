@@ -59,6 +59,8 @@ mod request;
 mod reqwest_http;
 mod service;
 
+#[cfg(feature = "cookies")]
+pub use affinity::BalancedCookieJar;
 pub use affinity::{key_hash, RequestInfo, RequestKey, SessionKey};
 pub use balancer::{Balancer, BalancerBuilder};
 pub use endpoint::{EndpointStats, FailureCounts, Stats, MAX_WEIGHT};

@@ -54,6 +54,7 @@ impl Middleware for Balancer {
             query: request.url().query(),
             headers: request.headers(),
             extensions: Some(extensions),
+            jar_cookies: None,
         };
         let endpoint = self
             .pick_for(&info)
@@ -67,7 +68,12 @@ impl Middleware for Balancer {
         let result = next.run(request, extensions).instrument(span.clone()).await;
         let _entered = span.enter();
         let outcome = match &result {
-            Ok(response) => Outcome::from_status(response.status()),
+            Ok(response) => {
+                if let Some(learned) = self.learned() {
+                    learned.learn(response.headers(), in_flight.endpoint());
+                }
+                Outcome::from_status(response.status())
+            }
             Err(reqwest_middleware::Error::Reqwest(error)) => Outcome::from_error(error),
             Err(reqwest_middleware::Error::Middleware(error)) => {
                 let error: &(dyn StdError + Send + Sync + 'static) = error.as_ref();

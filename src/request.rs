@@ -1,7 +1,7 @@
 //! What the balancer reads from and writes to the requests and responses it
 //! handles: `http` types, the Tower convention, and `reqwest`'s own.
 
-use http::StatusCode;
+use http::{HeaderMap, StatusCode};
 
 use crate::endpoint::EndpointUrl;
 use crate::{Error, RequestInfo};
@@ -36,6 +36,7 @@ pub(crate) mod sealed {
 
     pub trait Status {
         fn status(&self) -> StatusCode;
+        fn headers(&self) -> &HeaderMap;
     }
 }
 
@@ -49,6 +50,7 @@ impl<B> sealed::Route for http::Request<B> {
             query: self.uri().query(),
             headers: self.headers(),
             extensions: Some(self.extensions()),
+            jar_cookies: None,
         }
     }
 
@@ -65,6 +67,10 @@ impl<B> sealed::Status for http::Response<B> {
     fn status(&self) -> StatusCode {
         self.status()
     }
+
+    fn headers(&self) -> &HeaderMap {
+        self.headers()
+    }
 }
 
 #[cfg(feature = "reqwest")]
@@ -79,6 +85,7 @@ impl sealed::Route for reqwest::Request {
             query: self.url().query(),
             headers: self.headers(),
             extensions: None,
+            jar_cookies: None,
         }
     }
 
@@ -94,5 +101,9 @@ impl BalanceResponse for reqwest::Response {}
 impl sealed::Status for reqwest::Response {
     fn status(&self) -> StatusCode {
         self.status()
+    }
+
+    fn headers(&self) -> &HeaderMap {
+        self.headers()
     }
 }

@@ -4,11 +4,13 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
+use crate::affinity::LearnedHomes;
 use crate::endpoint::InFlight;
 use crate::outcome::Outcome;
 use crate::{BalanceRequest, BalanceResponse, Balancer, BoxError, Error};
@@ -93,6 +95,7 @@ where
             state: State::Sent {
                 future,
                 in_flight: Some(in_flight),
+                learned: self.balancer.learned().cloned(),
                 span,
             },
         }
@@ -118,6 +121,8 @@ pin_project! {
             #[pin]
             future: F,
             in_flight: Option<InFlight>,
+            // Set when the policy learns which endpoint issued a session cookie.
+            learned: Option<Arc<LearnedHomes>>,
             span: tracing::Span,
         },
     }
@@ -150,12 +155,20 @@ where
             StateProj::Sent {
                 future,
                 in_flight,
+                learned,
                 span,
             } => {
                 let _entered = span.enter();
                 let result = ready!(future.poll(cx));
                 let (outcome, result) = match result {
-                    Ok(response) => (Outcome::from_status(response.status()), Ok(response)),
+                    Ok(response) => {
+                        if let (Some(learned), Some(in_flight)) =
+                            (learned.as_ref(), in_flight.as_ref())
+                        {
+                            learned.learn(response.headers(), in_flight.endpoint());
+                        }
+                        (Outcome::from_status(response.status()), Ok(response))
+                    }
                     Err(error) => {
                         let error: BoxError = error.into();
                         (Outcome::from_error(error.as_ref()), Err(error))

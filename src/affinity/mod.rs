@@ -6,12 +6,19 @@
 //! are hashed as soon as they are read and never stored, logged or shown.
 
 mod cookie;
+#[cfg(feature = "cookies")]
+mod jar;
+mod learned;
 
 use std::fmt;
 use std::sync::Arc;
 
 use http::header::HeaderName;
-use http::{Extensions, HeaderMap, Method};
+use http::{Extensions, HeaderMap, HeaderValue, Method};
+
+#[cfg(feature = "cookies")]
+pub use jar::BalancedCookieJar;
+pub(crate) use learned::LearnedHomes;
 
 /// The stable hash of a key: XXH3-64 with seed 0 over the key's bytes.
 ///
@@ -72,6 +79,8 @@ pub struct RequestInfo<'a> {
     pub(crate) query: Option<&'a str>,
     pub(crate) headers: &'a HeaderMap,
     pub(crate) extensions: Option<&'a Extensions>,
+    /// Cookies the balancer's cookie jar holds for this request.
+    pub(crate) jar_cookies: Option<&'a HeaderValue>,
 }
 
 impl<'a> RequestInfo<'a> {
@@ -214,6 +223,17 @@ impl RequestKey {
         }
     }
 
+    /// Names of the cookies this key is read from.
+    pub(crate) fn cookie_names(&self) -> Vec<Box<str>> {
+        self.sources
+            .iter()
+            .filter_map(|s| match s {
+                Source::Cookie(name) => Some(name.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
     pub(crate) fn error(&self) -> Option<&str> {
         self.error.as_deref()
     }
@@ -229,7 +249,12 @@ impl RequestKey {
                 .headers
                 .get(name)
                 .map(|value| key_hash(value.as_bytes())),
-            Source::Cookie(name) => cookie::find_cookie(request.headers, name).map(key_hash),
+            Source::Cookie(name) => cookie::find_cookie(request.headers, name)
+                .or_else(|| {
+                    let stored = request.jar_cookies?;
+                    cookie::find_in_header(stored.as_bytes(), name.as_bytes())
+                })
+                .map(key_hash),
             Source::Query(name) => request
                 .query
                 .and_then(|query| find_query_parameter(query, name))
@@ -287,6 +312,7 @@ mod tests {
             query: None,
             headers,
             extensions: Some(extensions),
+            jar_cookies: None,
         }
     }
 

@@ -74,6 +74,11 @@ impl Snapshot {
         self.picker.pick(&ctx).and_then(|i| self.active.get(i))
     }
 
+    /// Whether `endpoint` takes new requests in this snapshot.
+    pub(crate) fn is_active(&self, endpoint: &Arc<EndpointState>) -> bool {
+        self.active.iter().any(|a| Arc::ptr_eq(a, endpoint))
+    }
+
     pub(crate) fn members(&self) -> &[Member] {
         &self.members
     }

@@ -135,7 +135,7 @@ impl InFlight {
         }
     }
 
-    pub(crate) fn endpoint(&self) -> &EndpointState {
+    pub(crate) fn endpoint(&self) -> &Arc<EndpointState> {
         &self.endpoint
     }
 

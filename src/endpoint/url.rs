@@ -17,6 +17,8 @@ use crate::Error;
 pub struct EndpointUrl {
     scheme: Scheme,
     authority: Authority,
+    /// The port, written or implied: read when rewriting `reqwest` URLs.
+    #[cfg_attr(not(feature = "reqwest"), allow(dead_code))]
     port: u16,
     /// Empty, or starts with `/` and has no trailing `/`.
     base_path: Box<str>,
@@ -134,6 +136,16 @@ impl EndpointUrl {
             url.set_path(&joined);
         }
         Ok(())
+    }
+
+    /// Whether `url` is on this endpoint's scheme, host and port.
+    #[cfg(feature = "cookies")]
+    pub(crate) fn serves(&self, url: &reqwest::Url) -> bool {
+        url.scheme() == self.scheme.as_str()
+            && url.port_or_known_default() == Some(self.port)
+            && url
+                .host_str()
+                .is_some_and(|host| host.eq_ignore_ascii_case(self.authority.host()))
     }
 
     fn invalid_request(&self, reason: impl fmt::Display) -> Error {

@@ -1,0 +1,154 @@
+//! Learned affinity: which endpoint issued each session cookie.
+//!
+//! When a backend answers with `Set-Cookie: JSESSIONID=…` (a cookie the
+//! policy keys on), the balancer remembers that this value belongs to that
+//! endpoint, as NGINX's `sticky learn` does; the next request carrying the
+//! cookie goes back there while the endpoint takes requests. A value it has
+//! not seen (another client instance issued it, or it was forgotten) is
+//! placed by its hash like any other key.
+//!
+//! Only hashes are stored. The table is sharded so that requests on
+//! different cores rarely meet on a lock, and bounded: the oldest entries go
+//! first.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, Weak};
+
+use http::header::{HeaderMap, SET_COOKIE};
+
+use super::key_hash;
+use crate::endpoint::EndpointState;
+
+const SHARDS: usize = 16;
+/// Sessions remembered per shard; 65,536 in all.
+const SHARD_CAPACITY: usize = 4_096;
+
+#[derive(Debug)]
+pub(crate) struct LearnedHomes {
+    /// Cookie names whose values are learned.
+    names: Box<[Box<str>]>,
+    shards: Box<[Mutex<Shard>]>,
+}
+
+#[derive(Debug, Default)]
+struct Shard {
+    homes: HashMap<u64, Weak<EndpointState>>,
+    /// Keys in the order they were learned, for eviction.
+    order: VecDeque<u64>,
+}
+
+impl LearnedHomes {
+    /// `None` when there are no cookie names to learn.
+    pub(crate) fn new(names: Vec<Box<str>>) -> Option<Self> {
+        (!names.is_empty()).then(|| LearnedHomes {
+            names: names.into(),
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+        })
+    }
+
+    fn shard(&self, key: u64) -> std::sync::MutexGuard<'_, Shard> {
+        let shard = &self.shards[(key >> 60) as usize % SHARDS];
+        // A panic while holding a shard leaves a usable map behind.
+        shard.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The endpoint that issued the cookie with this value hash, if known and
+    /// still alive.
+    pub(crate) fn home(&self, key: u64) -> Option<Arc<EndpointState>> {
+        self.shard(key).homes.get(&key).and_then(Weak::upgrade)
+    }
+
+    /// Learns the affinity cookies `endpoint` sets in `headers`.
+    pub(crate) fn learn(&self, headers: &HeaderMap, endpoint: &Arc<EndpointState>) {
+        for header in headers.get_all(SET_COOKIE) {
+            let Some((name, value)) = set_cookie_pair(header.as_bytes()) else {
+                continue;
+            };
+            if value.is_empty() || !self.names.iter().any(|n| n.as_bytes() == name) {
+                continue;
+            }
+            let key = key_hash(value);
+            let mut shard = self.shard(key);
+            if shard.homes.insert(key, Arc::downgrade(endpoint)).is_none() {
+                shard.order.push_back(key);
+                if shard.order.len() > SHARD_CAPACITY {
+                    if let Some(oldest) = shard.order.pop_front() {
+                        shard.homes.remove(&oldest);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The `name=value` of a `Set-Cookie` header, value unquoted.
+fn set_cookie_pair(header: &[u8]) -> Option<(&[u8], &[u8])> {
+    let pair = header.split(|&b| b == b';').next()?;
+    let eq = pair.iter().position(|&b| b == b'=')?;
+    let trim = |s: &'_ [u8]| -> std::ops::Range<usize> {
+        let start = s
+            .iter()
+            .position(|b| !b.is_ascii_whitespace())
+            .unwrap_or(s.len());
+        let end = s
+            .iter()
+            .rposition(|b| !b.is_ascii_whitespace())
+            .map_or(start, |i| i + 1);
+        start..end
+    };
+    let name = &pair[..eq];
+    let value = &pair[eq + 1..];
+    let value = &value[trim(value)];
+    let value = match value {
+        [b'"', inner @ .., b'"'] => inner,
+        _ => value,
+    };
+    Some((&name[trim(name)], value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::endpoint::EndpointUrl;
+
+    fn endpoint(port: u16) -> Arc<EndpointState> {
+        let url = EndpointUrl::parse(&format!("http://127.0.0.1:{port}")).unwrap();
+        Arc::new(EndpointState::new(url, Arc::default()))
+    }
+
+    #[test]
+    fn learns_only_the_named_cookies_and_forgets_removed_endpoints() {
+        let learned = LearnedHomes::new(vec!["sid".into()]).unwrap();
+        let a = endpoint(1);
+        let mut headers = HeaderMap::new();
+        headers.append(SET_COOKIE, "theme=dark; Path=/".parse().unwrap());
+        headers.append(SET_COOKIE, "sid=\"abc\"; Path=/; HttpOnly".parse().unwrap());
+        learned.learn(&headers, &a);
+        assert!(Arc::ptr_eq(&learned.home(key_hash(b"abc")).unwrap(), &a));
+        assert!(learned.home(key_hash(b"dark")).is_none());
+        drop(a);
+        assert!(learned.home(key_hash(b"abc")).is_none());
+        assert!(LearnedHomes::new(Vec::new()).is_none());
+    }
+
+    #[test]
+    fn the_table_is_bounded() {
+        let learned = LearnedHomes::new(vec!["sid".into()]).unwrap();
+        let a = endpoint(1);
+        for i in 0..(SHARDS * SHARD_CAPACITY * 2) {
+            let mut headers = HeaderMap::new();
+            headers.append(SET_COOKIE, format!("sid=s{i}").parse().unwrap());
+            learned.learn(&headers, &a);
+        }
+        let total: usize = learned
+            .shards
+            .iter()
+            .map(|s| s.lock().unwrap().homes.len())
+            .sum();
+        assert!(total <= SHARDS * SHARD_CAPACITY, "{total}");
+        assert!(
+            learned.home(key_hash(b"s0")).is_none(),
+            "the oldest is forgotten"
+        );
+    }
+}
