@@ -4,12 +4,12 @@
 //! Run it with `cargo run --release --example demo`. It needs nothing
 //! installed and finishes in seconds.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use futures::stream::{self, StreamExt};
 use tower::{ServiceBuilder, ServiceExt};
-use tower_lb::{Balance, Balancer, BoxError, HttpToReqwest, Policy};
+use tower_lb::{Balance, Balancer, BoxError, HttpToReqwest, Policy, RequestKey, SessionKey};
 use wiremock::matchers::any;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -184,11 +184,95 @@ async fn main() -> Result<(), BoxError> {
         phase,
     );
 
+    sticky_sessions(&backends).await?;
+
     let stats = balancer.stats();
     println!(
-        "\nall requests answered; {} in flight at the end, {} sent in total",
+        "\nall requests answered; the weighted balancer sent {1} in all and has {0} in flight",
         stats.in_flight(),
         stats.requests()
+    );
+    Ok(())
+}
+
+/// 3. Session affinity: 500 users, 8 requests each, every request carrying
+/// the user's `SessionKey`. Each user stays on one backend; draining one
+/// backend moves only its users.
+async fn sticky_sessions(backends: &[Backend]) -> Result<(), BoxError> {
+    const USERS: usize = 500;
+    const REQUESTS_PER_USER: usize = 8;
+    let balancer = backends
+        .iter()
+        .fold(Balancer::builder(), |b, backend| {
+            b.endpoint(&backend.server.uri())
+        })
+        .policy(Policy::maglev().key(RequestKey::session()))
+        .build()?;
+    let client = ServiceBuilder::new()
+        .layer(balancer.layer())
+        .service(HttpToReqwest::new(reqwest::Client::new()));
+
+    // Which backend each user landed on, for every one of their requests.
+    let homes = |client: Client| async move {
+        let requests = (0..USERS).flat_map(|u| (0..REQUESTS_PER_USER).map(move |_| u));
+        let seen: Vec<Result<(usize, String), BoxError>> = stream::iter(requests)
+            .map(|user| {
+                let client = client.clone();
+                async move {
+                    let mut request = http::Request::get("/cart").body(reqwest::Body::from(""))?;
+                    request
+                        .extensions_mut()
+                        .insert(SessionKey::new(format!("user-{user}")));
+                    let response = client.oneshot(request).await?;
+                    let name = response
+                        .headers()
+                        .get("x-backend")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("?")
+                        .to_owned();
+                    Ok((user, name))
+                }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        let mut homes: Vec<BTreeSet<String>> = vec![BTreeSet::new(); USERS];
+        for result in seen {
+            let (user, name) = result?;
+            homes[user].insert(name);
+        }
+        Ok::<_, BoxError>(homes)
+    };
+
+    let before = homes(client.clone()).await?;
+    let drained = backends[0].name;
+    balancer.drain(&backends[0].server.uri())?;
+    let after = homes(client).await?;
+
+    println!("\n3. Sticky sessions: Maglev over the SessionKey, {USERS} users x {REQUESTS_PER_USER} requests");
+    println!(
+        "{:<8} {:>14} {:>20}",
+        "backend", "users", "users after drain"
+    );
+    for backend in backends {
+        let count =
+            |homes: &[BTreeSet<String>]| homes.iter().filter(|h| h.contains(backend.name)).count();
+        println!(
+            "{:<8} {:>14} {:>20}",
+            backend.name,
+            count(&before),
+            count(&after)
+        );
+    }
+    let split = before.iter().filter(|h| h.len() != 1).count();
+    let moved = before.iter().zip(&after).filter(|(b, a)| b != a).count();
+    let moved_from_drained = before
+        .iter()
+        .zip(&after)
+        .filter(|(b, a)| b != a && b.contains(drained))
+        .count();
+    println!(
+        "users seen on more than one backend: {split}; after draining {drained}: {moved} users moved, {moved_from_drained} of them were on {drained}"
     );
     Ok(())
 }
