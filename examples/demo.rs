@@ -45,6 +45,16 @@ impl Backend {
     }
 }
 
+/// The name a backend gives itself in its answers.
+fn backend_of(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get("x-backend")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("?")
+        .to_owned()
+}
+
 /// Latencies seen by the client, by the backend that answered.
 type Latencies = BTreeMap<String, Vec<Duration>>;
 
@@ -59,13 +69,7 @@ async fn send(client: &Client, count: usize) -> Result<(Latencies, Duration), Bo
                     http::Request::get(format!("/items/{i}")).body(reqwest::Body::from(""))?;
                 let sent = Instant::now();
                 let response = client.oneshot(request).await?;
-                let name = response
-                    .headers()
-                    .get("x-backend")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("?")
-                    .to_owned();
-                Ok::<_, BoxError>((name, sent.elapsed()))
+                Ok::<_, BoxError>((backend_of(&response), sent.elapsed()))
             }
         })
         .buffer_unordered(CONCURRENCY)
@@ -195,9 +199,9 @@ async fn main() -> Result<(), BoxError> {
     Ok(())
 }
 
-/// 3. Session affinity: 500 users, 8 requests each, every request carrying
-/// the user's `SessionKey`. Each user stays on one backend; draining one
-/// backend moves only its users.
+/// Scenario 3, session affinity: 500 users, 8 requests each, every request
+/// carrying the user's `SessionKey`. Each user stays on one backend;
+/// draining one backend moves only its users.
 async fn sticky_sessions(backends: &[Backend]) -> Result<(), BoxError> {
     const USERS: usize = 500;
     const REQUESTS_PER_USER: usize = 8;
@@ -224,13 +228,7 @@ async fn sticky_sessions(backends: &[Backend]) -> Result<(), BoxError> {
                         .extensions_mut()
                         .insert(SessionKey::new(format!("user-{user}")));
                     let response = client.oneshot(request).await?;
-                    let name = response
-                        .headers()
-                        .get("x-backend")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("?")
-                        .to_owned();
-                    Ok((user, name))
+                    Ok((user, backend_of(&response)))
                 }
             })
             .buffer_unordered(CONCURRENCY)

@@ -39,15 +39,18 @@ async fn ten_thousand_requests_at_concurrency_64_are_all_answered() {
     assert_settled(&balancer);
 }
 
-#[tokio::test]
-async fn dropped_request_futures_release_their_in_flight_count() {
-    let stuck = backend(
-        "a",
-        ResponseTemplate::new(200).set_delay(Duration::from_secs(30)),
-    )
-    .await;
+/// A backend that never answers in time, a balancer over it and a client.
+async fn stuck_backend() -> (wiremock::MockServer, Balancer, Client) {
+    let delay = ResponseTemplate::new(200).set_delay(Duration::from_secs(30));
+    let stuck = backend("a", delay).await;
     let balancer = Balancer::builder().endpoint(&stuck.uri()).build().unwrap();
     let client = client(&balancer);
+    (stuck, balancer, client)
+}
+
+#[tokio::test]
+async fn dropped_request_futures_release_their_in_flight_count() {
+    let (stuck, balancer, client) = stuck_backend().await;
 
     let requests = futures::future::join_all((0..20).map(|_| send(&client, "/")));
     let timed_out = tokio::time::timeout(Duration::from_millis(300), requests).await;
@@ -61,13 +64,7 @@ async fn dropped_request_futures_release_their_in_flight_count() {
 
 #[tokio::test]
 async fn aborted_tasks_release_their_in_flight_count() {
-    let stuck = backend(
-        "a",
-        ResponseTemplate::new(200).set_delay(Duration::from_secs(30)),
-    )
-    .await;
-    let balancer = Balancer::builder().endpoint(&stuck.uri()).build().unwrap();
-    let client = client(&balancer);
+    let (_server, balancer, client) = stuck_backend().await;
     let tasks: Vec<_> = (0..8)
         .map(|_| {
             let client = client.clone();

@@ -22,10 +22,17 @@ pub(crate) fn find_cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a 
 /// [`find_cookie`] for one header value.
 pub(crate) fn find_in_header<'a>(header: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
     header.split(|&b| b == b';').find_map(|pair| {
-        let eq = pair.iter().position(|&b| b == b'=')?;
-        let (pair_name, value) = (trim(&pair[..eq]), unquote(trim(&pair[eq + 1..])));
-        (!pair_name.is_empty() && pair_name == name && !value.is_empty()).then_some(value)
+        let (pair_name, value) = name_value(pair)?;
+        (pair_name == name && !value.is_empty()).then_some(value)
     })
+}
+
+/// The name and value of one `name=value` pair, blanks trimmed and the value
+/// unquoted; `None` without `=` or with an empty name.
+pub(crate) fn name_value(pair: &[u8]) -> Option<(&[u8], &[u8])> {
+    let eq = pair.iter().position(|&b| b == b'=')?;
+    let name = trim(&pair[..eq]);
+    (!name.is_empty()).then(|| (name, unquote(trim(&pair[eq + 1..]))))
 }
 
 fn trim(bytes: &[u8]) -> &[u8] {

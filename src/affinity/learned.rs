@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use http::header::{HeaderMap, SET_COOKIE};
 
-use super::key_hash;
+use super::{cookie, key_hash};
 use crate::endpoint::EndpointState;
 
 const SHARDS: usize = 16;
@@ -61,7 +61,13 @@ impl LearnedHomes {
     /// Learns the affinity cookies `endpoint` sets in `headers`.
     pub(crate) fn learn(&self, headers: &HeaderMap, endpoint: &Arc<EndpointState>) {
         for header in headers.get_all(SET_COOKIE) {
-            let Some((name, value)) = set_cookie_pair(header.as_bytes()) else {
+            // The cookie is the first `;`-separated part; attributes follow.
+            let first = header
+                .as_bytes()
+                .split(|&b| b == b';')
+                .next()
+                .unwrap_or_default();
+            let Some((name, value)) = cookie::name_value(first) else {
                 continue;
             };
             if value.is_empty() || !self.names.iter().any(|n| n.as_bytes() == name) {
@@ -79,31 +85,6 @@ impl LearnedHomes {
             }
         }
     }
-}
-
-/// The `name=value` of a `Set-Cookie` header, value unquoted.
-fn set_cookie_pair(header: &[u8]) -> Option<(&[u8], &[u8])> {
-    let pair = header.split(|&b| b == b';').next()?;
-    let eq = pair.iter().position(|&b| b == b'=')?;
-    let trim = |s: &'_ [u8]| -> std::ops::Range<usize> {
-        let start = s
-            .iter()
-            .position(|b| !b.is_ascii_whitespace())
-            .unwrap_or(s.len());
-        let end = s
-            .iter()
-            .rposition(|b| !b.is_ascii_whitespace())
-            .map_or(start, |i| i + 1);
-        start..end
-    };
-    let name = &pair[..eq];
-    let value = &pair[eq + 1..];
-    let value = &value[trim(value)];
-    let value = match value {
-        [b'"', inner @ .., b'"'] => inner,
-        _ => value,
-    };
-    Some((&name[trim(name)], value))
 }
 
 #[cfg(test)]

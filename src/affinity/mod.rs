@@ -42,9 +42,10 @@ pub fn key_hash(key: &[u8]) -> u64 {
 /// ```
 /// use tower_lb::SessionKey;
 ///
-/// let mut request = http::Request::get("/cart").body(()).unwrap();
+/// let mut request = http::Request::get("/cart").body(())?;
 /// request.extensions_mut().insert(SessionKey::new("user-42"));
 /// assert!(!format!("{:?}", SessionKey::new("user-42")).contains("user-42"));
+/// # Ok::<(), http::Error>(())
 /// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SessionKey {
