@@ -379,9 +379,8 @@ impl Balancer {
 #[derive(Debug, Default)]
 #[must_use]
 pub struct BalancerBuilder {
-    members: Vec<Member>,
+    endpoints: Vec<(EndpointUrl, u32)>,
     policy: Policy,
-    counters: Counters,
     error: Option<Error>,
 }
 
@@ -399,15 +398,15 @@ impl BalancerBuilder {
         }
         let added = EndpointUrl::parse(url).and_then(|url| {
             check_weight(&url, weight)?;
-            if position(&self.members, &url).is_some() {
+            if self.endpoints.iter().any(|(known, _)| *known == url) {
                 return Err(Error::DuplicateEndpoint {
                     url: url.as_str().to_owned(),
                 });
             }
-            Ok(Member::new(url, weight, &self.counters))
+            Ok((url, weight))
         });
         match added {
-            Ok(member) => self.members.push(member),
+            Ok(endpoint) => self.endpoints.push(endpoint),
             Err(error) => self.error = Some(error),
         }
         self
@@ -431,10 +430,19 @@ impl BalancerBuilder {
             return Err(error);
         }
         self.policy.validate()?;
-        if !self.members.is_empty() && self.members.iter().all(|m| m.weight == 0) {
+        if !self.endpoints.is_empty() && self.endpoints.iter().all(|(_, w)| *w == 0) {
             return Err(Error::ZeroTotalWeight);
         }
-        let snapshot = Snapshot::build(self.members, &self.policy, &self.counters);
+        let counters = Counters {
+            rtt: Arc::new(self.policy.rtt_model()),
+            ..Counters::default()
+        };
+        let members = self
+            .endpoints
+            .into_iter()
+            .map(|(url, weight)| Member::new(url, weight, &counters))
+            .collect();
+        let snapshot = Snapshot::build(members, &self.policy, &counters);
         let cookie_names = self
             .policy
             .request_key()
@@ -444,7 +452,7 @@ impl BalancerBuilder {
             shared: Arc::new(Shared {
                 snapshot: ArcSwap::from_pointee(snapshot),
                 policy: self.policy,
-                counters: self.counters,
+                counters,
                 learned: LearnedHomes::new(cookie_names).map(Arc::new),
                 #[cfg(feature = "cookies")]
                 jar: std::sync::OnceLock::new(),

@@ -66,7 +66,9 @@ pub use balancer::{Balancer, BalancerBuilder};
 pub use endpoint::{EndpointStats, FailureCounts, Stats, MAX_WEIGHT};
 pub use error::{BoxError, Error};
 pub use layer::BalanceLayer;
-pub use policy::{ConsistentHash, Policy, DEFAULT_LOAD_FACTOR, DEFAULT_VIRTUAL_NODES};
+pub use policy::{
+    ConsistentHash, LeastResponseTime, Policy, DEFAULT_LOAD_FACTOR, DEFAULT_VIRTUAL_NODES,
+};
 pub use request::{BalanceRequest, BalanceResponse};
 #[cfg(feature = "reqwest")]
 pub use reqwest_http::HttpToReqwest;

@@ -94,7 +94,10 @@ mod tests {
 
     fn endpoint(port: u16) -> Arc<EndpointState> {
         let url = EndpointUrl::parse(&format!("http://127.0.0.1:{port}")).unwrap();
-        Arc::new(EndpointState::new(url, Arc::default()))
+        Arc::new(EndpointState::new(
+            url,
+            &crate::endpoint::Counters::default(),
+        ))
     }
 
     #[test]

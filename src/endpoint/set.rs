@@ -9,7 +9,7 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::Arc;
 
-use super::{EndpointState, EndpointUrl, Stats};
+use super::{EndpointState, EndpointUrl, RttModel, Stats};
 use crate::policy::{Pick, PickContext, Policy};
 
 /// Counters that outlive snapshots.
@@ -19,6 +19,8 @@ pub(crate) struct Counters {
     pub(crate) sequence: Arc<AtomicUsize>,
     /// Requests in flight over the whole balancer.
     pub(crate) in_flight: Arc<AtomicU64>,
+    /// Settings of every endpoint's response-time estimate.
+    pub(crate) rtt: Arc<RttModel>,
 }
 
 /// An endpoint and its weight.
@@ -31,7 +33,7 @@ pub(crate) struct Member {
 impl Member {
     pub(crate) fn new(url: EndpointUrl, weight: u32, counters: &Counters) -> Self {
         Member {
-            state: Arc::new(EndpointState::new(url, counters.in_flight.clone())),
+            state: Arc::new(EndpointState::new(url, counters)),
             weight,
         }
     }

@@ -5,8 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::rtt::{RttEstimate, RttModel};
 use super::stats::{EndpointStats, FailureCounts};
-use super::EndpointUrl;
+use super::{Counters, EndpointUrl};
 use crate::outcome::Outcome;
 
 /// One endpoint's live state. Shared (`Arc`) by every snapshot that lists the
@@ -17,6 +18,9 @@ pub(crate) struct EndpointState {
     pub(crate) url: EndpointUrl,
     /// Requests in flight over the whole balancer, kept with this endpoint's.
     balancer_in_flight: Arc<AtomicU64>,
+    rtt_model: Arc<RttModel>,
+    /// Response-time estimate for the least-response-time policy.
+    rtt: RttEstimate,
     in_flight: AtomicU64,
     succeeded: AtomicU64,
     server_errors: AtomicU64,
@@ -32,10 +36,12 @@ pub(crate) struct EndpointState {
 const EWMA_NEW_SAMPLE_SHARE: u64 = 5; // 1/5 = 0.2
 
 impl EndpointState {
-    pub(crate) fn new(url: EndpointUrl, balancer_in_flight: Arc<AtomicU64>) -> Self {
+    pub(crate) fn new(url: EndpointUrl, counters: &Counters) -> Self {
         EndpointState {
             url,
-            balancer_in_flight,
+            balancer_in_flight: counters.in_flight.clone(),
+            rtt: RttEstimate::new(&counters.rtt),
+            rtt_model: counters.rtt.clone(),
             in_flight: AtomicU64::new(0),
             succeeded: AtomicU64::new(0),
             server_errors: AtomicU64::new(0),
@@ -52,7 +58,18 @@ impl EndpointState {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    fn record(&self, outcome: Outcome, latency: Duration) {
+    /// The response-time estimate, in nanoseconds.
+    pub(crate) fn rtt_nanos(&self) -> f64 {
+        self.rtt.nanos()
+    }
+
+    /// Folds one answer into the response-time estimate only.
+    #[cfg(test)]
+    pub(crate) fn record_rtt(&self, latency: Duration, failed: bool, now: Instant) {
+        self.rtt.record(&self.rtt_model, latency, failed, now);
+    }
+
+    fn record(&self, outcome: Outcome, latency: Duration, now: Instant) {
         let counter = match outcome {
             Outcome::Success => &self.succeeded,
             Outcome::ServerError => &self.server_errors,
@@ -61,6 +78,8 @@ impl EndpointState {
             Outcome::OtherError => &self.other_errors,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        let failed = outcome != Outcome::Success;
+        self.rtt.record(&self.rtt_model, latency, failed, now);
         // A connect error says nothing about how fast the server answers.
         if outcome != Outcome::ConnectError {
             self.record_latency(latency);
@@ -108,6 +127,7 @@ impl EndpointState {
             failures,
             cancelled,
             latency_ewma: (ewma > 0).then(|| Duration::from_nanos(ewma)),
+            response_time_estimate: Duration::from_nanos(self.rtt.nanos() as u64),
         }
     }
 }
@@ -142,8 +162,9 @@ impl InFlight {
     /// Records the outcome and the time since the request started; returns
     /// that time.
     pub(crate) fn finish(mut self, outcome: Outcome) -> Duration {
-        let latency = self.started_at.elapsed();
-        self.endpoint.record(outcome, latency);
+        let now = Instant::now();
+        let latency = now.saturating_duration_since(self.started_at);
+        self.endpoint.record(outcome, latency, now);
         self.finished = true;
         latency
     }
@@ -168,7 +189,7 @@ mod tests {
     fn endpoint() -> Arc<EndpointState> {
         Arc::new(EndpointState::new(
             EndpointUrl::parse("http://127.0.0.1:1").unwrap(),
-            Arc::default(),
+            &Counters::default(),
         ))
     }
 

@@ -63,6 +63,10 @@ pub struct EndpointStats {
     /// Moving average of the time to the response head (each new sample
     /// counts one fifth); `None` before the first answer.
     pub latency_ewma: Option<Duration>,
+    /// The peak-sensitive response-time estimate the least-response-time
+    /// policy uses: failures count as the penalty, and it starts from the
+    /// configured default.
+    pub response_time_estimate: Duration,
 }
 
 /// Failed requests of one endpoint, by kind.

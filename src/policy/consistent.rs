@@ -154,6 +154,10 @@ impl ConsistentHash {
         self.error.get_or_insert(reason);
     }
 
+    pub(crate) fn fallback_policy(&self) -> &Policy {
+        &self.fallback
+    }
+
     pub(crate) fn request_key(&self) -> &RequestKey {
         &self.key
     }

@@ -5,6 +5,7 @@
 //! and read without a lock by every request.
 
 mod consistent;
+mod least_time;
 mod maglev;
 mod random;
 mod ring;
@@ -16,11 +17,12 @@ use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::Arc;
 
 pub use consistent::{ConsistentHash, DEFAULT_LOAD_FACTOR, DEFAULT_VIRTUAL_NODES};
+pub use least_time::LeastResponseTime;
 use random::WeightedRandom;
 use round_robin::RoundRobin;
 use weighted::SmoothWeighted;
 
-use crate::endpoint::{EndpointState, Member};
+use crate::endpoint::{EndpointState, Member, RttModel};
 use crate::{Error, RequestKey};
 
 /// What a policy may look at to choose an endpoint for one request.
@@ -64,6 +66,7 @@ enum Kind {
     #[default]
     WeightedRoundRobin,
     Random,
+    LeastTime(LeastResponseTime),
     Hash(Box<ConsistentHash>),
 }
 
@@ -94,6 +97,15 @@ impl Policy {
     /// Needs no shared counter, so it scales across cores without contention.
     pub fn random() -> Self {
         Policy { kind: Kind::Random }
+    }
+
+    /// Least response time: the cheaper of two random endpoints, where cost
+    /// = response-time estimate × (requests in flight + 1) / weight. The
+    /// estimate jumps up on a slow answer, decays smoothly (10 s) on fast
+    /// ones, and counts failures as slow. Configure it with the
+    /// [`LeastResponseTime`] methods.
+    pub fn least_response_time() -> LeastResponseTime {
+        LeastResponseTime::default()
     }
 
     /// Consistent hashing on a hash ring (ketama style): virtual nodes in
@@ -128,7 +140,17 @@ impl Policy {
     pub(crate) fn validate(&self) -> Result<(), Error> {
         match &self.kind {
             Kind::Hash(hash) => hash.validate(),
+            Kind::LeastTime(least) => least.validate(),
             _ => Ok(()),
+        }
+    }
+
+    /// The settings of the endpoints' response-time estimates.
+    pub(crate) fn rtt_model(&self) -> RttModel {
+        match &self.kind {
+            Kind::LeastTime(least) => least.rtt_model(),
+            Kind::Hash(hash) => hash.fallback_policy().rtt_model(),
+            _ => RttModel::default(),
         }
     }
 
@@ -141,7 +163,16 @@ impl Policy {
             Kind::RoundRobin => Box::new(RoundRobin::new(active.len(), sequence.clone())),
             Kind::WeightedRoundRobin => Box::new(SmoothWeighted::new(&weights(), sequence.clone())),
             Kind::Random => Box::new(WeightedRandom::new(&weights())),
+            Kind::LeastTime(least) => least.picker(active),
             Kind::Hash(hash) => hash.picker(active, sequence),
+        }
+    }
+}
+
+impl From<LeastResponseTime> for Policy {
+    fn from(least: LeastResponseTime) -> Self {
+        Policy {
+            kind: Kind::LeastTime(least),
         }
     }
 }

@@ -1,0 +1,264 @@
+//! Least response time: send each request where it is expected to be
+//! answered soonest.
+//!
+//! An endpoint's cost is its response-time estimate (peak-sensitive, time
+//! decayed, failures counted as a penalty: see `endpoint/rtt.rs`) times
+//! (its requests in flight + 1), divided by its weight. The cheaper of two
+//! endpoints drawn at random wins (power of two choices: Mitzenmacher;
+//! Finagle, linkerd, tower), or, as an option for small sets, the cheapest
+//! of all. Two random choices avoid the herd that follows a single "best"
+//! endpoint between two updates of its cost.
+//!
+//! A slow endpoint is capacity, not poison: when the fast ones are busy
+//! enough that their cost passes its, it takes requests again.
+
+use std::time::Duration;
+
+use super::{Pick, PickContext};
+use crate::endpoint::{Member, RttModel, DEFAULT_DECAY, DEFAULT_PENALTY, DEFAULT_RTT};
+use crate::Error;
+
+/// The least-response-time policy: made by
+/// [`Policy::least_response_time`](crate::Policy::least_response_time),
+/// configured here, and given to
+/// [`BalancerBuilder::policy`](crate::BalancerBuilder::policy).
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_lb::{Balancer, Policy};
+///
+/// let balancer = Balancer::builder()
+///     .endpoint("http://127.0.0.1:8081")
+///     .endpoint_weighted("http://127.0.0.1:8082", 3)
+///     .policy(
+///         Policy::least_response_time()
+///             .decay(Duration::from_secs(5))
+///             .failure_penalty(Duration::from_millis(500)),
+///     )
+///     .build()?;
+/// # Ok::<(), tower_lb::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct LeastResponseTime {
+    initial: Duration,
+    decay: Duration,
+    penalty: Duration,
+    exact: bool,
+}
+
+impl Default for LeastResponseTime {
+    fn default() -> Self {
+        LeastResponseTime {
+            initial: DEFAULT_RTT,
+            decay: DEFAULT_DECAY,
+            penalty: DEFAULT_PENALTY,
+            exact: false,
+        }
+    }
+}
+
+impl LeastResponseTime {
+    /// How long the estimate takes to follow a drop in latency: a sample
+    /// `t` after the previous one moves it `1 − e^(−t/decay)` of the way.
+    /// Default 10 s; must be above zero.
+    pub fn decay(mut self, decay: Duration) -> Self {
+        self.decay = decay;
+        self
+    }
+
+    /// The estimate a new endpoint starts from, so that it is neither
+    /// flooded nor starved before its first answers. Default 30 ms.
+    pub fn default_rtt(mut self, rtt: Duration) -> Self {
+        self.initial = rtt;
+        self
+    }
+
+    /// The least a failed request (5xx, timeout, connect or other error)
+    /// counts as, so that an endpoint that fails fast does not look fast.
+    /// Default 1 s.
+    pub fn failure_penalty(mut self, penalty: Duration) -> Self {
+        self.penalty = penalty;
+        self
+    }
+
+    /// Take the cheapest of all endpoints instead of the cheaper of two at
+    /// random: exact, O(endpoints) per request, and prone to sending bursts
+    /// to one endpoint between updates. For small sets.
+    pub fn exact(mut self) -> Self {
+        self.exact = true;
+        self
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), Error> {
+        if self.decay.is_zero() {
+            return Err(Error::InvalidPolicy {
+                reason: "the decay time must be above zero".into(),
+            });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn rtt_model(&self) -> RttModel {
+        RttModel::new(self.initial, self.decay, self.penalty)
+    }
+
+    pub(crate) fn picker(&self, members: &[Member]) -> Box<dyn Pick> {
+        Box::new(LeastTimePicker {
+            inverse_weights: members.iter().map(|m| 1.0 / f64::from(m.weight)).collect(),
+            exact: self.exact,
+        })
+    }
+}
+
+#[derive(Debug)]
+struct LeastTimePicker {
+    inverse_weights: Box<[f64]>,
+    exact: bool,
+}
+
+impl LeastTimePicker {
+    fn cost(&self, ctx: &PickContext<'_>, i: usize) -> f64 {
+        let endpoint = &ctx.endpoints[i];
+        endpoint.rtt_nanos() * (endpoint.in_flight() + 1) as f64 * self.inverse_weights[i]
+    }
+}
+
+impl Pick for LeastTimePicker {
+    fn pick(&self, ctx: &PickContext<'_>) -> Option<usize> {
+        let n = ctx.endpoints.len().min(self.inverse_weights.len());
+        match n {
+            0 => None,
+            1 => Some(0),
+            _ if self.exact => {
+                (0..n).min_by(|&a, &b| self.cost(ctx, a).total_cmp(&self.cost(ctx, b)))
+            }
+            _ => {
+                let a = fastrand::usize(0..n);
+                // A second index, different from the first.
+                let b = (a + 1 + fastrand::usize(0..n - 1)) % n;
+                Some(if self.cost(ctx, b) < self.cost(ctx, a) {
+                    b
+                } else {
+                    a
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU64;
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use super::*;
+    use crate::endpoint::{Counters, EndpointUrl, InFlight};
+    use crate::outcome::Outcome;
+
+    /// Endpoints whose estimates start at zero, so that the first answer
+    /// sets them.
+    fn members(weights: &[u32]) -> (Vec<Member>, Counters) {
+        let model = LeastResponseTime::default()
+            .default_rtt(Duration::ZERO)
+            .rtt_model();
+        let counters = Counters {
+            rtt: Arc::new(model),
+            ..Counters::default()
+        };
+        let members = weights
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| {
+                let url = EndpointUrl::parse(&format!("http://127.0.0.1:{}", 9000 + i)).unwrap();
+                Member::new(url, w, &counters)
+            })
+            .collect();
+        (members, counters)
+    }
+
+    fn picks(policy: &LeastResponseTime, members: &[Member], count: usize) -> Vec<usize> {
+        let endpoints: Vec<_> = members.iter().map(|m| m.state.clone()).collect();
+        let picker = policy.picker(members);
+        let in_flight = AtomicU64::new(0);
+        let ctx = PickContext {
+            key: None,
+            endpoints: &endpoints,
+            in_flight: &in_flight,
+        };
+        let mut counts = vec![0; members.len()];
+        for _ in 0..count {
+            counts[picker.pick(&ctx).unwrap()] += 1;
+        }
+        counts
+    }
+
+    /// Records one answer of `latency` on `member`.
+    fn answer(member: &Member, latency: Duration, outcome: Outcome) {
+        member
+            .state
+            .record_rtt(latency, outcome != Outcome::Success, Instant::now());
+    }
+
+    #[test]
+    fn the_slow_endpoint_loses_every_exact_comparison_while_idle_ones_are_fast() {
+        let (members, _) = members(&[1, 1, 1]);
+        answer(&members[0], Duration::from_millis(2), Outcome::Success);
+        answer(&members[1], Duration::from_millis(20), Outcome::Success);
+        answer(&members[2], Duration::from_millis(3), Outcome::Success);
+        let counts = picks(&LeastResponseTime::default().exact(), &members, 100);
+        assert_eq!(counts, [100, 0, 0]);
+        let counts = picks(&LeastResponseTime::default(), &members, 3_000);
+        assert_eq!(
+            counts[1], 0,
+            "two choices never prefer the slow one here: {counts:?}"
+        );
+    }
+
+    #[test]
+    fn weights_divide_the_cost() {
+        let (members, _) = members(&[1, 3]);
+        answer(&members[0], Duration::from_millis(5), Outcome::Success);
+        answer(&members[1], Duration::from_millis(12), Outcome::Success);
+        // 12 ms / 3 = 4 ms beats 5 ms / 1.
+        assert_eq!(
+            picks(&LeastResponseTime::default().exact(), &members, 10),
+            [0, 10]
+        );
+    }
+
+    #[test]
+    fn a_fast_failure_looks_slow() {
+        let (members, _) = members(&[1, 1]);
+        answer(&members[0], Duration::from_millis(1), Outcome::ServerError);
+        answer(&members[1], Duration::from_millis(10), Outcome::Success);
+        assert_eq!(
+            picks(&LeastResponseTime::default().exact(), &members, 10),
+            [0, 10]
+        );
+    }
+
+    #[test]
+    fn load_makes_the_slow_endpoint_worth_it_again() {
+        let (members, _) = members(&[1, 1]);
+        answer(&members[0], Duration::from_millis(2), Outcome::Success);
+        answer(&members[1], Duration::from_millis(20), Outcome::Success);
+        // Eleven requests in flight on the fast one: 2 ms x 12 > 20 ms x 1.
+        let _busy: Vec<_> = (0..11)
+            .map(|_| InFlight::start(members[0].state.clone()))
+            .collect();
+        assert_eq!(
+            picks(&LeastResponseTime::default().exact(), &members, 1),
+            [0, 1]
+        );
+    }
+
+    #[test]
+    fn a_zero_decay_is_refused() {
+        assert!(LeastResponseTime::default()
+            .decay(Duration::ZERO)
+            .validate()
+            .is_err());
+    }
+}
