@@ -83,7 +83,7 @@ async fn the_slow_backend_is_still_capacity_when_the_fast_ones_are_busy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weights_scale_the_share_of_equally_fast_backends() {
     let fast = ResponseTemplate::new(200).set_delay(Duration::from_millis(3));
-    let servers = vec![backend("a", fast.clone()).await, backend("b", fast).await];
+    let servers = [backend("a", fast.clone()).await, backend("b", fast).await];
     let balancer = Balancer::builder()
         .endpoint_weighted(&servers[0].uri(), 1)
         .endpoint_weighted(&servers[1].uri(), 3)
