@@ -189,6 +189,7 @@ async fn main() -> Result<(), BoxError> {
     );
 
     sticky_sessions(&backends).await?;
+    slow_backend().await?;
 
     let stats = balancer.stats();
     println!(
@@ -272,5 +273,55 @@ async fn sticky_sessions(backends: &[Backend]) -> Result<(), BoxError> {
     println!(
         "users seen on more than one backend: {split}; after draining {drained}: {moved} users moved, {moved_from_drained} of them were on {drained}"
     );
+    Ok(())
+}
+
+/// Scenario 4, one slow backend: three answer in 2 ms, one in 20 ms. Round
+/// robin gives the slow one its quarter; least response time routes round it.
+async fn slow_backend() -> Result<(), BoxError> {
+    let backends = vec![
+        Backend::start("fast-1", 1, Duration::from_millis(2)).await,
+        Backend::start("fast-2", 1, Duration::from_millis(2)).await,
+        Backend::start("fast-3", 1, Duration::from_millis(2)).await,
+        Backend::start("slow", 1, Duration::from_millis(20)).await,
+    ];
+    println!("\n4. One slow backend (20 ms; the others 2 ms), 3000 requests per policy");
+    println!(
+        "{:<22} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10}",
+        "policy", "fast-1", "fast-2", "fast-3", "slow", "p50", "p99"
+    );
+    let policies: [(&str, Policy); 2] = [
+        ("round robin", Policy::round_robin()),
+        ("least response time", Policy::least_response_time().into()),
+    ];
+    for (name, policy) in policies {
+        let balancer = backends
+            .iter()
+            .fold(Balancer::builder(), |b, backend| {
+                b.endpoint(&backend.server.uri())
+            })
+            .policy(policy)
+            .build()?;
+        let client = ServiceBuilder::new()
+            .layer(balancer.layer())
+            .service(HttpToReqwest::new(reqwest::Client::new()));
+        let (latencies, _) = send(&client, 3_000).await?;
+        let mut all: Vec<Duration> = latencies.values().flatten().copied().collect();
+        all.sort();
+        let share = |backend: &str| {
+            let n = latencies.get(backend).map_or(0, Vec::len);
+            format!("{:.1}%", n as f64 / all.len().max(1) as f64 * 100.0)
+        };
+        println!(
+            "{:<22} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10}",
+            name,
+            share("fast-1"),
+            share("fast-2"),
+            share("fast-3"),
+            share("slow"),
+            percentile(&all, 50.0).map_or_else(|| "-".into(), ms),
+            percentile(&all, 99.0).map_or_else(|| "-".into(), ms),
+        );
+    }
     Ok(())
 }

@@ -32,6 +32,7 @@
 //!   [`Balancer::drain`], [`Balancer::follow`] for a discovery stream).
 //! - [`BalanceLayer`] and [`Balance`]: the Tower layer and service.
 //! - [`Policy`]: smooth weighted round robin (the default), round robin, random,
+//!   least response time ([`Policy::least_response_time`], [`LeastResponseTime`]),
 //!   and consistent hashing ([`Policy::ring_hash`], [`Policy::maglev`], configured
 //!   through [`ConsistentHash`]) of a request key ([`RequestKey`], [`SessionKey`]).
 //! - [`Stats`]: per-endpoint counters: in flight, successes, failures by kind,

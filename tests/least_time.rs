@@ -22,7 +22,12 @@ async fn fleet(fast: Duration, slow_answer: ResponseTemplate) -> Vec<MockServer>
     servers
 }
 
-async fn shares(servers: &[MockServer], policy: Policy, count: usize, concurrency: usize) -> HashMap<String, f64> {
+async fn shares(
+    servers: &[MockServer],
+    policy: Policy,
+    count: usize,
+    concurrency: usize,
+) -> HashMap<String, f64> {
     let balancer = servers
         .iter()
         .fold(Balancer::builder(), |b, s| b.endpoint(&s.uri()))
@@ -48,10 +53,16 @@ async fn a_slow_backend_gets_far_less_than_its_fair_share() {
         ResponseTemplate::new(200).set_delay(Duration::from_millis(40)),
     )
     .await;
-    for policy in [Policy::least_response_time(), Policy::least_response_time().exact()] {
+    for policy in [
+        Policy::least_response_time(),
+        Policy::least_response_time().exact(),
+    ] {
         let shares = shares(&servers, policy.clone().into(), 2_000, 16).await;
         let slow = shares.get("e").copied().unwrap_or(0.0);
-        println!("least time {policy:?}: slow backend share {:.2}%", slow * 100.0);
+        println!(
+            "least time {policy:?}: slow backend share {:.2}%",
+            slow * 100.0
+        );
         assert!(slow < 0.05, "the slow backend got {slow}");
     }
 }
@@ -61,7 +72,10 @@ async fn a_backend_that_fails_fast_does_not_look_fast() {
     let servers = fleet(Duration::from_millis(2), ResponseTemplate::new(503)).await;
     let shares = shares(&servers, Policy::least_response_time().into(), 2_000, 16).await;
     let failing = shares.get("e").copied().unwrap_or(0.0);
-    println!("least time: instant-503 backend share {:.2}%", failing * 100.0);
+    println!(
+        "least time: instant-503 backend share {:.2}%",
+        failing * 100.0
+    );
     assert!(failing < 0.10, "the failing backend got {failing}");
 }
 
@@ -76,7 +90,10 @@ async fn the_slow_backend_is_still_capacity_when_the_fast_ones_are_busy() {
     // above the slow one's 20 ms x (a few + 1).
     let shares = shares(&servers, Policy::least_response_time().into(), 3_000, 128).await;
     let slow = shares.get("e").copied().unwrap_or(0.0);
-    println!("least time, busy fleet: slow backend share {:.2}%", slow * 100.0);
+    println!(
+        "least time, busy fleet: slow backend share {:.2}%",
+        slow * 100.0
+    );
     assert!(slow > 0.01, "the slow backend was never used: {slow}");
 }
 
@@ -92,7 +109,14 @@ async fn weights_scale_the_share_of_equally_fast_backends() {
         .unwrap();
     let client = client(&balancer);
     let results = send_many(&client, 2_000, 16).await;
-    let heavy = results.iter().filter(|r| r.as_deref().unwrap() == "b").count() as f64 / 2_000.0;
-    println!("least time, weights 1:3: weight-3 share {:.1}%", heavy * 100.0);
+    let heavy = results
+        .iter()
+        .filter(|r| r.as_deref().unwrap() == "b")
+        .count() as f64
+        / 2_000.0;
+    println!(
+        "least time, weights 1:3: weight-3 share {:.1}%",
+        heavy * 100.0
+    );
     assert!((0.6..0.9).contains(&heavy), "weight 3 got {heavy}");
 }

@@ -5,9 +5,16 @@
 //! A sample above the estimate replaces it at once, so a backend that turns
 //! slow is avoided after one slow answer. A lower sample pulls the estimate
 //! down by `1 − exp(−elapsed / decay)`, where `elapsed` is the time since
-//! the last sample: a backend must stay fast for a while to look fast. A
-//! failure counts as at least the penalty, so a backend that fails in one
+//! the last sample, and by at least [`MIN_SAMPLE_WEIGHT`]: a backend must
+//! stay fast for a while, or for a few dozen answers, to look fast again.
+//! A failure counts as at least the penalty, so a backend that fails in one
 //! millisecond does not look like the fastest.
+//!
+//! The floor is where this departs from Finagle's and tower's PeakEWMA. With
+//! time alone, a busy endpoint that answered one request slowly (a pause in
+//! the client, a GC in the server) keeps that peak for about the decay time,
+//! whatever the thousands of fast answers since; its cost then sits near a
+//! truly slow endpoint's, which gets traffic it should not.
 //!
 //! The estimate and the time of the last sample share one atomic word (the
 //! estimate as an `f32` of nanoseconds, the time in milliseconds since the
@@ -34,6 +41,8 @@ pub(crate) struct RttModel {
 pub(crate) const DEFAULT_RTT: Duration = Duration::from_millis(30);
 pub(crate) const DEFAULT_DECAY: Duration = Duration::from_secs(10);
 pub(crate) const DEFAULT_PENALTY: Duration = Duration::from_secs(1);
+/// The least share of the way a lower sample moves the estimate.
+pub(crate) const MIN_SAMPLE_WEIGHT: f64 = 1.0 / 8.0;
 
 impl Default for RttModel {
     fn default() -> Self {
@@ -103,7 +112,9 @@ impl RttEstimate {
                     sample
                 } else {
                     let elapsed = f64::from(now_millis.wrapping_sub(then)) * 1e6;
-                    let keep = (-elapsed / model.decay_nanos).exp();
+                    let keep = (-elapsed / model.decay_nanos)
+                        .exp()
+                        .min(1.0 - MIN_SAMPLE_WEIGHT);
                     estimate * keep + sample * (1.0 - keep)
                 };
                 Some(pack(next, now_millis))
@@ -137,19 +148,31 @@ mod tests {
         );
         assert!((rtt.nanos() - 200.0 * MS).abs() < 0.01 * MS);
 
-        // A fast one a second later moves it only 1 - e^(-0.1) = 9.5% of the way.
+        // A fast one three seconds later moves it 1 - e^(-0.3) = 26% of the way.
         rtt.record(
             &model,
             Duration::from_millis(2),
             false,
-            start + Duration::from_secs(2),
+            start + Duration::from_secs(4),
         );
-        let expected = 200.0 * (-0.1f64).exp() + 2.0 * (1.0 - (-0.1f64).exp());
+        let keep = (-0.3f64).exp();
+        let expected = 200.0 * keep + 2.0 * (1.0 - keep);
         assert!(
             (rtt.nanos() / MS - expected).abs() < 0.01,
             "{}",
             rtt.nanos() / MS
         );
+
+        // Many fast answers close together: each still moves it an eighth.
+        let before = rtt.nanos();
+        let soon = start + Duration::from_secs(4);
+        rtt.record(&model, Duration::from_millis(2), false, soon);
+        let expected = before * (1.0 - MIN_SAMPLE_WEIGHT) + 2.0 * MS * MIN_SAMPLE_WEIGHT;
+        assert!((rtt.nanos() - expected).abs() < 0.01 * MS);
+        for _ in 0..100 {
+            rtt.record(&model, Duration::from_millis(2), false, soon);
+        }
+        assert!(rtt.nanos() < 2.1 * MS, "{}", rtt.nanos() / MS);
 
         // After a long quiet spell, a fast answer is almost all that counts.
         rtt.record(

@@ -1,0 +1,215 @@
+//! Shared pieces of the tower-lb benchmarks: loopback backends with a fixed
+//! latency, a closed-loop load generator, and the figures it reports.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+/// The header a backend names itself in.
+pub const BACKEND: &str = "x-backend";
+
+/// How a backend answers: after `delay`, with `status`.
+#[derive(Clone, Copy, Debug)]
+pub struct Behaviour {
+    pub delay: Duration,
+    pub status: StatusCode,
+}
+
+impl Behaviour {
+    pub fn ok_after(delay: Duration) -> Self {
+        Behaviour {
+            delay,
+            status: StatusCode::OK,
+        }
+    }
+
+    pub fn fails_at_once() -> Self {
+        Behaviour {
+            delay: Duration::ZERO,
+            status: StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+/// A running backend on 127.0.0.1. It stops when the runtime does.
+#[derive(Clone, Debug)]
+pub struct Backend {
+    pub name: String,
+    pub addr: SocketAddr,
+}
+
+impl Backend {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// Starts a hyper HTTP/1 server on 127.0.0.1 that answers every request as
+/// `behaviour` says, naming itself `name`.
+pub async fn start_backend(name: &str, behaviour: Behaviour) -> std::io::Result<Backend> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let header = name.to_owned();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let header = header.clone();
+            tokio::spawn(async move {
+                let answer = service_fn(move |_request| {
+                    let header = header.clone();
+                    async move {
+                        if !behaviour.delay.is_zero() {
+                            tokio::time::sleep(behaviour.delay).await;
+                        }
+                        let mut response = Response::new(Full::new(Bytes::new()));
+                        *response.status_mut() = behaviour.status;
+                        if let Ok(value) = header.parse() {
+                            response.headers_mut().insert(BACKEND, value);
+                        }
+                        Ok::<_, Infallible>(response)
+                    }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), answer)
+                    .await;
+            });
+        }
+    });
+    Ok(Backend {
+        name: name.to_owned(),
+        addr,
+    })
+}
+
+/// What one closed-loop run measured.
+#[derive(Clone, Debug, Default)]
+pub struct RunFigures {
+    /// Latency of every answered request, sorted.
+    pub latencies: Vec<Duration>,
+    /// Answers per backend name.
+    pub per_backend: Vec<(String, usize)>,
+    pub errors: usize,
+    pub elapsed: Duration,
+}
+
+impl RunFigures {
+    pub fn answered(&self) -> usize {
+        self.latencies.len()
+    }
+
+    pub fn throughput(&self) -> f64 {
+        self.answered() as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// The nearest-rank percentile, in milliseconds.
+    pub fn percentile_ms(&self, p: f64) -> f64 {
+        if self.latencies.is_empty() {
+            return 0.0;
+        }
+        let rank = ((p / 100.0) * self.latencies.len() as f64).ceil() as usize;
+        self.latencies[rank.clamp(1, self.latencies.len()) - 1].as_secs_f64() * 1e3
+    }
+
+    pub fn mean_ms(&self) -> f64 {
+        let total: Duration = self.latencies.iter().sum();
+        total.as_secs_f64() * 1e3 / self.latencies.len().max(1) as f64
+    }
+
+    /// The share of answers that came from `backend`.
+    pub fn share(&self, backend: &str) -> f64 {
+        let from = self
+            .per_backend
+            .iter()
+            .find(|(name, _)| name == backend)
+            .map_or(0, |(_, n)| *n);
+        from as f64 / self.answered().max(1) as f64
+    }
+}
+
+/// Runs `concurrency` workers that each send one request at a time through
+/// `send` until `duration` has passed or `max_requests` were sent, and
+/// gathers latencies and the answering backend of each.
+pub async fn closed_loop<F, Fut>(
+    concurrency: usize,
+    duration: Duration,
+    max_requests: usize,
+    send: F,
+) -> RunFigures
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Result<String, String>> + Send,
+{
+    let started = Instant::now();
+    let deadline = started + duration;
+    let budget = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(max_requests));
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let send = send.clone();
+            let budget = budget.clone();
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut errors = 0;
+                while Instant::now() < deadline
+                    && budget
+                        .fetch_update(
+                            std::sync::atomic::Ordering::Relaxed,
+                            std::sync::atomic::Ordering::Relaxed,
+                            |b| b.checked_sub(1),
+                        )
+                        .is_ok()
+                {
+                    let sent = Instant::now();
+                    match send().await {
+                        Ok(backend) => seen.push((backend, sent.elapsed())),
+                        Err(_) => errors += 1,
+                    }
+                }
+                (seen, errors)
+            })
+        })
+        .collect();
+    let mut figures = RunFigures::default();
+    for worker in workers {
+        let Ok((seen, errors)) = worker.await else {
+            continue;
+        };
+        figures.errors += errors;
+        for (backend, latency) in seen {
+            figures.latencies.push(latency);
+            match figures.per_backend.iter_mut().find(|(n, _)| *n == backend) {
+                Some((_, count)) => *count += 1,
+                None => figures.per_backend.push((backend, 1)),
+            }
+        }
+    }
+    figures.elapsed = started.elapsed();
+    figures.latencies.sort();
+    figures.per_backend.sort();
+    figures
+}
+
+/// The backend name in an answer's header.
+pub fn backend_of(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get(BACKEND)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("?")
+        .to_owned()
+}
+
+/// Where a bench writes its JSON: `target/bench/NAME.json` of the workspace.
+pub fn json_path(name: &str) -> std::path::PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    target.join("bench").join(format!("{name}.json"))
+}
