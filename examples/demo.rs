@@ -279,7 +279,7 @@ async fn sticky_sessions(backends: &[Backend]) -> Result<(), BoxError> {
 /// Scenario 4, one slow backend: three answer in 2 ms, one in 20 ms. Round
 /// robin gives the slow one its quarter; least response time routes round it.
 async fn slow_backend() -> Result<(), BoxError> {
-    let backends = vec![
+    let backends = [
         Backend::start("fast-1", 1, Duration::from_millis(2)).await,
         Backend::start("fast-2", 1, Duration::from_millis(2)).await,
         Backend::start("fast-3", 1, Duration::from_millis(2)).await,
