@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use support::*;
 use tower::{ServiceBuilder, ServiceExt};
-use tower_lb::{Balancer, Error, HttpToReqwest};
+use tower_lb::{Balancer, Error, HttpToReqwest, Policy};
 use wiremock::ResponseTemplate;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,11 +160,7 @@ async fn timeouts_and_server_errors_are_counted_by_kind() {
 #[tokio::test]
 async fn a_fully_drained_set_fails_fast_with_no_endpoint_available() {
     let servers = backends(2).await;
-    let balancer = Balancer::builder()
-        .endpoint(&servers[0].uri())
-        .endpoint(&servers[1].uri())
-        .build()
-        .unwrap();
+    let balancer = balancer_over(&servers, Policy::default());
     let client = client(&balancer);
     balancer.drain(&servers[0].uri()).unwrap();
     balancer.drain(&servers[1].uri()).unwrap();

@@ -28,12 +28,7 @@ async fn shares(
     count: usize,
     concurrency: usize,
 ) -> HashMap<String, f64> {
-    let balancer = servers
-        .iter()
-        .fold(Balancer::builder(), |b, s| b.endpoint(&s.uri()))
-        .policy(policy)
-        .build()
-        .unwrap();
+    let balancer = balancer_over(servers, policy);
     let client = client(&balancer);
     let mut counts: HashMap<String, usize> = HashMap::new();
     for result in send_many(&client, count, concurrency).await {

@@ -22,12 +22,7 @@ async fn setup(
     policy: ConsistentHash,
 ) -> (Vec<wiremock::MockServer>, Balancer, HashMap<String, String>) {
     let servers = backends(5).await;
-    let balancer = servers
-        .iter()
-        .fold(Balancer::builder(), |b, s| b.endpoint(&s.uri()))
-        .policy(policy)
-        .build()
-        .unwrap();
+    let balancer = balancer_over(&servers, policy);
     let names = servers
         .iter()
         .enumerate()

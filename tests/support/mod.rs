@@ -40,6 +40,16 @@ pub fn name(i: usize) -> String {
     char::from(b'a' + i as u8).to_string()
 }
 
+/// A balancer over `servers`, each with weight 1, using `policy`.
+pub fn balancer_over(servers: &[MockServer], policy: impl Into<tower_lb::Policy>) -> Balancer {
+    servers
+        .iter()
+        .fold(Balancer::builder(), |b, s| b.endpoint(&s.uri()))
+        .policy(policy)
+        .build()
+        .expect("a valid test balancer")
+}
+
 /// A balanced reqwest client over `balancer`.
 pub fn client(balancer: &Balancer) -> Client {
     ServiceBuilder::new()
