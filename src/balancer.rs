@@ -15,7 +15,10 @@ use tower::discover::Change;
 
 use crate::affinity::LearnedHomes;
 use crate::endpoint::{Counters, EndpointState, EndpointUrl, Member, Snapshot, Stats, MAX_WEIGHT};
-use crate::{BalanceLayer, BalanceRequest, Error, Policy, RequestInfo, SessionKey};
+use crate::health::HealthShared;
+use crate::{
+    BalanceLayer, BalanceRequest, Error, OutlierDetection, Policy, RequestInfo, SessionKey,
+};
 
 /// Most discovery changes applied in one rebuild of the set.
 const DISCOVERY_BATCH: usize = 1024;
@@ -361,8 +364,15 @@ impl Balancer {
         // A panic elsewhere while holding the lock left no half-written
         // state (the snapshot is swapped whole), so a poisoned lock is fine.
         let _writer = shared.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let mut members = shared.snapshot.load().members().to_vec();
+        let before = shared.snapshot.load_full();
+        let mut members = before.members().to_vec();
         edit(&mut members)?;
+        // A removed endpoint gives back its ejection slot.
+        for gone in before.members() {
+            if !members.iter().any(|m| Arc::ptr_eq(&m.state, &gone.state)) {
+                gone.state.forget_health();
+            }
+        }
         let next = Snapshot::build(members, &shared.policy, &shared.counters);
         shared.snapshot.store(Arc::new(next));
         Ok(())
@@ -381,6 +391,7 @@ impl Balancer {
 pub struct BalancerBuilder {
     endpoints: Vec<(EndpointUrl, u32)>,
     policy: Policy,
+    outlier_detection: OutlierDetection,
     error: Option<Error>,
 }
 
@@ -419,6 +430,14 @@ impl BalancerBuilder {
         self
     }
 
+    /// Sets passive health checking; the default is
+    /// [`OutlierDetection::default`] (Envoy's defaults), and
+    /// [`OutlierDetection::disabled`] turns it off.
+    pub fn outlier_detection(mut self, detection: OutlierDetection) -> Self {
+        self.outlier_detection = detection;
+        self
+    }
+
     /// Checks the configuration and builds the balancer.
     ///
     /// Errors: the first invalid endpoint ([`Error::InvalidUrl`],
@@ -430,11 +449,13 @@ impl BalancerBuilder {
             return Err(error);
         }
         self.policy.validate()?;
+        self.outlier_detection.validate()?;
         if !self.endpoints.is_empty() && self.endpoints.iter().all(|(_, w)| *w == 0) {
             return Err(Error::ZeroTotalWeight);
         }
         let counters = Counters {
             rtt: Arc::new(self.policy.rtt_model()),
+            health: Arc::new(HealthShared::new(self.outlier_detection)),
             ..Counters::default()
         };
         let members = self

@@ -67,6 +67,7 @@ impl Middleware for Balancer {
         let in_flight = InFlight::start(endpoint);
         let result = next.run(request, extensions).instrument(span.clone()).await;
         let _entered = span.enter();
+        let status = result.as_ref().ok().map(|response| response.status());
         let outcome = match &result {
             Ok(response) => {
                 if let Some(learned) = self.learned() {
@@ -80,7 +81,7 @@ impl Middleware for Balancer {
                 Outcome::from_error(error)
             }
         };
-        let latency = in_flight.finish(outcome);
+        let latency = in_flight.finish(outcome, status);
         tracing::debug!(
             ?outcome,
             latency_us = latency.as_micros() as u64,

@@ -160,8 +160,10 @@ where
             } => {
                 let _entered = span.enter();
                 let result = ready!(future.poll(cx));
+                let mut status = None;
                 let (outcome, result) = match result {
                     Ok(response) => {
+                        status = Some(response.status());
                         if let (Some(learned), Some(in_flight)) =
                             (learned.as_ref(), in_flight.as_ref())
                         {
@@ -181,7 +183,7 @@ where
                     source,
                 });
                 if let Some(in_flight) = in_flight.take() {
-                    let latency = in_flight.finish(outcome);
+                    let latency = in_flight.finish(outcome, status);
                     tracing::debug!(
                         ?outcome,
                         latency_us = latency.as_micros() as u64,

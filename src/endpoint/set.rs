@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::Arc;
 
 use super::{EndpointState, EndpointUrl, RttModel, Stats};
+use crate::health::HealthShared;
 use crate::policy::{Pick, PickContext, Policy};
 
 /// Counters that outlive snapshots.
@@ -21,6 +22,8 @@ pub(crate) struct Counters {
     pub(crate) in_flight: Arc<AtomicU64>,
     /// Settings of every endpoint's response-time estimate.
     pub(crate) rtt: Arc<RttModel>,
+    /// Outlier-detection settings and the balancer's ejection counts.
+    pub(crate) health: Arc<HealthShared>,
 }
 
 /// An endpoint and its weight.
@@ -56,6 +59,11 @@ impl Snapshot {
     pub(crate) fn build(members: Vec<Member>, policy: &Policy, counters: &Counters) -> Self {
         let active_members: Vec<Member> =
             members.iter().filter(|m| m.weight > 0).cloned().collect();
+        // A drained endpoint holds no ejection slot; it comes back unejected.
+        for drained in members.iter().filter(|m| m.weight == 0) {
+            drained.state.forget_health();
+        }
+        counters.health.set_active(active_members.len());
         let picker = policy.picker(&active_members, &counters.sequence);
         Snapshot {
             active: active_members.into_iter().map(|m| m.state).collect(),
@@ -68,10 +76,12 @@ impl Snapshot {
     /// Chooses the endpoint for the next request (`key`: the hash of its
     /// key, if it has one), or `None` when no endpoint takes requests.
     pub(crate) fn pick(&self, key: Option<u64>) -> Option<&Arc<EndpointState>> {
+        let health = &self.counters.health;
         let ctx = PickContext {
             key,
             endpoints: &self.active,
             in_flight: &self.counters.in_flight,
+            skip_ejected_at: health.filter_time(),
         };
         self.picker.pick(&ctx).and_then(|i| self.active.get(i))
     }
@@ -92,6 +102,7 @@ impl Snapshot {
                 .iter()
                 .map(|m| m.state.stats(m.weight))
                 .collect(),
+            panic_mode: self.counters.health.in_panic(),
         }
     }
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use super::rtt::{RttEstimate, RttModel};
 use super::stats::{EndpointStats, FailureCounts};
 use super::{Counters, EndpointUrl};
+use crate::health::{EndpointHealth, HealthShared};
 use crate::outcome::Outcome;
 
 /// One endpoint's live state. Shared (`Arc`) by every snapshot that lists the
@@ -21,6 +22,8 @@ pub(crate) struct EndpointState {
     rtt_model: Arc<RttModel>,
     /// Response-time estimate for the least-response-time policy.
     rtt: RttEstimate,
+    health: EndpointHealth,
+    health_shared: Arc<HealthShared>,
     in_flight: AtomicU64,
     succeeded: AtomicU64,
     server_errors: AtomicU64,
@@ -42,6 +45,8 @@ impl EndpointState {
             balancer_in_flight: counters.in_flight.clone(),
             rtt: RttEstimate::new(&counters.rtt),
             rtt_model: counters.rtt.clone(),
+            health: EndpointHealth::default(),
+            health_shared: counters.health.clone(),
             in_flight: AtomicU64::new(0),
             succeeded: AtomicU64::new(0),
             server_errors: AtomicU64::new(0),
@@ -58,6 +63,17 @@ impl EndpointState {
         self.in_flight.load(Ordering::Relaxed)
     }
 
+    /// Whether the endpoint is ejected at `now` (milliseconds of the health
+    /// clock); re-admits it when its time is up.
+    pub(crate) fn is_ejected(&self, now: u64) -> bool {
+        self.health.is_ejected(now, &self.health_shared, &self.url)
+    }
+
+    /// Clears any ejection, when the endpoint leaves the active set.
+    pub(crate) fn forget_health(&self) {
+        self.health.forget(&self.health_shared);
+    }
+
     /// The response-time estimate, in nanoseconds.
     pub(crate) fn rtt_nanos(&self) -> f64 {
         self.rtt.nanos()
@@ -69,7 +85,13 @@ impl EndpointState {
         self.rtt.record(&self.rtt_model, latency, failed, now);
     }
 
-    fn record(&self, outcome: Outcome, latency: Duration, now: Instant) {
+    fn record(
+        &self,
+        outcome: Outcome,
+        status: Option<http::StatusCode>,
+        latency: Duration,
+        now: Instant,
+    ) {
         let counter = match outcome {
             Outcome::Success => &self.succeeded,
             Outcome::ServerError => &self.server_errors,
@@ -80,6 +102,10 @@ impl EndpointState {
         counter.fetch_add(1, Ordering::Relaxed);
         let failed = outcome != Outcome::Success;
         self.rtt.record(&self.rtt_model, latency, failed, now);
+        self.health
+            .record(outcome, status, &self.health_shared, &self.url);
+        self.health
+            .record(outcome, status, &self.health_shared, &self.url);
         // A connect error says nothing about how fast the server answers.
         if outcome != Outcome::ConnectError {
             self.record_latency(latency);
@@ -106,6 +132,7 @@ impl EndpointState {
     pub(crate) fn stats(&self, weight: u32) -> EndpointStats {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let ewma = load(&self.latency_ewma_nanos);
+        let (ejected, times_ejected) = self.health.status(&self.health_shared, &self.url);
         // Read while requests finish, the sum can be off by those finishing
         // at that moment; once traffic stops it is exact.
         let successes = load(&self.succeeded);
@@ -128,6 +155,8 @@ impl EndpointState {
             cancelled,
             latency_ewma: (ewma > 0).then(|| Duration::from_nanos(ewma)),
             response_time_estimate: Duration::from_nanos(self.rtt.nanos() as u64),
+            ejected,
+            times_ejected,
         }
     }
 }
@@ -161,10 +190,10 @@ impl InFlight {
 
     /// Records the outcome and the time since the request started; returns
     /// that time.
-    pub(crate) fn finish(mut self, outcome: Outcome) -> Duration {
+    pub(crate) fn finish(mut self, outcome: Outcome, status: Option<http::StatusCode>) -> Duration {
         let now = Instant::now();
         let latency = now.saturating_duration_since(self.started_at);
-        self.endpoint.record(outcome, latency, now);
+        self.endpoint.record(outcome, status, latency, now);
         self.finished = true;
         latency
     }
@@ -200,8 +229,8 @@ mod tests {
         let b = InFlight::start(ep.clone());
         let c = InFlight::start(ep.clone());
         assert_eq!(ep.stats(1).in_flight, 3);
-        a.finish(Outcome::Success);
-        b.finish(Outcome::ServerError);
+        a.finish(Outcome::Success, None);
+        b.finish(Outcome::ServerError, None);
         drop(c);
         let stats = ep.stats(1);
         assert_eq!(stats.in_flight, 0);

@@ -19,6 +19,9 @@ use std::time::Duration;
 pub struct Stats {
     /// One entry per endpoint, drained ones included.
     pub endpoints: Vec<EndpointStats>,
+    /// Too few endpoints are healthy, so ejections are being ignored and
+    /// requests spread over all active endpoints.
+    pub panic_mode: bool,
 }
 
 impl Stats {
@@ -67,6 +70,10 @@ pub struct EndpointStats {
     /// policy uses: failures count as the penalty, and it starts from the
     /// configured default.
     pub response_time_estimate: Duration,
+    /// Ejected by outlier detection: no new requests until its time is up.
+    pub ejected: bool,
+    /// Ejections in a row (reset by a clean spell).
+    pub times_ejected: u32,
 }
 
 /// Failed requests of one endpoint, by kind.

@@ -212,11 +212,17 @@ impl Pick for HashPicker {
         let Some(hash) = ctx.key else {
             return self.fallback.pick(ctx);
         };
+        // The key's preference order, ejected endpoints left out: a key
+        // whose endpoint is ejected walks on to the next, and comes back.
         match (&self.table, &self.bound) {
-            (Table::Ring(ring), None) => ring.owner(hash),
-            (Table::Maglev(table), None) => table.owner(hash),
-            (Table::Ring(ring), Some(bound)) => bound.first_fitting(ring.walk(hash), ctx),
-            (Table::Maglev(table), Some(bound)) => bound.first_fitting(table.walk(hash), ctx),
+            (Table::Ring(ring), None) => ctx.first_available(ring.walk(hash)),
+            (Table::Maglev(table), None) => ctx.first_available(table.walk(hash)),
+            (Table::Ring(ring), Some(bound)) => {
+                bound.first_fitting(ring.walk(hash).filter(|&i| ctx.available(i)), ctx)
+            }
+            (Table::Maglev(table), Some(bound)) => {
+                bound.first_fitting(table.walk(hash).filter(|&i| ctx.available(i)), ctx)
+            }
         }
     }
 }

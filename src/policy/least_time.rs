@@ -130,13 +130,18 @@ impl Pick for LeastTimePicker {
         match n {
             0 => None,
             1 => Some(0),
-            _ if self.exact => {
-                (0..n).min_by(|&a, &b| self.cost(ctx, a).total_cmp(&self.cost(ctx, b)))
-            }
+            _ if self.exact => (0..n)
+                .filter(|&i| ctx.available(i))
+                .min_by(|&a, &b| self.cost(ctx, a).total_cmp(&self.cost(ctx, b))),
             _ => {
-                let a = fastrand::usize(0..n);
-                // A second index, different from the first.
-                let b = (a + 1 + fastrand::usize(0..n - 1)) % n;
+                let start = fastrand::usize(0..n);
+                let a = ctx.first_available((0..n).map(|k| (start + k) % n))?;
+                // A second available index, different from the first.
+                let start = a + 1 + fastrand::usize(0..n - 1);
+                let others = (0..n).map(|k| (start + k) % n).filter(|&i| i != a);
+                let Some(b) = ctx.first_available(others) else {
+                    return Some(a);
+                };
                 Some(if self.cost(ctx, b) < self.cost(ctx, a) {
                     b
                 } else {
@@ -186,6 +191,7 @@ mod tests {
             key: None,
             endpoints: &endpoints,
             in_flight: &in_flight,
+            skip_ejected_at: None,
         };
         let mut counts = vec![0; members.len()];
         for _ in 0..count {

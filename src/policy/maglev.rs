@@ -106,11 +106,6 @@ impl Maglev {
         ((u128::from(hash) * self.slots.len() as u128) >> 64) as usize
     }
 
-    /// The key's endpoint.
-    pub(crate) fn owner(&self, hash: u64) -> Option<usize> {
-        self.slots.get(self.slot(hash)).map(|&o| o as usize)
-    }
-
     /// Owners of the slots from the key's on, once round the table: the
     /// key's preference order (an endpoint may repeat).
     pub(crate) fn walk(&self, hash: u64) -> impl Iterator<Item = usize> + '_ {

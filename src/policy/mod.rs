@@ -34,6 +34,28 @@ pub(crate) struct PickContext<'a> {
     pub(crate) endpoints: &'a [Arc<EndpointState>],
     /// Requests in flight over the whole balancer.
     pub(crate) in_flight: &'a AtomicU64,
+    /// When some endpoints are ejected (and the balancer is not in panic
+    /// mode), the health clock's time now: picks skip ejected endpoints.
+    pub(crate) skip_ejected_at: Option<u64>,
+}
+
+impl PickContext<'_> {
+    /// Whether endpoint `i` may take this request: the one check every
+    /// policy makes, so that all of them skip ejected endpoints alike.
+    pub(crate) fn available(&self, i: usize) -> bool {
+        match self.skip_ejected_at {
+            None => true,
+            Some(now) => !self.endpoints[i].is_ejected(now),
+        }
+    }
+
+    /// The first available endpoint among `candidates`, in their order.
+    pub(crate) fn first_available(
+        &self,
+        mut candidates: impl Iterator<Item = usize>,
+    ) -> Option<usize> {
+        candidates.find(|&i| self.available(i))
+    }
 }
 
 /// Selection state for one snapshot of the endpoint set.
@@ -196,6 +218,7 @@ pub(crate) mod test_support {
             key: None,
             endpoints: &[],
             in_flight: &NOTHING_IN_FLIGHT,
+            skip_ejected_at: None,
         }
     }
 }

@@ -22,13 +22,25 @@ impl WeightedRandom {
 }
 
 impl Pick for WeightedRandom {
-    fn pick(&self, _: &PickContext<'_>) -> Option<usize> {
+    fn pick(&self, ctx: &PickContext<'_>) -> Option<usize> {
         let total = *self.cumulative.last()?;
         if total == 0 {
             return None;
         }
-        let ticket = fastrand::u64(0..total);
-        Some(self.cumulative.partition_point(|&end| end <= ticket))
+        let draw = || {
+            self.cumulative
+                .partition_point(|&end| end <= fastrand::u64(0..total))
+        };
+        // Draw again past ejected endpoints; after a few misses, walk on.
+        let mut chosen = draw();
+        for _ in 0..3 {
+            if ctx.available(chosen) {
+                return Some(chosen);
+            }
+            chosen = draw();
+        }
+        let n = self.cumulative.len();
+        ctx.first_available((0..n).map(|k| (chosen + k) % n))
     }
 }
 

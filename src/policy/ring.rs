@@ -86,11 +86,6 @@ impl Ring {
         })
     }
 
-    /// The key's owner.
-    pub(crate) fn owner(&self, hash: u64) -> Option<usize> {
-        self.home(hash).map(|p| self.owners[p] as usize)
-    }
-
     /// Owners of the points from the key's on, clockwise, once round the
     /// ring: the key's preference order (an endpoint may repeat).
     pub(crate) fn walk(&self, hash: u64) -> impl Iterator<Item = usize> + '_ {

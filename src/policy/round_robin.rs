@@ -18,11 +18,12 @@ impl RoundRobin {
 }
 
 impl Pick for RoundRobin {
-    fn pick(&self, _: &PickContext<'_>) -> Option<usize> {
+    fn pick(&self, ctx: &PickContext<'_>) -> Option<usize> {
         if self.len == 0 {
             return None;
         }
-        Some(self.sequence.fetch_add(1, Ordering::Relaxed) % self.len)
+        let start = self.sequence.fetch_add(1, Ordering::Relaxed) % self.len;
+        ctx.first_available((0..self.len).map(|k| (start + k) % self.len))
     }
 }
 

@@ -38,12 +38,14 @@ impl SmoothWeighted {
 }
 
 impl Pick for SmoothWeighted {
-    fn pick(&self, _: &PickContext<'_>) -> Option<usize> {
-        if self.cycle.is_empty() {
+    fn pick(&self, ctx: &PickContext<'_>) -> Option<usize> {
+        let len = self.cycle.len();
+        if len == 0 {
             return None;
         }
-        let slot = self.sequence.fetch_add(1, Ordering::Relaxed) % self.cycle.len();
-        Some(self.cycle[slot] as usize)
+        // An ejected endpoint's turn goes to the next available one in the cycle.
+        let slot = self.sequence.fetch_add(1, Ordering::Relaxed) % len;
+        ctx.first_available((0..len).map(|k| self.cycle[(slot + k) % len] as usize))
     }
 }
 
