@@ -104,8 +104,6 @@ impl EndpointState {
         self.rtt.record(&self.rtt_model, latency, failed, now);
         self.health
             .record(outcome, status, &self.health_shared, &self.url);
-        self.health
-            .record(outcome, status, &self.health_shared, &self.url);
         // A connect error says nothing about how fast the server answers.
         if outcome != Outcome::ConnectError {
             self.record_latency(latency);

@@ -263,3 +263,26 @@ fn bump_or_reset(streak: &AtomicU32, hit: bool) -> u32 {
         0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn five_server_errors_in_a_row_eject() {
+        let shared = HealthShared::new(OutlierDetection::default());
+        shared.set_active(5);
+        let url = EndpointUrl::parse("http://127.0.0.1:1").unwrap();
+        let health = EndpointHealth::default();
+        for i in 1..=5 {
+            health.record(
+                Outcome::ServerError,
+                Some(StatusCode::SERVICE_UNAVAILABLE),
+                &shared,
+                &url,
+            );
+            let ejected = health.is_ejected(shared.now_ms(), &shared, &url);
+            assert_eq!(ejected, i == 5, "after {i} failures");
+        }
+    }
+}

@@ -1,0 +1,297 @@
+//! Passive health against real loopback servers: failing backends are
+//! ejected, get nothing while out, come back by themselves, and ejection
+//! never takes the whole fleet down.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use support::*;
+use tower::ServiceExt;
+use tower_lb::{Balancer, HealthEvent, OutlierDetection, Policy, RequestKey, SessionKey};
+use wiremock::matchers::any;
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const EJECTION: Duration = Duration::from_millis(400);
+
+/// Health events with the time they happened.
+#[derive(Clone, Default)]
+struct Events(Arc<Mutex<Vec<(Instant, HealthEvent)>>>);
+
+impl Events {
+    fn detection(&self) -> OutlierDetection {
+        let events = self.clone();
+        OutlierDetection::default()
+            .consecutive_failures(5)
+            .base_ejection_time(EJECTION)
+            .max_ejection_time(Duration::from_secs(2))
+            .on_event(move |e| events.0.lock().unwrap().push((Instant::now(), e.clone())))
+    }
+
+    fn list(&self) -> Vec<(Instant, HealthEvent)> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+/// Makes `server` answer `status` (plus its name) from now on.
+async fn answer(server: &MockServer, name: &str, status: u16) {
+    server.reset().await;
+    Mock::given(any())
+        .respond_with(ResponseTemplate::new(status).insert_header(BACKEND, name))
+        .mount(server)
+        .await;
+}
+
+fn balancer(urls: &[String], policy: impl Into<Policy>, detection: OutlierDetection) -> Balancer {
+    urls.iter()
+        .fold(Balancer::builder(), |b, url| b.endpoint(url))
+        .policy(policy)
+        .outlier_detection(detection)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_503_backend_is_ejected_gets_nothing_while_out_and_comes_back() {
+    let servers = backends(5).await;
+    answer(&servers[2], "c", 503).await;
+    let urls: Vec<String> = servers.iter().map(|s| s.uri()).collect();
+    let events = Events::default();
+    let balancer = balancer(&urls, Policy::round_robin(), events.detection());
+    let client = client(&balancer);
+
+    // Round robin: every fifth request reaches "c"; its fifth 503 ejects it.
+    for _ in 0..25 {
+        send(&client, "/").await.unwrap();
+    }
+    assert_eq!(received(&servers[2]).await, 5);
+    let ejected_at = match events.list().as_slice() {
+        [(
+            at,
+            HealthEvent::Ejected {
+                endpoint,
+                times: 1,
+                duration,
+            },
+        )] => {
+            assert_eq!(endpoint, &urls[2]);
+            assert_eq!(*duration, EJECTION);
+            *at
+        }
+        other => panic!("expected one ejection, got {other:?}"),
+    };
+    assert!(balancer.stats().endpoint(&urls[2]).unwrap().ejected);
+
+    // While ejected: not one request reaches it; the others share its turns.
+    let mut while_out = 0;
+    while ejected_at.elapsed() < EJECTION - Duration::from_millis(100) {
+        send(&client, "/").await.unwrap();
+        while_out += 1;
+    }
+    assert!(
+        while_out > 20,
+        "the test sent too little while the backend was out"
+    );
+    assert_eq!(
+        received(&servers[2]).await,
+        5,
+        "the ejected backend got requests"
+    );
+
+    // It comes back by itself once its time is up.
+    answer(&servers[2], "c", 200).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let mut back = 0;
+    for _ in 0..10 {
+        back += usize::from(send(&client, "/").await.unwrap() == "c");
+    }
+    assert_eq!(back, 2, "re-admitted, it takes its turns again");
+    let readmitted = events
+        .list()
+        .into_iter()
+        .find_map(|(at, e)| matches!(e, HealthEvent::Readmitted { .. }).then_some(at))
+        .expect("a re-admission event");
+    let out_for = readmitted - ejected_at;
+    println!(
+        "health: 503 backend ejected after 5 failures; {while_out} requests while out, 0 reached it; re-admitted {} ms after ejection",
+        out_for.as_millis()
+    );
+    assert!(out_for >= EJECTION);
+    assert!(!balancer.stats().endpoint(&urls[2]).unwrap().ejected);
+    assert_settled(&balancer);
+}
+
+#[tokio::test]
+async fn a_refused_backend_is_ejected_and_readmitted_when_it_listens_again() {
+    let servers = backends(3).await;
+    // A port with nothing listening, kept to listen on later.
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = probe.local_addr().unwrap();
+    drop(probe);
+    let down = format!("http://{addr}");
+    let mut urls: Vec<String> = servers.iter().map(|s| s.uri()).collect();
+    urls.push(down.clone());
+    let events = Events::default();
+    let balancer = balancer(&urls, Policy::round_robin(), events.detection());
+    let client = client(&balancer);
+
+    let mut errors = 0;
+    for _ in 0..40 {
+        errors += usize::from(send(&client, "/").await.is_err());
+    }
+    assert_eq!(
+        errors, 5,
+        "five connect errors, then the endpoint is ejected"
+    );
+    let stats = balancer.stats();
+    let e = stats.endpoint(&down).unwrap();
+    assert!(e.ejected);
+    assert_eq!(e.failures.connect, 5);
+
+    // A server comes up on that port; after the ejection time it is used.
+    let listener = std::net::TcpListener::bind(addr).unwrap();
+    let revived = MockServer::builder().listener(listener).start().await;
+    answer(&revived, "revived", 200).await;
+    tokio::time::sleep(EJECTION + Duration::from_millis(50)).await;
+    let mut reached = 0;
+    for _ in 0..8 {
+        reached += usize::from(send(&client, "/").await.unwrap() == "revived");
+    }
+    assert_eq!(reached, 2);
+    assert!(events
+        .list()
+        .iter()
+        .any(|(_, e)| matches!(e, HealthEvent::Readmitted { endpoint } if *endpoint == down)));
+    assert_settled(&balancer);
+}
+
+#[tokio::test]
+async fn at_most_the_max_ejection_percent_is_out_under_mass_failure() {
+    let servers = backends(10).await;
+    for (i, server) in servers.iter().enumerate() {
+        answer(server, &name(i), 503).await;
+    }
+    let urls: Vec<String> = servers.iter().map(|s| s.uri()).collect();
+    let detection = Events::default()
+        .detection()
+        .max_ejection_percent(20)
+        .panic_threshold(0.0);
+    let balancer = balancer(&urls, Policy::round_robin(), detection);
+    let client = client(&balancer);
+    let mut most_out = 0;
+    for _ in 0..300 {
+        // 5xx answers are answers: every request gets one.
+        let response = client.clone().oneshot(get("/")).await.unwrap();
+        assert_eq!(response.status(), 503);
+        let out = balancer
+            .stats()
+            .endpoints
+            .iter()
+            .filter(|e| e.ejected)
+            .count();
+        most_out = most_out.max(out);
+    }
+    println!("health: 10 of 10 backends failing, max 20% ejected: at most {most_out} out at once");
+    assert_eq!(most_out, 2);
+    assert_settled(&balancer);
+}
+
+#[tokio::test]
+async fn panic_mode_spreads_over_all_when_too_few_are_healthy() {
+    let servers = backends(4).await;
+    for (i, server) in servers.iter().enumerate().take(3) {
+        answer(server, &name(i), 503).await;
+    }
+    let urls: Vec<String> = servers.iter().map(|s| s.uri()).collect();
+    let detection = Events::default().detection().max_ejection_percent(100);
+    let balancer = balancer(&urls, Policy::round_robin(), detection);
+    let client = client(&balancer);
+    for _ in 0..60 {
+        client.clone().oneshot(get("/")).await.unwrap();
+    }
+    let stats = balancer.stats();
+    let out = stats.endpoints.iter().filter(|e| e.ejected).count();
+    assert_eq!(out, 3, "all three failing backends were ejected");
+    assert!(
+        stats.panic_mode,
+        "one healthy of four is below the 50% threshold"
+    );
+    // In panic the failing ones still get their turns: the healthy one is
+    // not left to carry everything.
+    let before = received(&servers[0]).await;
+    for _ in 0..8 {
+        client.clone().oneshot(get("/")).await.unwrap();
+    }
+    assert_eq!(received(&servers[0]).await, before + 2);
+    assert_settled(&balancer);
+}
+
+#[tokio::test]
+async fn a_key_walks_on_while_its_backend_is_ejected_and_comes_back() {
+    let servers = backends(5).await;
+    let urls: Vec<String> = servers.iter().map(|s| s.uri()).collect();
+    let events = Events::default();
+    let policy = Policy::maglev().key(RequestKey::session());
+    let balancer = balancer(&urls, policy, events.detection());
+    let client = client(&balancer);
+    let keys: Vec<SessionKey> = (0..200)
+        .map(|k| SessionKey::new(format!("user-{k}")))
+        .collect();
+    let homes: Vec<_> = keys.iter().map(|k| balancer.locate(k).unwrap()).collect();
+    let send_key = |key: SessionKey| {
+        let client = client.clone();
+        async move {
+            let mut request = get("/");
+            request.extensions_mut().insert(key);
+            client.oneshot(request).await.unwrap()
+        }
+    };
+
+    answer(&servers[1], "b", 503).await;
+    let on_b: Vec<usize> = (0..keys.len()).filter(|&i| *homes[i] == *urls[1]).collect();
+    for &i in on_b.iter().cycle().take(5) {
+        send_key(keys[i]).await;
+    }
+    assert!(balancer.stats().endpoint(&urls[1]).unwrap().ejected);
+    for (i, key) in keys.iter().enumerate() {
+        let now = balancer.locate(key).unwrap();
+        if on_b.contains(&i) {
+            assert_ne!(*now, *urls[1]);
+        } else {
+            assert_eq!(now, homes[i], "a key whose backend is fine moved");
+        }
+    }
+    answer(&servers[1], "b", 200).await;
+    tokio::time::sleep(EJECTION + Duration::from_millis(50)).await;
+    let after: Vec<_> = keys.iter().map(|k| balancer.locate(k).unwrap()).collect();
+    assert_eq!(after, homes, "keys come back when the backend does");
+    println!(
+        "health: ejecting 1 of 5 moved its {} of 200 keys only; all came back on re-admission",
+        on_b.len()
+    );
+}
+
+#[test]
+fn bad_outlier_settings_get_a_typed_error() {
+    let bad = [
+        OutlierDetection::default().consecutive_failures(0),
+        OutlierDetection::default().failure_percentage(1.5, 10),
+        OutlierDetection::default().base_ejection_time(Duration::ZERO),
+        OutlierDetection::default()
+            .base_ejection_time(Duration::from_secs(60))
+            .max_ejection_time(Duration::from_secs(10)),
+        OutlierDetection::default().max_ejection_percent(101),
+        OutlierDetection::default().panic_threshold(2.0),
+    ];
+    for detection in bad {
+        let result = Balancer::builder()
+            .endpoint("http://127.0.0.1:8081")
+            .outlier_detection(detection.clone())
+            .build();
+        assert!(
+            matches!(result, Err(tower_lb::Error::InvalidPolicy { .. })),
+            "{detection:?}"
+        );
+    }
+}
