@@ -5,11 +5,14 @@
 //! installed and finishes in seconds.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::stream::{self, StreamExt};
 use tower::{ServiceBuilder, ServiceExt};
-use tower_lb::{Balance, Balancer, BoxError, HttpToReqwest, Policy, RequestKey, SessionKey};
+use tower_lb::{
+    Balance, Balancer, BoxError, HttpToReqwest, OutlierDetection, Policy, RequestKey, SessionKey,
+};
 use wiremock::matchers::any;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -190,6 +193,7 @@ async fn main() -> Result<(), BoxError> {
 
     sticky_sessions(&backends).await?;
     slow_backend().await?;
+    failing_backend().await?;
 
     let stats = balancer.stats();
     println!(
@@ -322,6 +326,94 @@ async fn slow_backend() -> Result<(), BoxError> {
             percentile(&all, 50.0).map_or_else(|| "-".into(), ms),
             percentile(&all, 99.0).map_or_else(|| "-".into(), ms),
         );
+    }
+    Ok(())
+}
+
+/// Scenario 5, a backend that fails and recovers: it starts answering 503,
+/// is ejected after five failures, gets nothing while out, and is
+/// re-admitted by itself once its ejection time is over.
+async fn failing_backend() -> Result<(), BoxError> {
+    const EJECTION: Duration = Duration::from_secs(3);
+    let backends = [
+        Backend::start("one", 1, Duration::from_millis(2)).await,
+        Backend::start("two", 1, Duration::from_millis(2)).await,
+        Backend::start("three", 1, Duration::from_millis(2)).await,
+        Backend::start("four", 1, Duration::from_millis(2)).await,
+    ];
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let started = Instant::now();
+    let detection = OutlierDetection::default()
+        .base_ejection_time(EJECTION)
+        .on_event({
+            let events = events.clone();
+            move |event| {
+                if let Ok(mut events) = events.lock() {
+                    events.push((started.elapsed(), event.clone()));
+                }
+            }
+        });
+    let balancer = backends
+        .iter()
+        .fold(Balancer::builder(), |b, backend| {
+            b.endpoint(&backend.server.uri())
+        })
+        .policy(Policy::round_robin())
+        .outlier_detection(detection)
+        .build()?;
+    let client = ServiceBuilder::new()
+        .layer(balancer.layer())
+        .service(HttpToReqwest::new(reqwest::Client::new()));
+    let four = &backends[3];
+    let answer_with = |status: u16| async move {
+        four.server.reset().await;
+        Mock::given(any())
+            .respond_with(ResponseTemplate::new(status).insert_header("x-backend", four.name))
+            .mount(&four.server)
+            .await;
+    };
+
+    println!(
+        "\n5. A backend fails and recovers (round robin over four; ejection {} s)",
+        EJECTION.as_secs()
+    );
+    println!(
+        "{:<30} {:>9} {:>11} {:>10}",
+        "phase", "requests", "to \"four\"", "503s seen"
+    );
+    let phase = |name: &'static str, count: usize| {
+        let client = client.clone();
+        async move {
+            let before = four.server.received_requests().await.map_or(0, |r| r.len());
+            let mut errors = 0;
+            for i in 0..count {
+                let request =
+                    http::Request::get(format!("/p/{i}")).body(reqwest::Body::from(""))?;
+                let response = client.clone().oneshot(request).await?;
+                errors += usize::from(response.status().is_server_error());
+            }
+            let after = four.server.received_requests().await.map_or(0, |r| r.len());
+            println!("{name:<30} {count:>9} {:>11} {errors:>10}", after - before);
+            Ok::<_, BoxError>(())
+        }
+    };
+    phase("healthy", 200).await?;
+    answer_with(503).await;
+    phase("\"four\" starts answering 503", 100).await?;
+    phase("\"four\" ejected", 200).await?;
+    answer_with(200).await;
+    let ejected_at = events
+        .lock()
+        .ok()
+        .and_then(|e| e.first().map(|(at, _)| *at))
+        .unwrap_or_default();
+    tokio::time::sleep(
+        (ejected_at + EJECTION).saturating_sub(started.elapsed()) + Duration::from_millis(50),
+    )
+    .await;
+    phase("healthy again, re-admitted", 200).await?;
+    for (at, event) in events.lock().map(|e| e.clone()).unwrap_or_default() {
+        println!("  at {:>6.0} ms: {event:?}", at.as_secs_f64() * 1e3);
     }
     Ok(())
 }
