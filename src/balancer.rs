@@ -15,9 +15,10 @@ use tower::discover::Change;
 
 use crate::affinity::LearnedHomes;
 use crate::endpoint::{Counters, EndpointState, EndpointUrl, Member, Snapshot, Stats, MAX_WEIGHT};
-use crate::health::HealthShared;
+use crate::health::{HealthShared, Retrying};
 use crate::{
-    BalanceLayer, BalanceRequest, Error, OutlierDetection, Policy, RequestInfo, SessionKey,
+    BalanceLayer, BalanceRequest, Error, OutlierDetection, Policy, RequestInfo, RetryPolicy,
+    SessionKey,
 };
 
 /// Most discovery changes applied in one rebuild of the set.
@@ -51,6 +52,8 @@ struct Shared {
     snapshot: ArcSwap<Snapshot>,
     policy: Policy,
     counters: Counters,
+    /// Retry settings and budget; `None` when retries are off.
+    retrying: Option<Arc<Retrying>>,
     /// Which endpoint issued each affinity cookie, when the key reads cookies.
     learned: Option<Arc<LearnedHomes>>,
     /// The cookie store handed to reqwest, once asked for.
@@ -121,7 +124,9 @@ impl Balancer {
             .and_then(|l| l.home(key.hash()));
         match learned.filter(|home| snapshot.is_active(home)) {
             Some(home) => Some(home.url.shared_name()),
-            None => snapshot.pick(Some(key.hash())).map(|e| e.url.shared_name()),
+            None => snapshot
+                .pick(Some(key.hash()), &[])
+                .map(|e| e.url.shared_name()),
         }
     }
 
@@ -264,17 +269,25 @@ impl Balancer {
 
     /// Chooses the endpoint for `request`, or `None` when no endpoint takes
     /// requests.
-    pub(crate) fn pick<R: BalanceRequest>(&self, request: &R) -> Option<Arc<EndpointState>> {
-        self.pick_for(&request.info())
+    pub(crate) fn pick<R: BalanceRequest>(
+        &self,
+        request: &R,
+        excluded: &[Arc<EndpointState>],
+    ) -> Option<Arc<EndpointState>> {
+        self.pick_for(&request.info(), excluded)
     }
 
     /// Chooses the endpoint for a request described by `request`: the
     /// endpoint that issued its session cookie if known and taking requests,
     /// else the policy's choice.
-    pub(crate) fn pick_for(&self, request: &RequestInfo<'_>) -> Option<Arc<EndpointState>> {
+    pub(crate) fn pick_for(
+        &self,
+        request: &RequestInfo<'_>,
+        excluded: &[Arc<EndpointState>],
+    ) -> Option<Arc<EndpointState>> {
         let snapshot = self.snapshot();
         let Some(request_key) = self.shared.policy.request_key() else {
-            return snapshot.pick(None).cloned();
+            return snapshot.pick(None, excluded).cloned();
         };
         #[cfg(feature = "cookies")]
         let stored = self.jar_cookies(request);
@@ -285,11 +298,20 @@ impl Balancer {
         };
         let key = request_key.hash(request);
         if let (Some(learned), Some(key)) = (&self.shared.learned, key) {
-            if let Some(home) = learned.home(key).filter(|home| snapshot.is_active(home)) {
+            let fresh = |home: &Arc<EndpointState>| !excluded.iter().any(|e| Arc::ptr_eq(e, home));
+            if let Some(home) = learned
+                .home(key)
+                .filter(|home| snapshot.is_active(home) && fresh(home))
+            {
                 return Some(home);
             }
         }
-        snapshot.pick(key).cloned()
+        snapshot.pick(key, excluded).cloned()
+    }
+
+    /// The retry settings and budget, when retries are on.
+    pub(crate) fn retrying(&self) -> Option<&Arc<Retrying>> {
+        self.shared.retrying.as_ref()
     }
 
     /// The affinity cookies the jar holds for `request`, if a jar is in use
@@ -392,6 +414,7 @@ pub struct BalancerBuilder {
     endpoints: Vec<(EndpointUrl, u32)>,
     policy: Policy,
     outlier_detection: OutlierDetection,
+    retry: RetryPolicy,
     error: Option<Error>,
 }
 
@@ -438,6 +461,14 @@ impl BalancerBuilder {
         self
     }
 
+    /// Sets when failed requests are retried on another endpoint; the
+    /// default is [`RetryPolicy::default`]: connect errors only, within a
+    /// budget. [`RetryPolicy::disabled`] turns retries off.
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
     /// Checks the configuration and builds the balancer.
     ///
     /// Errors: the first invalid endpoint ([`Error::InvalidUrl`],
@@ -450,6 +481,7 @@ impl BalancerBuilder {
         }
         self.policy.validate()?;
         self.outlier_detection.validate()?;
+        self.retry.validate()?;
         if !self.endpoints.is_empty() && self.endpoints.iter().all(|(_, w)| *w == 0) {
             return Err(Error::ZeroTotalWeight);
         }
@@ -475,6 +507,7 @@ impl BalancerBuilder {
                 policy: self.policy,
                 counters,
                 learned: LearnedHomes::new(cookie_names).map(Arc::new),
+                retrying: self.retry.start(),
                 #[cfg(feature = "cookies")]
                 jar: std::sync::OnceLock::new(),
                 writer: Mutex::new(()),

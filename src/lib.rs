@@ -67,7 +67,7 @@ pub use affinity::{key_hash, RequestInfo, RequestKey, SessionKey};
 pub use balancer::{Balancer, BalancerBuilder};
 pub use endpoint::{EndpointStats, FailureCounts, Stats, MAX_WEIGHT};
 pub use error::{BoxError, Error};
-pub use health::{HealthEvent, OutlierDetection};
+pub use health::{HealthEvent, OutlierDetection, RetryPolicy};
 pub use layer::BalanceLayer;
 pub use policy::{
     ConsistentHash, LeastResponseTime, Policy, DEFAULT_LOAD_FACTOR, DEFAULT_VIRTUAL_NODES,

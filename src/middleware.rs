@@ -48,45 +48,79 @@ impl Middleware for Balancer {
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<reqwest::Response> {
-        let info = RequestInfo {
-            method: request.method(),
-            path: request.url().path(),
-            query: request.url().query(),
-            headers: request.headers(),
-            extensions: Some(extensions),
-            jar_cookies: None,
-        };
-        let endpoint = self
-            .pick_for(&info)
-            .ok_or_else(|| reqwest_middleware::Error::middleware(Error::NoEndpointAvailable))?;
-        endpoint
-            .url
-            .route_url(request.url_mut())
-            .map_err(reqwest_middleware::Error::middleware)?;
-        let span = tracing::debug_span!("tower_lb", endpoint = %endpoint.url);
-        let in_flight = InFlight::start(endpoint);
-        let result = next.run(request, extensions).instrument(span.clone()).await;
-        let _entered = span.enter();
-        let status = result.as_ref().ok().map(|response| response.status());
-        let outcome = match &result {
-            Ok(response) => {
-                if let Some(learned) = self.learned() {
-                    learned.learn(response.headers(), in_flight.endpoint());
+        let retrying = self.retrying();
+        if let Some(retrying) = retrying {
+            retrying.budget.deposit();
+        }
+        let mut retries_left = retrying.map_or(0, |r| r.policy.max_retries);
+        let mut tried = Vec::new();
+        // The last attempt's answer, returned if no other endpoint is left.
+        let mut previous = None;
+        loop {
+            // An unrouted copy to send again, made while one may follow.
+            let copy = if retries_left > 0 {
+                request.try_clone()
+            } else {
+                None
+            };
+            let info = RequestInfo {
+                method: request.method(),
+                path: request.url().path(),
+                query: request.url().query(),
+                headers: request.headers(),
+                extensions: Some(extensions),
+                jar_cookies: None,
+            };
+            let Some(endpoint) = self.pick_for(&info, &tried) else {
+                return previous.unwrap_or_else(|| {
+                    Err(reqwest_middleware::Error::middleware(
+                        Error::NoEndpointAvailable,
+                    ))
+                });
+            };
+            endpoint
+                .url
+                .route_url(request.url_mut())
+                .map_err(reqwest_middleware::Error::middleware)?;
+            let method = request.method().clone();
+            let span = tracing::debug_span!("tower_lb", endpoint = %endpoint.url);
+            let in_flight = InFlight::start(endpoint.clone());
+            let result = next
+                .clone()
+                .run(request, extensions)
+                .instrument(span.clone())
+                .await;
+            let _entered = span.enter();
+            let status = result.as_ref().ok().map(|response| response.status());
+            let outcome = match &result {
+                Ok(response) => {
+                    if let Some(learned) = self.learned() {
+                        learned.learn(response.headers(), in_flight.endpoint());
+                    }
+                    Outcome::from_status(response.status())
                 }
-                Outcome::from_status(response.status())
+                Err(reqwest_middleware::Error::Reqwest(error)) => Outcome::from_error(error),
+                Err(reqwest_middleware::Error::Middleware(error)) => {
+                    let error: &(dyn StdError + Send + Sync + 'static) = error.as_ref();
+                    Outcome::from_error(error)
+                }
+            };
+            let latency = in_flight.finish(outcome, status);
+            tracing::debug!(
+                ?outcome,
+                latency_us = latency.as_micros() as u64,
+                "request finished"
+            );
+            match (copy, retrying) {
+                (Some(copy), Some(retrying)) if retrying.allows(outcome, &method, retries_left) => {
+                    tracing::debug!(?outcome, "retrying on another endpoint");
+                    retries_left -= 1;
+                    tried.push(endpoint);
+                    request = copy;
+                    previous = Some(result);
+                }
+                _ => return result,
             }
-            Err(reqwest_middleware::Error::Reqwest(error)) => Outcome::from_error(error),
-            Err(reqwest_middleware::Error::Middleware(error)) => {
-                let error: &(dyn StdError + Send + Sync + 'static) = error.as_ref();
-                Outcome::from_error(error)
-            }
-        };
-        let latency = in_flight.finish(outcome, status);
-        tracing::debug!(
-            ?outcome,
-            latency_us = latency.as_micros() as u64,
-            "request finished"
-        );
-        result
+        }
     }
 }

@@ -1,6 +1,8 @@
 //! What the balancer reads from and writes to the requests and responses it
 //! handles: `http` types, the Tower convention, and `reqwest`'s own.
 
+use std::any::Any;
+
 use http::{HeaderMap, StatusCode};
 
 use crate::endpoint::EndpointUrl;
@@ -32,6 +34,11 @@ pub(crate) mod sealed {
 
         /// Points the request at `endpoint`.
         fn route_to(&mut self, endpoint: &EndpointUrl) -> Result<(), Error>;
+
+        /// A copy to send again, if the body can be sent twice.
+        fn try_clone(&self) -> Option<Self>
+        where
+            Self: Sized;
     }
 
     pub trait Status {
@@ -40,9 +47,19 @@ pub(crate) mod sealed {
     }
 }
 
-impl<B> BalanceRequest for http::Request<B> {}
+impl<B: 'static> BalanceRequest for http::Request<B> {}
 
-impl<B> sealed::Route for http::Request<B> {
+impl<B: 'static> sealed::Route for http::Request<B> {
+    fn try_clone(&self) -> Option<Self> {
+        let mut copy = http::Request::new(replay_body(self.body())?);
+        *copy.method_mut() = self.method().clone();
+        *copy.uri_mut() = self.uri().clone();
+        *copy.version_mut() = self.version();
+        *copy.headers_mut() = self.headers().clone();
+        *copy.extensions_mut() = self.extensions().clone();
+        Some(copy)
+    }
+
     fn info(&self) -> RequestInfo<'_> {
         RequestInfo {
             method: self.method(),
@@ -59,6 +76,38 @@ impl<B> sealed::Route for http::Request<B> {
         *self.uri_mut() = endpoint.join(uri)?;
         Ok(())
     }
+}
+
+/// A copy of a body known to be in memory: `()`, `String`, `Vec<u8>`,
+/// `bytes::Bytes`, or a buffered `reqwest::Body`. Other bodies (streams) are
+/// never sent twice.
+fn replay_body<B: 'static>(body: &B) -> Option<B> {
+    let body: &dyn Any = body;
+    let copy: Box<dyn Any> = if body.is::<()>() {
+        Box::new(())
+    } else if let Some(text) = body.downcast_ref::<String>() {
+        Box::new(text.clone())
+    } else if let Some(bytes) = body.downcast_ref::<Vec<u8>>() {
+        Box::new(bytes.clone())
+    } else if let Some(bytes) = body.downcast_ref::<bytes::Bytes>() {
+        Box::new(bytes.clone())
+    } else {
+        replay_reqwest_body(body)?
+    };
+    copy.downcast::<B>().ok().map(|copy| *copy)
+}
+
+#[cfg(feature = "reqwest")]
+fn replay_reqwest_body(body: &dyn Any) -> Option<Box<dyn Any>> {
+    let bytes = body.downcast_ref::<reqwest::Body>()?.as_bytes()?;
+    Some(Box::new(reqwest::Body::from(
+        bytes::Bytes::copy_from_slice(bytes),
+    )))
+}
+
+#[cfg(not(feature = "reqwest"))]
+fn replay_reqwest_body(_: &dyn Any) -> Option<Box<dyn Any>> {
+    None
 }
 
 impl<B> BalanceResponse for http::Response<B> {}
@@ -78,6 +127,10 @@ impl BalanceRequest for reqwest::Request {}
 
 #[cfg(feature = "reqwest")]
 impl sealed::Route for reqwest::Request {
+    fn try_clone(&self) -> Option<Self> {
+        self.try_clone()
+    }
+
     fn info(&self) -> RequestInfo<'_> {
         RequestInfo {
             method: self.method(),

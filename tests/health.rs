@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use support::*;
 use tower::ServiceExt;
-use tower_lb::{Balancer, HealthEvent, OutlierDetection, Policy, RequestKey, SessionKey};
+use tower_lb::{
+    Balancer, HealthEvent, OutlierDetection, Policy, RequestKey, RetryPolicy, SessionKey,
+};
 use wiremock::matchers::any;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -140,10 +142,8 @@ async fn a_refused_backend_is_ejected_and_readmitted_when_it_listens_again() {
     for _ in 0..40 {
         errors += usize::from(send(&client, "/").await.is_err());
     }
-    assert_eq!(
-        errors, 5,
-        "five connect errors, then the endpoint is ejected"
-    );
+    // Each refused connection was retried on another backend.
+    assert_eq!(errors, 0, "connect errors are retried elsewhere");
     let stats = balancer.stats();
     let e = stats.endpoint(&down).unwrap();
     assert!(e.ejected);
@@ -164,6 +164,84 @@ async fn a_refused_backend_is_ejected_and_readmitted_when_it_listens_again() {
         .iter()
         .any(|(_, e)| matches!(e, HealthEvent::Readmitted { endpoint } if *endpoint == down)));
     assert_settled(&balancer);
+}
+
+/// One of five backends refuses connections; 200 requests. Errors the
+/// caller saw, and connection attempts the dead backend got.
+async fn one_hard_down_of_five(retry: RetryPolicy) -> (usize, u64) {
+    let servers = backends(4).await;
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let down = format!("http://{}", probe.local_addr().unwrap());
+    drop(probe);
+    let mut urls: Vec<String> = servers.iter().map(|s| s.uri()).collect();
+    urls.insert(2, down.clone());
+    let balancer = urls
+        .iter()
+        .fold(Balancer::builder(), |b, url| b.endpoint(url))
+        .policy(Policy::round_robin())
+        .outlier_detection(Events::default().detection())
+        .retry(retry)
+        .build()
+        .unwrap();
+    let client = client(&balancer);
+    let mut errors = 0;
+    for _ in 0..200 {
+        errors += usize::from(send(&client, "/").await.is_err());
+    }
+    let attempts = balancer.stats().endpoint(&down).unwrap().failures.connect;
+    assert_settled(&balancer);
+    (errors, attempts)
+}
+
+#[tokio::test]
+async fn one_hard_down_backend_of_five_surfaces_no_errors_with_retry() {
+    let (errors_off, attempts_off) = one_hard_down_of_five(RetryPolicy::disabled()).await;
+    let (errors_on, attempts_on) = one_hard_down_of_five(RetryPolicy::default()).await;
+    println!(
+        "health: 1 of 5 hard-down, 200 requests: {errors_off} errors to the caller with retry off, {errors_on} with retry on; the dead backend got {attempts_off} / {attempts_on} connection attempts, none while ejected"
+    );
+    assert_eq!(
+        errors_off, 5,
+        "without retry: the consecutive-failure threshold"
+    );
+    assert_eq!(errors_on, 0, "with retry: none");
+    assert_eq!(
+        (attempts_off, attempts_on),
+        (5, 5),
+        "nothing reached it while ejected"
+    );
+}
+
+#[tokio::test]
+async fn retries_are_bounded_by_the_budget() {
+    // Every backend refuses: each request fails; retries stop when the
+    // budget (no reserve, 20% of requests) runs out.
+    let mut urls = Vec::new();
+    for _ in 0..3 {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        urls.push(format!("http://{}", probe.local_addr().unwrap()));
+    }
+    let balancer = urls
+        .iter()
+        .fold(Balancer::builder(), |b, url| b.endpoint(url))
+        .outlier_detection(OutlierDetection::disabled())
+        .retry(RetryPolicy::default().budget(Duration::from_secs(10), 0.2, 0))
+        .build()
+        .unwrap();
+    let client = client(&balancer);
+    for _ in 0..100 {
+        assert!(send(&client, "/").await.is_err());
+    }
+    let attempts: u64 = balancer
+        .stats()
+        .endpoints
+        .iter()
+        .map(|e| e.failures.connect)
+        .sum();
+    println!(
+        "health: all backends refusing, 100 requests: {attempts} connection attempts (budget 20%)"
+    );
+    assert_eq!(attempts, 120, "100 first attempts and 20 retries");
 }
 
 #[tokio::test]
@@ -294,4 +372,66 @@ fn bad_outlier_settings_get_a_typed_error() {
             "{detection:?}"
         );
     }
+}
+
+#[tokio::test]
+async fn failure_statuses_are_retried_only_when_opted_in_and_only_if_idempotent() {
+    let servers = backends(2).await;
+    answer(&servers[0], "a", 503).await;
+    let urls: Vec<String> = servers.iter().map(|s| s.uri()).collect();
+    let run = |retry: RetryPolicy, method: http::Method| {
+        let balancer = urls
+            .iter()
+            .fold(Balancer::builder(), |b, url| b.endpoint(url))
+            .policy(Policy::round_robin())
+            .outlier_detection(OutlierDetection::disabled())
+            .retry(retry)
+            .build()
+            .unwrap();
+        async move {
+            let client = client(&balancer);
+            let mut unavailable = 0;
+            for _ in 0..10 {
+                let request = http::Request::builder()
+                    .method(method.clone())
+                    .uri("/")
+                    .body(reqwest::Body::from("{}"))
+                    .unwrap();
+                let response = client.clone().oneshot(request).await.unwrap();
+                unavailable += usize::from(response.status() == 503);
+            }
+            unavailable
+        }
+    };
+    assert_eq!(run(RetryPolicy::default(), http::Method::GET).await, 5);
+    let opted_in = RetryPolicy::default().idempotent_failures();
+    assert_eq!(run(opted_in.clone(), http::Method::GET).await, 0);
+    assert_eq!(
+        run(opted_in, http::Method::POST).await,
+        5,
+        "POST is not idempotent"
+    );
+}
+
+#[tokio::test]
+async fn the_middleware_retries_refused_connections_too() {
+    let servers = backends(2).await;
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let down = format!("http://{}", probe.local_addr().unwrap());
+    drop(probe);
+    let urls = [servers[0].uri(), down, servers[1].uri()];
+    let balancer = urls
+        .iter()
+        .fold(Balancer::builder(), |b, url| b.endpoint(url))
+        .policy(Policy::round_robin())
+        .build()
+        .unwrap();
+    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(balancer.clone())
+        .build();
+    for _ in 0..30 {
+        let response = client.post("http://backend/orders").body("{}").send().await;
+        assert_eq!(response.unwrap().status(), 200);
+    }
+    assert_settled(&balancer);
 }

@@ -75,12 +75,17 @@ impl Snapshot {
 
     /// Chooses the endpoint for the next request (`key`: the hash of its
     /// key, if it has one), or `None` when no endpoint takes requests.
-    pub(crate) fn pick(&self, key: Option<u64>) -> Option<&Arc<EndpointState>> {
+    pub(crate) fn pick(
+        &self,
+        key: Option<u64>,
+        excluded: &[Arc<EndpointState>],
+    ) -> Option<&Arc<EndpointState>> {
         let health = &self.counters.health;
         let ctx = PickContext {
             key,
             endpoints: &self.active,
             in_flight: &self.counters.in_flight,
+            excluded,
             skip_ejected_at: health.filter_time(),
         };
         self.picker.pick(&ctx).and_then(|i| self.active.get(i))

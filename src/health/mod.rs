@@ -18,6 +18,8 @@
 //! Every policy skips ejected endpoints through one check,
 //! `PickContext::available`, taking the next candidate in its own order.
 
+mod budget;
+mod retry;
 mod state;
 
 use std::fmt;
@@ -26,6 +28,8 @@ use std::time::Duration;
 
 use http::StatusCode;
 
+pub use retry::RetryPolicy;
+pub(crate) use retry::Retrying;
 pub(crate) use state::{EndpointHealth, HealthShared};
 
 use crate::Error;

@@ -285,4 +285,41 @@ mod tests {
             assert_eq!(ejected, i == 5, "after {i} failures");
         }
     }
+
+    #[test]
+    fn a_failure_share_above_the_threshold_ejects_when_the_interval_closes() {
+        let config = OutlierDetection::disabled()
+            .failure_percentage(0.5, 10)
+            .interval(Duration::from_millis(30));
+        let shared = HealthShared::new(config);
+        shared.set_active(10);
+        let url = EndpointUrl::parse("http://127.0.0.1:1").unwrap();
+        let health = EndpointHealth::default();
+        let record = |status: u16| {
+            let status = StatusCode::from_u16(status).unwrap();
+            health.record(Outcome::from_status(status), Some(status), &shared, &url);
+        };
+        // 6 failures in 10: not judged until the interval is over.
+        for i in 0..10 {
+            record(if i % 5 < 3 { 500 } else { 200 });
+        }
+        assert!(!health.is_ejected(shared.now_ms(), &shared, &url));
+        std::thread::sleep(Duration::from_millis(40));
+        record(200);
+        assert!(health.is_ejected(shared.now_ms(), &shared, &url));
+
+        // Too few requests in an interval: no verdict, however bad.
+        let quiet = EndpointHealth::default();
+        for _ in 0..5 {
+            quiet.record(
+                Outcome::ServerError,
+                Some(StatusCode::BAD_GATEWAY),
+                &shared,
+                &url,
+            );
+        }
+        std::thread::sleep(Duration::from_millis(40));
+        quiet.record(Outcome::Success, Some(StatusCode::OK), &shared, &url);
+        assert!(!quiet.is_ejected(shared.now_ms(), &shared, &url));
+    }
 }

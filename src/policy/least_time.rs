@@ -191,6 +191,7 @@ mod tests {
             key: None,
             endpoints: &endpoints,
             in_flight: &in_flight,
+            excluded: &[],
             skip_ejected_at: None,
         };
         let mut counts = vec![0; members.len()];

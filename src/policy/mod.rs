@@ -34,6 +34,8 @@ pub(crate) struct PickContext<'a> {
     pub(crate) endpoints: &'a [Arc<EndpointState>],
     /// Requests in flight over the whole balancer.
     pub(crate) in_flight: &'a AtomicU64,
+    /// Endpoints this request already tried (a retry goes elsewhere).
+    pub(crate) excluded: &'a [Arc<EndpointState>],
     /// When some endpoints are ejected (and the balancer is not in panic
     /// mode), the health clock's time now: picks skip ejected endpoints.
     pub(crate) skip_ejected_at: Option<u64>,
@@ -43,6 +45,13 @@ impl PickContext<'_> {
     /// Whether endpoint `i` may take this request: the one check every
     /// policy makes, so that all of them skip ejected endpoints alike.
     pub(crate) fn available(&self, i: usize) -> bool {
+        if self
+            .excluded
+            .iter()
+            .any(|e| Arc::ptr_eq(e, &self.endpoints[i]))
+        {
+            return false;
+        }
         match self.skip_ejected_at {
             None => true,
             Some(now) => !self.endpoints[i].is_ejected(now),
@@ -218,6 +227,7 @@ pub(crate) mod test_support {
             key: None,
             endpoints: &[],
             in_flight: &NOTHING_IN_FLIGHT,
+            excluded: &[],
             skip_ejected_at: None,
         }
     }

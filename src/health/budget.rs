@@ -1,0 +1,104 @@
+//! A retry budget (Finagle's, as in `tower::retry::budget`): retries are
+//! allowed up to a share of the requests of the last `ttl`, plus a small
+//! reserve per second, so that retries cannot multiply an outage.
+//!
+//! tower's `TpsBudget` takes a mutex on every deposit; this one keeps one
+//! bucket per second in a ring of atomics, so the request path takes no lock.
+//! Two requests racing on a bucket that is being recycled may lose a count:
+//! a budget, not a ledger.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(Debug)]
+pub(crate) struct RetryBudget {
+    epoch: Instant,
+    buckets: Box<[Bucket]>,
+    /// Retries allowed per request deposited.
+    share: f64,
+    /// Retries allowed per second with no requests at all.
+    reserve_per_second: f64,
+}
+
+#[derive(Debug, Default)]
+struct Bucket {
+    /// The second (since `epoch`) this bucket counts, plus one; 0 = never used.
+    second: AtomicU64,
+    deposits: AtomicI64,
+    withdrawals: AtomicI64,
+}
+
+impl RetryBudget {
+    /// `ttl`: the window, in whole seconds (at least 1); `share`: retries per
+    /// request; `reserve_per_second`: retries allowed on top.
+    pub(crate) fn new(ttl: Duration, share: f64, reserve_per_second: u32) -> Self {
+        let seconds = ttl.as_secs().max(1) as usize;
+        RetryBudget {
+            epoch: Instant::now(),
+            buckets: (0..seconds).map(|_| Bucket::default()).collect(),
+            share,
+            reserve_per_second: f64::from(reserve_per_second),
+        }
+    }
+
+    fn current(&self) -> (&Bucket, u64) {
+        let second = self.epoch.elapsed().as_secs() + 1;
+        let bucket = &self.buckets[second as usize % self.buckets.len()];
+        let seen = bucket.second.load(Ordering::Relaxed);
+        if seen != second
+            && bucket
+                .second
+                .compare_exchange(seen, second, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            bucket.deposits.store(0, Ordering::Relaxed);
+            bucket.withdrawals.store(0, Ordering::Relaxed);
+        }
+        (bucket, second)
+    }
+
+    /// Counts one request.
+    pub(crate) fn deposit(&self) {
+        self.current().0.deposits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Takes one retry from the budget, if there is one.
+    pub(crate) fn withdraw(&self) -> bool {
+        let (bucket, now) = self.current();
+        let window = self.buckets.len() as u64;
+        let (mut deposits, mut withdrawals) = (0i64, 0i64);
+        for b in self.buckets.iter() {
+            let second = b.second.load(Ordering::Relaxed);
+            if second != 0 && now - second.min(now) < window {
+                deposits += b.deposits.load(Ordering::Relaxed);
+                withdrawals += b.withdrawals.load(Ordering::Relaxed);
+            }
+        }
+        let allowed = deposits as f64 * self.share + self.reserve_per_second * window as f64;
+        if (withdrawals as f64) + 1.0 > allowed {
+            return false;
+        }
+        bucket.withdrawals.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_are_a_share_of_requests_plus_a_reserve() {
+        let budget = RetryBudget::new(Duration::from_secs(10), 0.2, 0);
+        assert!(!budget.withdraw(), "no requests, no reserve: no retry");
+        for _ in 0..100 {
+            budget.deposit();
+        }
+        let granted = (0..100).filter(|_| budget.withdraw()).count();
+        assert_eq!(granted, 20);
+
+        let reserve = RetryBudget::new(Duration::from_secs(10), 0.0, 1);
+        let granted = (0..100).filter(|_| reserve.withdraw()).count();
+        assert_eq!(granted, 10, "one a second over a ten-second window");
+    }
+}

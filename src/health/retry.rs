@@ -1,0 +1,145 @@
+//! Safe retry on another endpoint, bounded by a retry budget.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+
+use super::budget::RetryBudget;
+use crate::outcome::Outcome;
+use crate::Error;
+
+/// When a failed request is sent again to another endpoint; given to
+/// [`BalancerBuilder::retry`](crate::BalancerBuilder::retry).
+///
+/// By default a request whose connection failed is retried whatever its
+/// method, since it never reached a server. Timeouts and failure statuses
+/// are retried only when opted in, and only for idempotent methods. Retries
+/// draw on a budget: 20% of the requests of the last 10 s plus 10 a second,
+/// so retries cannot multiply an outage.
+///
+/// A request is retried only if it can be sent twice: a `reqwest::Request`
+/// whose body is in memory (`try_clone`), or an `http::Request` whose body
+/// is `()`, `String`, `Vec<u8>`, `bytes::Bytes` or an in-memory
+/// `reqwest::Body`. A streaming body is never retried.
+///
+/// ```
+/// use tower_lb::{Balancer, RetryPolicy};
+///
+/// let balancer = Balancer::builder()
+///     .endpoint("http://127.0.0.1:8081")
+///     .endpoint("http://127.0.0.1:8082")
+///     .retry(RetryPolicy::default().idempotent_failures())
+///     .build()?;
+/// # Ok::<(), tower_lb::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct RetryPolicy {
+    pub(crate) connect_errors: bool,
+    pub(crate) idempotent_failures: bool,
+    pub(crate) max_retries: u32,
+    budget_window: Duration,
+    budget_share: f64,
+    budget_reserve: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            connect_errors: true,
+            idempotent_failures: false,
+            max_retries: 2,
+            budget_window: Duration::from_secs(10),
+            budget_share: 0.2,
+            budget_reserve: 10,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// No retries.
+    pub fn disabled() -> Self {
+        RetryPolicy {
+            connect_errors: false,
+            ..RetryPolicy::default()
+        }
+    }
+
+    /// Also retry idempotent requests (GET, HEAD, PUT, DELETE, OPTIONS,
+    /// TRACE) that timed out or got a 5xx.
+    pub fn idempotent_failures(mut self) -> Self {
+        self.idempotent_failures = true;
+        self
+    }
+
+    /// At most this many retries per request (default 2, at most 10).
+    pub fn max_retries(mut self, retries: u32) -> Self {
+        self.max_retries = retries;
+        self
+    }
+
+    /// The budget: retries may be `share` of the requests of the last
+    /// `window` (1 to 60 s) plus `reserve_per_second`.
+    pub fn budget(mut self, window: Duration, share: f64, reserve_per_second: u32) -> Self {
+        self.budget_window = window;
+        self.budget_share = share;
+        self.budget_reserve = reserve_per_second;
+        self
+    }
+
+    fn enabled(&self) -> bool {
+        (self.connect_errors || self.idempotent_failures) && self.max_retries > 0
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), Error> {
+        let window = self.budget_window.as_secs();
+        if !(1..=60).contains(&window)
+            || !(0.0..=10.0).contains(&self.budget_share)
+            || self.max_retries > 10
+        {
+            return Err(Error::InvalidPolicy {
+                reason: "retry: the budget window must be 1 to 60 s, the share 0 to 10, and at most 10 retries".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The live retry state, `None` when retries are off.
+    pub(crate) fn start(self) -> Option<Arc<Retrying>> {
+        self.enabled().then(|| {
+            Arc::new(Retrying {
+                budget: RetryBudget::new(
+                    self.budget_window,
+                    self.budget_share,
+                    self.budget_reserve,
+                ),
+                policy: self,
+            })
+        })
+    }
+}
+
+/// A balancer's retry settings and budget.
+#[derive(Debug)]
+pub(crate) struct Retrying {
+    pub(crate) policy: RetryPolicy,
+    pub(crate) budget: RetryBudget,
+}
+
+impl Retrying {
+    /// Whether an attempt that ended with `outcome` may be sent again:
+    /// connect errors always (the request never reached a server), timeouts
+    /// and failure statuses for idempotent methods when opted in; and only
+    /// while retries are left and the budget allows (this takes from it).
+    pub(crate) fn allows(&self, outcome: Outcome, method: &Method, retries_left: u32) -> bool {
+        let safe = match outcome {
+            Outcome::ConnectError => self.policy.connect_errors,
+            Outcome::Timeout | Outcome::ServerError => {
+                self.policy.idempotent_failures && method.is_idempotent()
+            }
+            Outcome::Success | Outcome::OtherError => false,
+        };
+        safe && retries_left > 0 && self.budget.withdraw()
+    }
+}
