@@ -156,6 +156,36 @@ struct Retry<S, R> {
     retries_left: u32,
 }
 
+impl<S, R: BalanceRequest> Retry<S, R> {
+    /// Prepares the next attempt after one on `endpoint` ended with
+    /// `outcome`: if a retry is safe and the budget allows it, and another
+    /// endpoint is available. Otherwise the answer stands.
+    fn prepare_next(&mut self, outcome: Outcome, endpoint: &Arc<EndpointState>) -> bool {
+        let Some(copy) = self.copy.take() else {
+            return false;
+        };
+        if !self
+            .retrying
+            .allows(outcome, copy.info().method(), self.retries_left)
+        {
+            return false;
+        }
+        self.tried.push(endpoint.clone());
+        self.retries_left -= 1;
+        // An unrouted copy for a further retry, if one may follow.
+        if self.retries_left > 0 {
+            self.copy = copy.try_clone();
+        }
+        match prepare(&self.balancer, copy, &self.tried) {
+            Ok(next) => {
+                self.next = Some(next);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
 pin_project! {
     /// The response future of [`Balance`].
     ///
@@ -249,26 +279,10 @@ where
                         );
                     }
                     if let (Some(retry), Some(endpoint)) = (this.retry.as_mut(), &endpoint) {
-                        let method = retry.copy.as_ref().map(|c| c.info().method().clone());
-                        let allowed = method.is_some_and(|m| {
-                            retry.retrying.allows(outcome, &m, retry.retries_left)
-                        });
-                        if allowed {
-                            retry.tried.push(endpoint.clone());
-                            retry.retries_left -= 1;
-                            // With no other endpoint to try, this answer stands.
-                            if let Some(copy) = retry.copy.take() {
-                                // An unrouted copy for a further retry, if one may follow.
-                                if retry.retries_left > 0 {
-                                    retry.copy = copy.try_clone();
-                                }
-                                if let Ok(next) = prepare(&retry.balancer, copy, &retry.tried) {
-                                    tracing::debug!(?outcome, "retrying on another endpoint");
-                                    retry.next = Some(next);
-                                    this.state.set(State::Readying);
-                                    continue;
-                                }
-                            }
+                        if retry.prepare_next(outcome, endpoint) {
+                            tracing::debug!(?outcome, "retrying on another endpoint");
+                            this.state.set(State::Readying);
+                            continue;
                         }
                     }
                     return Poll::Ready(result.map_err(|source| Error::Upstream {
