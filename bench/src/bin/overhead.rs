@@ -1,0 +1,195 @@
+//! End-to-end overhead of the balancing layer: reqwest against five
+//! loopback hyper backends, raw (each request already addressed to a
+//! backend, round robin by hand) against the same requests through the
+//! layer with each policy, in one run.
+//!
+//! `cargo run --release -p tower-lb-bench --bin overhead`
+//!
+//! Prints a table and writes `target/bench/overhead.json`.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tower::{ServiceBuilder, ServiceExt};
+use tower_lb::{Balancer, Policy, RetryPolicy, SessionKey};
+use tower_lb_bench::{
+    backend_of, closed_loop, json_path, start_backend, Backend, Behaviour, RunFigures,
+};
+
+const CONCURRENCY: usize = 32;
+const RUN_TIME: Duration = Duration::from_secs(2);
+const MAX_REQUESTS: usize = 1_000_000;
+const ROUNDS: usize = 3;
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+async fn run_raw(backends: &[Backend]) -> RunFigures {
+    // The same client stack as through the layer, minus the layer.
+    let service = tower_lb::HttpToReqwest::new(reqwest::Client::new());
+    let urls: Arc<Vec<String>> = Arc::new(
+        backends
+            .iter()
+            .map(|b| format!("{}/item", b.url()))
+            .collect(),
+    );
+    let next = Arc::new(AtomicUsize::new(0));
+    closed_loop(CONCURRENCY, RUN_TIME, MAX_REQUESTS, move || {
+        let service = service.clone();
+        let urls = urls.clone();
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        async move {
+            let request = http::Request::get(urls[i % urls.len()].as_str())
+                .body(reqwest::Body::from(""))
+                .map_err(|e| e.to_string())?;
+            let response = service.oneshot(request).await.map_err(|e| e.to_string())?;
+            Ok(backend_of(&response))
+        }
+    })
+    .await
+}
+
+async fn run_layer(backends: &[Backend], policy: Policy, retry: RetryPolicy) -> RunFigures {
+    let balancer = match backends
+        .iter()
+        .fold(Balancer::builder(), |b, backend| b.endpoint(&backend.url()))
+        .policy(policy)
+        .retry(retry)
+        .build()
+    {
+        Ok(balancer) => balancer,
+        Err(error) => panic!("the bench's balancer is valid: {error}"),
+    };
+    let service = ServiceBuilder::new()
+        .layer(balancer.layer())
+        .service(tower_lb::HttpToReqwest::new(reqwest::Client::new()));
+    let next = Arc::new(AtomicUsize::new(0));
+    closed_loop(CONCURRENCY, RUN_TIME, MAX_REQUESTS, move || {
+        let service = service.clone();
+        let user = next.fetch_add(1, Ordering::Relaxed) % 10_000;
+        async move {
+            let mut request = http::Request::get("/item")
+                .body(reqwest::Body::from(""))
+                .map_err(|e| e.to_string())?;
+            request
+                .extensions_mut()
+                .insert(SessionKey::new(user.to_le_bytes()));
+            let response = service.oneshot(request).await.map_err(|e| e.to_string())?;
+            Ok(backend_of(&response))
+        }
+    })
+    .await
+}
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mut backends = Vec::new();
+    for i in 0..5 {
+        backends.push(start_backend(&format!("b{i}"), Behaviour::ok_after(Duration::ZERO)).await?);
+    }
+    println!(
+        "layer overhead: 5 loopback backends answering at once, closed loop of {CONCURRENCY}, {} s per run, {cores} cores",
+        RUN_TIME.as_secs()
+    );
+    // Rounds of raw, then each layer configuration: every layer figure is
+    // compared with the raw run of its own round, and the median ratio over
+    // the rounds is reported, because the shared machine drifts.
+    let configurations: Vec<(&str, Policy, RetryPolicy)> = vec![
+        (
+            "weighted round robin",
+            Policy::weighted_round_robin(),
+            RetryPolicy::default(),
+        ),
+        (
+            "weighted round robin, no retry",
+            Policy::weighted_round_robin(),
+            RetryPolicy::disabled(),
+        ),
+        ("round robin", Policy::round_robin(), RetryPolicy::default()),
+        ("random", Policy::random(), RetryPolicy::default()),
+        (
+            "least response time",
+            Policy::least_response_time().into(),
+            RetryPolicy::default(),
+        ),
+        (
+            "ring hash",
+            Policy::ring_hash().into(),
+            RetryPolicy::default(),
+        ),
+        ("maglev", Policy::maglev().into(), RetryPolicy::default()),
+    ];
+    let mut raw_runs = Vec::new();
+    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); configurations.len()];
+    let mut last: Vec<Option<RunFigures>> = vec![None; configurations.len()];
+    for _ in 0..ROUNDS {
+        let raw = run_raw(&backends).await;
+        for (i, (_, policy, retry)) in configurations.iter().enumerate() {
+            let figures = run_layer(&backends, policy.clone(), retry.clone()).await;
+            ratios[i].push(figures.throughput() / raw.throughput());
+            last[i] = Some(figures);
+        }
+        raw_runs.push(raw);
+    }
+    println!(
+        "{:<34} {:>10} {:>8} {:>8} {:>8} {:>14}",
+        "client (last round)", "req/s", "p50 ms", "p99 ms", "errors", "median vs raw"
+    );
+    let mut rows = Vec::new();
+    let raw_last = raw_runs.last().cloned().unwrap_or_default();
+    let raw_throughputs: Vec<f64> = raw_runs.iter().map(RunFigures::throughput).collect();
+    println!(
+        "{:<34} {:>10.0} {:>8.2} {:>8.2} {:>8} {:>14}",
+        "raw (round robin by hand)",
+        raw_last.throughput(),
+        raw_last.percentile_ms(50.0),
+        raw_last.percentile_ms(99.0),
+        raw_last.errors,
+        "100%"
+    );
+    for (i, (name, _, _)) in configurations.iter().enumerate() {
+        let figures = last[i].clone().unwrap_or_default();
+        let median = median(&mut ratios[i]);
+        println!(
+            "{:<34} {:>10.0} {:>8.2} {:>8.2} {:>8} {:>13.1}%",
+            format!("layer: {name}"),
+            figures.throughput(),
+            figures.percentile_ms(50.0),
+            figures.percentile_ms(99.0),
+            figures.errors,
+            median * 100.0
+        );
+        rows.push(json!({
+            "client": name,
+            "throughput_rps_last_round": figures.throughput(),
+            "p50_ms_last_round": figures.percentile_ms(50.0),
+            "p99_ms_last_round": figures.percentile_ms(99.0),
+            "errors": figures.errors,
+            "throughput_vs_raw_per_round": ratios[i],
+            "throughput_vs_raw_median": median,
+        }));
+    }
+    let report = json!({
+        "bench": "overhead",
+        "cores": cores,
+        "concurrency": CONCURRENCY,
+        "seconds_per_run": RUN_TIME.as_secs(),
+        "rounds": ROUNDS,
+        "raw_throughput_rps_per_round": raw_throughputs,
+        "rows": rows,
+    });
+    let path = json_path("overhead");
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+    println!("\nfigures written to {}", path.display());
+    Ok(())
+}
