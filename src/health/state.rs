@@ -171,8 +171,9 @@ impl EndpointHealth {
                 .consecutive_gateway_failures
                 .is_some_and(|n| gateway_streak >= n);
 
-        let now = shared.now_ms();
+        // The clock is read only when something needs it.
         if let Some((threshold, min_requests)) = config.failure_percentage {
+            let now = shared.now_ms();
             fire |= self.close_window(now, config.interval, threshold, min_requests);
             self.window_requests.fetch_add(1, Ordering::Relaxed);
             if failed {
@@ -180,7 +181,7 @@ impl EndpointHealth {
             }
         }
         if fire {
-            self.eject(now, shared, url);
+            self.eject(shared.now_ms(), shared, url);
         }
     }
 
