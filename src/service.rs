@@ -13,7 +13,6 @@ use tower_service::Service;
 
 use crate::affinity::LearnedHomes;
 use crate::endpoint::{EndpointState, InFlight};
-use crate::health::Retrying;
 use crate::outcome::Outcome;
 use crate::{BalanceRequest, BalanceResponse, Balancer, BoxError, Error};
 
@@ -90,7 +89,6 @@ where
                 copy: Some(copy),
                 next: None,
                 tried: Vec::new(),
-                retrying: retrying.clone(),
                 balancer: self.balancer.clone(),
                 retries_left: retrying.policy.max_retries,
             })
@@ -151,7 +149,6 @@ struct Retry<S, R> {
     next: Option<(R, Arc<EndpointState>)>,
     /// Endpoints already tried.
     tried: Vec<Arc<EndpointState>>,
-    retrying: Arc<Retrying>,
     balancer: Balancer,
     retries_left: u32,
 }
@@ -164,10 +161,11 @@ impl<S, R: BalanceRequest> Retry<S, R> {
         let Some(copy) = self.copy.take() else {
             return false;
         };
-        if !self
-            .retrying
-            .allows(outcome, copy.info().method(), self.retries_left)
-        {
+        let allowed = self
+            .balancer
+            .retrying()
+            .is_some_and(|r| r.allows(outcome, copy.info().method(), self.retries_left));
+        if !allowed {
             return false;
         }
         self.tried.push(endpoint.clone());
