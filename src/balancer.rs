@@ -18,7 +18,7 @@ use crate::endpoint::{Counters, EndpointState, EndpointUrl, Member, Snapshot, St
 use crate::health::{HealthShared, Retrying};
 use crate::{
     BalanceLayer, BalanceRequest, Error, OutlierDetection, Policy, RequestInfo, RetryPolicy,
-    SessionKey,
+    Selection, SessionKey,
 };
 
 /// Most discovery changes applied in one rebuild of the set.
@@ -127,6 +127,38 @@ impl Balancer {
             None => snapshot
                 .pick(Some(key.hash()), &[])
                 .map(|e| e.url.shared_name()),
+        }
+    }
+
+    /// Picks an endpoint for `request` as the layer would (policy, key,
+    /// health) and counts the request in flight on it, for requests sent
+    /// some other way than through the layer. Report the outcome with
+    /// [`Selection::finish`] or [`Selection::fail`]; a selection dropped
+    /// unreported counts as cancelled.
+    ///
+    /// Errors: [`Error::NoEndpointAvailable`].
+    ///
+    /// ```
+    /// use tower_lb::{Balancer, Policy, SessionKey};
+    ///
+    /// let balancer = Balancer::builder()
+    ///     .endpoint("http://127.0.0.1:8081")
+    ///     .endpoint("http://127.0.0.1:8082")
+    ///     .policy(Policy::maglev())
+    ///     .build()?;
+    /// let mut request = http::Request::get("/cart").body(())?;
+    /// request.extensions_mut().insert(SessionKey::new("user-42"));
+    /// let selection = balancer.select(&request)?;
+    /// assert_eq!(
+    ///     Some(selection.endpoint()),
+    ///     balancer.locate(&SessionKey::new("user-42")).as_deref()
+    /// );
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn select<R: BalanceRequest>(&self, request: &R) -> Result<Selection, Error> {
+        match self.pick(request, &[]) {
+            Some(endpoint) => Ok(Selection::start(endpoint)),
+            None => Err(Error::NoEndpointAvailable),
         }
     }
 

@@ -59,6 +59,7 @@ mod policy;
 mod request;
 #[cfg(feature = "reqwest")]
 mod reqwest_http;
+mod selection;
 mod service;
 
 #[cfg(feature = "cookies")]
@@ -75,6 +76,7 @@ pub use policy::{
 pub use request::{BalanceRequest, BalanceResponse};
 #[cfg(feature = "reqwest")]
 pub use reqwest_http::HttpToReqwest;
+pub use selection::Selection;
 pub use service::{Balance, ResponseFuture};
 /// The discovery event type [`Balancer::apply`] and [`Balancer::follow`] take.
 pub use tower::discover::Change;

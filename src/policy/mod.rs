@@ -130,8 +130,9 @@ impl Policy {
         Policy { kind: Kind::Random }
     }
 
-    /// Least response time: the cheaper of two random endpoints, where cost
-    /// = response-time estimate × (requests in flight + 1) / weight. The
+    /// Least response time: the cheapest of two random endpoints and the
+    /// one this thread picked last, where cost = response-time estimate ×
+    /// (requests in flight + 1) / weight. The
     /// estimate jumps up on a slow answer, decays smoothly (10 s) on fast
     /// ones, and counts failures as slow. Configure it with the
     /// [`LeastResponseTime`] methods.

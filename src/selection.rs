@@ -1,0 +1,80 @@
+//! Choosing an endpoint for a request sent some other way than through the
+//! layer: the pick, the in-flight count and the outcome report, by hand.
+//!
+//! [`Balancer::select`](crate::Balancer::select) picks as the layer would
+//! and counts the request in flight; the [`Selection`] it returns points the
+//! request at the endpoint and takes the outcome back. A selection dropped
+//! without an outcome counts as cancelled, so the in-flight count cannot
+//! drift. Retries and learned cookie affinity are the layer's and the
+//! middleware's, not the selection's.
+
+use std::error::Error as StdError;
+use std::sync::Arc;
+
+use http::StatusCode;
+
+use crate::endpoint::{EndpointState, InFlight};
+use crate::outcome::Outcome;
+use crate::{BalanceRequest, Error};
+
+/// One request's endpoint, counted in flight until it is finished or
+/// dropped. Made by [`Balancer::select`](crate::Balancer::select).
+///
+/// ```
+/// use tower_lb::Balancer;
+///
+/// let balancer = Balancer::builder()
+///     .endpoint("http://127.0.0.1:8081")
+///     .endpoint("http://127.0.0.1:8082/api")
+///     .build()?;
+/// let mut request = http::Request::get("/users/42").body(())?;
+/// let selection = balancer.select(&request)?;
+/// selection.route(&mut request)?;
+/// assert!(request.uri().to_string().starts_with(selection.endpoint()));
+/// // ... send the request, then report what came back:
+/// selection.finish(http::StatusCode::OK);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+#[must_use = "a selection counts its request in flight until finished or dropped"]
+pub struct Selection {
+    in_flight: InFlight,
+}
+
+impl Selection {
+    pub(crate) fn start(endpoint: Arc<EndpointState>) -> Self {
+        Selection {
+            in_flight: InFlight::start(endpoint),
+        }
+    }
+
+    /// The chosen endpoint's canonical URL (`scheme://host:port/base`), as
+    /// in [`Balancer::stats`](crate::Balancer::stats).
+    pub fn endpoint(&self) -> &str {
+        self.in_flight.endpoint().url.as_str()
+    }
+
+    /// Points `request` at the chosen endpoint as the layer does: its
+    /// scheme and authority, its base path in front of the request's path;
+    /// query and headers are kept.
+    ///
+    /// Errors: [`Error::InvalidRequest`] when the rewritten URI is not
+    /// valid.
+    pub fn route<R: BalanceRequest>(&self, request: &mut R) -> Result<(), Error> {
+        request.route_to(&self.in_flight.endpoint().url)
+    }
+
+    /// Reports an answer with `status`: a 5xx counts as a failure for the
+    /// latency estimate and outlier detection, anything else as a success.
+    pub fn finish(self, status: StatusCode) {
+        self.in_flight
+            .finish(Outcome::from_status(status), Some(status));
+    }
+
+    /// Reports a request that got no answer: the error is classified as the
+    /// layer does (connect error, timeout, other) by walking its source
+    /// chain.
+    pub fn fail(self, error: &(dyn StdError + 'static)) {
+        self.in_flight.finish(Outcome::from_error(error), None);
+    }
+}
