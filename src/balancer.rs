@@ -520,6 +520,7 @@ impl BalancerBuilder {
         let counters = Counters {
             rtt: Arc::new(self.policy.rtt_model()),
             health: Arc::new(HealthShared::new(self.outlier_detection)),
+            in_flight: self.policy.counts_total_in_flight().then(Default::default),
             ..Counters::default()
         };
         let members = self

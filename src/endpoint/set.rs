@@ -18,8 +18,10 @@ use crate::policy::{Pick, PickContext, Policy};
 pub(crate) struct Counters {
     /// Position of the rotating policies, so a rebuild does not restart them.
     pub(crate) sequence: Arc<AtomicUsize>,
-    /// Requests in flight over the whole balancer.
-    pub(crate) in_flight: Arc<AtomicU64>,
+    /// Requests in flight over the whole balancer, counted only for a
+    /// policy that reads it (bounded loads): one more shared write per
+    /// request, which costs both cores a cache-line transfer.
+    pub(crate) in_flight: Option<Arc<AtomicU64>>,
     /// Settings of every endpoint's response-time estimate.
     pub(crate) rtt: Arc<RttModel>,
     /// Outlier-detection settings and the balancer's ejection counts.
@@ -84,7 +86,7 @@ impl Snapshot {
         let ctx = PickContext {
             key,
             endpoints: &self.active,
-            in_flight: &self.counters.in_flight,
+            in_flight: self.counters.in_flight.as_deref(),
             excluded,
             skip_ejected_at: health.filter_time(),
         };

@@ -17,8 +17,9 @@ use crate::outcome::Outcome;
 #[derive(Debug)]
 pub(crate) struct EndpointState {
     pub(crate) url: EndpointUrl,
-    /// Requests in flight over the whole balancer, kept with this endpoint's.
-    balancer_in_flight: Arc<AtomicU64>,
+    /// Requests in flight over the whole balancer, kept with this
+    /// endpoint's when the policy reads it.
+    balancer_in_flight: Option<Arc<AtomicU64>>,
     rtt_model: Arc<RttModel>,
     /// Response-time estimate for the least-response-time policy.
     rtt: RttEstimate,
@@ -174,7 +175,9 @@ pub(crate) struct InFlight {
 impl InFlight {
     pub(crate) fn start(endpoint: Arc<EndpointState>) -> Self {
         endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
-        endpoint.balancer_in_flight.fetch_add(1, Ordering::Relaxed);
+        if let Some(all) = &endpoint.balancer_in_flight {
+            all.fetch_add(1, Ordering::Relaxed);
+        }
         InFlight {
             endpoint,
             started_at: Instant::now(),
@@ -203,9 +206,9 @@ impl Drop for InFlight {
             self.endpoint.cancelled.fetch_add(1, Ordering::Relaxed);
         }
         self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.endpoint
-            .balancer_in_flight
-            .fetch_sub(1, Ordering::Relaxed);
+        if let Some(all) = &self.endpoint.balancer_in_flight {
+            all.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 

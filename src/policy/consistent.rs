@@ -99,6 +99,11 @@ impl ConsistentHash {
         self.load_factor(DEFAULT_LOAD_FACTOR)
     }
 
+    /// Whether loads are bounded (`bounded_loads` or `load_factor` set).
+    pub(crate) fn bounds_loads(&self) -> bool {
+        self.load_factor.is_some()
+    }
+
     /// Bounded loads with balance factor `c`, at least 1: an endpoint with
     /// weight share `s` takes a new request only while its requests in flight,
     /// this one included, are at most `⌈c × s × (all in flight + 1)⌉`. Smaller
@@ -243,7 +248,7 @@ impl LoadBound {
         mut preference: impl Iterator<Item = usize>,
         ctx: &PickContext<'_>,
     ) -> Option<usize> {
-        let all = ctx.in_flight.load(Ordering::Relaxed) as f64 + 1.0;
+        let all = ctx.in_flight.map_or(0, |n| n.load(Ordering::Relaxed)) as f64 + 1.0;
         let home = preference.next()?;
         let fits = |i: usize| {
             let share = f64::from(self.weights[i]) / self.total_weight;

@@ -191,7 +191,6 @@ impl Pick for LeastTimePicker {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicU64;
     use std::sync::Arc;
     use std::time::Instant;
 
@@ -223,11 +222,10 @@ mod tests {
     fn picks(policy: &LeastResponseTime, members: &[Member], count: usize) -> Vec<usize> {
         let endpoints: Vec<_> = members.iter().map(|m| m.state.clone()).collect();
         let picker = policy.picker(members);
-        let in_flight = AtomicU64::new(0);
         let ctx = PickContext {
             key: None,
             endpoints: &endpoints,
-            in_flight: &in_flight,
+            in_flight: None,
             excluded: &[],
             skip_ejected_at: None,
         };

@@ -32,8 +32,9 @@ pub(crate) struct PickContext<'a> {
     pub(crate) key: Option<u64>,
     /// The active endpoints; picks are indices into this.
     pub(crate) endpoints: &'a [Arc<EndpointState>],
-    /// Requests in flight over the whole balancer.
-    pub(crate) in_flight: &'a AtomicU64,
+    /// Requests in flight over the whole balancer, when the policy asked for
+    /// the count ([`Policy::counts_total_in_flight`]).
+    pub(crate) in_flight: Option<&'a AtomicU64>,
     /// Endpoints this request already tried (a retry goes elsewhere).
     pub(crate) excluded: &'a [Arc<EndpointState>],
     /// When some endpoints are ejected (and the balancer is not in panic
@@ -160,6 +161,12 @@ impl Policy {
         matches!(self.kind, Kind::Hash(_))
     }
 
+    /// Whether picks read the balancer's total of requests in flight
+    /// (hashing with bounded loads), so that it must be counted.
+    pub(crate) fn counts_total_in_flight(&self) -> bool {
+        matches!(&self.kind, Kind::Hash(hash) if hash.bounds_loads())
+    }
+
     /// Where the policy takes request keys from, if it hashes.
     pub(crate) fn request_key(&self) -> Option<&RequestKey> {
         match &self.kind {
@@ -223,11 +230,10 @@ pub(crate) mod test_support {
 
     /// A context for a request without a key, with nothing in flight.
     pub(crate) fn no_key() -> PickContext<'static> {
-        static NOTHING_IN_FLIGHT: AtomicU64 = AtomicU64::new(0);
         PickContext {
             key: None,
             endpoints: &[],
-            in_flight: &NOTHING_IN_FLIGHT,
+            in_flight: None,
             excluded: &[],
             skip_ejected_at: None,
         }

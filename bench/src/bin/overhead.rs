@@ -1,7 +1,10 @@
 //! End-to-end overhead of the balancing layer: reqwest against five
 //! loopback hyper backends, raw (each request already addressed to a
 //! backend, round robin by hand) against the same requests through the
-//! layer with each policy, in one run.
+//! layer with each policy, in one run. Then the `reqwest-middleware` way:
+//! a middleware client with no middleware (raw, addressed by hand), ours as
+//! a middleware, and the `reqwest-lb` crate's middleware, on the same
+//! backends at the same load.
 //!
 //! `cargo run --release -p tower-lb-bench --bin overhead`
 //!
@@ -49,6 +52,85 @@ async fn run_raw(backends: &[Backend]) -> RunFigures {
                 .body(reqwest::Body::from(""))
                 .map_err(|e| e.to_string())?;
             let response = service.oneshot(request).await.map_err(|e| e.to_string())?;
+            Ok(backend_of(&response))
+        }
+    })
+    .await
+}
+
+/// A `reqwest-middleware` client, requests addressed by hand: the
+/// baseline of the middleware rows.
+async fn run_raw_middleware(backends: &[Backend]) -> RunFigures {
+    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new()).build();
+    let urls: Arc<Vec<String>> = Arc::new(
+        backends
+            .iter()
+            .map(|b| format!("{}/item", b.url()))
+            .collect(),
+    );
+    let next = Arc::new(AtomicUsize::new(0));
+    closed_loop(CONCURRENCY, RUN_TIME, MAX_REQUESTS, move || {
+        let client = client.clone();
+        let url = urls[next.fetch_add(1, Ordering::Relaxed) % urls.len()].clone();
+        async move {
+            let response = client.get(url).send().await.map_err(|e| e.to_string())?;
+            Ok(backend_of(&response))
+        }
+    })
+    .await
+}
+
+/// Our balancer as a `reqwest-middleware` middleware, round robin.
+async fn run_our_middleware(backends: &[Backend]) -> RunFigures {
+    let balancer = match backends
+        .iter()
+        .fold(Balancer::builder(), |b, backend| b.endpoint(&backend.url()))
+        .policy(Policy::round_robin())
+        .build()
+    {
+        Ok(balancer) => balancer,
+        Err(error) => panic!("the bench's balancer is valid: {error}"),
+    };
+    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(balancer)
+        .build();
+    closed_loop(CONCURRENCY, RUN_TIME, MAX_REQUESTS, move || {
+        let client = client.clone();
+        async move {
+            let response = client
+                .get("http://backend/item")
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(backend_of(&response))
+        }
+    })
+    .await
+}
+
+/// The `reqwest-lb` crate's middleware, round robin, as its README sets it
+/// up: a registry maps the `lb://` host to the backends' URLs.
+async fn run_reqwest_lb(backends: &[Backend]) -> RunFigures {
+    let urls: Vec<reqwest::Url> = backends
+        .iter()
+        .filter_map(|b| reqwest::Url::parse(&b.url()).ok())
+        .collect();
+    let mut registry = reqwest_lb::LoadBalancerRegistry::default();
+    registry.add(
+        "backends",
+        reqwest_lb::LoadBalancer::new(urls, reqwest_lb::LoadBalancerPolicy::RoundRobin),
+    );
+    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(reqwest_lb::LoadBalancerMiddleware::new(registry))
+        .build();
+    closed_loop(CONCURRENCY, RUN_TIME, MAX_REQUESTS, move || {
+        let client = client.clone();
+        async move {
+            let response = client
+                .get("lb://backends/item")
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
             Ok(backend_of(&response))
         }
     })
@@ -129,6 +211,13 @@ async fn main() -> Result<(), BoxError> {
     let mut raw_runs = Vec::new();
     let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); configurations.len()];
     let mut last: Vec<Option<RunFigures>> = vec![None; configurations.len()];
+    let middleware_names = [
+        "tower-lb middleware: round robin",
+        "reqwest-lb: round robin",
+    ];
+    let mut raw_middleware_runs = Vec::new();
+    let mut middleware_ratios: Vec<Vec<f64>> = vec![Vec::new(); middleware_names.len()];
+    let mut middleware_last: Vec<Option<RunFigures>> = vec![None; middleware_names.len()];
     for _ in 0..ROUNDS {
         let raw = run_raw(&backends).await;
         for (i, (_, policy, retry)) in configurations.iter().enumerate() {
@@ -137,6 +226,19 @@ async fn main() -> Result<(), BoxError> {
             last[i] = Some(figures);
         }
         raw_runs.push(raw);
+
+        let raw = run_raw_middleware(&backends).await;
+        for (i, figures) in [
+            run_our_middleware(&backends).await,
+            run_reqwest_lb(&backends).await,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            middleware_ratios[i].push(figures.throughput() / raw.throughput());
+            middleware_last[i] = Some(figures);
+        }
+        raw_middleware_runs.push(raw);
     }
     println!(
         "{:<34} {:>10} {:>8} {:>8} {:>8} {:>14}",
@@ -176,6 +278,43 @@ async fn main() -> Result<(), BoxError> {
             "throughput_vs_raw_median": median,
         }));
     }
+    println!(
+        "\n{:<34} {:>10} {:>8} {:>8} {:>8} {:>14}",
+        "middleware client (last round)", "req/s", "p50 ms", "p99 ms", "errors", "median vs raw"
+    );
+    let raw_middleware_last = raw_middleware_runs.last().cloned().unwrap_or_default();
+    println!(
+        "{:<34} {:>10.0} {:>8.2} {:>8.2} {:>8} {:>14}",
+        "raw (no middleware, by hand)",
+        raw_middleware_last.throughput(),
+        raw_middleware_last.percentile_ms(50.0),
+        raw_middleware_last.percentile_ms(99.0),
+        raw_middleware_last.errors,
+        "100%"
+    );
+    let mut middleware_rows = Vec::new();
+    for (i, name) in middleware_names.iter().enumerate() {
+        let figures = middleware_last[i].clone().unwrap_or_default();
+        let median = median(&mut middleware_ratios[i]);
+        println!(
+            "{:<34} {:>10.0} {:>8.2} {:>8.2} {:>8} {:>13.1}%",
+            name,
+            figures.throughput(),
+            figures.percentile_ms(50.0),
+            figures.percentile_ms(99.0),
+            figures.errors,
+            median * 100.0
+        );
+        middleware_rows.push(json!({
+            "client": name,
+            "throughput_rps_last_round": figures.throughput(),
+            "p50_ms_last_round": figures.percentile_ms(50.0),
+            "p99_ms_last_round": figures.percentile_ms(99.0),
+            "errors": figures.errors,
+            "throughput_vs_raw_per_round": middleware_ratios[i],
+            "throughput_vs_raw_median": median,
+        }));
+    }
     let report = json!({
         "bench": "overhead",
         "cores": cores,
@@ -183,7 +322,20 @@ async fn main() -> Result<(), BoxError> {
         "seconds_per_run": RUN_TIME.as_secs(),
         "rounds": ROUNDS,
         "raw_throughput_rps_per_round": raw_throughputs,
+        "raw": {
+            "throughput_rps_last_round": raw_last.throughput(),
+            "p50_ms_last_round": raw_last.percentile_ms(50.0),
+            "p99_ms_last_round": raw_last.percentile_ms(99.0),
+        },
         "rows": rows,
+        "raw_middleware_throughput_rps_per_round":
+            raw_middleware_runs.iter().map(RunFigures::throughput).collect::<Vec<_>>(),
+        "raw_middleware": {
+            "throughput_rps_last_round": raw_middleware_last.throughput(),
+            "p50_ms_last_round": raw_middleware_last.percentile_ms(50.0),
+            "p99_ms_last_round": raw_middleware_last.percentile_ms(99.0),
+        },
+        "middleware_rows": middleware_rows,
     });
     let path = json_path("overhead");
     if let Some(dir) = path.parent() {

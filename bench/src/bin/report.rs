@@ -1,0 +1,586 @@
+//! Writes `docs/benchmarks.md`, its SVG plots and `docs/benchmarks.json`
+//! from the figures the benches left in `target/`: criterion's estimates
+//! for `--bench pick`, and `target/bench/{least_time,overhead}.json`.
+//!
+//! `bash bench/report.sh` runs the benches and then this.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use plotters::prelude::*;
+use serde_json::{json, Value};
+use tower_lb_bench::json_path;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+const SIZES: [usize; 3] = [10, 100, 1_000];
+
+/// Our policies in the pick groups, with the peer selector of the same
+/// kind they are compared with.
+const OURS: [(&str, &str, Option<&str>); 7] = [
+    (
+        "ours_weighted_round_robin",
+        "weighted round robin",
+        Some("pingora_round_robin"),
+    ),
+    (
+        "ours_round_robin",
+        "round robin",
+        Some("pingora_round_robin"),
+    ),
+    ("ours_random", "random", Some("pingora_random")),
+    ("ours_least_time_p2c", "least time (P2C)", None),
+    ("ours_least_time_exact", "least time (exact)", None),
+    ("ours_ring_hash", "ring hash", Some("pingora_ketama")),
+    ("ours_maglev", "Maglev", Some("pingora_ketama")),
+];
+
+const PEERS: [(&str, &str); 3] = [
+    ("pingora_round_robin", "pingora round robin"),
+    ("pingora_random", "pingora random"),
+    ("pingora_ketama", "pingora Ketama"),
+];
+
+const CALLS: [(&str, &str); 4] = [
+    ("ours_layer_least_time_p2c", "ours: layer, least time"),
+    ("ours_layer_round_robin", "ours: layer, round robin"),
+    ("tower_p2c_peak_ewma", "tower p2c, PeakEWMA"),
+    ("tower_p2c_pending", "tower p2c, pending requests"),
+];
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace().join("target"), PathBuf::from)
+}
+
+/// Criterion's mean estimate, in ns, for `group/name/size`.
+fn criterion_ns(group: &str, name: &str, size: usize) -> Option<f64> {
+    let path = target_dir()
+        .join("criterion")
+        .join(group)
+        .join(name)
+        .join(size.to_string())
+        .join("new/estimates.json");
+    let text = std::fs::read_to_string(path).ok()?;
+    let value: Value = serde_json::from_str(&text).ok()?;
+    value["mean"]["point_estimate"].as_f64()
+}
+
+fn read_json(name: &str) -> Result<Value, BoxError> {
+    let path = json_path(name);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("{}: {e} (run the bench first)", path.display()))?;
+    Ok(serde_json::from_str(&text)?)
+}
+
+fn ns(value: Option<f64>) -> String {
+    value.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.0}"))
+}
+
+fn ratio(value: Option<f64>) -> String {
+    value.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.2}x"))
+}
+
+fn yes_no(met: bool) -> &'static str {
+    if met {
+        "met"
+    } else {
+        "**missed**"
+    }
+}
+
+/// The machine: cores, and the CPU model where Linux says it.
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    format!("{cores} cores ({model})")
+}
+
+/// Criterion means per endpoint count (10, 100, 1,000), in ns.
+type PerSize = [Option<f64>; 3];
+
+struct Picks {
+    /// (id, label, one thread, two threads)
+    rows: Vec<(&'static str, &'static str, PerSize, PerSize)>,
+}
+
+impl Picks {
+    fn read() -> Self {
+        let ids = OURS
+            .iter()
+            .map(|(id, label, _)| (*id, *label))
+            .chain(PEERS.iter().copied());
+        let rows = ids
+            .map(|(id, label)| {
+                let one = SIZES.map(|n| criterion_ns("pick_one_thread", id, n));
+                let two = SIZES.map(|n| criterion_ns("pick_two_threads", id, n));
+                (id, label, one, two)
+            })
+            .collect();
+        Picks { rows }
+    }
+
+    fn one(&self, id: &str, size_index: usize) -> Option<f64> {
+        self.rows
+            .iter()
+            .find(|r| r.0 == id)
+            .and_then(|r| r.2[size_index])
+    }
+
+    fn two(&self, id: &str, size_index: usize) -> Option<f64> {
+        self.rows
+            .iter()
+            .find(|r| r.0 == id)
+            .and_then(|r| r.3[size_index])
+    }
+}
+
+fn pick_plot(picks: &Picks, path: &Path) -> Result<(), BoxError> {
+    let root = SVGBackend::new(path, (900, 480)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let max = picks
+        .rows
+        .iter()
+        .flat_map(|r| r.2.iter().flatten())
+        .fold(10.0f64, |a, &b| a.max(b));
+    let labels: Vec<&str> = picks.rows.iter().map(|r| r.1).collect();
+    let count = labels.len();
+    let mut chart = ChartBuilder::on(&root)
+        .caption("ns per pick, one thread (log scale)", ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(90)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..count as f64, (5f64..max * 1.5).log_scale())?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(count * 2)
+        .x_label_formatter(&|x| {
+            let i = x.floor() as usize;
+            if (x - x.floor() - 0.5).abs() < 0.01 && i < labels.len() {
+                labels[i].to_owned()
+            } else {
+                String::new()
+            }
+        })
+        .x_label_style(
+            ("sans-serif", 11)
+                .into_font()
+                .transform(FontTransform::Rotate90),
+        )
+        .y_desc("ns")
+        .draw()?;
+    let colours = [
+        RGBColor(70, 130, 180),
+        RGBColor(230, 140, 40),
+        RGBColor(90, 160, 90),
+    ];
+    for (s, size) in SIZES.iter().enumerate() {
+        let colour = colours[s];
+        chart
+            .draw_series(picks.rows.iter().enumerate().filter_map(|(i, r)| {
+                let v = r.2[s]?;
+                let left = i as f64 + 0.1 + s as f64 * 0.27;
+                Some(Rectangle::new(
+                    [(left, 5.0), (left + 0.25, v)],
+                    colour.filled(),
+                ))
+            }))?
+            .label(format!("{size} endpoints"))
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], colour.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+fn latency_plot(rows: &[Value], path: &Path) -> Result<(), BoxError> {
+    let root = SVGBackend::new(path, (900, 480)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let max = rows
+        .iter()
+        .flat_map(|r| r["latency_percentiles_ms"].as_array().into_iter().flatten())
+        .filter_map(|p| p[1].as_f64())
+        .fold(1.0f64, f64::max);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "latency by percentile, one backend 10x slower (log scale)",
+            ("sans-serif", 20),
+        )
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..100f64, (0.5f64..max * 1.5).log_scale())?;
+    chart
+        .configure_mesh()
+        .x_desc("percentile")
+        .y_desc("ms")
+        .draw()?;
+    for (i, row) in rows.iter().enumerate() {
+        let colour = Palette99::pick(i).to_rgba();
+        let points: Vec<(f64, f64)> = row["latency_percentiles_ms"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| Some((p[0].as_f64()?, p[1].as_f64()?)))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(points, colour.stroke_width(2)))?
+            .label(row["balancer"].as_str().unwrap_or("?"))
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 16, y)], colour.stroke_width(2))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+fn main() -> Result<(), BoxError> {
+    let docs = workspace().join("docs");
+    let plots = docs.join("benchmarks");
+    std::fs::create_dir_all(&plots)?;
+    let picks = Picks::read();
+    if picks.one("ours_round_robin", 1).is_none() {
+        return Err(
+            "no criterion figures: run `cargo bench -p tower-lb-bench --bench pick`".into(),
+        );
+    }
+    let least_time = read_json("least_time")?;
+    let overhead = read_json("overhead")?;
+    let calls: Vec<(&str, &str, [Option<f64>; 3])> = CALLS
+        .iter()
+        .map(|(id, label)| {
+            (
+                *id,
+                *label,
+                SIZES.map(|n| criterion_ns("call_one_thread", id, n)),
+            )
+        })
+        .collect();
+    let no_balancer = criterion_ns("call_one_thread", "none", 1);
+
+    pick_plot(&picks, &plots.join("pick_ns.svg"))?;
+    let slow_rows: Vec<Value> = least_time["scenarios"][0]["rows"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    latency_plot(&slow_rows, &plots.join("latency_slow_backend.svg"))?;
+
+    let mut md = String::new();
+    let machine = machine();
+    writeln!(md, "# Benchmarks\n")?;
+    writeln!(
+        md,
+        "Regenerate everything on this page (tables, plots, `docs/benchmarks.json`) with\n\n\
+         ```\nbash bench/report.sh\n```\n\n\
+         Machine: {machine}, shared with other work; the load generators, the backends and the \
+         balancer share its cores. **Every figure is from one run**: compare figures within the \
+         page, as ratios, not with other machines. The peers are built in the `bench/` crate of \
+         the workspace, which the library's tests never compile.\n"
+    )?;
+
+    // Targets.
+    let mut targets = Vec::new();
+    writeln!(md, "## Targets\n")?;
+    writeln!(md, "| target | measured | |")?;
+    writeln!(md, "|---|---|---|")?;
+    for (id, label, _) in OURS {
+        let v = picks.one(id, 1);
+        let met = v.is_some_and(|v| v < 100.0);
+        writeln!(
+            md,
+            "| {label}: pick under 100 ns at 100 endpoints, one thread | {} ns | {} |",
+            ns(v),
+            yes_no(met)
+        )?;
+        targets
+            .push(json!({"target": format!("{label}: pick < 100 ns at 100"), "ns": v, "met": met}));
+    }
+    let mut worst_contention: (f64, &str, usize) = (0.0, "", 0);
+    for (id, label, _) in OURS {
+        for (s, size) in SIZES.iter().enumerate() {
+            if let (Some(one), Some(two)) = (picks.one(id, s), picks.two(id, s)) {
+                if two / one > worst_contention.0 {
+                    worst_contention = (two / one, label, *size);
+                }
+            }
+        }
+    }
+    let met = worst_contention.0 <= 2.0;
+    writeln!(
+        md,
+        "| two threads picking at once: at most 2x the one-thread time per pick | worst {:.2}x ({} at {}) | {} |",
+        worst_contention.0, worst_contention.1, worst_contention.2, yes_no(met)
+    )?;
+    targets.push(
+        json!({"target": "two threads <= 2x", "worst_ratio": worst_contention.0, "met": met}),
+    );
+    for (id, label, peer) in OURS {
+        let Some(peer) = peer else { continue };
+        let peer_label = PEERS.iter().find(|p| p.0 == peer).map_or(peer, |p| p.1);
+        let ratios: Vec<f64> = (0..SIZES.len())
+            .filter_map(|s| Some(picks.one(id, s)? / picks.one(peer, s)?))
+            .collect();
+        let worst = ratios.iter().copied().fold(0.0f64, f64::max);
+        let met = !ratios.is_empty() && worst <= 1.0;
+        writeln!(
+            md,
+            "| {label} at least as fast as {peer_label} | ours / theirs {} at 10/100/1,000 | {} |",
+            ratios
+                .iter()
+                .map(|r| format!("{r:.2}"))
+                .collect::<Vec<_>>()
+                .join(" / "),
+            yes_no(met)
+        )?;
+        targets.push(
+            json!({"target": format!("{label} vs {peer_label}"), "ratios": ratios, "met": met}),
+        );
+    }
+    {
+        let ratios: Vec<f64> = (0..SIZES.len())
+            .filter_map(|s| Some(calls[0].2[s]? / calls[2].2[s]?))
+            .collect();
+        let worst = ratios.iter().copied().fold(0.0f64, f64::max);
+        let met = !ratios.is_empty() && worst <= 1.0;
+        writeln!(
+            md,
+            "| least time through the layer at least as fast as tower p2c PeakEWMA (`ready` + `call`) | ours / tower {} at 10/100/1,000 | {} |",
+            ratios.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(" / "),
+            yes_no(met)
+        )?;
+        targets.push(json!({"target": "least time layer vs tower p2c PeakEwma", "ratios": ratios, "met": met}));
+    }
+    let overhead_rows = overhead["rows"].as_array().cloned().unwrap_or_default();
+    let worst_overhead = overhead_rows
+        .iter()
+        .filter_map(|r| r["throughput_vs_raw_median"].as_f64())
+        .fold(f64::INFINITY, f64::min);
+    let met = worst_overhead >= 0.95;
+    writeln!(
+        md,
+        "| layer within 5% of raw reqwest throughput, every policy | lowest median {:.1}% of raw | {} |\n",
+        worst_overhead * 100.0,
+        yes_no(met)
+    )?;
+    targets.push(
+        json!({"target": "layer >= 95% of raw throughput", "lowest": worst_overhead, "met": met}),
+    );
+
+    // Pick cost.
+    writeln!(md, "## Pick cost\n")?;
+    writeln!(
+        md,
+        "`cargo bench -p tower-lb-bench --bench pick` (criterion, mean). Ours is \
+         `Balancer::select` and dropping the selection: the policy's choice **plus** the \
+         in-flight accounting every real request pays (two atomic increments and a clock read at \
+         the start, three atomic updates at the end). Pingora's `LoadBalancer::select` chooses \
+         and counts nothing. Requests (with session keys, 1,024 distinct) are made before \
+         timing. Two threads: both pick from one shared balancer at once; the figure is ns per \
+         pick on each thread.\n"
+    )?;
+    writeln!(md, "![ns per pick](benchmarks/pick_ns.svg)\n")?;
+    writeln!(
+        md,
+        "| selector | 10 | 100 | 1,000 | two threads: 10 | 100 | 1,000 | two / one at 100 |"
+    )?;
+    writeln!(md, "|---|---|---|---|---|---|---|---|")?;
+    for (id, label, one, two) in &picks.rows {
+        writeln!(
+            md,
+            "| {label} | {} | {} | {} | {} | {} | {} | {} |",
+            ns(one[0]),
+            ns(one[1]),
+            ns(one[2]),
+            ns(two[0]),
+            ns(two[1]),
+            ns(two[2]),
+            ratio(two[1].zip(one[1]).map(|(t, o)| t / o)),
+        )?;
+        let _ = id;
+    }
+    writeln!(md)?;
+
+    // Calls against tower.
+    writeln!(
+        md,
+        "## One request through the balancer, against tower's p2c\n"
+    )?;
+    writeln!(
+        md,
+        "Tower's `balance::p2c::Balance` is used through `poll_ready` + `call`, so it is \
+         compared with our layer the same way: one request through `poll_ready` + `call` to a \
+         trivial in-process service, request construction included (`no balancer`: the trivial \
+         service alone, {} ns). Ours here includes the URI rewrite, the tracing span, the \
+         outcome's accounting and (for least time) the latency estimate. Tower's `Balance` is \
+         not `Clone`: sharing it between threads takes a `Buffer` (a channel to one task), so \
+         there is no two-thread figure for it.\n",
+        ns(no_balancer)
+    )?;
+    writeln!(md, "| balancer | 10 | 100 | 1,000 |")?;
+    writeln!(md, "|---|---|---|---|")?;
+    for (_, label, v) in &calls {
+        writeln!(
+            md,
+            "| {label} | {} | {} | {} |",
+            ns(v[0]),
+            ns(v[1]),
+            ns(v[2])
+        )?;
+    }
+    writeln!(md)?;
+
+    // Least time.
+    writeln!(md, "## Tail latency with one slow backend\n")?;
+    writeln!(
+        md,
+        "`cargo run --release -p tower-lb-bench --bin least_time`: five hyper backends on \
+         127.0.0.1, four answering in 2 ms and one in 20 ms (then one answering 503 at once); a \
+         closed loop of {} requests in flight through each balancer for {} s, one after the \
+         other, on the same backends. `odd` is the slow (then failing) backend. Details: \
+         [least-response-time.md](least-response-time.md).\n",
+        least_time["concurrency"], least_time["seconds_per_run"]
+    )?;
+    writeln!(
+        md,
+        "![latency by percentile](benchmarks/latency_slow_backend.svg)\n"
+    )?;
+    for scenario in least_time["scenarios"].as_array().into_iter().flatten() {
+        writeln!(md, "{}\n", scenario["scenario"].as_str().unwrap_or(""))?;
+        writeln!(
+            md,
+            "| balancer | req/s | p50 ms | p99 ms | mean ms | odd share | errors |"
+        )?;
+        writeln!(md, "|---|---|---|---|---|---|---|")?;
+        for row in scenario["rows"].as_array().into_iter().flatten() {
+            writeln!(
+                md,
+                "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2}% | {} |",
+                row["balancer"].as_str().unwrap_or("?"),
+                row["throughput_rps"].as_f64().unwrap_or(0.0),
+                row["p50_ms"].as_f64().unwrap_or(0.0),
+                row["p99_ms"].as_f64().unwrap_or(0.0),
+                row["mean_ms"].as_f64().unwrap_or(0.0),
+                row["odd_backend_share"].as_f64().unwrap_or(0.0) * 100.0,
+                row["errors"]
+            )?;
+        }
+        writeln!(md)?;
+    }
+
+    // Overhead.
+    writeln!(md, "## End-to-end overhead\n")?;
+    writeln!(
+        md,
+        "`cargo run --release -p tower-lb-bench --bin overhead`: reqwest against five loopback \
+         hyper backends that answer at once, {} requests in flight, {} s per run, {} rounds. \
+         Raw = the same client stack with each request addressed to a backend by hand (round \
+         robin). Each balanced run is divided by the raw run of its own round and the median \
+         ratio is shown, because the shared machine drifts between runs; throughput and \
+         percentiles are from the last round. The middleware rows compare with a \
+         `reqwest-middleware` client without middleware.\n",
+        overhead["concurrency"], overhead["seconds_per_run"], overhead["rounds"]
+    )?;
+    writeln!(
+        md,
+        "| client | req/s | p50 ms | p99 ms | errors | throughput vs raw (median) |"
+    )?;
+    writeln!(md, "|---|---|---|---|---|---|")?;
+    let row_line = |md: &mut String, name: &str, row: &Value, raw: bool| -> std::fmt::Result {
+        writeln!(
+            md,
+            "| {name} | {:.0} | {:.2} | {:.2} | {} | {} |",
+            row["throughput_rps_last_round"].as_f64().unwrap_or(0.0),
+            row["p50_ms_last_round"].as_f64().unwrap_or(0.0),
+            row["p99_ms_last_round"].as_f64().unwrap_or(0.0),
+            if raw {
+                "0".to_owned()
+            } else {
+                row["errors"].to_string()
+            },
+            if raw {
+                "100%".to_owned()
+            } else {
+                format!(
+                    "{:.1}%",
+                    row["throughput_vs_raw_median"].as_f64().unwrap_or(0.0) * 100.0
+                )
+            }
+        )
+    };
+    row_line(&mut md, "raw reqwest (tower stack)", &overhead["raw"], true)?;
+    for row in &overhead_rows {
+        let name = format!("layer: {}", row["client"].as_str().unwrap_or("?"));
+        row_line(&mut md, &name, row, false)?;
+    }
+    row_line(
+        &mut md,
+        "raw reqwest-middleware client",
+        &overhead["raw_middleware"],
+        true,
+    )?;
+    for row in overhead["middleware_rows"].as_array().into_iter().flatten() {
+        row_line(&mut md, row["client"].as_str().unwrap_or("?"), row, false)?;
+    }
+    writeln!(md)?;
+
+    writeln!(md, "## Peers\n")?;
+    writeln!(
+        md,
+        "All peers were built: tower 0.5 (`balance`, `load`), `pingora-load-balancing` 0.9 \
+         (default features off; its `pingora-core` dependency builds zlib-ng through \
+         `libz-ng-sys`, which needs `cmake`: Debian's `cmake` package, which `.ci/run` installs), \
+         and `reqwest-lb` 0.5. `reqwest-lb` offers round robin, random, first and last, so it \
+         appears in the end-to-end tables rather than the pick tables.\n"
+    )?;
+
+    std::fs::write(docs.join("benchmarks.md"), md)?;
+    let machine_json = json!({
+        "machine": machine,
+        "targets": targets,
+        "pick_ns": picks.rows.iter().map(|(id, label, one, two)| json!({
+            "id": id, "label": label,
+            "one_thread": {"10": one[0], "100": one[1], "1000": one[2]},
+            "two_threads": {"10": two[0], "100": two[1], "1000": two[2]},
+        })).collect::<Vec<_>>(),
+        "call_ns": calls.iter().map(|(id, label, v)| json!({
+            "id": id, "label": label, "10": v[0], "100": v[1], "1000": v[2],
+        })).collect::<Vec<_>>(),
+        "call_ns_no_balancer": no_balancer,
+        "least_time": least_time,
+        "overhead": overhead,
+    });
+    std::fs::write(
+        docs.join("benchmarks.json"),
+        serde_json::to_string_pretty(&machine_json)?,
+    )?;
+    println!(
+        "wrote {}, {} and the plots in {}",
+        docs.join("benchmarks.md").display(),
+        docs.join("benchmarks.json").display(),
+        plots.display()
+    );
+    Ok(())
+}
