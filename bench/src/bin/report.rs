@@ -161,17 +161,16 @@ fn pick_plot(picks: &Picks, path: &Path) -> Result<(), BoxError> {
         .margin(12)
         .x_label_area_size(90)
         .y_label_area_size(60)
-        .build_cartesian_2d(0f64..count as f64, (5f64..max * 1.5).log_scale())?;
+        .build_cartesian_2d(-0.5f64..count as f64 - 0.5, (5f64..max * 1.5).log_scale())?;
     chart
         .configure_mesh()
         .disable_x_mesh()
-        .x_labels(count * 2)
+        .x_labels(count)
         .x_label_formatter(&|x| {
-            let i = x.floor() as usize;
-            if (x - x.floor() - 0.5).abs() < 0.01 && i < labels.len() {
-                labels[i].to_owned()
-            } else {
-                String::new()
+            let i = x.round();
+            match labels.get(i as usize) {
+                Some(label) if (x - i).abs() < 0.01 && i >= 0.0 => (*label).to_owned(),
+                _ => String::new(),
             }
         })
         .x_label_style(
@@ -191,7 +190,7 @@ fn pick_plot(picks: &Picks, path: &Path) -> Result<(), BoxError> {
         chart
             .draw_series(picks.rows.iter().enumerate().filter_map(|(i, r)| {
                 let v = r.2[s]?;
-                let left = i as f64 + 0.1 + s as f64 * 0.27;
+                let left = i as f64 - 0.4 + s as f64 * 0.27;
                 Some(Rectangle::new(
                     [(left, 5.0), (left + 0.25, v)],
                     colour.filled(),
@@ -226,10 +225,18 @@ fn latency_plot(rows: &[Value], path: &Path) -> Result<(), BoxError> {
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d(0f64..100f64, (0.5f64..max * 1.5).log_scale())?;
+        .build_cartesian_2d(0f64..3.05f64, (0.5f64..max * 1.5).log_scale())?;
     chart
         .configure_mesh()
-        .x_desc("percentile")
+        .x_labels(4)
+        .x_label_formatter(&|x| match x.round() as i64 {
+            0 => "0".to_owned(),
+            1 => "90".to_owned(),
+            2 => "99".to_owned(),
+            3 => "99.9".to_owned(),
+            _ => String::new(),
+        })
+        .x_desc("percentile (each step: ten times fewer requests above)")
         .y_desc("ms")
         .draw()?;
     for (i, row) in rows.iter().enumerate() {
@@ -239,6 +246,8 @@ fn latency_plot(rows: &[Value], path: &Path) -> Result<(), BoxError> {
             .into_iter()
             .flatten()
             .filter_map(|p| Some((p[0].as_f64()?, p[1].as_f64()?)))
+            .filter(|(q, _)| *q < 100.0)
+            .map(|(q, ms)| (-(1.0 - q / 100.0).log10(), ms))
             .collect();
         chart
             .draw_series(LineSeries::new(points, colour.stroke_width(2)))?
@@ -388,6 +397,69 @@ fn main() -> Result<(), BoxError> {
     targets.push(
         json!({"target": "layer >= 95% of raw throughput", "lowest": worst_overhead, "met": met}),
     );
+
+    // Why the missed ones are missed.
+    let constant_time: Vec<(&str, f64)> = OURS
+        .iter()
+        .filter(|(id, _, _)| *id != "ours_least_time_exact")
+        .filter_map(|(id, label, _)| Some((*label, picks.one(id, 1)?)))
+        .collect();
+    let (slowest_label, slowest) =
+        constant_time
+            .iter()
+            .copied()
+            .fold(("", 0.0), |a, b| if b.1 > a.1 { b } else { a });
+    let pingora_at_100: Vec<f64> = PEERS
+        .iter()
+        .filter_map(|(id, _)| picks.one(id, 1))
+        .collect();
+    let pingora_min = pingora_at_100.iter().copied().fold(f64::INFINITY, f64::min);
+    let pingora_max = pingora_at_100.iter().copied().fold(0.0, f64::max);
+    let pingora_contention = picks
+        .two("pingora_round_robin", 1)
+        .zip(picks.one("pingora_round_robin", 1))
+        .map(|(t, o)| t / o);
+    writeln!(md, "### Where a target is missed, and why\n")?;
+    if slowest >= 100.0 {
+        writeln!(
+            md,
+            "- **Under 100 ns per pick at 100 endpoints**: the constant-time policies take {:.0} to \
+             {slowest:.0} ns ({slowest_label}), {:.0}% over. Our figure is the choice *plus* the \
+             accounting every real request needs: a clock read for its latency (about 20 to 25 ns \
+             here) and five atomic read-modify-writes (in flight up and down, the endpoint \
+             handle's reference count up and down, the outcome counter). The choice alone is \
+             measured for the hash policies by the library's own criterion bench (`cargo bench \
+             --bench selection -- hash_lookup`: 43 to 59 ns at 100 endpoints, snapshot load \
+             included). Pingora's selectors, which count nothing, take {pingora_min:.0} to \
+             {pingora_max:.0} ns here. The exact least-time option scans every endpoint by design \
+             ({} ns at 100); it is meant for small sets, and two random choices are the default.",
+            constant_time.iter().map(|c| c.1).fold(f64::INFINITY, f64::min),
+            (slowest / 100.0 - 1.0) * 100.0,
+            ns(picks.one("ours_least_time_exact", 1)),
+        )?;
+    }
+    if worst_contention.0 > 2.0 {
+        writeln!(
+            md,
+            "- **Two threads at most 2x**: worst {:.2}x ({} at {} endpoints); this figure moves by \
+             about ±0.5x between runs on this shared machine. Round robin and weighted round \
+             robin share one position counter by definition (one rotation for all callers), so \
+             every pick moves that cache line between the cores; pingora's round robin has the \
+             same counter and loses {} here. Least time at few endpoints: both threads often \
+             pick the same cheapest endpoint and share its counters. Counting the balancer-wide \
+             in-flight total only for bounded loads (it was counted on every request before) \
+             took round robin from about 3x to about 2x.",
+            worst_contention.0,
+            worst_contention.1,
+            worst_contention.2,
+            ratio(pingora_contention),
+        )?;
+    }
+    writeln!(
+        md,
+        "- **End-to-end overhead**: run-to-run noise on this machine is about ±5 to 15% (ratios \
+         above 100% are noise); each row is a median of per-round ratios for that reason.\n"
+    )?;
 
     // Pick cost.
     writeln!(md, "## Pick cost\n")?;
