@@ -15,7 +15,7 @@
 //! endpoint with a typical one; the remembered winner is usually one of the
 //! cheapest, so a slow endpoint wins only when it is cheaper than that too.
 //! On five backends, one of them 10x slower, at 32 in flight, this takes the
-//! slow one's share from 0.8% to 0.6–0.8%, next to the exact minimum's 0.6%
+//! slow one's share from 0.8–0.96% to 0.59–0.78%, next to the exact minimum's 0.56–0.61%
 //! (`cargo run --release -p tower-lb-bench --bin least_time`). The memory is
 //! per thread, so picking writes no shared state, and it cannot herd: the
 //! winner's in-flight count rises as it is picked, which raises its cost
