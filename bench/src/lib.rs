@@ -213,3 +213,38 @@ pub fn json_path(name: &str) -> std::path::PathBuf {
         .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
     target.join("bench").join(format!("{name}.json"))
 }
+
+/// The `reqwest-lb` crate's middleware (round robin) over `backends`, set up
+/// as its README does (a registry maps the `lb://` host to the backends'
+/// URLs), driven by a closed loop like every other client here.
+pub async fn run_reqwest_lb(
+    backends: &[Backend],
+    concurrency: usize,
+    duration: Duration,
+    max_requests: usize,
+) -> RunFigures {
+    let urls: Vec<reqwest::Url> = backends
+        .iter()
+        .filter_map(|b| reqwest::Url::parse(&b.url()).ok())
+        .collect();
+    let mut registry = reqwest_lb::LoadBalancerRegistry::default();
+    registry.add(
+        "backends",
+        reqwest_lb::LoadBalancer::new(urls, reqwest_lb::LoadBalancerPolicy::RoundRobin),
+    );
+    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(reqwest_lb::LoadBalancerMiddleware::new(registry))
+        .build();
+    closed_loop(concurrency, duration, max_requests, move || {
+        let client = client.clone();
+        async move {
+            let response = client
+                .get("lb://backends/item")
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(backend_of(&response))
+        }
+    })
+    .await
+}

@@ -22,7 +22,8 @@ use tower::util::BoxCloneService;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_lb::{Balancer, Policy};
 use tower_lb_bench::{
-    backend_of, closed_loop, json_path, start_backend, Backend, Behaviour, RunFigures,
+    backend_of, closed_loop, json_path, run_reqwest_lb, start_backend, Backend, Behaviour,
+    RunFigures,
 };
 
 const CONCURRENCY: usize = 32;
@@ -125,35 +126,6 @@ async fn run_ours(backends: &[Backend], policy: Policy) -> RunFigures {
     .await
 }
 
-/// The `reqwest-lb` crate's middleware (round robin, its only policy that
-/// looks at the backends in turn), as its README sets it up.
-async fn run_reqwest_lb(backends: &[Backend]) -> RunFigures {
-    let urls: Vec<reqwest::Url> = backends
-        .iter()
-        .filter_map(|b| reqwest::Url::parse(&b.url()).ok())
-        .collect();
-    let mut registry = reqwest_lb::LoadBalancerRegistry::default();
-    registry.add(
-        "backends",
-        reqwest_lb::LoadBalancer::new(urls, reqwest_lb::LoadBalancerPolicy::RoundRobin),
-    );
-    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
-        .with(reqwest_lb::LoadBalancerMiddleware::new(registry))
-        .build();
-    closed_loop(CONCURRENCY, RUN_TIME, MAX_REQUESTS, move || {
-        let client = client.clone();
-        async move {
-            let response = client
-                .get("lb://backends/item")
-                .send()
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(backend_of(&response))
-        }
-    })
-    .await
-}
-
 /// Percentiles kept for the latency-distribution plot.
 const QUANTILES: [f64; 16] = [
     1.0, 5.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 97.0, 98.0, 99.0, 99.3, 99.5, 99.7, 99.9, 100.0,
@@ -181,7 +153,10 @@ async fn scenario(name: &str, odd_one: Behaviour) -> Result<serde_json::Value, B
             run_ours(&backends, Policy::weighted_round_robin()).await,
         ),
         ("tower p2c PeakEwma", run_tower(&backends).await),
-        ("reqwest-lb round robin", run_reqwest_lb(&backends).await),
+        (
+            "reqwest-lb round robin",
+            run_reqwest_lb(&backends, CONCURRENCY, RUN_TIME, MAX_REQUESTS).await,
+        ),
         (
             "ours least time (p2c)",
             run_ours(&backends, Policy::least_response_time().into()).await,

@@ -18,7 +18,8 @@ use serde_json::json;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_lb::{Balancer, Policy, RetryPolicy, SessionKey};
 use tower_lb_bench::{
-    backend_of, closed_loop, json_path, start_backend, Backend, Behaviour, RunFigures,
+    backend_of, closed_loop, json_path, run_reqwest_lb, start_backend, Backend, Behaviour,
+    RunFigures,
 };
 
 const CONCURRENCY: usize = 32;
@@ -99,35 +100,6 @@ async fn run_our_middleware(backends: &[Backend]) -> RunFigures {
         async move {
             let response = client
                 .get("http://backend/item")
-                .send()
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(backend_of(&response))
-        }
-    })
-    .await
-}
-
-/// The `reqwest-lb` crate's middleware, round robin, as its README sets it
-/// up: a registry maps the `lb://` host to the backends' URLs.
-async fn run_reqwest_lb(backends: &[Backend]) -> RunFigures {
-    let urls: Vec<reqwest::Url> = backends
-        .iter()
-        .filter_map(|b| reqwest::Url::parse(&b.url()).ok())
-        .collect();
-    let mut registry = reqwest_lb::LoadBalancerRegistry::default();
-    registry.add(
-        "backends",
-        reqwest_lb::LoadBalancer::new(urls, reqwest_lb::LoadBalancerPolicy::RoundRobin),
-    );
-    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
-        .with(reqwest_lb::LoadBalancerMiddleware::new(registry))
-        .build();
-    closed_loop(CONCURRENCY, RUN_TIME, MAX_REQUESTS, move || {
-        let client = client.clone();
-        async move {
-            let response = client
-                .get("lb://backends/item")
                 .send()
                 .await
                 .map_err(|e| e.to_string())?;
@@ -230,7 +202,7 @@ async fn main() -> Result<(), BoxError> {
         let raw = run_raw_middleware(&backends).await;
         for (i, figures) in [
             run_our_middleware(&backends).await,
-            run_reqwest_lb(&backends).await,
+            run_reqwest_lb(&backends, CONCURRENCY, RUN_TIME, MAX_REQUESTS).await,
         ]
         .into_iter()
         .enumerate()
