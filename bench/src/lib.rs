@@ -248,3 +248,33 @@ pub async fn run_reqwest_lb(
     })
     .await
 }
+
+/// A balancer over `backends` (weight 1 each) with `policy` and `retry`.
+pub fn balancer_over(
+    backends: &[Backend],
+    policy: tower_lb::Policy,
+    retry: tower_lb::RetryPolicy,
+) -> tower_lb::Balancer {
+    let built = backends
+        .iter()
+        .fold(tower_lb::Balancer::builder(), |b, backend| {
+            b.endpoint(&backend.url())
+        })
+        .policy(policy)
+        .retry(retry)
+        .build();
+    match built {
+        Ok(balancer) => balancer,
+        Err(error) => panic!("the bench's balancer is valid: {error}"),
+    }
+}
+
+/// Each backend's `/item` URL, for clients that address requests by hand.
+pub fn item_urls(backends: &[Backend]) -> std::sync::Arc<Vec<String>> {
+    std::sync::Arc::new(
+        backends
+            .iter()
+            .map(|b| format!("{}/item", b.url()))
+            .collect(),
+    )
+}

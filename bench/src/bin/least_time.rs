@@ -20,10 +20,10 @@ use tower::discover::ServiceList;
 use tower::load::{CompleteOnResponse, PeakEwmaDiscover};
 use tower::util::BoxCloneService;
 use tower::{Service, ServiceBuilder, ServiceExt};
-use tower_lb::{Balancer, Policy};
+use tower_lb::{Policy, RetryPolicy};
 use tower_lb_bench::{
-    backend_of, closed_loop, json_path, run_reqwest_lb, start_backend, Backend, Behaviour,
-    RunFigures,
+    backend_of, balancer_over, closed_loop, json_path, run_reqwest_lb, start_backend, Backend,
+    Behaviour, RunFigures,
 };
 
 const CONCURRENCY: usize = 32;
@@ -101,15 +101,7 @@ fn send(service: Shared) -> Pin<Box<dyn Future<Output = Result<String, String>> 
 }
 
 async fn run_ours(backends: &[Backend], policy: Policy) -> RunFigures {
-    let balancer = match backends
-        .iter()
-        .fold(Balancer::builder(), |b, backend| b.endpoint(&backend.url()))
-        .policy(policy)
-        .build()
-    {
-        Ok(balancer) => balancer,
-        Err(error) => panic!("the bench's balancer is valid: {error}"),
-    };
+    let balancer = balancer_over(backends, policy, RetryPolicy::default());
     let service = ServiceBuilder::new()
         .layer(balancer.layer())
         .service(reqwest::Client::new());

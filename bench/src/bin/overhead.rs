@@ -16,10 +16,10 @@ use std::time::Duration;
 
 use serde_json::json;
 use tower::{ServiceBuilder, ServiceExt};
-use tower_lb::{Balancer, Policy, RetryPolicy, SessionKey};
+use tower_lb::{Policy, RetryPolicy, SessionKey};
 use tower_lb_bench::{
-    backend_of, closed_loop, json_path, run_reqwest_lb, start_backend, Backend, Behaviour,
-    RunFigures,
+    backend_of, balancer_over, closed_loop, item_urls, json_path, run_reqwest_lb, start_backend,
+    Backend, Behaviour, RunFigures,
 };
 
 const CONCURRENCY: usize = 32;
@@ -37,12 +37,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 async fn run_raw(backends: &[Backend]) -> RunFigures {
     // The same client stack as through the layer, minus the layer.
     let service = tower_lb::HttpToReqwest::new(reqwest::Client::new());
-    let urls: Arc<Vec<String>> = Arc::new(
-        backends
-            .iter()
-            .map(|b| format!("{}/item", b.url()))
-            .collect(),
-    );
+    let urls = item_urls(backends);
     let next = Arc::new(AtomicUsize::new(0));
     closed_loop(CONCURRENCY, RUN_TIME, MAX_REQUESTS, move || {
         let service = service.clone();
@@ -63,12 +58,7 @@ async fn run_raw(backends: &[Backend]) -> RunFigures {
 /// baseline of the middleware rows.
 async fn run_raw_middleware(backends: &[Backend]) -> RunFigures {
     let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new()).build();
-    let urls: Arc<Vec<String>> = Arc::new(
-        backends
-            .iter()
-            .map(|b| format!("{}/item", b.url()))
-            .collect(),
-    );
+    let urls = item_urls(backends);
     let next = Arc::new(AtomicUsize::new(0));
     closed_loop(CONCURRENCY, RUN_TIME, MAX_REQUESTS, move || {
         let client = client.clone();
@@ -83,15 +73,7 @@ async fn run_raw_middleware(backends: &[Backend]) -> RunFigures {
 
 /// Our balancer as a `reqwest-middleware` middleware, round robin.
 async fn run_our_middleware(backends: &[Backend]) -> RunFigures {
-    let balancer = match backends
-        .iter()
-        .fold(Balancer::builder(), |b, backend| b.endpoint(&backend.url()))
-        .policy(Policy::round_robin())
-        .build()
-    {
-        Ok(balancer) => balancer,
-        Err(error) => panic!("the bench's balancer is valid: {error}"),
-    };
+    let balancer = balancer_over(backends, Policy::round_robin(), RetryPolicy::default());
     let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
         .with(balancer)
         .build();
@@ -110,16 +92,7 @@ async fn run_our_middleware(backends: &[Backend]) -> RunFigures {
 }
 
 async fn run_layer(backends: &[Backend], policy: Policy, retry: RetryPolicy) -> RunFigures {
-    let balancer = match backends
-        .iter()
-        .fold(Balancer::builder(), |b, backend| b.endpoint(&backend.url()))
-        .policy(policy)
-        .retry(retry)
-        .build()
-    {
-        Ok(balancer) => balancer,
-        Err(error) => panic!("the bench's balancer is valid: {error}"),
-    };
+    let balancer = balancer_over(backends, policy, retry);
     let service = ServiceBuilder::new()
         .layer(balancer.layer())
         .service(tower_lb::HttpToReqwest::new(reqwest::Client::new()));
