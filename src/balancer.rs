@@ -14,8 +14,10 @@ use futures::{Stream, StreamExt};
 use tower::discover::Change;
 
 use crate::affinity::LearnedHomes;
+use crate::clock::Clock;
 use crate::endpoint::{Counters, EndpointState, EndpointUrl, Member, Snapshot, Stats, MAX_WEIGHT};
 use crate::health::{HealthShared, Retrying};
+use crate::random::SharedRng;
 use crate::{
     BalanceLayer, BalanceRequest, Error, OutlierDetection, Policy, RequestInfo, RetryPolicy,
     Selection, SessionKey,
@@ -322,7 +324,7 @@ impl Balancer {
             return snapshot.pick(None, excluded).cloned();
         };
         #[cfg(feature = "cookies")]
-        let stored = self.jar_cookies(request);
+        let stored = self.jar_cookies(request, &snapshot);
         #[cfg(feature = "cookies")]
         let request = &RequestInfo {
             jar_cookies: stored.as_ref(),
@@ -349,12 +351,17 @@ impl Balancer {
     /// The affinity cookies the jar holds for `request`, if a jar is in use
     /// and the request carries no `Cookie` header of its own.
     #[cfg(feature = "cookies")]
-    fn jar_cookies(&self, request: &RequestInfo<'_>) -> Option<http::HeaderValue> {
+    fn jar_cookies(
+        &self,
+        request: &RequestInfo<'_>,
+        snapshot: &Snapshot,
+    ) -> Option<http::HeaderValue> {
         let jar = self.shared.jar.get()?;
         if self.shared.learned.is_none() || request.headers.contains_key(http::header::COOKIE) {
             return None;
         }
-        jar.site_cookies(request.path)
+        let (secure, base_path) = snapshot.cookie_view();
+        jar.site_cookies(secure, base_path, request.path)
     }
 
     /// The learned affinity table, when the policy keys on cookies.
@@ -421,10 +428,11 @@ impl Balancer {
         let before = shared.snapshot.load_full();
         let mut members = before.members().to_vec();
         edit(&mut members)?;
-        // A removed endpoint gives back its ejection slot.
+        // A removed endpoint's health ends with its membership: it gives
+        // back any ejection, and its late answers change nothing.
         for gone in before.members() {
             if !members.iter().any(|m| Arc::ptr_eq(&m.state, &gone.state)) {
-                gone.state.forget_health();
+                gone.state.retire();
             }
         }
         let next = Snapshot::build(members, &shared.policy, &shared.counters);
@@ -447,6 +455,7 @@ pub struct BalancerBuilder {
     policy: Policy,
     outlier_detection: OutlierDetection,
     retry: RetryPolicy,
+    seed: Option<u64>,
     error: Option<Error>,
 }
 
@@ -501,6 +510,36 @@ impl BalancerBuilder {
         self
     }
 
+    /// Seeds the balancer's random number generator, from which every
+    /// random choice is drawn (the random policy, the candidates of least
+    /// time). Two balancers with the same seed, the same endpoints and the
+    /// same answers make the same picks, on any thread: for tests and
+    /// replays. Without a seed, one is drawn at random.
+    ///
+    /// ```
+    /// use tower_lb::{Balancer, Policy};
+    ///
+    /// let picks = |seed| {
+    ///     let balancer = Balancer::builder()
+    ///         .endpoint("http://127.0.0.1:8081")
+    ///         .endpoint("http://127.0.0.1:8082")
+    ///         .endpoint("http://127.0.0.1:8083")
+    ///         .policy(Policy::random())
+    ///         .seed(seed)
+    ///         .build()?;
+    ///     let request = http::Request::get("/").body(())?;
+    ///     (0..20)
+    ///         .map(|_| Ok(balancer.select(&request)?.endpoint().to_owned()))
+    ///         .collect::<Result<Vec<_>, Box<dyn std::error::Error>>>()
+    /// };
+    /// assert_eq!(picks(7)?, picks(7)?);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
     /// Checks the configuration and builds the balancer.
     ///
     /// Errors: the first invalid endpoint ([`Error::InvalidUrl`],
@@ -517,9 +556,13 @@ impl BalancerBuilder {
         if !self.endpoints.is_empty() && self.endpoints.iter().all(|(_, w)| *w == 0) {
             return Err(Error::ZeroTotalWeight);
         }
+        let clock = Clock::default();
+        let seed = self.seed.unwrap_or_else(SharedRng::random_seed);
         let counters = Counters {
-            rtt: Arc::new(self.policy.rtt_model()),
-            health: Arc::new(HealthShared::new(self.outlier_detection)),
+            clock,
+            rng: Arc::new(SharedRng::new(seed)),
+            rtt: Arc::new(self.policy.rtt_model_on(clock)),
+            health: Arc::new(HealthShared::new(self.outlier_detection, clock)),
             in_flight: self.policy.counts_total_in_flight().then(Default::default),
             ..Counters::default()
         };
@@ -540,7 +583,7 @@ impl BalancerBuilder {
                 policy: self.policy,
                 counters,
                 learned: LearnedHomes::new(cookie_names).map(Arc::new),
-                retrying: self.retry.start(),
+                retrying: self.retry.start(clock),
                 #[cfg(feature = "cookies")]
                 jar: std::sync::OnceLock::new(),
                 writer: Mutex::new(()),

@@ -48,6 +48,7 @@
 
 mod affinity;
 mod balancer;
+mod clock;
 mod endpoint;
 mod error;
 mod health;
@@ -56,6 +57,7 @@ mod layer;
 mod middleware;
 mod outcome;
 mod policy;
+mod random;
 mod request;
 #[cfg(feature = "reqwest")]
 mod reqwest_http;

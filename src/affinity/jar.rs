@@ -43,10 +43,18 @@ impl BalancedCookieJar {
         }
     }
 
-    /// The cookies for `path` on the balanced site (`Secure` ones included:
-    /// they are read to route, never sent from here).
-    pub(crate) fn site_cookies(&self, path: &str) -> Option<HeaderValue> {
-        let url = Url::parse(&format!("https://{SITE}{path}")).ok()?;
+    /// The cookies reqwest will send with a request for `path` under
+    /// `base_path` on the balanced site: `Secure` ones only if `secure`
+    /// (the request goes over https), and only those whose `Path` matches,
+    /// so that the balancer routes by exactly what goes on the wire.
+    pub(crate) fn site_cookies(
+        &self,
+        secure: bool,
+        base_path: &str,
+        path: &str,
+    ) -> Option<HeaderValue> {
+        let scheme = if secure { "https" } else { "http" };
+        let url = Url::parse(&format!("{scheme}://{SITE}{base_path}{path}")).ok()?;
         self.cookies.cookies(&url)
     }
 

@@ -8,20 +8,22 @@
 //! placed by its hash like any other key.
 //!
 //! Only hashes are stored. The table is sharded so that requests on
-//! different cores rarely meet on a lock, and bounded: the oldest entries go
-//! first.
+//! different cores rarely meet on a lock, and bounded: each shard is a
+//! least-recently-used cache (the `lru` crate), and a lookup counts as a
+//! use, so a session in use is never forgotten before idle ones.
 
-use std::collections::{HashMap, VecDeque};
+use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, Weak};
 
 use http::header::{HeaderMap, SET_COOKIE};
+use lru::LruCache;
 
 use super::{cookie, key_hash};
 use crate::endpoint::EndpointState;
 
 const SHARDS: usize = 16;
 /// Sessions remembered per shard; 65,536 in all.
-const SHARD_CAPACITY: usize = 4_096;
+const SHARD_CAPACITY: NonZeroUsize = NonZeroUsize::new(4_096).expect("not zero");
 
 #[derive(Debug)]
 pub(crate) struct LearnedHomes {
@@ -30,19 +32,16 @@ pub(crate) struct LearnedHomes {
     shards: Box<[Mutex<Shard>]>,
 }
 
-#[derive(Debug, Default)]
-struct Shard {
-    homes: HashMap<u64, Weak<EndpointState>>,
-    /// Keys in the order they were learned, for eviction.
-    order: VecDeque<u64>,
-}
+type Shard = LruCache<u64, Weak<EndpointState>>;
 
 impl LearnedHomes {
     /// `None` when there are no cookie names to learn.
     pub(crate) fn new(names: Vec<Box<str>>) -> Option<Self> {
         (!names.is_empty()).then(|| LearnedHomes {
             names: names.into(),
-            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(LruCache::new(SHARD_CAPACITY)))
+                .collect(),
         })
     }
 
@@ -53,9 +52,9 @@ impl LearnedHomes {
     }
 
     /// The endpoint that issued the cookie with this value hash, if known and
-    /// still alive.
+    /// still alive. Counts as a use of the session.
     pub(crate) fn home(&self, key: u64) -> Option<Arc<EndpointState>> {
-        self.shard(key).homes.get(&key).and_then(Weak::upgrade)
+        self.shard(key).get(&key).and_then(Weak::upgrade)
     }
 
     /// Learns the affinity cookies `endpoint` sets in `headers`.
@@ -74,15 +73,7 @@ impl LearnedHomes {
                 continue;
             }
             let key = key_hash(value);
-            let mut shard = self.shard(key);
-            if shard.homes.insert(key, Arc::downgrade(endpoint)).is_none() {
-                shard.order.push_back(key);
-                if shard.order.len() > SHARD_CAPACITY {
-                    if let Some(oldest) = shard.order.pop_front() {
-                        shard.homes.remove(&oldest);
-                    }
-                }
-            }
+            self.shard(key).put(key, Arc::downgrade(endpoint));
         }
     }
 }
@@ -116,23 +107,33 @@ mod tests {
     }
 
     #[test]
-    fn the_table_is_bounded() {
+    fn the_table_is_bounded_and_forgets_idle_sessions_first() {
         let learned = LearnedHomes::new(vec!["sid".into()]).unwrap();
         let a = endpoint(1);
-        for i in 0..(SHARDS * SHARD_CAPACITY * 2) {
+        let learn = |i: usize| {
             let mut headers = HeaderMap::new();
             headers.append(SET_COOKIE, format!("sid=s{i}").parse().unwrap());
             learned.learn(&headers, &a);
+        };
+        learn(0);
+        learn(1);
+        let capacity = SHARDS * SHARD_CAPACITY.get();
+        for i in 2..capacity * 2 {
+            learn(i);
+            // Session 0 is in use all along; session 1 is idle.
+            if i % 1_000 == 0 {
+                assert!(learned.home(key_hash(b"s0")).is_some(), "forgot s0 at {i}");
+            }
         }
-        let total: usize = learned
-            .shards
-            .iter()
-            .map(|s| s.lock().unwrap().homes.len())
-            .sum();
-        assert!(total <= SHARDS * SHARD_CAPACITY, "{total}");
+        let total: usize = learned.shards.iter().map(|s| s.lock().unwrap().len()).sum();
+        assert!(total <= capacity, "{total}");
         assert!(
-            learned.home(key_hash(b"s0")).is_none(),
-            "the oldest is forgotten"
+            learned.home(key_hash(b"s0")).is_some(),
+            "the session in use stays"
+        );
+        assert!(
+            learned.home(key_hash(b"s1")).is_none(),
+            "the idle one is forgotten"
         );
     }
 }

@@ -10,6 +10,15 @@
 //! A failure counts as at least the penalty, so a backend that fails in one
 //! millisecond does not look like the fastest.
 //!
+//! Reading the estimate decays it with the time since its last sample,
+//! `estimate × exp(−elapsed / decay)`, as tower's and Finagle's do, without
+//! writing anything. An endpoint that gets no requests because its estimate
+//! is high therefore looks cheaper and cheaper until it is tried again: one
+//! slow answer cannot keep it out for good. From estimate `e` against
+//! endpoints at `f`, it is back in contention after `decay × ln(e / f)`
+//! (10 s × ln(1 s / 2 ms) ≈ 62 s for a failure against 2 ms answers, with the
+//! defaults).
+//!
 //! The floor is where this departs from Finagle's and tower's PeakEWMA. With
 //! time alone, a busy endpoint that answered one request slowly (a pause in
 //! the client, a GC in the server) keeps that peak for about the decay time,
@@ -17,17 +26,23 @@
 //! truly slow endpoint's, which gets traffic it should not.
 //!
 //! The estimate and the time of the last sample share one atomic word (the
-//! estimate as an `f32` of nanoseconds, the time in milliseconds since the
-//! balancer started), so reading it takes no lock.
+//! estimate as an `f32` of nanoseconds, the time in milliseconds of the
+//! balancer's clock, wrapping), so reading it takes no lock. Two answers
+//! recorded at once may carry times out of order; a time before the stored
+//! one counts as no time elapsed, so the clock of the estimate never runs
+//! backwards.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::clock::Clock;
 
 /// Settings of the estimate, the same for every endpoint of a balancer.
 #[derive(Clone, Debug)]
 pub(crate) struct RttModel {
-    /// Time zero of the packed timestamps.
-    epoch: Instant,
+    clock: Clock,
     /// Decay time, in nanoseconds.
     decay_nanos: f64,
     /// The estimate a new endpoint starts from, in nanoseconds.
@@ -46,25 +61,46 @@ pub(crate) const MIN_SAMPLE_WEIGHT: f64 = 1.0 / 8.0;
 
 impl Default for RttModel {
     fn default() -> Self {
-        RttModel::new(DEFAULT_RTT, DEFAULT_DECAY, DEFAULT_PENALTY)
+        RttModel::new(
+            Clock::default(),
+            DEFAULT_RTT,
+            DEFAULT_DECAY,
+            DEFAULT_PENALTY,
+        )
     }
 }
 
 impl RttModel {
-    pub(crate) fn new(initial: Duration, decay: Duration, penalty: Duration) -> Self {
+    pub(crate) fn new(clock: Clock, initial: Duration, decay: Duration, penalty: Duration) -> Self {
         RttModel {
-            epoch: Instant::now(),
-            decay_nanos: decay.as_nanos() as f64,
+            clock,
+            decay_nanos: decay.as_nanos().max(1) as f64,
             initial_nanos: initial.as_nanos() as f64,
             penalty_nanos: penalty.as_nanos() as f64,
         }
     }
 
-    /// Milliseconds since the epoch, as stored (wraps after 49 days; a gap
-    /// that long decays the estimate fully either way).
-    fn millis(&self, now: Instant) -> u32 {
-        now.saturating_duration_since(self.epoch).as_millis() as u32
+    /// The stamp of `at`: milliseconds of the clock, wrapping after 49 days.
+    pub(crate) fn stamp(&self, at: Instant) -> u32 {
+        self.clock.ms(at) as u32
     }
+
+    /// The stamp of now.
+    pub(crate) fn stamp_now(&self) -> u32 {
+        self.stamp(self.clock.now())
+    }
+
+    /// The share of an estimate left after `elapsed_ms`.
+    fn keep(&self, elapsed_ms: u32) -> f64 {
+        (-(f64::from(elapsed_ms) * 1e6) / self.decay_nanos).exp()
+    }
+}
+
+/// Milliseconds from stamp `then` to stamp `now`; 0 if `now` is earlier
+/// (two answers recorded out of order).
+fn elapsed_ms(now: u32, then: u32) -> u32 {
+    let delta = now.wrapping_sub(then) as i32;
+    delta.max(0) as u32
 }
 
 /// One endpoint's estimate.
@@ -73,8 +109,8 @@ pub(crate) struct RttEstimate {
     packed: AtomicU64,
 }
 
-fn pack(estimate_nanos: f64, millis: u32) -> u64 {
-    (u64::from((estimate_nanos as f32).to_bits()) << 32) | u64::from(millis)
+fn pack(estimate_nanos: f64, stamp: u32) -> u64 {
+    (u64::from((estimate_nanos as f32).to_bits()) << 32) | u64::from(stamp)
 }
 
 fn unpack(packed: u64) -> (f64, u32) {
@@ -88,13 +124,15 @@ impl RttEstimate {
     /// A new endpoint's estimate: the model's starting value.
     pub(crate) fn new(model: &RttModel) -> Self {
         RttEstimate {
-            packed: AtomicU64::new(pack(model.initial_nanos, model.millis(Instant::now()))),
+            packed: AtomicU64::new(pack(model.initial_nanos, model.stamp_now())),
         }
     }
 
-    /// The current estimate, in nanoseconds.
-    pub(crate) fn nanos(&self) -> f64 {
-        unpack(self.packed.load(Ordering::Relaxed)).0
+    /// The estimate at stamp `now`, in nanoseconds: the last one decayed by
+    /// the time since it was set. Writes nothing.
+    pub(crate) fn nanos_at(&self, model: &RttModel, now: u32) -> f64 {
+        let (estimate, then) = unpack(self.packed.load(Ordering::Relaxed));
+        estimate * model.keep(elapsed_ms(now, then))
     }
 
     /// Folds in one answer's latency; `failed` applies the penalty.
@@ -103,21 +141,21 @@ impl RttEstimate {
         if failed {
             sample = sample.max(model.penalty_nanos);
         }
-        let now_millis = model.millis(now);
+        let now = model.stamp(now);
         let _ = self
             .packed
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
                 let (estimate, then) = unpack(old);
+                let elapsed = elapsed_ms(now, then);
                 let next = if sample > estimate {
                     sample
                 } else {
-                    let elapsed = f64::from(now_millis.wrapping_sub(then)) * 1e6;
-                    let keep = (-elapsed / model.decay_nanos)
-                        .exp()
-                        .min(1.0 - MIN_SAMPLE_WEIGHT);
+                    let keep = model.keep(elapsed).min(1.0 - MIN_SAMPLE_WEIGHT);
                     estimate * keep + sample * (1.0 - keep)
                 };
-                Some(pack(next, now_millis))
+                // An answer stamped before the last one leaves the stamp.
+                let forward = now.wrapping_sub(then) as i32 >= 0;
+                Some(pack(next, if forward { now } else { then }))
             });
     }
 }
@@ -128,71 +166,86 @@ mod tests {
 
     const MS: f64 = 1e6;
 
-    #[test]
-    fn starts_from_the_initial_value_jumps_up_at_once_and_decays_down_slowly() {
-        let model = RttModel::new(
-            Duration::from_millis(30),
+    fn model(initial_ms: u64, penalty_ms: u64) -> RttModel {
+        RttModel::new(
+            Clock::default(),
+            Duration::from_millis(initial_ms),
             Duration::from_secs(10),
-            Duration::from_secs(1),
-        );
-        let start = model.epoch;
-        let rtt = RttEstimate::new(&model);
-        assert!((rtt.nanos() - 30.0 * MS).abs() < 0.01 * MS);
-
-        // A slow answer replaces the estimate at once.
-        rtt.record(
-            &model,
-            Duration::from_millis(200),
-            false,
-            start + Duration::from_secs(1),
-        );
-        assert!((rtt.nanos() - 200.0 * MS).abs() < 0.01 * MS);
-
-        // A fast one three seconds later moves it 1 - e^(-0.3) = 26% of the way.
-        rtt.record(
-            &model,
-            Duration::from_millis(2),
-            false,
-            start + Duration::from_secs(4),
-        );
-        let keep = (-0.3f64).exp();
-        let expected = 200.0 * keep + 2.0 * (1.0 - keep);
-        assert!(
-            (rtt.nanos() / MS - expected).abs() < 0.01,
-            "{}",
-            rtt.nanos() / MS
-        );
-
-        // Many fast answers close together: each still moves it an eighth.
-        let before = rtt.nanos();
-        let soon = start + Duration::from_secs(4);
-        rtt.record(&model, Duration::from_millis(2), false, soon);
-        let expected = before * (1.0 - MIN_SAMPLE_WEIGHT) + 2.0 * MS * MIN_SAMPLE_WEIGHT;
-        assert!((rtt.nanos() - expected).abs() < 0.01 * MS);
-        for _ in 0..100 {
-            rtt.record(&model, Duration::from_millis(2), false, soon);
-        }
-        assert!(rtt.nanos() < 2.1 * MS, "{}", rtt.nanos() / MS);
-
-        // After a long quiet spell, a fast answer is almost all that counts.
-        rtt.record(
-            &model,
-            Duration::from_millis(2),
-            false,
-            start + Duration::from_secs(300),
-        );
-        assert!(rtt.nanos() < 2.01 * MS);
+            Duration::from_millis(penalty_ms),
+        )
     }
 
-    #[test]
-    fn a_fast_failure_counts_as_the_penalty() {
-        let model = RttModel::new(
-            Duration::from_millis(30),
-            Duration::from_secs(10),
-            Duration::from_millis(500),
-        );
+    #[tokio::test(start_paused = true)]
+    async fn starts_from_the_initial_value_jumps_up_at_once_and_decays_down_slowly() {
+        let model = model(30, 1_000);
         let rtt = RttEstimate::new(&model);
-        rtt.record(&model, Duration::from_millis(1), true, model.epoch);
-        assert!((rtt.nanos() - 500.0 * MS).abs() < 0.01 * MS);
+        let now = || model.stamp_now();
+        assert!((rtt.nanos_at(&model, now()) - 30.0 * MS).abs() < 0.01 * MS);
+
+        // A slow answer replaces the estimate at once.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        rtt.record(&model, Duration::from_millis(200), false, Instant::now());
+        assert!((rtt.nanos_at(&model, now()) - 200.0 * MS).abs() < 0.01 * MS);
+
+        // A fast one three seconds later moves it 1 - e^(-0.3) = 26% of the way.
+        tokio::time::advance(Duration::from_secs(3)).await;
+        let keep = (-0.3f64).exp();
+        // Read before the answer, the estimate has decayed by the same share.
+        assert!((rtt.nanos_at(&model, now()) / MS - 200.0 * keep).abs() < 0.01);
+        rtt.record(&model, Duration::from_millis(2), false, Instant::now());
+        let expected = 200.0 * keep + 2.0 * (1.0 - keep);
+        let got = rtt.nanos_at(&model, now()) / MS;
+        assert!((got - expected).abs() < 0.01, "{got}");
+
+        // Many fast answers close together: each still moves it an eighth.
+        let before = rtt.nanos_at(&model, now());
+        rtt.record(&model, Duration::from_millis(2), false, Instant::now());
+        let expected = before * (1.0 - MIN_SAMPLE_WEIGHT) + 2.0 * MS * MIN_SAMPLE_WEIGHT;
+        assert!((rtt.nanos_at(&model, now()) - expected).abs() < 0.01 * MS);
+        for _ in 0..100 {
+            rtt.record(&model, Duration::from_millis(2), false, Instant::now());
+        }
+        assert!(rtt.nanos_at(&model, now()) < 2.1 * MS);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_estimate_nobody_updates_decays_when_read() {
+        let model = model(30, 1_000);
+        let rtt = RttEstimate::new(&model);
+        rtt.record(&model, Duration::from_millis(1), true, Instant::now());
+        let at = |secs: u64| model.stamp(Instant::now() + Duration::from_secs(secs));
+        assert!((rtt.nanos_at(&model, at(0)) - 1_000.0 * MS).abs() < 0.01 * MS);
+        // After ten decay times a failure weighs less than 0.05 ms.
+        assert!(rtt.nanos_at(&model, at(100)) < 0.05 * MS);
+        // Reading wrote nothing.
+        assert!((rtt.nanos_at(&model, at(0)) - 1_000.0 * MS).abs() < 0.01 * MS);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_stamped_before_the_last_one_does_not_turn_the_clock_back() {
+        let model = model(0, 1_000);
+        let rtt = RttEstimate::new(&model);
+        let start = Instant::now();
+        tokio::time::advance(Duration::from_millis(5)).await;
+        let late = Instant::now();
+        rtt.record(&model, Duration::from_millis(100), false, late);
+        // A completion read its clock a moment earlier, then lost the race.
+        rtt.record(&model, Duration::from_millis(1), false, start);
+        // Elapsed counted as zero: the fast answer moved it an eighth, no more.
+        let got = rtt.nanos_at(&model, model.stamp(late)) / MS;
+        let expected = 100.0 * (1.0 - MIN_SAMPLE_WEIGHT) + MIN_SAMPLE_WEIGHT;
+        assert!((got - expected).abs() < 0.01, "{got}");
+        assert_eq!(
+            unpack(rtt.packed.load(Ordering::Relaxed)).1,
+            model.stamp(late)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fast_failure_counts_as_the_penalty() {
+        let model = model(30, 500);
+        let rtt = RttEstimate::new(&model);
+        rtt.record(&model, Duration::from_millis(1), true, Instant::now());
+        assert!((rtt.nanos_at(&model, model.stamp_now()) - 500.0 * MS).abs() < 0.01 * MS);
     }
 }

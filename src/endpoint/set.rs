@@ -10,14 +10,24 @@ use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::Arc;
 
 use super::{EndpointState, EndpointUrl, RttModel, Stats};
+use crate::clock::Clock;
 use crate::health::HealthShared;
 use crate::policy::{Pick, PickContext, Policy};
+use crate::random::SharedRng;
 
 /// Counters that outlive snapshots.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Counters {
     /// Position of the rotating policies, so a rebuild does not restart them.
     pub(crate) sequence: Arc<AtomicUsize>,
+    /// Position of the rotating policies' spare turns: the turns of
+    /// unavailable endpoints, and retries, which must not shift the main
+    /// rotation.
+    pub(crate) spare_sequence: Arc<AtomicUsize>,
+    /// The balancer's one clock.
+    pub(crate) clock: Clock,
+    /// The balancer's one random number generator.
+    pub(crate) rng: Arc<SharedRng>,
     /// Requests in flight over the whole balancer, counted only for a
     /// policy that reads it (bounded loads): one more shared write per
     /// request, which costs both cores a cache-line transfer.
@@ -61,12 +71,17 @@ impl Snapshot {
     pub(crate) fn build(members: Vec<Member>, policy: &Policy, counters: &Counters) -> Self {
         let active_members: Vec<Member> =
             members.iter().filter(|m| m.weight > 0).cloned().collect();
-        // A drained endpoint holds no ejection slot; it comes back unejected.
-        for drained in members.iter().filter(|m| m.weight == 0) {
-            drained.state.forget_health();
+        // A drained endpoint holds no ejection and counts nothing; it comes
+        // back with clean counts.
+        for member in &members {
+            if member.weight == 0 {
+                member.state.retire();
+            } else {
+                member.state.reinstate();
+            }
         }
         counters.health.set_active(active_members.len());
-        let picker = policy.picker(&active_members, &counters.sequence);
+        let picker = policy.picker(&active_members, counters);
         Snapshot {
             active: active_members.into_iter().map(|m| m.state).collect(),
             members,
@@ -82,15 +97,29 @@ impl Snapshot {
         key: Option<u64>,
         excluded: &[Arc<EndpointState>],
     ) -> Option<&Arc<EndpointState>> {
-        let health = &self.counters.health;
+        let counters = &self.counters;
         let ctx = PickContext {
             key,
             endpoints: &self.active,
-            in_flight: self.counters.in_flight.as_deref(),
+            in_flight: counters.in_flight.as_deref(),
             excluded,
-            skip_ejected_at: health.filter_time(),
+            skip_ejected_at: counters.health.filter_time(),
+            rng: &counters.rng,
         };
         self.picker.pick(&ctx).and_then(|i| self.active.get(i))
+    }
+
+    /// How a request's cookies look on the wire, whichever endpoint it goes
+    /// to: whether `Secure` cookies are sent (every active endpoint is
+    /// https), and the base path in front of the request's path (the one all
+    /// active endpoints share, else none). Exact when the endpoints agree on
+    /// scheme and base path, as a fleet of one service does.
+    #[cfg(feature = "cookies")]
+    pub(crate) fn cookie_view(&self) -> (bool, &str) {
+        let secure = !self.active.is_empty() && self.active.iter().all(|e| e.url.is_https());
+        let base = self.active.first().map_or("", |e| e.url.base_path());
+        let shared = self.active.iter().all(|e| e.url.base_path() == base);
+        (secure, if shared { base } else { "" })
     }
 
     /// Whether `endpoint` takes new requests in this snapshot.
@@ -109,7 +138,11 @@ impl Snapshot {
                 .iter()
                 .map(|m| m.state.stats(m.weight))
                 .collect(),
-            panic_mode: self.counters.health.in_panic(),
+            panic_mode: self
+                .counters
+                .health
+                .in_panic_at(self.counters.clock.now_ms()),
+            health_events_dropped: self.counters.health.events_dropped(),
         }
     }
 }

@@ -3,11 +3,14 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use super::rtt::{RttEstimate, RttModel};
 use super::stats::{EndpointStats, FailureCounts};
 use super::{Counters, EndpointUrl};
+use crate::clock::Clock;
 use crate::health::{EndpointHealth, HealthShared};
 use crate::outcome::Outcome;
 
@@ -23,8 +26,9 @@ pub(crate) struct EndpointState {
     rtt_model: Arc<RttModel>,
     /// Response-time estimate for the least-response-time policy.
     rtt: RttEstimate,
-    health: EndpointHealth,
+    health: Arc<EndpointHealth>,
     health_shared: Arc<HealthShared>,
+    clock: Clock,
     in_flight: AtomicU64,
     succeeded: AtomicU64,
     server_errors: AtomicU64,
@@ -41,13 +45,15 @@ const EWMA_NEW_SAMPLE_SHARE: u64 = 5; // 1/5 = 0.2
 
 impl EndpointState {
     pub(crate) fn new(url: EndpointUrl, counters: &Counters) -> Self {
+        let health = Arc::new(EndpointHealth::new(url.shared_name()));
         EndpointState {
             url,
             balancer_in_flight: counters.in_flight.clone(),
             rtt: RttEstimate::new(&counters.rtt),
             rtt_model: counters.rtt.clone(),
-            health: EndpointHealth::default(),
+            health,
             health_shared: counters.health.clone(),
+            clock: counters.clock,
             in_flight: AtomicU64::new(0),
             succeeded: AtomicU64::new(0),
             server_errors: AtomicU64::new(0),
@@ -64,20 +70,34 @@ impl EndpointState {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// Whether the endpoint is ejected at `now` (milliseconds of the health
-    /// clock); re-admits it when its time is up.
+    /// Whether the endpoint is ejected at `now` (milliseconds of the
+    /// balancer's clock). A pure read.
     pub(crate) fn is_ejected(&self, now: u64) -> bool {
-        self.health.is_ejected(now, &self.health_shared, &self.url)
+        self.health.is_ejected(now)
     }
 
-    /// Clears any ejection, when the endpoint leaves the active set.
-    pub(crate) fn forget_health(&self) {
-        self.health.forget(&self.health_shared);
+    /// Takes the endpoint out of health accounting when it leaves the
+    /// active set (removed or drained): it gives back any ejection, and
+    /// answers still on their way change nothing shared.
+    pub(crate) fn retire(&self) {
+        self.health_shared.retire(&self.health);
     }
 
-    /// The response-time estimate, in nanoseconds.
-    pub(crate) fn rtt_nanos(&self) -> f64 {
-        self.rtt.nanos()
+    /// Brings a drained endpoint back into health accounting, with clean
+    /// counts; nothing happens to one that is already in it.
+    pub(crate) fn reinstate(&self) {
+        self.health_shared.reinstate(&self.health);
+    }
+
+    /// The settings of the response-time estimate.
+    pub(crate) fn rtt_model(&self) -> &RttModel {
+        &self.rtt_model
+    }
+
+    /// The response-time estimate at stamp `now` (see
+    /// [`RttModel::stamp_now`]), in nanoseconds.
+    pub(crate) fn rtt_nanos_at(&self, now: u32) -> f64 {
+        self.rtt.nanos_at(&self.rtt_model, now)
     }
 
     /// Folds one answer into the response-time estimate only.
@@ -92,6 +112,7 @@ impl EndpointState {
         status: Option<http::StatusCode>,
         latency: Duration,
         now: Instant,
+        sent_in: u32,
     ) {
         let counter = match outcome {
             Outcome::Success => &self.succeeded,
@@ -104,7 +125,7 @@ impl EndpointState {
         let failed = outcome != Outcome::Success;
         self.rtt.record(&self.rtt_model, latency, failed, now);
         self.health
-            .record(outcome, status, &self.health_shared, &self.url);
+            .record(outcome, status, sent_in, &self.health_shared);
         // A connect error says nothing about how fast the server answers.
         if outcome != Outcome::ConnectError {
             self.record_latency(latency);
@@ -131,7 +152,8 @@ impl EndpointState {
     pub(crate) fn stats(&self, weight: u32) -> EndpointStats {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let ewma = load(&self.latency_ewma_nanos);
-        let (ejected, times_ejected) = self.health.status(&self.health_shared, &self.url);
+        let (ejected, times_ejected) = self.health.status(self.clock.now_ms());
+        let estimate = self.rtt_nanos_at(self.rtt_model.stamp_now());
         // Read while requests finish, the sum can be off by those finishing
         // at that moment; once traffic stops it is exact.
         let successes = load(&self.succeeded);
@@ -153,7 +175,7 @@ impl EndpointState {
             failures,
             cancelled,
             latency_ewma: (ewma > 0).then(|| Duration::from_nanos(ewma)),
-            response_time_estimate: Duration::from_nanos(self.rtt.nanos() as u64),
+            response_time_estimate: Duration::from_nanos(estimate as u64),
             ejected,
             times_ejected,
         }
@@ -169,6 +191,8 @@ impl EndpointState {
 pub(crate) struct InFlight {
     endpoint: Arc<EndpointState>,
     started_at: Instant,
+    /// The endpoint's health epoch when the request was sent.
+    sent_in: u32,
     finished: bool,
 }
 
@@ -179,8 +203,9 @@ impl InFlight {
             all.fetch_add(1, Ordering::Relaxed);
         }
         InFlight {
+            started_at: endpoint.clock.now(),
+            sent_in: endpoint.health.epoch(),
             endpoint,
-            started_at: Instant::now(),
             finished: false,
         }
     }
@@ -192,9 +217,10 @@ impl InFlight {
     /// Records the outcome and the time since the request started; returns
     /// that time.
     pub(crate) fn finish(mut self, outcome: Outcome, status: Option<http::StatusCode>) -> Duration {
-        let now = Instant::now();
+        let now = self.endpoint.clock.now();
         let latency = now.saturating_duration_since(self.started_at);
-        self.endpoint.record(outcome, status, latency, now);
+        self.endpoint
+            .record(outcome, status, latency, now, self.sent_in);
         self.finished = true;
         latency
     }

@@ -22,6 +22,10 @@ pub struct Stats {
     /// Too few endpoints are healthy, so ejections are being ignored and
     /// requests spread over all active endpoints.
     pub panic_mode: bool,
+    /// Health events not handed to the
+    /// [`on_event`](crate::OutlierDetection::on_event) callback because its
+    /// queue was full (the callback was slower than events came).
+    pub health_events_dropped: u64,
 }
 
 impl Stats {

@@ -138,6 +138,19 @@ impl EndpointUrl {
         Ok(())
     }
 
+    /// Whether requests to this endpoint go over TLS (so `Secure` cookies
+    /// are sent to it).
+    #[cfg(feature = "cookies")]
+    pub(crate) fn is_https(&self) -> bool {
+        self.scheme == Scheme::HTTPS
+    }
+
+    /// The base path: empty, or starting with `/` and without a trailing `/`.
+    #[cfg(feature = "cookies")]
+    pub(crate) fn base_path(&self) -> &str {
+        &self.base_path
+    }
+
     /// Whether `url` is on this endpoint's scheme, host and port.
     #[cfg(feature = "cookies")]
     pub(crate) fn serves(&self, url: &reqwest::Url) -> bool {

@@ -8,11 +8,13 @@
 //! a budget, not a ledger.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::clock::Clock;
 
 #[derive(Debug)]
 pub(crate) struct RetryBudget {
-    epoch: Instant,
+    clock: Clock,
     buckets: Box<[Bucket]>,
     /// Retries allowed per request deposited.
     share: f64,
@@ -31,10 +33,10 @@ struct Bucket {
 impl RetryBudget {
     /// `ttl`: the window, in whole seconds (at least 1); `share`: retries per
     /// request; `reserve_per_second`: retries allowed on top.
-    pub(crate) fn new(ttl: Duration, share: f64, reserve_per_second: u32) -> Self {
+    pub(crate) fn new(clock: Clock, ttl: Duration, share: f64, reserve_per_second: u32) -> Self {
         let seconds = ttl.as_secs().max(1) as usize;
         RetryBudget {
-            epoch: Instant::now(),
+            clock,
             buckets: (0..seconds).map(|_| Bucket::default()).collect(),
             share,
             reserve_per_second: f64::from(reserve_per_second),
@@ -42,7 +44,7 @@ impl RetryBudget {
     }
 
     fn current(&self) -> (&Bucket, u64) {
-        let second = self.epoch.elapsed().as_secs() + 1;
+        let second = self.clock.elapsed(self.clock.now()).as_secs() + 1;
         let bucket = &self.buckets[second as usize % self.buckets.len()];
         let seen = bucket.second.load(Ordering::Relaxed);
         if seen != second
@@ -87,9 +89,9 @@ impl RetryBudget {
 mod tests {
     use super::*;
 
-    #[test]
-    fn retries_are_a_share_of_requests_plus_a_reserve() {
-        let budget = RetryBudget::new(Duration::from_secs(10), 0.2, 0);
+    #[tokio::test(start_paused = true)]
+    async fn retries_are_a_share_of_requests_plus_a_reserve() {
+        let budget = RetryBudget::new(Clock::default(), Duration::from_secs(10), 0.2, 0);
         assert!(!budget.withdraw(), "no requests, no reserve: no retry");
         for _ in 0..100 {
             budget.deposit();
@@ -97,8 +99,27 @@ mod tests {
         let granted = (0..100).filter(|_| budget.withdraw()).count();
         assert_eq!(granted, 20);
 
-        let reserve = RetryBudget::new(Duration::from_secs(10), 0.0, 1);
+        let reserve = RetryBudget::new(Clock::default(), Duration::from_secs(10), 0.0, 1);
         let granted = (0..100).filter(|_| reserve.withdraw()).count();
         assert_eq!(granted, 10, "one a second over a ten-second window");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_leave_the_budget_when_their_window_has_passed() {
+        let budget = RetryBudget::new(Clock::default(), Duration::from_secs(10), 0.2, 0);
+        for _ in 0..100 {
+            budget.deposit();
+        }
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!((0..10).filter(|_| budget.withdraw()).count(), 10);
+        // Eleven seconds after the deposits they no longer count.
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(!budget.withdraw());
+        // Once the retries have left the window too, new requests count alone.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        for _ in 0..10 {
+            budget.deposit();
+        }
+        assert_eq!((0..10).filter(|_| budget.withdraw()).count(), 2);
     }
 }

@@ -16,9 +16,17 @@
 //! ("panic mode", visible in stats) rather than overload the few.
 //!
 //! Every policy skips ejected endpoints through one check,
-//! `PickContext::available`, taking the next candidate in its own order.
+//! `PickContext::available`, and spreads their share over the others in
+//! proportion to weight.
+//!
+//! An ejection ends when its time is up, noticed by the next pick (in panic
+//! mode too), never by reading stats. An endpoint back from ejection starts
+//! with clean counts, and outcomes of requests sent before its ejection do
+//! not count against it. A removed or drained endpoint holds nothing: its
+//! ejection ends with its membership.
 
 mod budget;
+mod events;
 mod retry;
 mod state;
 
@@ -33,6 +41,7 @@ pub(crate) use retry::Retrying;
 pub(crate) use state::{EndpointHealth, HealthShared};
 
 use crate::Error;
+use events::EventSink;
 
 /// What happened to an endpoint's health, for [`OutlierDetection::on_event`]
 /// callbacks (also logged with `tracing`).
@@ -56,7 +65,6 @@ pub enum HealthEvent {
 }
 
 type StatusFilter = dyn Fn(StatusCode) -> bool + Send + Sync;
-type EventSink = dyn Fn(&HealthEvent) + Send + Sync;
 
 /// Outlier-detection settings, given to
 /// [`BalancerBuilder::outlier_detection`](crate::BalancerBuilder::outlier_detection).
@@ -192,8 +200,12 @@ impl OutlierDetection {
         self
     }
 
-    /// Calls `sink` on every ejection and re-admission. Keep it quick: it
-    /// runs on the request path.
+    /// Calls `sink` on every ejection and re-admission, in order, on a
+    /// thread of the balancer's own: requests only queue the event, so a
+    /// slow callback never slows them. Up to 1,024 events wait; beyond
+    /// that, events are dropped and counted in
+    /// [`Stats::health_events_dropped`](crate::Stats::health_events_dropped).
+    /// Every event is also logged with `tracing` as it happens.
     pub fn on_event(mut self, sink: impl Fn(&HealthEvent) + Send + Sync + 'static) -> Self {
         self.on_event = Some(Arc::new(sink));
         self

@@ -6,6 +6,7 @@ use std::time::Duration;
 use http::Method;
 
 use super::budget::RetryBudget;
+use crate::clock::Clock;
 use crate::outcome::Outcome;
 use crate::Error;
 
@@ -106,10 +107,11 @@ impl RetryPolicy {
     }
 
     /// The live retry state, `None` when retries are off.
-    pub(crate) fn start(self) -> Option<Arc<Retrying>> {
+    pub(crate) fn start(self, clock: Clock) -> Option<Arc<Retrying>> {
         self.enabled().then(|| {
             Arc::new(Retrying {
                 budget: RetryBudget::new(
+                    clock,
                     self.budget_window,
                     self.budget_share,
                     self.budget_reserve,

@@ -5,13 +5,12 @@
 //! Thorup and Zadimoghaddam, "Consistent Hashing with Bounded Loads"), and a
 //! fallback policy for requests without a key.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use super::maglev::{self, Maglev, DEFAULT_TABLE_SIZE, MAX_TABLE_SIZE};
 use super::ring::Ring;
 use super::{Pick, PickContext, Policy};
-use crate::endpoint::Member;
+use crate::endpoint::{Counters, Member};
 use crate::{Error, RequestKey};
 
 /// Virtual nodes per endpoint of average weight on the ring, by default.
@@ -181,7 +180,7 @@ impl ConsistentHash {
         }
     }
 
-    pub(crate) fn picker(&self, members: &[Member], sequence: &Arc<AtomicUsize>) -> Box<dyn Pick> {
+    pub(crate) fn picker(&self, members: &[Member], counters: &Counters) -> Box<dyn Pick> {
         let table = match self.table {
             TableKind::Ring { virtual_nodes } => Table::Ring(Ring::build(members, virtual_nodes)),
             TableKind::Maglev { size } => Table::Maglev(Maglev::build(members, size)),
@@ -194,7 +193,7 @@ impl ConsistentHash {
         Box::new(HashPicker {
             table,
             bound,
-            fallback: self.fallback.picker(members, sequence),
+            fallback: self.fallback.picker(members, counters),
         })
     }
 }

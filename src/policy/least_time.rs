@@ -3,32 +3,44 @@
 //!
 //! An endpoint's cost is its response-time estimate (peak-sensitive, time
 //! decayed, failures counted as a penalty: see `endpoint/rtt.rs`) times
-//! (its requests in flight + 1), divided by its weight. The cheapest of two
-//! endpoints drawn at random wins (power of two choices: Mitzenmacher;
-//! Finagle, linkerd, tower), or, as an option for small sets, the cheapest
-//! of all. Two random choices avoid the herd that follows a single "best"
-//! endpoint between two updates of its cost.
+//! (its requests in flight / its relative weight + 1), where the relative
+//! weight is its weight over the mean weight. The cheaper of two endpoints
+//! drawn at random in proportion to weight wins (power of two choices:
+//! Mitzenmacher; Finagle, linkerd, tower), or, as an option for small sets,
+//! the cheapest of all. Two random choices avoid the herd that follows a
+//! single "best" endpoint between two updates of its cost.
 //!
-//! The two random candidates meet a third: the endpoint this thread picked
+//! Weights count twice, and each time where it matters: drawing in
+//! proportion to weight gives equally fast, idle endpoints shares in
+//! proportion to weight (a tie goes to the first drawn), and dividing the
+//! queue by the relative weight lets a heavier endpoint hold more requests
+//! in flight before it costs as much as a lighter one. With equal weights
+//! the cost is estimate × (in flight + 1), as in Finagle and tower.
+//!
+//! The two random candidates meet a third: the endpoint the balancer picked
 //! last, if it is still available ("load balancing with memory":
 //! Mitzenmacher, Prabhakar and Shah, 2002). Two random draws compare a slow
 //! endpoint with a typical one; the remembered winner is usually one of the
 //! cheapest, so a slow endpoint wins only when it is cheaper than that too.
 //! On five backends, one of them 10x slower, at 32 in flight, this takes the
 //! slow one's share from 0.8–0.96% to 0.59–0.78%, next to the exact minimum's 0.56–0.61%
-//! (`cargo run --release -p tower-lb-bench --bin least_time`). The memory is
-//! per thread, so picking writes no shared state, and it cannot herd: the
-//! winner's in-flight count rises as it is picked, which raises its cost
-//! for the next comparison.
+//! (`cargo run --release -p tower-lb-bench --bin least_time`). It cannot
+//! herd: the winner's in-flight count rises as it is picked, which raises
+//! its cost for the next comparison. The memory is the balancer's (one
+//! atomic, written only when the winner changes), so the same seed and the
+//! same answers give the same picks on any thread.
 //!
 //! A slow endpoint is capacity, not poison: when the fast ones are busy
-//! enough that their cost passes its, it takes requests again.
+//! enough that their cost passes its, it takes requests again. And an
+//! estimate decays while nothing is heard, so an endpoint that answered
+//! slowly once is tried again after a while instead of starving.
 
-use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use super::random::WeightedDraw;
 use super::{Pick, PickContext};
+use crate::clock::Clock;
 use crate::endpoint::{Member, RttModel, DEFAULT_DECAY, DEFAULT_PENALTY, DEFAULT_RTT};
 use crate::Error;
 
@@ -97,8 +109,9 @@ impl LeastResponseTime {
     }
 
     /// Take the cheapest of all endpoints instead of the cheapest of two at
-    /// random and the last winner: exact, O(endpoints) per request. For
-    /// small sets.
+    /// random and the last winner: exact, O(endpoints) per request, and
+    /// deterministic (a tie goes to the endpoint listed first). For small
+    /// sets.
     pub fn exact(mut self) -> Self {
         self.exact = true;
         self
@@ -113,97 +126,96 @@ impl LeastResponseTime {
         Ok(())
     }
 
-    pub(crate) fn rtt_model(&self) -> RttModel {
-        RttModel::new(self.initial, self.decay, self.penalty)
+    pub(crate) fn rtt_model(&self, clock: Clock) -> RttModel {
+        RttModel::new(clock, self.initial, self.decay, self.penalty)
     }
 
     pub(crate) fn picker(&self, members: &[Member]) -> Box<dyn Pick> {
+        let weights: Vec<u32> = members.iter().map(|m| m.weight).collect();
+        let mean = weights.iter().map(|&w| f64::from(w)).sum::<f64>() / weights.len().max(1) as f64;
         Box::new(LeastTimePicker {
-            inverse_weights: members.iter().map(|m| 1.0 / f64::from(m.weight)).collect(),
+            inverse_relative_weights: weights.iter().map(|&w| mean / f64::from(w)).collect(),
+            draw: WeightedDraw::new(&weights),
             exact: self.exact,
-            id: NEXT_PICKER_ID.fetch_add(1, Ordering::Relaxed),
+            last_winner: AtomicUsize::new(NO_WINNER),
         })
     }
 }
 
-/// Tells pickers apart in the per-thread memory (a fresh picker comes with
-/// every change of the endpoint set, so its memory starts empty).
-static NEXT_PICKER_ID: AtomicU64 = AtomicU64::new(1);
-
-thread_local! {
-    /// The last winner picked on this thread: (picker id, endpoint index).
-    static LAST_WINNER: Cell<(u64, usize)> = const { Cell::new((0, 0)) };
-}
+/// `last_winner` before the first pick.
+const NO_WINNER: usize = usize::MAX;
 
 #[derive(Debug)]
 struct LeastTimePicker {
-    inverse_weights: Box<[f64]>,
+    /// Mean weight / weight, per endpoint.
+    inverse_relative_weights: Box<[f64]>,
+    draw: WeightedDraw,
     exact: bool,
-    id: u64,
+    /// The endpoint picked last (a fresh picker comes with every change of
+    /// the set, so the memory starts empty then).
+    last_winner: AtomicUsize,
 }
 
 impl LeastTimePicker {
-    fn cost(&self, ctx: &PickContext<'_>, i: usize) -> f64 {
+    fn cost(&self, ctx: &PickContext<'_>, now: u32, i: usize) -> f64 {
         let endpoint = &ctx.endpoints[i];
-        endpoint.rtt_nanos() * (endpoint.in_flight() + 1) as f64 * self.inverse_weights[i]
+        let queue = endpoint.in_flight() as f64 * self.inverse_relative_weights[i];
+        endpoint.rtt_nanos_at(now) * (queue + 1.0)
     }
 }
 
 impl Pick for LeastTimePicker {
     fn pick(&self, ctx: &PickContext<'_>) -> Option<usize> {
-        let n = ctx.endpoints.len().min(self.inverse_weights.len());
-        match n {
-            0 => None,
-            1 => Some(0),
-            _ if self.exact => (0..n)
+        let n = ctx.endpoints.len().min(self.draw.len());
+        let now = ctx.endpoints.first()?.rtt_model().stamp_now();
+        if self.exact {
+            return (0..n)
                 .filter(|&i| ctx.available(i))
-                .min_by(|&a, &b| self.cost(ctx, a).total_cmp(&self.cost(ctx, b))),
-            _ => {
-                let start = fastrand::usize(0..n);
-                let a = ctx.first_available((0..n).map(|k| (start + k) % n))?;
-                // A second available index, different from the first.
-                let start = a + 1 + fastrand::usize(0..n - 1);
-                let others = (0..n).map(|k| (start + k) % n).filter(|&i| i != a);
-                let Some(b) = ctx.first_available(others) else {
-                    return Some(a);
-                };
-                let mut winner = if self.cost(ctx, b) < self.cost(ctx, a) {
-                    b
-                } else {
-                    a
-                };
-                let (picker, last) = LAST_WINNER.get();
-                if picker == self.id
-                    && last < n
-                    && last != a
-                    && last != b
-                    && ctx.available(last)
-                    && self.cost(ctx, last) < self.cost(ctx, winner)
-                {
-                    winner = last;
-                }
-                LAST_WINNER.set((self.id, winner));
-                Some(winner)
-            }
+                .min_by(|&a, &b| self.cost(ctx, now, a).total_cmp(&self.cost(ctx, now, b)));
         }
+        let a = self.draw.draw(ctx, None)?;
+        let Some(b) = self.draw.draw(ctx, Some(a)) else {
+            return Some(a);
+        };
+        let (cost_a, cost_b) = (self.cost(ctx, now, a), self.cost(ctx, now, b));
+        let (mut winner, best) = if cost_b < cost_a {
+            (b, cost_b)
+        } else {
+            (a, cost_a)
+        };
+        let last = self.last_winner.load(Ordering::Relaxed);
+        if last < n
+            && last != a
+            && last != b
+            && ctx.available(last)
+            && self.cost(ctx, now, last) < best
+        {
+            winner = last;
+        }
+        if last != winner {
+            self.last_winner.store(winner, Ordering::Relaxed);
+        }
+        Some(winner)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
-    use std::time::Instant;
+
+    use tokio::time::Instant;
 
     use super::*;
     use crate::endpoint::{Counters, EndpointUrl, InFlight};
     use crate::outcome::Outcome;
+    use crate::random::SharedRng;
 
     /// Endpoints whose estimates start at zero, so that the first answer
     /// sets them.
     fn members(weights: &[u32]) -> (Vec<Member>, Counters) {
         let model = LeastResponseTime::default()
             .default_rtt(Duration::ZERO)
-            .rtt_model();
+            .rtt_model(Clock::default());
         let counters = Counters {
             rtt: Arc::new(model),
             ..Counters::default()
@@ -228,6 +240,7 @@ mod tests {
             in_flight: None,
             excluded: &[],
             skip_ejected_at: None,
+            rng: &SharedRng::new(11),
         };
         let mut counts = vec![0; members.len()];
         for _ in 0..count {
@@ -281,15 +294,34 @@ mod tests {
     }
 
     #[test]
-    fn weights_divide_the_cost() {
+    fn weights_divide_the_queue() {
         let (members, _) = members(&[1, 3]);
-        answer(&members[0], Duration::from_millis(5), Outcome::Success);
-        answer(&members[1], Duration::from_millis(12), Outcome::Success);
-        // 12 ms / 3 = 4 ms beats 5 ms / 1.
+        for member in &members {
+            answer(member, Duration::from_millis(5), Outcome::Success);
+        }
+        // Relative weights 0.5 and 1.5: two in flight on the light one cost
+        // 5 ms x (2 / 0.5 + 1) = 25 ms; four on the heavy one 5 ms x (4 / 1.5 + 1) = 18 ms.
+        let _light: Vec<_> = (0..2)
+            .map(|_| InFlight::start(members[0].state.clone()))
+            .collect();
+        let _heavy: Vec<_> = (0..4)
+            .map(|_| InFlight::start(members[1].state.clone()))
+            .collect();
         assert_eq!(
             picks(&LeastResponseTime::default().exact(), &members, 10),
             [0, 10]
         );
+    }
+
+    #[test]
+    fn idle_equally_fast_endpoints_share_in_proportion_to_weight() {
+        let (members, _) = members(&[1, 3]);
+        for member in &members {
+            answer(member, Duration::from_millis(5), Outcome::Success);
+        }
+        let counts = picks(&LeastResponseTime::default(), &members, 4_000);
+        // Expected 1,000 and 3,000; the standard deviation is about 27.
+        assert!(counts[0].abs_diff(1_000) < 150, "{counts:?}");
     }
 
     #[test]

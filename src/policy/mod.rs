@@ -13,16 +13,17 @@ mod round_robin;
 mod weighted;
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 pub use consistent::{ConsistentHash, DEFAULT_LOAD_FACTOR, DEFAULT_VIRTUAL_NODES};
 pub use least_time::LeastResponseTime;
 use random::WeightedRandom;
-use round_robin::RoundRobin;
-use weighted::SmoothWeighted;
+use round_robin::Rotation;
 
-use crate::endpoint::{EndpointState, Member, RttModel};
+use crate::clock::Clock;
+use crate::endpoint::{Counters, EndpointState, Member, RttModel};
+use crate::random::SharedRng;
 use crate::{Error, RequestKey};
 
 /// What a policy may look at to choose an endpoint for one request.
@@ -40,6 +41,9 @@ pub(crate) struct PickContext<'a> {
     /// When some endpoints are ejected (and the balancer is not in panic
     /// mode), the health clock's time now: picks skip ejected endpoints.
     pub(crate) skip_ejected_at: Option<u64>,
+    /// The balancer's random number generator: every random choice draws
+    /// from it.
+    pub(crate) rng: &'a SharedRng,
 }
 
 impl PickContext<'_> {
@@ -57,6 +61,12 @@ impl PickContext<'_> {
             None => true,
             Some(now) => !self.endpoints[i].is_ejected(now),
         }
+    }
+
+    /// Whether this pick is a retry: it must not take a turn from a
+    /// rotation.
+    pub(crate) fn is_retry(&self) -> bool {
+        !self.excluded.is_empty()
     }
 
     /// The first available endpoint among `candidates`, in their order.
@@ -125,18 +135,24 @@ impl Policy {
         }
     }
 
-    /// A random endpoint for each request, chosen in proportion to weight.
-    /// Needs no shared counter, so it scales across cores without contention.
+    /// A random endpoint for each request, chosen in proportion to weight,
+    /// with one draw (and, while endpoints are ejected, more draws until an
+    /// available one comes up, so shares stay in proportion to weight).
+    ///
+    /// Draws come from the balancer's generator, which
+    /// [`BalancerBuilder::seed`](crate::BalancerBuilder::seed) makes
+    /// repeatable.
     pub fn random() -> Self {
         Policy { kind: Kind::Random }
     }
 
-    /// Least response time: the cheapest of two random endpoints and the
-    /// one this thread picked last, where cost = response-time estimate ×
-    /// (requests in flight + 1) / weight. The
-    /// estimate jumps up on a slow answer, decays smoothly (10 s) on fast
-    /// ones, and counts failures as slow. Configure it with the
-    /// [`LeastResponseTime`] methods.
+    /// Least response time: the cheapest of two endpoints drawn at random
+    /// in proportion to weight and the one the balancer picked last, where
+    /// cost = response-time estimate × (requests in flight / relative
+    /// weight + 1). The estimate jumps up on a slow answer, decays smoothly
+    /// (10 s) on fast ones and with time while nothing is heard, and counts
+    /// failures as slow. Configure it with the [`LeastResponseTime`]
+    /// methods.
     pub fn least_response_time() -> LeastResponseTime {
         LeastResponseTime::default()
     }
@@ -184,26 +200,26 @@ impl Policy {
         }
     }
 
-    /// The settings of the endpoints' response-time estimates.
-    pub(crate) fn rtt_model(&self) -> RttModel {
+    /// Prepares the selection state for the active endpoints (weights all
+    /// above zero). The rotations' counters live in `counters`, shared
+    /// across snapshots so that a rebuild does not restart them.
+    pub(crate) fn picker(&self, active: &[Member], counters: &Counters) -> Box<dyn Pick> {
+        let weights = || active.iter().map(|m| m.weight).collect::<Vec<_>>();
         match &self.kind {
-            Kind::LeastTime(least) => least.rtt_model(),
-            Kind::Hash(hash) => hash.fallback_policy().rtt_model(),
-            _ => RttModel::default(),
+            Kind::RoundRobin => Box::new(Rotation::round_robin(active.len(), counters)),
+            Kind::WeightedRoundRobin => Box::new(Rotation::smooth_weighted(&weights(), counters)),
+            Kind::Random => Box::new(WeightedRandom::new(&weights())),
+            Kind::LeastTime(least) => least.picker(active),
+            Kind::Hash(hash) => hash.picker(active, counters),
         }
     }
 
-    /// Prepares the selection state for the active endpoints (weights all
-    /// above zero). `sequence` is the balancer's request counter, shared
-    /// across snapshots so that a rebuild does not restart the rotation.
-    pub(crate) fn picker(&self, active: &[Member], sequence: &Arc<AtomicUsize>) -> Box<dyn Pick> {
-        let weights = || active.iter().map(|m| m.weight).collect::<Vec<_>>();
+    /// The settings of the endpoints' response-time estimates, on `clock`.
+    pub(crate) fn rtt_model_on(&self, clock: Clock) -> RttModel {
         match &self.kind {
-            Kind::RoundRobin => Box::new(RoundRobin::new(active.len(), sequence.clone())),
-            Kind::WeightedRoundRobin => Box::new(SmoothWeighted::new(&weights(), sequence.clone())),
-            Kind::Random => Box::new(WeightedRandom::new(&weights())),
-            Kind::LeastTime(least) => least.picker(active),
-            Kind::Hash(hash) => hash.picker(active, sequence),
+            Kind::LeastTime(least) => least.rtt_model(clock),
+            Kind::Hash(hash) => hash.fallback_policy().rtt_model_on(clock),
+            _ => LeastResponseTime::default().rtt_model(clock),
         }
     }
 }
@@ -228,14 +244,16 @@ impl From<ConsistentHash> for Policy {
 pub(crate) mod test_support {
     use super::*;
 
-    /// A context for a request without a key, with nothing in flight.
-    pub(crate) fn no_key() -> PickContext<'static> {
+    /// A context for a request without a key, with nothing in flight,
+    /// drawing from `rng`.
+    pub(crate) fn no_key(rng: &SharedRng) -> PickContext<'_> {
         PickContext {
             key: None,
             endpoints: &[],
             in_flight: None,
             excluded: &[],
             skip_ejected_at: None,
+            rng,
         }
     }
 }

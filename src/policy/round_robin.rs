@@ -1,42 +1,139 @@
-//! Plain round robin: each active endpoint in turn.
+//! Rotations: plain round robin (each active endpoint in turn) and the
+//! smooth weighted cycle (`weighted.rs`) are both a fixed cycle of endpoint
+//! indices read at a shared counter.
+//!
+//! When the endpoint at a request's turn is unavailable (ejected), the turn
+//! is handed on through a second, spare counter that walks the same cycle
+//! and skips unavailable entries. Over a whole cycle the spare walk meets
+//! every available endpoint as often as its weight, so an ejected
+//! endpoint's turns spread over the others in proportion to their weights,
+//! instead of all falling to its neighbour in the cycle. Retries take spare
+//! turns too: they neither skip nor repeat anyone's turn in the main
+//! rotation, so the first attempts keep their exact shares.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use super::weighted::smooth_cycle;
 use super::{Pick, PickContext};
+use crate::endpoint::Counters;
 
 #[derive(Debug)]
-pub(crate) struct RoundRobin {
-    len: usize,
+pub(crate) struct Rotation {
+    /// One whole cycle of picks, as indices of active endpoints.
+    cycle: Box<[u32]>,
+    /// The balancer's rotation counter (survives rebuilds of the set).
     sequence: Arc<AtomicUsize>,
+    /// The counter of spare turns.
+    spare: Arc<AtomicUsize>,
 }
 
-impl RoundRobin {
-    pub(crate) fn new(len: usize, sequence: Arc<AtomicUsize>) -> Self {
-        RoundRobin { len, sequence }
+impl Rotation {
+    /// Each of `len` endpoints in turn.
+    pub(crate) fn round_robin(len: usize, counters: &Counters) -> Self {
+        Self::with_cycle((0..len as u32).collect(), counters)
+    }
+
+    /// NGINX's smooth weighted round robin over `weights`.
+    pub(crate) fn smooth_weighted(weights: &[u32], counters: &Counters) -> Self {
+        Self::with_cycle(smooth_cycle(weights), counters)
+    }
+
+    fn with_cycle(cycle: Vec<u32>, counters: &Counters) -> Self {
+        Rotation {
+            cycle: cycle.into_boxed_slice(),
+            sequence: counters.sequence.clone(),
+            spare: counters.spare_sequence.clone(),
+        }
+    }
+
+    /// The next available endpoint of the spare walk; `None` after a whole
+    /// cycle without one.
+    fn spare_turn(&self, ctx: &PickContext<'_>) -> Option<usize> {
+        let len = self.cycle.len();
+        (0..len).find_map(|_| {
+            let slot = self.spare.fetch_add(1, Ordering::Relaxed) % len;
+            let i = self.cycle[slot] as usize;
+            ctx.available(i).then_some(i)
+        })
     }
 }
 
-impl Pick for RoundRobin {
+impl Pick for Rotation {
     fn pick(&self, ctx: &PickContext<'_>) -> Option<usize> {
-        if self.len == 0 {
+        let len = self.cycle.len();
+        if len == 0 {
             return None;
         }
-        let start = self.sequence.fetch_add(1, Ordering::Relaxed) % self.len;
-        ctx.first_available((0..self.len).map(|k| (start + k) % self.len))
+        if ctx.is_retry() {
+            return self.spare_turn(ctx);
+        }
+        let slot = self.sequence.fetch_add(1, Ordering::Relaxed) % len;
+        let i = self.cycle[slot] as usize;
+        if ctx.available(i) {
+            return Some(i);
+        }
+        self.spare_turn(ctx)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::endpoint::{EndpointState, EndpointUrl};
     use crate::policy::test_support::no_key;
+    use crate::random::SharedRng;
 
     #[test]
     fn visits_each_endpoint_in_turn() {
-        let rr = RoundRobin::new(3, Arc::default());
-        let picks: Vec<_> = (0..7).filter_map(|_| rr.pick(&no_key())).collect();
+        let rng = SharedRng::new(0);
+        let counters = Counters::default();
+        let rr = Rotation::round_robin(3, &counters);
+        let picks: Vec<_> = (0..7).filter_map(|_| rr.pick(&no_key(&rng))).collect();
         assert_eq!(picks, [0, 1, 2, 0, 1, 2, 0]);
-        assert_eq!(RoundRobin::new(0, Arc::default()).pick(&no_key()), None);
+        let empty = Rotation::round_robin(0, &counters);
+        assert_eq!(empty.pick(&no_key(&rng)), None);
+    }
+
+    #[test]
+    fn the_counter_carries_across_rebuilds() {
+        let rng = SharedRng::new(0);
+        let counters = Counters::default();
+        let first = Rotation::smooth_weighted(&[1, 1], &counters);
+        assert_eq!(first.pick(&no_key(&rng)), Some(0));
+        let second = Rotation::smooth_weighted(&[1, 1], &counters);
+        assert_eq!(second.pick(&no_key(&rng)), Some(1));
+    }
+
+    #[test]
+    fn retries_take_spare_turns_and_never_return_to_the_tried() {
+        let rng = SharedRng::new(0);
+        let counters = Counters::default();
+        let endpoints: Vec<_> = (0..2)
+            .map(|i| {
+                let url = EndpointUrl::parse(&format!("http://127.0.0.1:{}", 9000 + i)).unwrap();
+                Arc::new(EndpointState::new(url, &counters))
+            })
+            .collect();
+        let rr = Rotation::round_robin(2, &counters);
+        let mut first_attempts = Vec::new();
+        for _ in 0..10 {
+            let first = rr.pick(&PickContext {
+                endpoints: &endpoints,
+                ..no_key(&rng)
+            });
+            first_attempts.push(first.unwrap());
+            // Every attempt on endpoint 0 is retried.
+            if first == Some(0) {
+                let tried = [endpoints[0].clone()];
+                let retry = rr.pick(&PickContext {
+                    endpoints: &endpoints,
+                    excluded: &tried,
+                    ..no_key(&rng)
+                });
+                assert_eq!(retry, Some(1));
+            }
+        }
+        assert_eq!(first_attempts, [0, 1, 0, 1, 0, 1, 0, 1, 0, 1]);
     }
 }

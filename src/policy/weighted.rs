@@ -9,48 +9,16 @@
 //! NGINX runs that loop under a lock on every request. The sequence repeats
 //! after `total weight / gcd` picks (every `current` is back to zero then), so
 //! here one cycle is computed when the set changes and a request only takes
-//! the next slot from an atomic counter: the same order, with no lock.
-
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-
-use super::{Pick, PickContext};
+//! the next slot from an atomic counter (a [`Rotation`](super::round_robin)):
+//! the same order, with no lock.
 
 /// The longest cycle prepared, in picks.
 const CYCLE_LIMIT: u64 = 1 << 16;
 /// Upper bound on `cycle length × endpoints`, the cost of preparing a cycle.
 const BUILD_BUDGET: u64 = 1 << 25;
 
-#[derive(Debug)]
-pub(crate) struct SmoothWeighted {
-    /// One whole cycle of picks, as indices of active endpoints.
-    cycle: Box<[u32]>,
-    sequence: Arc<AtomicUsize>,
-}
-
-impl SmoothWeighted {
-    pub(crate) fn new(weights: &[u32], sequence: Arc<AtomicUsize>) -> Self {
-        SmoothWeighted {
-            cycle: smooth_cycle(weights).into_boxed_slice(),
-            sequence,
-        }
-    }
-}
-
-impl Pick for SmoothWeighted {
-    fn pick(&self, ctx: &PickContext<'_>) -> Option<usize> {
-        let len = self.cycle.len();
-        if len == 0 {
-            return None;
-        }
-        // An ejected endpoint's turn goes to the next available one in the cycle.
-        let slot = self.sequence.fetch_add(1, Ordering::Relaxed) % len;
-        ctx.first_available((0..len).map(|k| self.cycle[(slot + k) % len] as usize))
-    }
-}
-
 /// One cycle of NGINX's smooth weighted round robin over `weights`.
-fn smooth_cycle(weights: &[u32]) -> Vec<u32> {
+pub(crate) fn smooth_cycle(weights: &[u32]) -> Vec<u32> {
     let weights = cycle_weights(weights);
     let total: u64 = weights.iter().sum();
     let total = i64::try_from(total).unwrap_or(i64::MAX);
@@ -72,7 +40,7 @@ fn smooth_cycle(weights: &[u32]) -> Vec<u32> {
 
 /// Weights reduced by their common divisor and, when the cycle would be
 /// longer than the limit, scaled down to fit (each stays at least 1).
-fn cycle_weights(weights: &[u32]) -> Vec<u64> {
+pub(crate) fn cycle_weights(weights: &[u32]) -> Vec<u64> {
     let divisor = weights.iter().fold(0u32, |g, &w| gcd(g, w)).max(1);
     let reduced: Vec<u64> = weights.iter().map(|&w| u64::from(w / divisor)).collect();
     let total: u64 = reduced.iter().sum();
@@ -97,7 +65,6 @@ fn gcd(mut a: u32, mut b: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::test_support::no_key;
 
     fn letters(weights: &[u32]) -> String {
         smooth_cycle(weights)
@@ -136,18 +103,5 @@ mod tests {
         let many = vec![7u32; 5_000];
         let cycle = smooth_cycle(&many);
         assert_eq!(cycle.len(), 5_000);
-    }
-
-    #[test]
-    fn the_counter_carries_across_rebuilds() {
-        let sequence = Arc::new(AtomicUsize::new(0));
-        let first = SmoothWeighted::new(&[1, 1], sequence.clone());
-        assert_eq!(first.pick(&no_key()), Some(0));
-        let second = SmoothWeighted::new(&[1, 1], sequence);
-        assert_eq!(second.pick(&no_key()), Some(1));
-        assert_eq!(
-            SmoothWeighted::new(&[], Arc::default()).pick(&no_key()),
-            None
-        );
     }
 }

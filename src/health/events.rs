@@ -1,0 +1,82 @@
+//! Health events leave the request path through a bounded queue: a request
+//! that ejects or re-admits an endpoint only logs the event and puts it in
+//! the queue, and a thread of the balancer's own hands it to the user's
+//! callback. A slow callback then delays later events, never requests; when
+//! the queue is full, events are dropped and counted
+//! ([`Stats::health_events_dropped`](crate::Stats::health_events_dropped)).
+//!
+//! The thread is started when the balancer is built with a callback, and
+//! ends when the last clone of the balancer is dropped.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, SyncSender};
+use std::sync::Arc;
+
+use super::HealthEvent;
+
+/// Events waiting for the callback, at most.
+const QUEUE_CAPACITY: usize = 1_024;
+
+pub(crate) type EventSink = dyn Fn(&HealthEvent) + Send + Sync;
+
+/// The queue from the request path to the user's callback.
+#[derive(Debug, Default)]
+pub(crate) struct EventQueue {
+    /// `None` without a callback (events are only logged).
+    sender: Option<SyncSender<HealthEvent>>,
+    dropped: AtomicU64,
+}
+
+impl EventQueue {
+    /// A queue delivering to `sink` on a thread of its own.
+    pub(crate) fn start(sink: Option<Arc<EventSink>>) -> Self {
+        let Some(sink) = sink else {
+            return EventQueue::default();
+        };
+        let (sender, receiver) = mpsc::sync_channel::<HealthEvent>(QUEUE_CAPACITY);
+        let delivery = std::thread::Builder::new()
+            .name("tower-lb-health-events".into())
+            .spawn(move || {
+                for event in receiver {
+                    sink(&event);
+                }
+            });
+        match delivery {
+            Ok(_) => EventQueue {
+                sender: Some(sender),
+                dropped: AtomicU64::new(0),
+            },
+            Err(error) => {
+                tracing::error!(%error, "no thread for health events: the callback will not be called");
+                EventQueue::default()
+            }
+        }
+    }
+
+    /// Logs `event` and queues it for the callback, or counts it as dropped
+    /// when the queue is full. Never blocks.
+    pub(crate) fn send(&self, event: HealthEvent) {
+        match &event {
+            HealthEvent::Ejected {
+                endpoint,
+                times,
+                duration,
+            } => {
+                tracing::warn!(%endpoint, times, duration_ms = duration.as_millis() as u64, "endpoint ejected")
+            }
+            HealthEvent::Readmitted { endpoint } => {
+                tracing::info!(%endpoint, "endpoint readmitted")
+            }
+        }
+        if let Some(sender) = &self.sender {
+            if sender.try_send(event).is_err() {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Events dropped because the queue was full.
+    pub(crate) fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}

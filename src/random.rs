@@ -1,0 +1,85 @@
+//! The balancer's own random numbers: every random choice (the random
+//! policy, the candidates of least time) draws from one seedable generator,
+//! so that a seed and the same outcomes give the same picks on any thread.
+//!
+//! The generator is SplitMix64 (Steele, Lea and Flood, 2014) over an atomic
+//! counter: a draw adds the golden-ratio increment with one `fetch_add` and
+//! mixes the result, so it takes no lock and two threads never get the same
+//! number. The `n`-th draw of a balancer is the same whichever thread makes
+//! it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+const GOLDEN_GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// A seedable generator shared by every clone of a balancer.
+#[derive(Debug)]
+pub(crate) struct SharedRng {
+    state: AtomicU64,
+}
+
+impl SharedRng {
+    pub(crate) fn new(seed: u64) -> Self {
+        SharedRng {
+            state: AtomicU64::new(seed),
+        }
+    }
+
+    /// A seed for a balancer built without one.
+    pub(crate) fn random_seed() -> u64 {
+        fastrand::u64(..)
+    }
+
+    /// The next 64 random bits.
+    pub(crate) fn next_u64(&self) -> u64 {
+        let state = self
+            .state
+            .fetch_add(GOLDEN_GAMMA, Ordering::Relaxed)
+            .wrapping_add(GOLDEN_GAMMA);
+        mix(state)
+    }
+
+    /// A number in `0..bound` (`bound` above zero), without modulo bias
+    /// worth speaking of: Lemire's multiply-shift on 64 random bits.
+    pub(crate) fn below(&self, bound: u64) -> u64 {
+        ((u128::from(self.next_u64()) * u128::from(bound)) >> 64) as u64
+    }
+}
+
+impl Default for SharedRng {
+    fn default() -> Self {
+        SharedRng::new(SharedRng::random_seed())
+    }
+}
+
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_seed_gives_the_same_numbers() {
+        let a = SharedRng::new(7);
+        let b = SharedRng::new(7);
+        let first: Vec<u64> = (0..100).map(|_| a.next_u64()).collect();
+        let second: Vec<u64> = (0..100).map(|_| b.next_u64()).collect();
+        assert_eq!(first, second);
+        assert_ne!(SharedRng::new(8).next_u64(), first[0]);
+    }
+
+    #[test]
+    fn below_stays_in_range_and_covers_it() {
+        let rng = SharedRng::new(1);
+        let mut seen = [0u32; 7];
+        for _ in 0..7_000 {
+            seen[rng.below(7) as usize] += 1;
+        }
+        // Expected 1,000 each; the standard deviation is about 30.
+        assert!(seen.iter().all(|&n| (850..1_150).contains(&n)), "{seen:?}");
+    }
+}
