@@ -7,17 +7,23 @@
 //! down by `1 − exp(−elapsed / decay)`, where `elapsed` is the time since
 //! the last sample, and by at least [`MIN_SAMPLE_WEIGHT`]: a backend must
 //! stay fast for a while, or for a few dozen answers, to look fast again.
+//! "The estimate" is always the one picks read at that moment (below), so a
+//! sample after a long silence starts from the decayed value.
 //! A failure counts as at least the penalty, so a backend that fails in one
 //! millisecond does not look like the fastest.
 //!
-//! Reading the estimate decays it with the time since its last sample,
-//! `estimate × exp(−elapsed / decay)`, as tower's and Finagle's do, without
-//! writing anything. An endpoint that gets no requests because its estimate
-//! is high therefore looks cheaper and cheaper until it is tried again: one
-//! slow answer cannot keep it out for good. From estimate `e` against
-//! endpoints at `f`, it is back in contention after `decay × ln(e / f)`
-//! (10 s × ln(1 s / 2 ms) ≈ 62 s for a failure against 2 ms answers, with the
-//! defaults).
+//! Reading the estimate decays it with the time since its last sample, as
+//! tower's and Finagle's do, without writing anything: by
+//! `exp(−steps / 8)` for every whole eighth of the decay time that has
+//! passed (1.25 s with the defaults). An endpoint that gets no requests
+//! because its estimate is high therefore looks cheaper and cheaper until it
+//! is tried again: one slow answer cannot keep it out for good. From
+//! estimate `e` against endpoints at `f`, it is back in contention within
+//! `decay × ln(e / f)` plus one step (10 s × ln(1 s / 2 ms) ≈ 62 s for a
+//! failure against 2 ms answers, with the defaults). The steps keep
+//! estimates sampled within the same step equal when their samples were, so
+//! equally fast endpoints tie, and a tie goes to the candidate drawn first,
+//! in proportion to weight.
 //!
 //! The floor is where this departs from Finagle's and tower's PeakEWMA. With
 //! time alone, a busy endpoint that answered one request slowly (a pause in
@@ -58,6 +64,8 @@ pub(crate) const DEFAULT_DECAY: Duration = Duration::from_secs(10);
 pub(crate) const DEFAULT_PENALTY: Duration = Duration::from_secs(1);
 /// The least share of the way a lower sample moves the estimate.
 pub(crate) const MIN_SAMPLE_WEIGHT: f64 = 1.0 / 8.0;
+/// Steps per decay time in which a read estimate decays.
+const READ_DECAY_STEPS: f64 = 8.0;
 
 impl Default for RttModel {
     fn default() -> Self {
@@ -93,6 +101,17 @@ impl RttModel {
     /// The share of an estimate left after `elapsed_ms`.
     fn keep(&self, elapsed_ms: u32) -> f64 {
         (-(f64::from(elapsed_ms) * 1e6) / self.decay_nanos).exp()
+    }
+
+    /// The share of an estimate left when read `elapsed_ms` after its last
+    /// sample: decayed by whole eighths of the decay time only.
+    fn keep_when_read(&self, elapsed_ms: u32) -> f64 {
+        let step_ms = self.decay_nanos / 1e6 / READ_DECAY_STEPS;
+        let steps = (f64::from(elapsed_ms) / step_ms).floor();
+        if steps < 1.0 {
+            return 1.0;
+        }
+        (-steps / READ_DECAY_STEPS).exp()
     }
 }
 
@@ -132,7 +151,7 @@ impl RttEstimate {
     /// the time since it was set. Writes nothing.
     pub(crate) fn nanos_at(&self, model: &RttModel, now: u32) -> f64 {
         let (estimate, then) = unpack(self.packed.load(Ordering::Relaxed));
-        estimate * model.keep(elapsed_ms(now, then))
+        estimate * model.keep_when_read(elapsed_ms(now, then))
     }
 
     /// Folds in one answer's latency; `failed` applies the penalty.
@@ -145,8 +164,10 @@ impl RttEstimate {
         let _ = self
             .packed
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
-                let (estimate, then) = unpack(old);
+                let (stored, then) = unpack(old);
                 let elapsed = elapsed_ms(now, then);
+                // Start from the estimate as picks read it now.
+                let estimate = stored * model.keep_when_read(elapsed);
                 let next = if sample > estimate {
                     sample
                 } else {
@@ -187,13 +208,14 @@ mod tests {
         rtt.record(&model, Duration::from_millis(200), false, Instant::now());
         assert!((rtt.nanos_at(&model, now()) - 200.0 * MS).abs() < 0.01 * MS);
 
-        // A fast one three seconds later moves it 1 - e^(-0.3) = 26% of the way.
+        // Three seconds later it reads two whole steps of 1.25 s lower, and
+        // a fast answer moves that 1 - e^(-0.3) = 26% of the way.
         tokio::time::advance(Duration::from_secs(3)).await;
-        let keep = (-0.3f64).exp();
-        // Read before the answer, the estimate has decayed by the same share.
-        assert!((rtt.nanos_at(&model, now()) / MS - 200.0 * keep).abs() < 0.01);
+        let read = 200.0 * (-2.0f64 / 8.0).exp();
+        assert!((rtt.nanos_at(&model, now()) / MS - read).abs() < 0.01);
         rtt.record(&model, Duration::from_millis(2), false, Instant::now());
-        let expected = 200.0 * keep + 2.0 * (1.0 - keep);
+        let keep = (-0.3f64).exp();
+        let expected = read * keep + 2.0 * (1.0 - keep);
         let got = rtt.nanos_at(&model, now()) / MS;
         assert!((got - expected).abs() < 0.01, "{got}");
 

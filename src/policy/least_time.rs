@@ -12,7 +12,8 @@
 //!
 //! Weights count twice, and each time where it matters: drawing in
 //! proportion to weight gives equally fast, idle endpoints shares in
-//! proportion to weight (a tie goes to the first drawn), and dividing the
+//! proportion to weight (costs within 0.1% of each other tie, and a tie
+//! goes to the first drawn), and dividing the
 //! queue by the relative weight lets a heavier endpoint hold more requests
 //! in flight before it costs as much as a lighter one. With equal weights
 //! the cost is estimate × (in flight + 1), as in Finagle and tower.
@@ -142,6 +143,16 @@ impl LeastResponseTime {
     }
 }
 
+/// Costs closer than this share are equal: below what the estimates can
+/// tell apart (they are `f32`s built from noisy samples), and a tie goes to
+/// the first candidate, drawn in proportion to weight.
+const TIE: f64 = 1.0 / 1024.0;
+
+/// Whether cost `x` is lower than `y` by more than a tie.
+fn clearly_cheaper(x: f64, y: f64) -> bool {
+    x < y * (1.0 - TIE)
+}
+
 /// `last_winner` before the first pick.
 const NO_WINNER: usize = usize::MAX;
 
@@ -178,7 +189,7 @@ impl Pick for LeastTimePicker {
             return Some(a);
         };
         let (cost_a, cost_b) = (self.cost(ctx, now, a), self.cost(ctx, now, b));
-        let (mut winner, best) = if cost_b < cost_a {
+        let (mut winner, best) = if clearly_cheaper(cost_b, cost_a) {
             (b, cost_b)
         } else {
             (a, cost_a)
@@ -188,7 +199,7 @@ impl Pick for LeastTimePicker {
             && last != a
             && last != b
             && ctx.available(last)
-            && self.cost(ctx, now, last) < best
+            && clearly_cheaper(self.cost(ctx, now, last), best)
         {
             winner = last;
         }

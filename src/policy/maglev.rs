@@ -13,6 +13,9 @@
 //!
 //! When an endpoint leaves, the table is rebuilt: its slots go to the
 //! others and, as the paper shows, a small share of other slots move too.
+//! While an endpoint is ejected, the table stays; a key whose endpoint is
+//! out tries rehashed slots (see [`Maglev::walk`]) and comes back when it
+//! returns.
 
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
@@ -106,13 +109,39 @@ impl Maglev {
         ((u128::from(hash) * self.slots.len() as u128) >> 64) as usize
     }
 
-    /// Owners of the slots from the key's on, once round the table: the
-    /// key's preference order (an endpoint may repeat).
+    /// The key's preference order (an endpoint may repeat): the owner of
+    /// its slot, then of the slots of [`PROBES`] rehashes of its hash
+    /// (`SplitMix64` finalizer of `hash + k × 0x9e3779b97f4a7c15`, k = 1, 2,
+    /// ...), then every slot after the last probe, once round the table.
+    ///
+    /// Rehashing rather than reading the next slot spreads the keys of an
+    /// unavailable endpoint over the others in proportion to their slots
+    /// (neighbouring slots are not independent in a Maglev table), and
+    /// every process computes the same order.
     pub(crate) fn walk(&self, hash: u64) -> impl Iterator<Item = usize> + '_ {
-        let start = self.slot(hash);
         let len = self.slots.len();
-        (0..len).map(move |k| self.slots[(start + k) % len] as usize)
+        let probes = (0..=PROBES).map(move |k| self.slot(rehash(hash, k)));
+        let last = self.slot(rehash(hash, PROBES));
+        let rest = (1..len).map(move |k| (last + k) % len);
+        probes
+            .chain(rest)
+            .take(len + PROBES as usize)
+            .map(move |slot| self.slots[slot] as usize)
     }
+}
+
+/// Rehashed slots a key tries before walking the table in order.
+const PROBES: u64 = 32;
+
+/// The `k`-th rehash of a key's hash; the hash itself for `k = 0`.
+fn rehash(hash: u64, k: u64) -> u64 {
+    if k == 0 {
+        return hash;
+    }
+    let mut z = hash.wrapping_add(k.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// Whether `n` is prime (trial division; `n` is at most [`MAX_TABLE_SIZE`]).
