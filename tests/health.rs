@@ -435,3 +435,25 @@ async fn the_middleware_retries_refused_connections_too() {
     }
     assert_settled(&balancer);
 }
+
+#[tokio::test]
+async fn retries_do_not_take_turns_from_the_round_robin() {
+    let servers = backends(2).await;
+    answer(&servers[0], "a", 503).await;
+    let balancer = servers
+        .iter()
+        .fold(Balancer::builder(), |b, s| b.endpoint(&s.uri()))
+        .policy(Policy::round_robin())
+        .outlier_detection(OutlierDetection::disabled())
+        .retry(RetryPolicy::default().idempotent_failures())
+        .build()
+        .unwrap();
+    let client = client(&balancer);
+    for _ in 0..10 {
+        assert_eq!(send(&client, "/").await.unwrap(), "b");
+    }
+    // Five first attempts each: every failure on "a" retried on "b".
+    assert_eq!(received(&servers[0]).await, 5);
+    assert_eq!(received(&servers[1]).await, 10);
+    assert_settled(&balancer);
+}
