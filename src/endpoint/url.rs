@@ -30,6 +30,22 @@ impl EndpointUrl {
     /// Parses and checks an endpoint URL such as `http://10.0.0.7:8080` or
     /// `https://api.internal/v2`.
     pub fn parse(url: &str) -> Result<Self, Error> {
+        let parsed = Self::parse_once(url)?;
+        // The canonical name must name the same endpoint again: it is how
+        // stats show the endpoint and how updates find it.
+        match Self::parse_once(parsed.as_str()) {
+            Ok(again) if again.canonical == parsed.canonical => Ok(parsed),
+            _ => Err(Error::InvalidUrl {
+                url: url.to_owned(),
+                reason: format!(
+                    "the host is not a valid name or address (it would read back as {})",
+                    parsed.canonical
+                ),
+            }),
+        }
+    }
+
+    fn parse_once(url: &str) -> Result<Self, Error> {
         let invalid = |reason: &str| Error::InvalidUrl {
             url: url.to_owned(),
             reason: reason.to_owned(),
