@@ -130,5 +130,49 @@ fn layer_call(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, hash_lookup, table_build, layer_call);
+/// The learned-affinity table's lookup: a least-recently-used cache (a hit
+/// moves the session to the front) against the plain map it replaced, both
+/// behind the shard's mutex, 4,096 sessions.
+fn learned_lookup(c: &mut Criterion) {
+    use std::collections::HashMap;
+    use std::num::NonZeroUsize;
+    use std::sync::Mutex;
+
+    const SESSIONS: u64 = 4_096;
+    let mut group = c.benchmark_group("learned_lookup");
+    let lru = Mutex::new(lru::LruCache::<u64, u32>::new(
+        NonZeroUsize::new(SESSIONS as usize).unwrap(),
+    ));
+    let map = Mutex::new(HashMap::<u64, u32>::new());
+    for key in 0..SESSIONS {
+        let hash = tower_lb::key_hash(&key.to_le_bytes());
+        lru.lock().unwrap().put(hash, key as u32);
+        map.lock().unwrap().insert(hash, key as u32);
+    }
+    let hashes: Vec<u64> = (0..SESSIONS)
+        .map(|k| tower_lb::key_hash(&(k * 7 % SESSIONS).to_le_bytes()))
+        .collect();
+    let mut i = 0;
+    group.bench_function("lru_get", |b| {
+        b.iter(|| {
+            i = (i + 1) % hashes.len();
+            black_box(lru.lock().unwrap().get(&hashes[i]).copied())
+        })
+    });
+    group.bench_function("hashmap_get", |b| {
+        b.iter(|| {
+            i = (i + 1) % hashes.len();
+            black_box(map.lock().unwrap().get(&hashes[i]).copied())
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    hash_lookup,
+    table_build,
+    layer_call,
+    learned_lookup
+);
 criterion_main!(benches);

@@ -26,9 +26,12 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// No endpoint may take the request: the set is empty or every endpoint
-    /// is drained (weight 0).
-    #[error("no endpoint available: the endpoint set is empty or every endpoint is drained")]
+    /// No endpoint may take the request: the set is empty, every endpoint
+    /// is drained (weight 0), or every one is ejected (possible only with
+    /// `max_ejection_percent(100)` and panic mode off).
+    #[error(
+        "no endpoint available: the endpoint set is empty, or every endpoint is drained or ejected"
+    )]
     NoEndpointAvailable,
 
     /// An endpoint URL that cannot be used.

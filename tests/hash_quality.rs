@@ -189,3 +189,66 @@ fn placement_ignores_the_order_endpoints_were_added_in() {
         );
     }
 }
+
+/// Ten endpoints named like a real fleet: random addresses and ports.
+fn random_fleet(rng: &mut fastrand::Rng, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|_| {
+            format!(
+                "http://10.{}.{}.{}:{}",
+                rng.u8(..),
+                rng.u8(..),
+                rng.u8(1..255),
+                rng.u16(1024..65535)
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn balance_and_disruption_over_random_fleets_stay_within_the_documented_ranges() {
+    let keys: Vec<SessionKey> = (0..100_000u32)
+        .map(|k| SessionKey::new(k.to_le_bytes()))
+        .collect();
+    let mut rng = fastrand::Rng::with_seed(2026);
+    for (name, policy) in tables() {
+        let (mut worst_ratio, mut best_ratio) = (0.0f64, f64::MAX);
+        let (mut worst_excess, mut best_excess) = (0.0f64, f64::MAX);
+        for _ in 0..12 {
+            let fleet = random_fleet(&mut rng, 10);
+            let build = |urls: &[String]| {
+                urls.iter()
+                    .fold(Balancer::builder(), |b, u| b.endpoint(u))
+                    .policy(policy())
+                    .build()
+                    .unwrap()
+            };
+            let all = placement(&build(&fleet), &keys);
+            let ratio = max_over_mean(&all, 10);
+            let less = placement(&build(&fleet[1..]), &keys);
+            let gone = build(&fleet[..1]).stats().endpoints[0].url.clone();
+            let excess = all
+                .iter()
+                .zip(&less)
+                .filter(|(a, b)| a != b && ***a != *gone)
+                .count() as f64
+                / keys.len() as f64;
+            worst_ratio = worst_ratio.max(ratio);
+            best_ratio = best_ratio.min(ratio);
+            worst_excess = worst_excess.max(excess);
+            best_excess = best_excess.min(excess);
+        }
+        println!(
+            "{name}: 12 random fleets of 10, 100k keys: max/mean load {best_ratio:.3} to {worst_ratio:.3}; removing one moved {:.2}% to {:.2}% of the other keys",
+            best_excess * 100.0,
+            worst_excess * 100.0
+        );
+        let (ratio_limit, excess_limit) = if name == "ring" {
+            (1.10, 0.0)
+        } else {
+            (1.03, 0.01)
+        };
+        assert!(worst_ratio <= ratio_limit, "{name}: {worst_ratio}");
+        assert!(worst_excess <= excess_limit, "{name}: {worst_excess}");
+    }
+}

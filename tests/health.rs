@@ -4,10 +4,11 @@
 
 mod support;
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use support::*;
+use tokio::time::Instant;
 use tower::ServiceExt;
 use tower_lb::{
     Balancer, HealthEvent, OutlierDetection, Policy, RequestKey, RetryPolicy, SessionKey,
@@ -17,9 +18,10 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 
 const EJECTION: Duration = Duration::from_millis(400);
 
-/// Health events with the time they happened.
+/// Health events, in order. The balancer hands them to the callback on a
+/// thread of its own.
 #[derive(Clone, Default)]
-struct Events(Arc<Mutex<Vec<(Instant, HealthEvent)>>>);
+struct Events(Arc<(Mutex<Vec<HealthEvent>>, Condvar)>);
 
 impl Events {
     fn detection(&self) -> OutlierDetection {
@@ -28,11 +30,28 @@ impl Events {
             .consecutive_failures(5)
             .base_ejection_time(EJECTION)
             .max_ejection_time(Duration::from_secs(2))
-            .on_event(move |e| events.0.lock().unwrap().push((Instant::now(), e.clone())))
+            .on_event(move |e| {
+                let (list, arrived) = &*events.0;
+                list.lock().unwrap().push(e.clone());
+                arrived.notify_all();
+            })
     }
 
-    fn list(&self) -> Vec<(Instant, HealthEvent)> {
-        self.0.lock().unwrap().clone()
+    /// The events so far, once there are at least `n` (waiting up to five
+    /// seconds of real time for the delivery thread).
+    fn at_least(&self, n: usize) -> Vec<HealthEvent> {
+        let (list, arrived) = &*self.0;
+        let (list, _) = arrived
+            .wait_timeout_while(list.lock().unwrap(), Duration::from_secs(5), |l| {
+                l.len() < n
+            })
+            .unwrap();
+        assert!(
+            list.len() >= n,
+            "expected {n} health events, got {:?}",
+            *list
+        );
+        list.clone()
     }
 }
 
@@ -54,7 +73,7 @@ fn balancer(urls: &[String], policy: impl Into<Policy>, detection: OutlierDetect
         .unwrap()
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_503_backend_is_ejected_gets_nothing_while_out_and_comes_back() {
     let servers = backends(5).await;
     answer(&servers[2], "c", 503).await;
@@ -68,63 +87,58 @@ async fn a_503_backend_is_ejected_gets_nothing_while_out_and_comes_back() {
         send(&client, "/").await.unwrap();
     }
     assert_eq!(received(&servers[2]).await, 5);
-    let ejected_at = match events.list().as_slice() {
-        [(
-            at,
-            HealthEvent::Ejected {
-                endpoint,
-                times: 1,
-                duration,
-            },
-        )] => {
+    let ejected_at = Instant::now();
+    match events.at_least(1).as_slice() {
+        [HealthEvent::Ejected {
+            endpoint,
+            times: 1,
+            duration,
+        }] => {
             assert_eq!(endpoint, &urls[2]);
             assert_eq!(*duration, EJECTION);
-            *at
         }
         other => panic!("expected one ejection, got {other:?}"),
-    };
+    }
     assert!(balancer.stats().endpoint(&urls[2]).unwrap().ejected);
 
     // While ejected: not one request reaches it; the others share its turns.
-    let mut while_out = 0;
-    while ejected_at.elapsed() < EJECTION - Duration::from_millis(100) {
-        send(&client, "/").await.unwrap();
-        while_out += 1;
+    let while_out = 100;
+    let mut others = [0; 5];
+    for _ in 0..while_out {
+        let name = send(&client, "/").await.unwrap();
+        others[(name.as_bytes()[0] - b'a') as usize] += 1;
     }
-    assert!(
-        while_out > 20,
-        "the test sent too little while the backend was out"
-    );
+    assert_eq!(others, [25, 25, 0, 25, 25]);
     assert_eq!(
         received(&servers[2]).await,
         5,
         "the ejected backend got requests"
     );
 
-    // It comes back by itself once its time is up.
+    // It comes back by itself once its time is up, and not a moment before.
     answer(&servers[2], "c", 200).await;
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    tokio::time::advance(EJECTION - Duration::from_millis(1)).await;
+    send(&client, "/").await.unwrap();
+    assert!(balancer.stats().endpoint(&urls[2]).unwrap().ejected);
+    tokio::time::advance(Duration::from_millis(1)).await;
     let mut back = 0;
     for _ in 0..10 {
         back += usize::from(send(&client, "/").await.unwrap() == "c");
     }
     assert_eq!(back, 2, "re-admitted, it takes its turns again");
-    let readmitted = events
-        .list()
-        .into_iter()
-        .find_map(|(at, e)| matches!(e, HealthEvent::Readmitted { .. }).then_some(at))
-        .expect("a re-admission event");
-    let out_for = readmitted - ejected_at;
+    assert!(matches!(
+        events.at_least(2)[1],
+        HealthEvent::Readmitted { ref endpoint } if *endpoint == urls[2]
+    ));
     println!(
-        "health: 503 backend ejected after 5 failures; {while_out} requests while out, 0 reached it; re-admitted {} ms after ejection",
-        out_for.as_millis()
+        "health: 503 backend ejected after 5 failures; {while_out} requests while out, 0 reached it; re-admitted at the first pick {} ms after ejection",
+        ejected_at.elapsed().as_millis()
     );
-    assert!(out_for >= EJECTION);
     assert!(!balancer.stats().endpoint(&urls[2]).unwrap().ejected);
     assert_settled(&balancer);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_refused_backend_is_ejected_and_readmitted_when_it_listens_again() {
     let servers = backends(3).await;
     // A port with nothing listening, kept to listen on later.
@@ -153,16 +167,16 @@ async fn a_refused_backend_is_ejected_and_readmitted_when_it_listens_again() {
     let listener = std::net::TcpListener::bind(addr).unwrap();
     let revived = MockServer::builder().listener(listener).start().await;
     answer(&revived, "revived", 200).await;
-    tokio::time::sleep(EJECTION + Duration::from_millis(50)).await;
+    tokio::time::advance(EJECTION).await;
     let mut reached = 0;
     for _ in 0..8 {
         reached += usize::from(send(&client, "/").await.unwrap() == "revived");
     }
     assert_eq!(reached, 2);
     assert!(events
-        .list()
+        .at_least(2)
         .iter()
-        .any(|(_, e)| matches!(e, HealthEvent::Readmitted { endpoint } if *endpoint == down)));
+        .any(|e| matches!(e, HealthEvent::Readmitted { endpoint } if *endpoint == down)));
     assert_settled(&balancer);
 }
 
@@ -305,7 +319,7 @@ async fn panic_mode_spreads_over_all_when_too_few_are_healthy() {
     assert_settled(&balancer);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_key_walks_on_while_its_backend_is_ejected_and_comes_back() {
     let servers = backends(5).await;
     let urls: Vec<String> = servers.iter().map(|s| s.uri()).collect();
@@ -341,7 +355,9 @@ async fn a_key_walks_on_while_its_backend_is_ejected_and_comes_back() {
         }
     }
     answer(&servers[1], "b", 200).await;
-    tokio::time::sleep(EJECTION + Duration::from_millis(50)).await;
+    tokio::time::advance(EJECTION).await;
+    // A pick ends the ejection; locating a key is a pure read.
+    send_key(keys[0]).await;
     let after: Vec<_> = keys.iter().map(|k| balancer.locate(k).unwrap()).collect();
     assert_eq!(after, homes, "keys come back when the backend does");
     println!(

@@ -9,7 +9,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use tower::{service_fn, Layer, Service, ServiceExt};
+use tower::{service_fn, Layer, ServiceExt};
 use tower_lb::{key_hash, Balancer, Error, Policy, RequestKey, SessionKey};
 
 /// Strings that look like URLs, with the characters that break parsers.

@@ -54,7 +54,18 @@ pub fn balancer_over(servers: &[MockServer], policy: impl Into<tower_lb::Policy>
 pub fn client(balancer: &Balancer) -> Client {
     ServiceBuilder::new()
         .layer(balancer.layer())
-        .service(HttpToReqwest::new(reqwest::Client::new()))
+        .service(HttpToReqwest::new(plain_reqwest()))
+}
+
+/// A reqwest client that sets no timer of its own (no idle-connection
+/// timeout), so that a test on tokio's paused clock sees time move only
+/// when it advances it: with a pending timer, a paused runtime waiting for
+/// a loopback answer would jump to it.
+pub fn plain_reqwest() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_idle_timeout(None)
+        .build()
+        .expect("a reqwest client")
 }
 
 /// A GET for `path` with an empty body.
