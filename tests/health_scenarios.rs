@@ -286,3 +286,54 @@ async fn a_callback_that_blocks_does_not_hold_up_requests() {
     assert!(ejections >= 20, "{delivered:?}");
     assert_eq!(balancer.stats().health_events_dropped, 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn with_every_endpoint_ejected_and_panic_mode_off_requests_fail_fast_until_one_returns() {
+    let policies: Vec<Policy> = vec![
+        Policy::round_robin(),
+        Policy::weighted_round_robin(),
+        Policy::random(),
+        Policy::least_response_time().into(),
+        Policy::ring_hash().into(),
+        Policy::maglev().bounded_loads().into(),
+    ];
+    for policy in policies {
+        let detection = OutlierDetection::default()
+            .consecutive_failures(1)
+            .max_ejection_percent(100)
+            .panic_threshold(0.0)
+            .base_ejection_time(Duration::from_secs(10));
+        let balancer = (0..3)
+            .fold(Balancer::builder(), |b, i| {
+                b.endpoint_weighted(&url(i), 10_000 - i as u32)
+            })
+            .policy(policy.clone())
+            .outlier_detection(detection)
+            .retry(RetryPolicy::disabled())
+            .build()
+            .unwrap();
+        // Each failure ejects the endpoint it reached; the next pick skips it.
+        for _ in 0..3 {
+            balancer
+                .select(&get())
+                .unwrap()
+                .finish(StatusCode::SERVICE_UNAVAILABLE);
+        }
+        assert_eq!(ejected(&balancer), [true, true, true], "{policy:?}");
+        let mut keyed = get();
+        keyed
+            .extensions_mut()
+            .insert(tower_lb::SessionKey::new("user-1"));
+        for request in [get(), keyed] {
+            assert!(
+                matches!(
+                    balancer.select(&request),
+                    Err(tower_lb::Error::NoEndpointAvailable)
+                ),
+                "{policy:?}"
+            );
+        }
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(balancer.select(&get()).is_ok(), "{policy:?}");
+    }
+}

@@ -222,10 +222,10 @@ impl Pick for HashPicker {
             (Table::Ring(ring), None) => ctx.first_available(ring.walk(hash)),
             (Table::Maglev(table), None) => ctx.first_available(table.walk(hash)),
             (Table::Ring(ring), Some(bound)) => {
-                bound.first_fitting(ring.walk(hash).filter(|&i| ctx.available(i)), ctx)
+                bound.first_fitting(ctx.only_available(ring.walk(hash)), ctx)
             }
             (Table::Maglev(table), Some(bound)) => {
-                bound.first_fitting(table.walk(hash).filter(|&i| ctx.available(i)), ctx)
+                bound.first_fitting(ctx.only_available(table.walk(hash)), ctx)
             }
         }
     }

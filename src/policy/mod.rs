@@ -69,14 +69,44 @@ impl PickContext<'_> {
         !self.excluded.is_empty()
     }
 
+    /// Whether any endpoint may take this request: O(endpoints), for the
+    /// rare pick that meets many unavailable ones in a row.
+    pub(crate) fn any_available(&self) -> bool {
+        (0..self.endpoints.len()).any(|i| self.available(i))
+    }
+
+    /// The available endpoints among `candidates`, in their order. A
+    /// preference walk can be long (a ring holds up to 2^20 points), so
+    /// after [`QUICK_MISSES`] unavailable candidates in a row it checks
+    /// that any endpoint is available at all, and stops if none is.
+    pub(crate) fn only_available<'c>(
+        &'c self,
+        candidates: impl Iterator<Item = usize> + 'c,
+    ) -> impl Iterator<Item = usize> + 'c {
+        let mut misses = 0;
+        candidates
+            .map_while(move |i| {
+                if self.available(i) {
+                    return Some(Some(i));
+                }
+                misses += 1;
+                if misses == QUICK_MISSES && !self.any_available() {
+                    return None;
+                }
+                Some(None)
+            })
+            .flatten()
+    }
+
     /// The first available endpoint among `candidates`, in their order.
-    pub(crate) fn first_available(
-        &self,
-        mut candidates: impl Iterator<Item = usize>,
-    ) -> Option<usize> {
-        candidates.find(|&i| self.available(i))
+    pub(crate) fn first_available(&self, candidates: impl Iterator<Item = usize>) -> Option<usize> {
+        self.only_available(candidates).next()
     }
 }
+
+/// Unavailable candidates in a row after which a walk checks that any
+/// endpoint is available at all.
+pub(crate) const QUICK_MISSES: usize = 16;
 
 /// Selection state for one snapshot of the endpoint set.
 pub(crate) trait Pick: Send + Sync + fmt::Debug {

@@ -47,15 +47,13 @@ impl Rotation {
         }
     }
 
-    /// The next available endpoint of the spare walk; `None` after a whole
-    /// cycle without one.
+    /// The next available endpoint of the spare walk; `None` when no
+    /// endpoint is available (checked after a few misses, so that a long
+    /// cycle is not walked in vain).
     fn spare_turn(&self, ctx: &PickContext<'_>) -> Option<usize> {
         let len = self.cycle.len();
-        (0..len).find_map(|_| {
-            let slot = self.spare.fetch_add(1, Ordering::Relaxed) % len;
-            let i = self.cycle[slot] as usize;
-            ctx.available(i).then_some(i)
-        })
+        let walk = (0..len).map(|_| self.cycle[self.spare.fetch_add(1, Ordering::Relaxed) % len]);
+        ctx.first_available(walk.map(|i| i as usize))
     }
 }
 
