@@ -115,3 +115,23 @@ async fn weights_scale_the_share_of_equally_fast_backends() {
     );
     assert!((0.6..0.9).contains(&heavy), "weight 3 got {heavy}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn equally_fast_backends_each_get_a_fair_part() {
+    let fast = ResponseTemplate::new(200).set_delay(Duration::from_millis(1));
+    let mut servers = Vec::new();
+    for i in 0..4 {
+        servers.push(backend(&name(i), fast.clone()).await);
+    }
+    let shares = shares(&servers, Policy::least_response_time().into(), 2_000, 16).await;
+    let mut sorted: Vec<(String, f64)> = shares.into_iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    println!("least time, four equal backends: {sorted:?}");
+    assert_eq!(sorted.len(), 4, "a backend got nothing: {sorted:?}");
+    for (name, share) in &sorted {
+        assert!(
+            *share > 0.125,
+            "{name} got {share}: under half its fair share"
+        );
+    }
+}
