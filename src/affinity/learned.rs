@@ -23,7 +23,7 @@ use crate::endpoint::EndpointState;
 
 const SHARDS: usize = 16;
 /// Sessions remembered per shard; 65,536 in all.
-const SHARD_CAPACITY: NonZeroUsize = NonZeroUsize::new(4_096).expect("not zero");
+const SHARD_CAPACITY: NonZeroUsize = NonZeroUsize::new(4_096).expect("not zero"); // ok: constant
 
 #[derive(Debug)]
 pub(crate) struct LearnedHomes {
