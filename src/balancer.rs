@@ -124,7 +124,7 @@ impl Balancer {
             .learned
             .as_ref()
             .and_then(|l| l.home(key.hash()));
-        match learned.filter(|home| snapshot.is_active(home)) {
+        match learned.filter(|home| snapshot.takes(home)) {
             Some(home) => Some(home.url.shared_name()),
             None => snapshot
                 .pick(Some(key.hash()), &[])
@@ -335,7 +335,7 @@ impl Balancer {
             let fresh = |home: &Arc<EndpointState>| !excluded.iter().any(|e| Arc::ptr_eq(e, home));
             if let Some(home) = learned
                 .home(key)
-                .filter(|home| snapshot.is_active(home) && fresh(home))
+                .filter(|home| snapshot.takes(home) && fresh(home))
             {
                 return Some(home);
             }

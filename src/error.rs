@@ -28,7 +28,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 pub enum Error {
     /// No endpoint may take the request: the set is empty, every endpoint
     /// is drained (weight 0), or every one is ejected (possible only with
-    /// `max_ejection_percent(100)` and panic mode off).
+    /// panic mode off, when the ejection limit covers them all).
     #[error(
         "no endpoint available: the endpoint set is empty, or every endpoint is drained or ejected"
     )]

@@ -337,3 +337,39 @@ async fn with_every_endpoint_ejected_and_panic_mode_off_requests_fail_fast_until
         assert!(balancer.select(&get()).is_ok(), "{policy:?}");
     }
 }
+
+#[test]
+fn rotations_hand_over_turns_under_concurrency_without_ever_failing() {
+    for (weights, policy) in [
+        (vec![1u32, 1], Policy::round_robin()),
+        (vec![10_000, 1], Policy::weighted_round_robin()),
+    ] {
+        let balancer = weights
+            .iter()
+            .enumerate()
+            .fold(Balancer::builder(), |b, (i, &w)| {
+                b.endpoint_weighted(&url(i), w)
+            })
+            .policy(policy)
+            .retry(RetryPolicy::disabled())
+            .build()
+            .unwrap();
+        // Endpoint 0 ejected (the default 10% allows one): every turn of
+        // it is handed over, by many threads at once.
+        for _ in 0..5 {
+            select_on(&balancer, 0).finish(StatusCode::SERVICE_UNAVAILABLE);
+        }
+        assert_eq!(ejected(&balancer), [true, false]);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                let balancer = balancer.clone();
+                s.spawn(move || {
+                    for _ in 0..5_000 {
+                        let selection = balancer.select(&get()).expect("endpoint 1 is available");
+                        assert_eq!(selection.endpoint(), url(1));
+                    }
+                });
+            }
+        });
+    }
+}

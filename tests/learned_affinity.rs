@@ -239,3 +239,45 @@ async fn a_secure_cookie_that_plain_http_will_not_send_does_not_route() {
     let last = servers[0].received_requests().await.unwrap().pop().unwrap();
     assert_eq!(last.headers["cookie"], "JSESSIONID=plain");
 }
+
+#[tokio::test]
+async fn a_learned_home_that_is_ejected_gets_no_requests() {
+    let a = MockServer::start().await;
+    let b = MockServer::start().await;
+    Mock::given(any())
+        .respond_with(
+            ResponseTemplate::new(503)
+                .insert_header(BACKEND, "a")
+                .insert_header("set-cookie", "JSESSIONID=sess-a; Path=/"),
+        )
+        .mount(&a)
+        .await;
+    Mock::given(any())
+        .respond_with(ResponseTemplate::new(200).insert_header(BACKEND, "b"))
+        .mount(&b)
+        .await;
+    let balancer = Balancer::builder()
+        .endpoint(&a.uri())
+        .endpoint(&b.uri())
+        .policy(policy())
+        .build()
+        .unwrap();
+    let client = client(&balancer);
+    let with_cookie = || {
+        http::Request::get("/")
+            .header("cookie", "JSESSIONID=sess-a")
+            .body(reqwest::Body::from(""))
+            .unwrap()
+    };
+    // "a" issues the session (learned), then fails five times: ejected.
+    assert_eq!(send(&client, "/").await.unwrap(), "a");
+    for _ in 0..4 {
+        client.clone().oneshot(with_cookie()).await.unwrap();
+    }
+    assert!(balancer.stats().endpoint(&a.uri()).unwrap().ejected);
+    for _ in 0..20 {
+        let response = client.clone().oneshot(with_cookie()).await.unwrap();
+        assert_eq!(backend_name(&response), "b");
+    }
+    assert_eq!(received(&a).await, 5);
+}

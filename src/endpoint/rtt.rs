@@ -34,9 +34,9 @@
 //! The estimate and the time of the last sample share one atomic word (the
 //! estimate as an `f32` of nanoseconds, the time in milliseconds of the
 //! balancer's clock, wrapping), so reading it takes no lock. Two answers
-//! recorded at once may carry times out of order; a time before the stored
-//! one counts as no time elapsed, so the clock of the estimate never runs
-//! backwards.
+//! recorded at once may carry times out of order; a time up to a minute
+//! before the stored one counts as no time elapsed, so the clock of the
+//! estimate never runs backwards.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -115,11 +115,27 @@ impl RttModel {
     }
 }
 
-/// Milliseconds from stamp `then` to stamp `now`; 0 if `now` is earlier
-/// (two answers recorded out of order).
+/// How far back an answer may be stamped before the last one and still
+/// count as recorded out of order (two completions racing), not as time
+/// that wrapped round.
+const OUT_OF_ORDER_MS: u32 = 60_000;
+
+/// Milliseconds from stamp `then` to stamp `now`; 0 if `now` is up to a
+/// minute earlier (two answers recorded out of order). Stamps wrap after
+/// 49.7 days, so a gap that long reads short again; by then a read has
+/// long decayed the estimate to nothing and a sample replaces it.
 fn elapsed_ms(now: u32, then: u32) -> u32 {
-    let delta = now.wrapping_sub(then) as i32;
-    delta.max(0) as u32
+    let delta = now.wrapping_sub(then);
+    if delta > u32::MAX - OUT_OF_ORDER_MS {
+        0
+    } else {
+        delta
+    }
+}
+
+/// Whether stamp `now` is not before stamp `then` (see [`elapsed_ms`]).
+fn forward(now: u32, then: u32) -> bool {
+    now.wrapping_sub(then) <= u32::MAX - OUT_OF_ORDER_MS
 }
 
 /// One endpoint's estimate.
@@ -175,8 +191,7 @@ impl RttEstimate {
                     estimate * keep + sample * (1.0 - keep)
                 };
                 // An answer stamped before the last one leaves the stamp.
-                let forward = now.wrapping_sub(then) as i32 >= 0;
-                Some(pack(next, if forward { now } else { then }))
+                Some(pack(next, if forward(now, then) { now } else { then }))
             });
     }
 }

@@ -127,6 +127,18 @@ impl Snapshot {
         self.active.iter().any(|a| Arc::ptr_eq(a, endpoint))
     }
 
+    /// Whether `endpoint` may take a request now: active, and not ejected
+    /// (outside panic mode), with the same check every policy makes. Ends
+    /// due ejections first, as a pick does.
+    pub(crate) fn takes(&self, endpoint: &Arc<EndpointState>) -> bool {
+        self.is_active(endpoint)
+            && self
+                .counters
+                .health
+                .filter_time()
+                .is_none_or(|now| !endpoint.is_ejected(now))
+    }
+
     pub(crate) fn members(&self) -> &[Member] {
         &self.members
     }

@@ -6,10 +6,12 @@
 //! ([`Stats::health_events_dropped`](crate::Stats::health_events_dropped)).
 //!
 //! The thread is started when the balancer is built with a callback, and
-//! ends when the last clone of the balancer is dropped.
+//! ends when the last clone of the balancer is dropped, or when the
+//! callback panics: later events are then dropped, counted, and logged at
+//! `error`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, SyncSender};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::Arc;
 
 use super::HealthEvent;
@@ -69,8 +71,18 @@ impl EventQueue {
             }
         }
         if let Some(sender) = &self.sender {
-            if sender.try_send(event).is_err() {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
+            match sender.try_send(event) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(TrySendError::Disconnected(_)) => {
+                    // The callback panicked and took its thread with it.
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(
+                        "the health event callback panicked earlier: event not delivered"
+                    );
+                }
             }
         }
     }

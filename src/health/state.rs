@@ -189,20 +189,25 @@ impl HealthShared {
         if until == IN_ROTATION || until == RETIRED {
             return;
         }
-        endpoint.ejected_until.store(IN_ROTATION, Ordering::Relaxed);
-        endpoint.returned_ms.store(now.max(1), Ordering::Relaxed);
         endpoint.start_new_epoch();
+        endpoint.returned_ms.store(now.max(1), Ordering::Relaxed);
+        endpoint.ejected_until.store(IN_ROTATION, Ordering::Relaxed);
         self.events.send(HealthEvent::Readmitted {
             endpoint: endpoint.name.to_string(),
         });
     }
 
-    /// Ejects `endpoint` if it is in rotation and the ejection limit allows;
-    /// a refused ejection clears its counts, as Envoy does.
-    fn eject(&self, endpoint: &Arc<EndpointHealth>, now: u64) {
+    /// Ejects `endpoint` for failures of requests sent in epoch `sent_in`,
+    /// if it is still in that epoch and in rotation, and the ejection limit
+    /// allows; a refused ejection clears its counts, as Envoy does.
+    fn eject(&self, endpoint: &Arc<EndpointHealth>, sent_in: u32, now: u64) {
         let mut book = self.book();
-        if endpoint.ejected_until.load(Ordering::Relaxed) != IN_ROTATION {
-            return; // already out, or no longer in the set
+        // Re-checked under the lock: a return or retirement may have begun
+        // a new epoch since the failure was counted.
+        if endpoint.epoch() != sent_in
+            || endpoint.ejected_until.load(Ordering::Relaxed) != IN_ROTATION
+        {
+            return;
         }
         let active = self.active.load(Ordering::Relaxed);
         if book.len() >= self.allowed(active) {
@@ -260,12 +265,9 @@ impl HealthShared {
             return;
         }
         let _book = self.book();
-        if endpoint
-            .ejected_until
-            .compare_exchange(RETIRED, IN_ROTATION, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-        {
+        if endpoint.ejected_until.load(Ordering::Relaxed) == RETIRED {
             endpoint.start_new_epoch();
+            endpoint.ejected_until.store(IN_ROTATION, Ordering::Relaxed);
         }
     }
 }
@@ -378,9 +380,12 @@ impl EndpointHealth {
                 self.window_failures.fetch_add(1, Ordering::Relaxed);
             }
         }
-        if fire {
+        // Only an endpoint in rotation can be ejected: checked before the
+        // lock, so that failures of an endpoint already out (in panic
+        // mode) never take it.
+        if fire && self.ejected_until.load(Ordering::Relaxed) == IN_ROTATION {
             let at = now.unwrap_or_else(|| shared.now_ms());
-            shared.eject(self, at);
+            shared.eject(self, sent_in, at);
         }
     }
 

@@ -249,8 +249,20 @@ impl LoadBound {
     ) -> Option<usize> {
         let all = ctx.in_flight.map_or(0, |n| n.load(Ordering::Relaxed)) as f64 + 1.0;
         let home = preference.next()?;
+        // Shares of the weight that may take this request: with some
+        // endpoints out, the others' bounds must still add up to more than
+        // all in flight, so that one fits and the walk ends early.
+        let total_weight = if ctx.skip_ejected_at.is_some() || ctx.is_retry() {
+            (0..self.weights.len())
+                .filter(|&i| ctx.available(i))
+                .map(|i| f64::from(self.weights[i]))
+                .sum::<f64>()
+                .max(1.0)
+        } else {
+            self.total_weight
+        };
         let fits = |i: usize| {
-            let share = f64::from(self.weights[i]) / self.total_weight;
+            let share = f64::from(self.weights[i]) / total_weight;
             let bound = (self.factor * share * all).ceil();
             (ctx.endpoints[i].in_flight() + 1) as f64 <= bound
         };

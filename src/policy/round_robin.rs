@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::weighted::smooth_cycle;
-use super::{Pick, PickContext};
+use super::{Pick, PickContext, QUICK_MISSES};
 use crate::endpoint::Counters;
 
 #[derive(Debug)]
@@ -26,6 +26,8 @@ pub(crate) struct Rotation {
     sequence: Arc<AtomicUsize>,
     /// The counter of spare turns.
     spare: Arc<AtomicUsize>,
+    /// Each endpoint's turns per cycle.
+    weights: Box<[u64]>,
 }
 
 impl Rotation {
@@ -40,20 +42,54 @@ impl Rotation {
     }
 
     fn with_cycle(cycle: Vec<u32>, counters: &Counters) -> Self {
+        let endpoints = cycle.iter().map(|&i| i as usize + 1).max().unwrap_or(0);
+        let mut weights = vec![0u64; endpoints];
+        for &i in &cycle {
+            weights[i as usize] += 1;
+        }
         Rotation {
             cycle: cycle.into_boxed_slice(),
             sequence: counters.sequence.clone(),
             spare: counters.spare_sequence.clone(),
+            weights: weights.into_boxed_slice(),
         }
     }
 
-    /// The next available endpoint of the spare walk; `None` when no
-    /// endpoint is available (checked after a few misses, so that a long
-    /// cycle is not walked in vain).
+    /// The next available endpoint of the spare walk. Each step takes the
+    /// next slot of the shared spare counter, so that concurrent turns
+    /// interleave and the walk meets every available endpoint as often as
+    /// its weight. After a few unavailable slots in a row (most of the
+    /// weight is out), one exact choice by weight over the available
+    /// endpoints ends the turn: no walk over a long cycle, and no "none
+    /// available" while one is (other threads moving the counter cannot
+    /// make this turn miss).
     fn spare_turn(&self, ctx: &PickContext<'_>) -> Option<usize> {
         let len = self.cycle.len();
-        let walk = (0..len).map(|_| self.cycle[self.spare.fetch_add(1, Ordering::Relaxed) % len]);
-        ctx.first_available(walk.map(|i| i as usize))
+        let mut position = 0;
+        for _ in 0..QUICK_MISSES.min(len) {
+            position = self.spare.fetch_add(1, Ordering::Relaxed);
+            let i = self.cycle[position % len] as usize;
+            if ctx.available(i) {
+                return Some(i);
+            }
+        }
+        let available: u64 = (0..self.weights.len())
+            .filter(|&i| ctx.available(i))
+            .map(|i| self.weights[i])
+            .sum();
+        if available == 0 {
+            return None;
+        }
+        let mut point = position as u64 % available;
+        (0..self.weights.len())
+            .filter(|&i| ctx.available(i))
+            .find(|&i| {
+                if point < self.weights[i] {
+                    return true;
+                }
+                point -= self.weights[i];
+                false
+            })
     }
 }
 
