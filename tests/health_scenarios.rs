@@ -23,6 +23,25 @@ fn balancer(n: usize, detection: OutlierDetection) -> Balancer {
         .unwrap()
 }
 
+/// Endpoints with `weights` under `policy` (default outlier detection,
+/// whose 10% always allows one ejection), endpoint 0 ejected by five 503s.
+fn weighted_with_first_ejected(weights: &[u32], policy: Policy) -> Balancer {
+    let balancer = weights
+        .iter()
+        .enumerate()
+        .fold(Balancer::builder(), |b, (i, &w)| {
+            b.endpoint_weighted(&url(i), w)
+        })
+        .policy(policy)
+        .retry(RetryPolicy::disabled())
+        .build()
+        .unwrap();
+    for _ in 0..5 {
+        select_on(&balancer, 0).finish(StatusCode::SERVICE_UNAVAILABLE);
+    }
+    balancer
+}
+
 fn get() -> http::Request<()> {
     http::Request::get("/").body(()).unwrap()
 }
@@ -188,19 +207,7 @@ async fn round_robin_and_weighted_round_robin_share_an_ejected_endpoints_turns_b
             vec![0, 140, 140],
         ),
     ] {
-        let balancer = weights
-            .iter()
-            .enumerate()
-            .fold(Balancer::builder(), |b, (i, &w)| {
-                b.endpoint_weighted(&url(i), w)
-            })
-            .policy(policy)
-            .retry(RetryPolicy::disabled())
-            .build()
-            .unwrap();
-        for _ in 0..5 {
-            select_on(&balancer, 0).finish(StatusCode::SERVICE_UNAVAILABLE);
-        }
+        let balancer = weighted_with_first_ejected(&weights, policy);
         let total: usize = expected.iter().sum();
         let mut counts = vec![0; weights.len()];
         for _ in 0..total {
@@ -344,21 +351,9 @@ fn rotations_hand_over_turns_under_concurrency_without_ever_failing() {
         (vec![1u32, 1], Policy::round_robin()),
         (vec![10_000, 1], Policy::weighted_round_robin()),
     ] {
-        let balancer = weights
-            .iter()
-            .enumerate()
-            .fold(Balancer::builder(), |b, (i, &w)| {
-                b.endpoint_weighted(&url(i), w)
-            })
-            .policy(policy)
-            .retry(RetryPolicy::disabled())
-            .build()
-            .unwrap();
-        // Endpoint 0 ejected (the default 10% allows one): every turn of
-        // it is handed over, by many threads at once.
-        for _ in 0..5 {
-            select_on(&balancer, 0).finish(StatusCode::SERVICE_UNAVAILABLE);
-        }
+        // Every turn of the ejected endpoint 0 is handed over, by many
+        // threads at once.
+        let balancer = weighted_with_first_ejected(&weights, policy);
         assert_eq!(ejected(&balancer), [true, false]);
         std::thread::scope(|s| {
             for _ in 0..4 {
