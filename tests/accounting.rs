@@ -40,7 +40,7 @@ async fn ten_thousand_requests_at_concurrency_64_are_all_answered() {
 }
 
 /// A backend that never answers in time, a balancer over it and a client.
-async fn stuck_backend() -> (wiremock::MockServer, Balancer, Client) {
+async fn stuck_backend() -> (Server, Balancer, Client) {
     let delay = ResponseTemplate::new(200).set_delay(Duration::from_secs(30));
     let stuck = backend("a", delay).await;
     let balancer = Balancer::builder().endpoint(&stuck.uri()).build().unwrap();

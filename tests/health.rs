@@ -56,7 +56,7 @@ impl Events {
 }
 
 /// Makes `server` answer `status` (plus its name) from now on.
-async fn answer(server: &MockServer, name: &str, status: u16) {
+async fn answer(server: &Server, name: &str, status: u16) {
     server.reset().await;
     Mock::given(any())
         .respond_with(ResponseTemplate::new(status).insert_header(BACKEND, name))
@@ -165,7 +165,7 @@ async fn a_refused_backend_is_ejected_and_readmitted_when_it_listens_again() {
 
     // A server comes up on that port; after the ejection time it is used.
     let listener = std::net::TcpListener::bind(addr).unwrap();
-    let revived = MockServer::builder().listener(listener).start().await;
+    let revived = Server::from(MockServer::builder().listener(listener).start().await);
     answer(&revived, "revived", 200).await;
     tokio::time::advance(EJECTION).await;
     let mut reached = 0;

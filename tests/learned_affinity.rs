@@ -8,7 +8,7 @@ use support::*;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_lb::{Balancer, HttpToReqwest, Policy, RequestKey, SessionKey};
 use wiremock::matchers::any;
-use wiremock::{Mock, MockServer, ResponseTemplate};
+use wiremock::{Mock, ResponseTemplate};
 
 fn policy() -> Policy {
     Policy::ring_hash()
@@ -19,8 +19,7 @@ fn policy() -> Policy {
 
 #[tokio::test]
 async fn the_backend_that_set_the_session_cookie_keeps_the_client() {
-    let servers: Vec<MockServer> =
-        futures::future::join_all((0..5).map(|_| MockServer::start())).await;
+    let servers: Vec<Server> = futures::future::join_all((0..5).map(|_| Server::start())).await;
     let urls: Vec<String> = servers.iter().map(|s| s.uri()).collect();
     let balancer = urls
         .iter()
@@ -134,8 +133,7 @@ async fn a_request_is_routed_by_the_session_cookie_it_carries_on_the_wire() {
     const REQUESTS: usize = 1_000;
     use reqwest::cookie::CookieStore;
 
-    let servers: Vec<MockServer> =
-        futures::future::join_all((0..4).map(|_| MockServer::start())).await;
+    let servers: Vec<Server> = futures::future::join_all((0..4).map(|_| Server::start())).await;
     for (i, server) in servers.iter().enumerate() {
         Mock::given(any())
             .respond_with(RandomCookies {
@@ -194,8 +192,7 @@ async fn a_request_is_routed_by_the_session_cookie_it_carries_on_the_wire() {
 
 #[tokio::test]
 async fn a_secure_cookie_that_plain_http_will_not_send_does_not_route() {
-    let servers: Vec<MockServer> =
-        futures::future::join_all((0..2).map(|_| MockServer::start())).await;
+    let servers: Vec<Server> = futures::future::join_all((0..2).map(|_| Server::start())).await;
     // "a" sets a plain session cookie for the whole site; "b" a Secure one
     // for /app, which reqwest never sends over plain http.
     let cookies = ["JSESSIONID=plain; Path=/", "JSESSIONID=secret; Secure"];
@@ -242,8 +239,8 @@ async fn a_secure_cookie_that_plain_http_will_not_send_does_not_route() {
 
 #[tokio::test]
 async fn a_learned_home_that_is_ejected_gets_no_requests() {
-    let a = MockServer::start().await;
-    let b = MockServer::start().await;
+    let a = Server::start().await;
+    let b = Server::start().await;
     Mock::given(any())
         .respond_with(
             ResponseTemplate::new(503)

@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use support::*;
 use tower_lb::{Balancer, Policy};
-use wiremock::{MockServer, ResponseTemplate};
+use wiremock::ResponseTemplate;
 
 /// Backends "a".."d" answering 200 after `fast`, and "e" answering
 /// `slow_answer`.
-async fn fleet(fast: Duration, slow_answer: ResponseTemplate) -> Vec<MockServer> {
+async fn fleet(fast: Duration, slow_answer: ResponseTemplate) -> Vec<Server> {
     let mut servers = Vec::new();
     for i in 0..4 {
         servers.push(backend(&name(i), ResponseTemplate::new(200).set_delay(fast)).await);
@@ -23,7 +23,7 @@ async fn fleet(fast: Duration, slow_answer: ResponseTemplate) -> Vec<MockServer>
 }
 
 async fn shares(
-    servers: &[MockServer],
+    servers: &[Server],
     policy: Policy,
     count: usize,
     concurrency: usize,

@@ -12,11 +12,11 @@ use support::*;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 use tower_lb::{Balancer, BoxError, Error, MAX_WEIGHT};
 use wiremock::matchers::{header, method, path, query_param};
-use wiremock::{Mock, MockServer, ResponseTemplate};
+use wiremock::{Mock, ResponseTemplate};
 
 #[tokio::test]
 async fn path_query_and_headers_are_kept_and_the_base_path_is_prefixed() {
-    let server = MockServer::start().await;
+    let server = Server::start().await;
     Mock::given(method("POST"))
         .and(path("/api/v2/users/42"))
         .and(query_param("full", "1"))
@@ -39,7 +39,7 @@ async fn path_query_and_headers_are_kept_and_the_base_path_is_prefixed() {
 
 #[tokio::test]
 async fn a_reqwest_client_takes_reqwest_requests_with_a_placeholder_host() {
-    let server = MockServer::start().await;
+    let server = Server::start().await;
     Mock::given(path("/users/7"))
         .and(query_param("q", "a b"))
         .respond_with(ResponseTemplate::new(200).set_body_string("seven"))

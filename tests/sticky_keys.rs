@@ -18,9 +18,7 @@ async fn keyed_send(client: &Client, key: &str) -> String {
 
 /// Backends a..e and a balancer over them with `policy`; also maps each
 /// canonical URL to its backend's name.
-async fn setup(
-    policy: ConsistentHash,
-) -> (Vec<wiremock::MockServer>, Balancer, HashMap<String, String>) {
+async fn setup(policy: ConsistentHash) -> (Vec<Server>, Balancer, HashMap<String, String>) {
     let servers = backends(5).await;
     let balancer = balancer_over(&servers, policy);
     let names = servers

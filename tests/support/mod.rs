@@ -1,6 +1,7 @@
 //! Loopback backends and a balanced client for the integration tests.
 #![allow(dead_code)] // each test file uses its own part of this module
 
+use std::ops::Deref;
 use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
@@ -15,9 +16,51 @@ pub const BACKEND: &str = "x-backend";
 /// A balanced client that takes `http::Request`s.
 pub type Client = Balance<HttpToReqwest>;
 
+/// A wiremock server that is dropped on a thread of its own.
+///
+/// wiremock checks a server's expectations when it is dropped, blocking on
+/// a tokio lock. Dropped at the end of a test whose task has spent its
+/// cooperative budget (many answers polled in one go), that lock answers
+/// "not now" forever and the test hangs: seen in CI. A fresh thread has no
+/// budget to spend. A failed expectation still fails the test.
+pub struct Server(Option<MockServer>);
+
+impl Server {
+    /// Starts a wiremock server on 127.0.0.1.
+    pub async fn start() -> Self {
+        Self(Some(MockServer::start().await))
+    }
+}
+
+impl From<MockServer> for Server {
+    fn from(server: MockServer) -> Self {
+        Self(Some(server))
+    }
+}
+
+impl Deref for Server {
+    type Target = MockServer;
+
+    fn deref(&self) -> &MockServer {
+        self.0.as_ref().expect("present until dropped")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let Some(server) = self.0.take() else { return };
+        let verified = std::thread::spawn(move || drop(server)).join();
+        if let Err(failure) = verified {
+            if !std::thread::panicking() {
+                std::panic::resume_unwind(failure);
+            }
+        }
+    }
+}
+
 /// Starts `n` wiremock servers on 127.0.0.1 answering 200 to everything,
 /// each naming itself ("a", "b", ...) in the `x-backend` header.
-pub async fn backends(n: usize) -> Vec<MockServer> {
+pub async fn backends(n: usize) -> Vec<Server> {
     let mut servers = Vec::with_capacity(n);
     for i in 0..n {
         servers.push(backend(&name(i), ResponseTemplate::new(200)).await);
@@ -26,8 +69,8 @@ pub async fn backends(n: usize) -> Vec<MockServer> {
 }
 
 /// One wiremock server answering `template` (plus its name) to everything.
-pub async fn backend(name: &str, template: ResponseTemplate) -> MockServer {
-    let server = MockServer::start().await;
+pub async fn backend(name: &str, template: ResponseTemplate) -> Server {
+    let server = Server::start().await;
     Mock::given(any())
         .respond_with(template.insert_header(BACKEND, name))
         .mount(&server)
@@ -41,7 +84,7 @@ pub fn name(i: usize) -> String {
 }
 
 /// A balancer over `servers`, each with weight 1, using `policy`.
-pub fn balancer_over(servers: &[MockServer], policy: impl Into<tower_lb::Policy>) -> Balancer {
+pub fn balancer_over(servers: &[Server], policy: impl Into<tower_lb::Policy>) -> Balancer {
     servers
         .iter()
         .fold(Balancer::builder(), |b, s| b.endpoint(&s.uri()))
@@ -114,7 +157,7 @@ pub async fn send_many(
 }
 
 /// Requests a wiremock server has received.
-pub async fn received(server: &MockServer) -> usize {
+pub async fn received(server: &Server) -> usize {
     server
         .received_requests()
         .await
