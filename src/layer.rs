@@ -2,7 +2,8 @@
 
 use tower_layer::Layer;
 
-use crate::{Balance, Balancer};
+use crate::balancer::Balancer;
+use crate::service::Balance;
 
 /// Wraps a service in [`Balance`], sending each request to an endpoint
 /// chosen by a [`Balancer`]. Made by [`Balancer::layer`].
@@ -36,5 +37,12 @@ impl<S> Layer<S> for BalanceLayer {
 
     fn layer(&self, inner: S) -> Balance<S> {
         Balance::new(inner, self.balancer.clone())
+    }
+}
+
+impl Balancer {
+    /// A [`BalanceLayer`] that sends requests through this balancer.
+    pub fn layer(&self) -> BalanceLayer {
+        BalanceLayer::new(self.clone())
     }
 }

@@ -49,13 +49,17 @@
 mod affinity;
 mod balancer;
 mod clock;
+#[cfg(feature = "cookies")]
+mod cookie_jar;
 mod endpoint;
 mod error;
 mod health;
 mod layer;
+mod membership;
 #[cfg(feature = "reqwest-middleware")]
 mod middleware;
 mod outcome;
+mod pipeline;
 mod policy;
 mod random;
 mod request;
@@ -64,10 +68,10 @@ mod reqwest_http;
 mod selection;
 mod service;
 
-#[cfg(feature = "cookies")]
-pub use affinity::BalancedCookieJar;
 pub use affinity::{key_hash, RequestInfo, RequestKey, SessionKey};
 pub use balancer::{Balancer, BalancerBuilder};
+#[cfg(feature = "cookies")]
+pub use cookie_jar::BalancedCookieJar;
 pub use endpoint::{EndpointStats, FailureCounts, Stats, MAX_WEIGHT};
 pub use error::{BoxError, Error};
 pub use health::{HealthEvent, OutlierDetection, RetryPolicy};

@@ -9,9 +9,9 @@ use http::Extensions;
 use reqwest_middleware::{Middleware, Next};
 use tracing::Instrument;
 
-use crate::endpoint::InFlight;
-use crate::outcome::Outcome;
-use crate::{Balancer, Error, RequestInfo};
+use crate::balancer::Balancer;
+use crate::error::Error;
+use crate::pipeline::{Answer, Trip};
 
 /// Sends each request through the balancer: the same choice, rewrite and
 /// accounting as the Tower layer.
@@ -38,89 +38,59 @@ use crate::{Balancer, Error, RequestInfo};
 /// # }
 /// ```
 ///
-/// When no endpoint is available the error is
-/// `reqwest_middleware::Error::Middleware` wrapping [`Error::NoEndpointAvailable`].
+/// Errors have the layer's shape: `reqwest_middleware::Error::Middleware`
+/// wrapping an [`Error`]: [`Error::NoEndpointAvailable`], or
+/// [`Error::Upstream`] naming the endpoint, with the error of the rest of
+/// the chain (a `reqwest_middleware::Error`, whose own source is the
+/// `reqwest::Error`) as its source.
 #[async_trait::async_trait]
 impl Middleware for Balancer {
     async fn handle(
         &self,
-        mut request: reqwest::Request,
+        request: reqwest::Request,
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<reqwest::Response> {
-        let retrying = self.retrying();
-        if let Some(retrying) = retrying {
-            retrying.budget.deposit();
-        }
-        let mut retries_left = retrying.map_or(0, |r| r.policy.max_retries);
-        let mut tried = Vec::new();
-        // The last attempt's answer, returned if no other endpoint is left.
-        let mut previous = None;
+        let mut trip = Trip::new(self);
+        let (mut request, mut attempt) = trip
+            .start(request, Some(extensions))
+            .map_err(reqwest_middleware::Error::middleware)?;
         loop {
-            // An unrouted copy to send again, made while one may follow.
-            let copy = if retries_left > 0 {
-                request.try_clone()
-            } else {
-                None
+            let span = attempt.span().clone();
+            let result = next.clone().run(request, extensions).instrument(span).await;
+            let answer = match &result {
+                Ok(response) => Answer::Response {
+                    status: response.status(),
+                    headers: response.headers(),
+                },
+                Err(error) => Answer::Failed(chain_of(error)),
             };
-            let info = RequestInfo {
-                method: request.method(),
-                path: request.url().path(),
-                query: request.url().query(),
-                headers: request.headers(),
-                extensions: Some(extensions),
-                jar_cookies: None,
-            };
-            let Some(endpoint) = self.pick_for(&info, &tried) else {
-                return previous.unwrap_or_else(|| {
-                    Err(reqwest_middleware::Error::middleware(
-                        Error::NoEndpointAvailable,
-                    ))
-                });
-            };
-            endpoint
-                .url
-                .route_url(request.url_mut())
-                .map_err(reqwest_middleware::Error::middleware)?;
-            let method = request.method().clone();
-            let span = tracing::debug_span!("tower_lb", endpoint = %endpoint.url);
-            let in_flight = InFlight::start(endpoint.clone());
-            let result = next
-                .clone()
-                .run(request, extensions)
-                .instrument(span.clone())
-                .await;
-            let _entered = span.enter();
-            let status = result.as_ref().ok().map(|response| response.status());
-            let outcome = match &result {
-                Ok(response) => {
-                    if let Some(learned) = self.learned() {
-                        learned.learn(response.headers(), in_flight.endpoint());
-                    }
-                    Outcome::from_status(response.status())
+            let endpoint = result
+                .is_err()
+                .then(|| attempt.endpoint().url.as_str().to_owned());
+            match trip.end(attempt, answer, Some(extensions)) {
+                Some((retry, started)) => (request, attempt) = (retry, started),
+                None => {
+                    return result.map_err(|source| {
+                        reqwest_middleware::Error::middleware(Error::Upstream {
+                            endpoint: endpoint.unwrap_or_default(),
+                            source: Box::new(source),
+                        })
+                    })
                 }
-                Err(reqwest_middleware::Error::Reqwest(error)) => Outcome::from_error(error),
-                Err(reqwest_middleware::Error::Middleware(error)) => {
-                    let error: &(dyn StdError + Send + Sync + 'static) = error.as_ref();
-                    Outcome::from_error(error)
-                }
-            };
-            let latency = in_flight.finish(outcome, status);
-            tracing::debug!(
-                ?outcome,
-                latency_us = latency.as_micros() as u64,
-                "request finished"
-            );
-            match (copy, retrying) {
-                (Some(copy), Some(retrying)) if retrying.allows(outcome, &method, retries_left) => {
-                    tracing::debug!(?outcome, "retrying on another endpoint");
-                    retries_left -= 1;
-                    tried.push(endpoint);
-                    request = copy;
-                    previous = Some(result);
-                }
-                _ => return result,
             }
+        }
+    }
+}
+
+/// The error as a source chain to classify: reqwest's own, or a later
+/// middleware's.
+fn chain_of(error: &reqwest_middleware::Error) -> &(dyn StdError + 'static) {
+    match error {
+        reqwest_middleware::Error::Reqwest(error) => error,
+        reqwest_middleware::Error::Middleware(error) => {
+            let error: &(dyn StdError + Send + Sync + 'static) = error.as_ref();
+            error
         }
     }
 }

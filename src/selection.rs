@@ -9,13 +9,13 @@
 //! middleware's, not the selection's.
 
 use std::error::Error as StdError;
-use std::sync::Arc;
 
-use http::StatusCode;
+use http::{HeaderMap, StatusCode};
 
-use crate::endpoint::{EndpointState, InFlight};
-use crate::outcome::Outcome;
-use crate::{BalanceRequest, Error};
+use crate::balancer::Balancer;
+use crate::error::Error;
+use crate::pipeline::{Answer, Attempt};
+use crate::request::BalanceRequest;
 
 /// One request's endpoint, counted in flight until it is finished or
 /// dropped. Made by [`Balancer::select`](crate::Balancer::select).
@@ -38,20 +38,14 @@ use crate::{BalanceRequest, Error};
 #[derive(Debug)]
 #[must_use = "a selection counts its request in flight until finished or dropped"]
 pub struct Selection {
-    in_flight: InFlight,
+    attempt: Attempt,
 }
 
 impl Selection {
-    pub(crate) fn start(endpoint: Arc<EndpointState>) -> Self {
-        Selection {
-            in_flight: InFlight::start(endpoint),
-        }
-    }
-
     /// The chosen endpoint's canonical URL (`scheme://host:port/base`), as
     /// in [`Balancer::stats`](crate::Balancer::stats).
     pub fn endpoint(&self) -> &str {
-        self.in_flight.endpoint().url.as_str()
+        self.attempt.endpoint().url.as_str()
     }
 
     /// Points `request` at the chosen endpoint as the layer does: its
@@ -61,20 +55,59 @@ impl Selection {
     /// Errors: [`Error::InvalidRequest`] when the rewritten URI is not
     /// valid.
     pub fn route<R: BalanceRequest>(&self, request: &mut R) -> Result<(), Error> {
-        request.route_to(&self.in_flight.endpoint().url)
+        request.route_to(&self.attempt.endpoint().url)
     }
 
     /// Reports an answer with `status`: a 5xx counts as a failure for the
     /// latency estimate and outlier detection, anything else as a success.
     pub fn finish(self, status: StatusCode) {
-        self.in_flight
-            .finish(Outcome::from_status(status), Some(status));
+        let headers = HeaderMap::new();
+        self.attempt.end(Answer::Response {
+            status,
+            headers: &headers,
+        });
     }
 
     /// Reports a request that got no answer: the error is classified as the
     /// layer does (connect error, timeout, other) by walking its source
     /// chain.
     pub fn fail(self, error: &(dyn StdError + 'static)) {
-        self.in_flight.finish(Outcome::from_error(error), None);
+        self.attempt.end(Answer::Failed(error));
+    }
+}
+
+impl Balancer {
+    /// Picks an endpoint for `request` as the layer would (policy, key,
+    /// health) and counts the request in flight on it, for requests sent
+    /// some other way than through the layer. Report the outcome with
+    /// [`Selection::finish`] or [`Selection::fail`]; a selection dropped
+    /// unreported counts as cancelled.
+    ///
+    /// Errors: [`Error::NoEndpointAvailable`].
+    ///
+    /// ```
+    /// use tower_lb::{Balancer, Policy, SessionKey};
+    ///
+    /// let balancer = Balancer::builder()
+    ///     .endpoint("http://127.0.0.1:8081")
+    ///     .endpoint("http://127.0.0.1:8082")
+    ///     .policy(Policy::maglev())
+    ///     .build()?;
+    /// let mut request = http::Request::get("/cart").body(())?;
+    /// request.extensions_mut().insert(SessionKey::new("user-42"));
+    /// let selection = balancer.select(&request)?;
+    /// assert_eq!(
+    ///     Some(selection.endpoint()),
+    ///     balancer.locate(&SessionKey::new("user-42")).as_deref()
+    /// );
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn select<R: BalanceRequest>(&self, request: &R) -> Result<Selection, Error> {
+        match self.pick_for(&request.info(), &[]) {
+            Some((endpoint, _)) => Ok(Selection {
+                attempt: Attempt::start(endpoint),
+            }),
+            None => Err(Error::NoEndpointAvailable),
+        }
     }
 }

@@ -1,20 +1,17 @@
-//! The balancing service and its response future: pick an endpoint, point
-//! the request at it, call the wrapped service, time and classify the
-//! outcome, record it on the endpoint, and retry on another endpoint when
-//! that is safe and the budget allows.
+//! The Tower service front end: drives the request pipeline (`pipeline`)
+//! from a service call and its response future.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use crate::affinity::LearnedHomes;
-use crate::endpoint::{EndpointState, InFlight};
-use crate::outcome::Outcome;
-use crate::{BalanceRequest, BalanceResponse, Balancer, BoxError, Error};
+use crate::balancer::Balancer;
+use crate::error::{BoxError, Error};
+use crate::pipeline::{Answer, Attempt, Trip};
+use crate::request::{BalanceRequest, BalanceResponse};
 
 /// A service that sends each request to an endpoint chosen by a
 /// [`Balancer`], through the wrapped service `S`.
@@ -60,6 +57,21 @@ impl<S> Balance<S> {
     pub fn balancer(&self) -> &Balancer {
         &self.balancer
     }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The wrapped service, unwrapped.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
 }
 
 impl<S, R> Service<R> for Balance<S>
@@ -80,106 +92,27 @@ where
     }
 
     fn call(&mut self, request: R) -> Self::Future {
-        let retry = self.balancer.retrying().and_then(|retrying| {
-            retrying.budget.deposit();
-            // A copy to send again, made now: the original is consumed.
-            let copy = request.try_clone()?;
-            Some(Retry {
-                service: self.inner.clone(),
-                copy: Some(copy),
-                next: None,
-                tried: Vec::new(),
-                balancer: self.balancer.clone(),
-                retries_left: retrying.policy.max_retries,
-            })
-        });
-        let learned = self.balancer.learned().cloned();
-        let sent = prepare(&self.balancer, request, &[])
-            .map(|(request, endpoint)| call(&mut self.inner, request, endpoint));
-        match sent {
-            Ok((future, in_flight, span)) => ResponseFuture {
-                state: State::Calling { future },
-                in_flight: Some(in_flight),
-                span,
-                learned,
-                retry,
-            },
-            Err(error) => ResponseFuture::failed(error),
-        }
-    }
-}
-
-/// Picks an endpoint (none of `tried`) and points `request` at it.
-fn prepare<R: BalanceRequest>(
-    balancer: &Balancer,
-    mut request: R,
-    tried: &[Arc<EndpointState>],
-) -> Result<(R, Arc<EndpointState>), Error> {
-    let Some(endpoint) = balancer.pick(&request, tried) else {
-        tracing::debug!("no endpoint available");
-        return Err(Error::NoEndpointAvailable);
-    };
-    request.route_to(&endpoint.url)?;
-    Ok((request, endpoint))
-}
-
-/// Sends a prepared request, counting it in flight on its endpoint.
-fn call<S, R>(
-    service: &mut S,
-    request: R,
-    endpoint: Arc<EndpointState>,
-) -> (S::Future, InFlight, tracing::Span)
-where
-    S: Service<R>,
-{
-    let span = tracing::debug_span!("tower_lb", endpoint = %endpoint.url);
-    let in_flight = InFlight::start(endpoint);
-    let future = span.in_scope(|| service.call(request));
-    (future, in_flight, span)
-}
-
-/// What a response future needs to try another endpoint.
-#[derive(Debug)]
-struct Retry<S, R> {
-    /// A clone of the wrapped service, to call again.
-    service: S,
-    /// The request to send next time.
-    copy: Option<R>,
-    /// The next attempt, pointed at its endpoint, while the service gets ready.
-    next: Option<(R, Arc<EndpointState>)>,
-    /// Endpoints already tried.
-    tried: Vec<Arc<EndpointState>>,
-    balancer: Balancer,
-    retries_left: u32,
-}
-
-impl<S, R: BalanceRequest> Retry<S, R> {
-    /// Prepares the next attempt after one on `endpoint` ended with
-    /// `outcome`: if a retry is safe and the budget allows it, and another
-    /// endpoint is available. Otherwise the answer stands.
-    fn prepare_next(&mut self, outcome: Outcome, endpoint: &Arc<EndpointState>) -> bool {
-        let Some(copy) = self.copy.take() else {
-            return false;
-        };
-        let allowed = self
-            .balancer
-            .retrying()
-            .is_some_and(|r| r.allows(outcome, copy.info().method(), self.retries_left));
-        if !allowed {
-            return false;
-        }
-        self.tried.push(endpoint.clone());
-        self.retries_left -= 1;
-        // An unrouted copy for a further retry, if one may follow.
-        if self.retries_left > 0 {
-            self.copy = copy.try_clone();
-        }
-        match prepare(&self.balancer, copy, &self.tried) {
-            Ok(next) => {
-                self.next = Some(next);
-                true
+        let mut trip = Trip::new(&self.balancer);
+        match trip.start(request, None) {
+            Ok((request, attempt)) => {
+                let future = attempt.span().in_scope(|| self.inner.call(request));
+                // The service is cloned only for a trip that may be retried.
+                let service = trip.may_retry().then(|| self.inner.clone());
+                ResponseFuture {
+                    state: State::Calling { future },
+                    attempt: Some(attempt),
+                    trip: Some(trip),
+                    service,
+                    next: None,
+                }
             }
-            Err(_) => false,
+            Err(error) => ResponseFuture {
+                state: State::Failed { error: Some(error) },
+                attempt: None,
+                trip: None,
+                service: None,
+                next: None,
+            },
         }
     }
 }
@@ -192,12 +125,23 @@ pin_project! {
     pub struct ResponseFuture<F, S, R> {
         #[pin]
         state: State<F>,
-        in_flight: Option<InFlight>,
-        span: tracing::Span,
-        // Set when the policy learns which endpoint issued a session cookie.
-        learned: Option<Arc<LearnedHomes>>,
-        // Set when this request may be retried on another endpoint.
-        retry: Option<Retry<S, R>>,
+        // The attempt being sent.
+        attempt: Option<Attempt>,
+        trip: Option<Trip<R>>,
+        // A clone of the wrapped service, kept while a retry may follow.
+        service: Option<S>,
+        // The next attempt with its request, while the service gets ready.
+        next: Option<(R, Attempt)>,
+    }
+}
+
+impl<F, S, R> std::fmt::Debug for ResponseFuture<F, S, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let endpoint = self.attempt.as_ref().map(|a| a.endpoint().url.as_str());
+        f.debug_struct("ResponseFuture")
+            .field("endpoint", &endpoint)
+            .field("retry_ready", &self.next.is_some())
+            .finish_non_exhaustive()
     }
 }
 
@@ -211,18 +155,6 @@ pin_project! {
         },
         // Waiting for the wrapped service to be ready for a retry.
         Readying,
-    }
-}
-
-impl<F, S, R> ResponseFuture<F, S, R> {
-    fn failed(error: Error) -> Self {
-        ResponseFuture {
-            state: State::Failed { error: Some(error) },
-            in_flight: None,
-            span: tracing::Span::none(),
-            learned: None,
-            retry: None,
-        }
     }
 }
 
@@ -247,60 +179,52 @@ where
                     return error.take().map_or(Poll::Pending, |e| Poll::Ready(Err(e)))
                 }
                 StateProj::Calling { future } => {
-                    let result = {
-                        let _entered = this.span.enter();
-                        ready!(future.poll(cx))
-                    };
-                    let (outcome, status, result) = match result {
-                        Ok(response) => {
-                            let status = response.status();
-                            (Outcome::from_status(status), Some(status), Ok(response))
+                    let result = match this.attempt.as_ref() {
+                        Some(attempt) => {
+                            let _entered = attempt.span().enter();
+                            ready!(future.poll(cx))
                         }
-                        Err(error) => {
-                            let error: BoxError = error.into();
-                            (Outcome::from_error(error.as_ref()), None, Err(error))
-                        }
+                        None => ready!(future.poll(cx)),
                     };
-                    let endpoint = this.in_flight.as_ref().map(|f| f.endpoint().clone());
-                    if let (Ok(response), Some(learned), Some(endpoint)) =
-                        (&result, this.learned.as_ref(), &endpoint)
-                    {
-                        learned.learn(response.headers(), endpoint);
-                    }
-                    if let Some(in_flight) = this.in_flight.take() {
-                        let latency = in_flight.finish(outcome, status);
-                        let _entered = this.span.enter();
-                        tracing::debug!(
-                            ?outcome,
-                            latency_us = latency.as_micros() as u64,
-                            "request finished"
-                        );
-                    }
-                    if let (Some(retry), Some(endpoint)) = (this.retry.as_mut(), &endpoint) {
-                        if retry.prepare_next(outcome, endpoint) {
-                            tracing::debug!(?outcome, "retrying on another endpoint");
+                    let (Some(attempt), Some(trip)) = (this.attempt.take(), this.trip.as_mut())
+                    else {
+                        return Poll::Pending;
+                    };
+                    let result: Result<T, BoxError> = result.map_err(Into::into);
+                    let endpoint = result
+                        .is_err()
+                        .then(|| attempt.endpoint().url.as_str().to_owned());
+                    let answer = match &result {
+                        Ok(response) => Answer::Response {
+                            status: response.status(),
+                            headers: response.headers(),
+                        },
+                        Err(error) => Answer::Failed(error.as_ref()),
+                    };
+                    if let Some(next) = trip.end(attempt, answer, None) {
+                        if this.service.is_some() {
+                            *this.next = Some(next);
                             this.state.set(State::Readying);
                             continue;
                         }
                     }
                     return Poll::Ready(result.map_err(|source| Error::Upstream {
-                        endpoint: endpoint.map_or_else(String::new, |e| e.url.as_str().to_owned()),
+                        endpoint: endpoint.unwrap_or_default(),
                         source,
                     }));
                 }
                 StateProj::Readying => {
-                    let Some(retry) = this.retry.as_mut() else {
+                    let Some(service) = this.service.as_mut() else {
                         return Poll::Pending;
                     };
-                    if let Err(error) = ready!(retry.service.poll_ready(cx)) {
+                    if let Err(error) = ready!(service.poll_ready(cx)) {
                         return Poll::Ready(Err(Error::NotReady(error.into())));
                     }
-                    let Some((request, endpoint)) = retry.next.take() else {
+                    let Some((request, attempt)) = this.next.take() else {
                         return Poll::Pending;
                     };
-                    let (future, in_flight, span) = call(&mut retry.service, request, endpoint);
-                    *this.in_flight = Some(in_flight);
-                    *this.span = span;
+                    let future = attempt.span().in_scope(|| service.call(request));
+                    *this.attempt = Some(attempt);
                     this.state.set(State::Calling { future });
                 }
             }

@@ -6,9 +6,9 @@
 //! are hashed as soon as they are read and never stored, logged or shown.
 
 mod cookie;
-#[cfg(feature = "cookies")]
-mod jar;
 mod learned;
+#[cfg(feature = "cookies")]
+mod site;
 
 use std::fmt;
 use std::sync::Arc;
@@ -16,9 +16,9 @@ use std::sync::Arc;
 use http::header::HeaderName;
 use http::{Extensions, HeaderMap, HeaderValue, Method};
 
-#[cfg(feature = "cookies")]
-pub use jar::BalancedCookieJar;
 pub(crate) use learned::LearnedHomes;
+#[cfg(feature = "cookies")]
+pub(crate) use site::SiteCookies;
 
 /// The stable hash of a key: XXH3-64 with seed 0 over the key's bytes.
 ///

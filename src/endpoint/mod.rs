@@ -1,14 +1,14 @@
-//! The endpoint set: addresses, live per-endpoint state, the published
-//! snapshot that requests read, and the stats copied out of it.
+//! One endpoint: its address, its weight, its live state (counters, the
+//! response-time estimate, health), and the stats copied out of it.
 
+mod member;
 mod rtt;
-mod set;
 mod state;
 mod stats;
 mod url;
 
+pub(crate) use member::{Counters, Member};
 pub(crate) use rtt::{RttModel, DEFAULT_DECAY, DEFAULT_PENALTY, DEFAULT_RTT};
-pub(crate) use set::{Counters, Member, Snapshot};
 pub(crate) use state::{EndpointState, InFlight};
 pub use stats::{EndpointStats, FailureCounts, Stats};
 pub(crate) use url::EndpointUrl;

@@ -130,18 +130,23 @@ pub(crate) struct Retrying {
 }
 
 impl Retrying {
+    /// Whether some outcome of a request with `method` could be retried:
+    /// if not, no copy of the request is made.
+    pub(crate) fn may_retry(&self, method: &Method) -> bool {
+        self.policy.connect_errors || (self.policy.idempotent_failures && method.is_idempotent())
+    }
+
     /// Whether an attempt that ended with `outcome` may be sent again:
     /// connect errors always (the request never reached a server), timeouts
-    /// and failure statuses for idempotent methods when opted in; and only
-    /// while retries are left and the budget allows (this takes from it).
-    pub(crate) fn allows(&self, outcome: Outcome, method: &Method, retries_left: u32) -> bool {
-        let safe = match outcome {
+    /// and failure statuses for idempotent methods when opted in. The
+    /// budget is asked separately, once another endpoint is known to be free.
+    pub(crate) fn retries(&self, outcome: Outcome, method: &Method) -> bool {
+        match outcome {
             Outcome::ConnectError => self.policy.connect_errors,
             Outcome::Timeout | Outcome::ServerError => {
                 self.policy.idempotent_failures && method.is_idempotent()
             }
             Outcome::Success | Outcome::OtherError => false,
-        };
-        safe && retries_left > 0 && self.budget.withdraw()
+        }
     }
 }

@@ -6,53 +6,10 @@
 //! without a lock and keeps using it even if a newer one is published
 //! meanwhile.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::Arc;
 
-use super::{EndpointState, EndpointUrl, RttModel, Stats};
-use crate::clock::Clock;
-use crate::health::HealthShared;
+use crate::endpoint::{Counters, EndpointState, Member, Stats};
 use crate::policy::{Pick, PickContext, Policy};
-use crate::random::SharedRng;
-
-/// Counters that outlive snapshots.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct Counters {
-    /// Position of the rotating policies, so a rebuild does not restart them.
-    pub(crate) sequence: Arc<AtomicUsize>,
-    /// Position of the rotating policies' spare turns: the turns of
-    /// unavailable endpoints, and retries, which must not shift the main
-    /// rotation.
-    pub(crate) spare_sequence: Arc<AtomicUsize>,
-    /// The balancer's one clock.
-    pub(crate) clock: Clock,
-    /// The balancer's one random number generator.
-    pub(crate) rng: Arc<SharedRng>,
-    /// Requests in flight over the whole balancer, counted only for a
-    /// policy that reads it (bounded loads): one more shared write per
-    /// request, which costs both cores a cache-line transfer.
-    pub(crate) in_flight: Option<Arc<AtomicU64>>,
-    /// Settings of every endpoint's response-time estimate.
-    pub(crate) rtt: Arc<RttModel>,
-    /// Outlier-detection settings and the balancer's ejection counts.
-    pub(crate) health: Arc<HealthShared>,
-}
-
-/// An endpoint and its weight.
-#[derive(Clone, Debug)]
-pub(crate) struct Member {
-    pub(crate) state: Arc<EndpointState>,
-    pub(crate) weight: u32,
-}
-
-impl Member {
-    pub(crate) fn new(url: EndpointUrl, weight: u32, counters: &Counters) -> Self {
-        Member {
-            state: Arc::new(EndpointState::new(url, counters)),
-            weight,
-        }
-    }
-}
 
 /// One published version of the endpoint set.
 #[derive(Debug)]
@@ -120,6 +77,11 @@ impl Snapshot {
         let base = self.active.first().map_or("", |e| e.url.base_path());
         let shared = self.active.iter().all(|e| e.url.base_path() == base);
         (secure, if shared { base } else { "" })
+    }
+
+    /// How many endpoints take new requests (ejected ones included).
+    pub(crate) fn takers(&self) -> usize {
+        self.active.len()
     }
 
     /// Whether `endpoint` takes new requests in this snapshot.

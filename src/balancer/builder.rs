@@ -1,0 +1,167 @@
+//! Building a balancer from a static list of endpoints and its settings.
+
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+
+use super::update::check_weight;
+use super::{Balancer, Shared};
+use crate::affinity::LearnedHomes;
+use crate::clock::Clock;
+use crate::endpoint::{Counters, EndpointUrl, Member};
+use crate::health::{HealthShared, OutlierDetection, RetryPolicy};
+use crate::membership::Snapshot;
+use crate::policy::Policy;
+use crate::random::SharedRng;
+use crate::Error;
+
+/// Builds a [`Balancer`] from a static list of endpoints and a policy.
+///
+/// Mistakes are remembered and returned by [`BalancerBuilder::build`], so
+/// calls chain.
+///
+/// An empty list is allowed: requests then fail with
+/// [`Error::NoEndpointAvailable`] until endpoints are added at runtime.
+#[derive(Debug, Default)]
+#[must_use]
+pub struct BalancerBuilder {
+    endpoints: Vec<(EndpointUrl, u32)>,
+    policy: Policy,
+    outlier_detection: OutlierDetection,
+    retry: RetryPolicy,
+    seed: Option<u64>,
+    error: Option<Error>,
+}
+
+impl BalancerBuilder {
+    /// Adds an endpoint with weight 1.
+    pub fn endpoint(self, url: &str) -> Self {
+        self.endpoint_weighted(url, 1)
+    }
+
+    /// Adds an endpoint with a weight between 0 (drained) and
+    /// [`MAX_WEIGHT`](crate::MAX_WEIGHT).
+    pub fn endpoint_weighted(mut self, url: &str, weight: u32) -> Self {
+        if self.error.is_some() {
+            return self;
+        }
+        let added = EndpointUrl::parse(url).and_then(|url| {
+            check_weight(&url, weight)?;
+            if self.endpoints.iter().any(|(known, _)| *known == url) {
+                return Err(Error::DuplicateEndpoint {
+                    url: url.as_str().to_owned(),
+                });
+            }
+            Ok((url, weight))
+        });
+        match added {
+            Ok(endpoint) => self.endpoints.push(endpoint),
+            Err(error) => self.error = Some(error),
+        }
+        self
+    }
+
+    /// Sets the selection policy; the default is
+    /// [`Policy::weighted_round_robin`].
+    pub fn policy(mut self, policy: impl Into<Policy>) -> Self {
+        self.policy = policy.into();
+        self
+    }
+
+    /// Sets passive health checking; the default is
+    /// [`OutlierDetection::default`] (Envoy's defaults), and
+    /// [`OutlierDetection::disabled`] turns it off.
+    pub fn outlier_detection(mut self, detection: OutlierDetection) -> Self {
+        self.outlier_detection = detection;
+        self
+    }
+
+    /// Sets when failed requests are retried on another endpoint; the
+    /// default is [`RetryPolicy::default`]: connect errors only, within a
+    /// budget. [`RetryPolicy::disabled`] turns retries off.
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Seeds the balancer's random number generator, from which every
+    /// random choice is drawn (the random policy, the candidates of least
+    /// time). Two balancers with the same seed, the same endpoints and the
+    /// same answers make the same picks, on any thread: for tests and
+    /// replays. Without a seed, one is drawn at random.
+    ///
+    /// ```
+    /// use tower_lb::{Balancer, Policy};
+    ///
+    /// let picks = |seed| {
+    ///     let balancer = Balancer::builder()
+    ///         .endpoint("http://127.0.0.1:8081")
+    ///         .endpoint("http://127.0.0.1:8082")
+    ///         .endpoint("http://127.0.0.1:8083")
+    ///         .policy(Policy::random())
+    ///         .seed(seed)
+    ///         .build()?;
+    ///     let request = http::Request::get("/").body(())?;
+    ///     (0..20)
+    ///         .map(|_| Ok(balancer.select(&request)?.endpoint().to_owned()))
+    ///         .collect::<Result<Vec<_>, Box<dyn std::error::Error>>>()
+    /// };
+    /// assert_eq!(picks(7)?, picks(7)?);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Checks the configuration and builds the balancer.
+    ///
+    /// Errors: the first invalid endpoint ([`Error::InvalidUrl`],
+    /// [`Error::InvalidWeight`], [`Error::DuplicateEndpoint`]),
+    /// [`Error::InvalidPolicy`], or [`Error::ZeroTotalWeight`] if endpoints
+    /// were given but all with weight 0.
+    pub fn build(self) -> Result<Balancer, Error> {
+        if let Some(error) = self.error {
+            return Err(error);
+        }
+        self.policy.validate()?;
+        self.outlier_detection.validate()?;
+        self.retry.validate()?;
+        if !self.endpoints.is_empty() && self.endpoints.iter().all(|(_, w)| *w == 0) {
+            return Err(Error::ZeroTotalWeight);
+        }
+        let clock = Clock::default();
+        let seed = self.seed.unwrap_or_else(SharedRng::random_seed);
+        let counters = Counters {
+            clock,
+            rng: Arc::new(SharedRng::new(seed)),
+            rtt: Arc::new(self.policy.rtt_model_on(clock)),
+            health: Arc::new(HealthShared::new(self.outlier_detection, clock)),
+            in_flight: self.policy.counts_total_in_flight().then(Default::default),
+            ..Counters::default()
+        };
+        let members = self
+            .endpoints
+            .into_iter()
+            .map(|(url, weight)| Member::new(url, weight, &counters))
+            .collect();
+        let snapshot = Snapshot::build(members, &self.policy, &counters);
+        let cookie_names = self
+            .policy
+            .request_key()
+            .map(|key| key.cookie_names())
+            .unwrap_or_default();
+        Ok(Balancer {
+            shared: Arc::new(Shared {
+                snapshot: ArcSwap::from_pointee(snapshot),
+                policy: self.policy,
+                counters,
+                learned: LearnedHomes::new(cookie_names).map(Arc::new),
+                retrying: self.retry.start(clock),
+                #[cfg(feature = "cookies")]
+                site_cookies: std::sync::OnceLock::new(),
+                writer: Mutex::new(()),
+            }),
+        })
+    }
+}

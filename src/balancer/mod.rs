@@ -1,0 +1,230 @@
+//! The balancer: the shared state behind every clone of the layer and its
+//! services, read by requests; its builder (`builder`) and the handle that
+//! changes the endpoint set (`update`) live beside it.
+//!
+//! Requests read the current [`Snapshot`] through `ArcSwap` and never lock.
+//! Updates are serialised by a mutex that only writers take: each builds the
+//! next snapshot beside the current one and publishes it with one store, so
+//! a request in flight is never blocked or failed by an update.
+
+mod builder;
+mod update;
+
+use std::sync::{Arc, Mutex};
+
+use arc_swap::{ArcSwap, Guard};
+
+pub use builder::BalancerBuilder;
+
+#[cfg(feature = "cookies")]
+use crate::affinity::SiteCookies;
+use crate::affinity::{LearnedHomes, RequestInfo, SessionKey};
+use crate::endpoint::{Counters, EndpointState, Stats};
+use crate::health::Retrying;
+use crate::membership::Snapshot;
+use crate::policy::Policy;
+
+/// A load balancer over a set of HTTP endpoints.
+///
+/// Cheap to clone: clones share one endpoint set, one set of counters and
+/// one rotation. Make a [`BalanceLayer`] with [`Balancer::layer`], and change
+/// the set at runtime through the same value.
+///
+/// ```
+/// use tower_lb::Balancer;
+///
+/// let balancer = Balancer::builder()
+///     .endpoint("http://127.0.0.1:8081")
+///     .endpoint_weighted("http://127.0.0.1:8082", 3)
+///     .build()?;
+/// balancer.add("http://127.0.0.1:8083", 1)?;
+/// balancer.drain("http://127.0.0.1:8081")?; // in-flight requests finish
+/// assert_eq!(balancer.stats().endpoints.len(), 3);
+/// # Ok::<(), tower_lb::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct Balancer {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    snapshot: ArcSwap<Snapshot>,
+    policy: Policy,
+    counters: Counters,
+    /// Retry settings and budget; `None` when retries are off.
+    retrying: Option<Arc<Retrying>>,
+    /// Which endpoint issued each affinity cookie, when the key reads cookies.
+    learned: Option<Arc<LearnedHomes>>,
+    /// The cookies of the client behind the balancer, filed under one
+    /// site, once a cookie jar was asked for.
+    #[cfg(feature = "cookies")]
+    site_cookies: std::sync::OnceLock<Arc<SiteCookies>>,
+    /// Taken by updates only, never by requests.
+    writer: Mutex<()>,
+}
+
+/// A reference to a balancer that does not keep it alive.
+#[cfg(feature = "cookies")]
+#[derive(Debug)]
+pub(crate) struct WeakBalancer(std::sync::Weak<Shared>);
+
+#[cfg(feature = "cookies")]
+impl WeakBalancer {
+    pub(crate) fn upgrade(&self) -> Option<Balancer> {
+        self.0.upgrade().map(|shared| Balancer { shared })
+    }
+}
+
+impl Balancer {
+    /// Starts a [`BalancerBuilder`].
+    pub fn builder() -> BalancerBuilder {
+        BalancerBuilder::default()
+    }
+
+    /// Current counters of every endpoint.
+    pub fn stats(&self) -> Stats {
+        self.snapshot().stats()
+    }
+
+    /// Where a request with this key goes now, by canonical URL, without
+    /// sending anything: for tests, dashboards and "which backend holds
+    /// user 42?". A session cookie's value learned from a backend's
+    /// `Set-Cookie` is located at that backend. `None` unless the policy
+    /// hashes (only hashing places keys),
+    /// or when no endpoint takes requests. With bounded loads the answer
+    /// depends on the loads of the moment.
+    ///
+    /// ```
+    /// use tower_lb::{Balancer, Policy, SessionKey};
+    ///
+    /// let balancer = Balancer::builder()
+    ///     .endpoint("http://127.0.0.1:8081")
+    ///     .endpoint("http://127.0.0.1:8082")
+    ///     .policy(Policy::maglev())
+    ///     .build()?;
+    /// let home = balancer.locate(&SessionKey::new("user-42"));
+    /// assert!(home.is_some());
+    /// assert_eq!(balancer.locate(&SessionKey::new("user-42")), home);
+    /// # Ok::<(), tower_lb::Error>(())
+    /// ```
+    pub fn locate(&self, key: &SessionKey) -> Option<Arc<str>> {
+        if !self.shared.policy.is_hash() {
+            return None;
+        }
+        let snapshot = self.snapshot();
+        let learned = self
+            .shared
+            .learned
+            .as_ref()
+            .and_then(|l| l.home(key.hash()));
+        match learned.filter(|home| snapshot.takes(home)) {
+            Some(home) => Some(home.url.shared_name()),
+            None => snapshot
+                .pick(Some(key.hash()), &[])
+                .map(|e| e.url.shared_name()),
+        }
+    }
+
+    /// The current snapshot, loaded without a lock.
+    fn snapshot(&self) -> Guard<Arc<Snapshot>> {
+        self.shared.snapshot.load()
+    }
+
+    /// Chooses the endpoint for a request described by `request`, none of
+    /// `excluded`: the endpoint that issued its session cookie if known and
+    /// taking requests, else the policy's choice. Also returns how many
+    /// endpoints take requests (ejected ones included). `None` when no
+    /// endpoint may take it.
+    pub(crate) fn pick_for(
+        &self,
+        request: &RequestInfo<'_>,
+        excluded: &[Arc<EndpointState>],
+    ) -> Option<(Arc<EndpointState>, usize)> {
+        let snapshot = self.snapshot();
+        let takers = snapshot.takers();
+        self.pick_in(&snapshot, request, excluded)
+            .map(|endpoint| (endpoint, takers))
+    }
+
+    fn pick_in(
+        &self,
+        snapshot: &Snapshot,
+        request: &RequestInfo<'_>,
+        excluded: &[Arc<EndpointState>],
+    ) -> Option<Arc<EndpointState>> {
+        let Some(request_key) = self.shared.policy.request_key() else {
+            return snapshot.pick(None, excluded).cloned();
+        };
+        #[cfg(feature = "cookies")]
+        let stored = self.jar_cookies(request, snapshot);
+        #[cfg(feature = "cookies")]
+        let request = &RequestInfo {
+            jar_cookies: stored.as_ref(),
+            ..*request
+        };
+        let key = request_key.hash(request);
+        if let (Some(learned), Some(key)) = (&self.shared.learned, key) {
+            let fresh = |home: &Arc<EndpointState>| !excluded.iter().any(|e| Arc::ptr_eq(e, home));
+            if let Some(home) = learned
+                .home(key)
+                .filter(|home| snapshot.takes(home) && fresh(home))
+            {
+                return Some(home);
+            }
+        }
+        snapshot.pick(key, excluded).cloned()
+    }
+
+    /// The retry settings and budget, when retries are on.
+    pub(crate) fn retrying(&self) -> Option<&Arc<Retrying>> {
+        self.shared.retrying.as_ref()
+    }
+
+    /// The affinity cookies the jar holds for `request`, if a jar is in use,
+    /// holds cookies for the balanced site, and the request carries no
+    /// `Cookie` header of its own. Without stored cookies this is two loads:
+    /// no lock, no allocation.
+    #[cfg(feature = "cookies")]
+    fn jar_cookies(
+        &self,
+        request: &RequestInfo<'_>,
+        snapshot: &Snapshot,
+    ) -> Option<http::HeaderValue> {
+        let site = self.shared.site_cookies.get()?;
+        if !site.holds_any()
+            || self.shared.learned.is_none()
+            || request.headers.contains_key(http::header::COOKIE)
+        {
+            return None;
+        }
+        let (secure, base_path) = snapshot.cookie_view();
+        site.for_request(secure, base_path, request.path)
+    }
+
+    /// The learned affinity table, when the policy keys on cookies.
+    pub(crate) fn learned(&self) -> Option<&Arc<LearnedHomes>> {
+        self.shared.learned.as_ref()
+    }
+
+    /// Whether `url` points at one of the endpoints.
+    #[cfg(feature = "cookies")]
+    pub(crate) fn serves(&self, url: &reqwest::Url) -> bool {
+        self.snapshot()
+            .members()
+            .iter()
+            .any(|m| m.state.url.serves(url))
+    }
+
+    /// A reference that does not keep the balancer alive.
+    #[cfg(feature = "cookies")]
+    pub(crate) fn downgrade(&self) -> WeakBalancer {
+        WeakBalancer(Arc::downgrade(&self.shared))
+    }
+
+    /// The cookies of the client behind the balancer, made on first use.
+    #[cfg(feature = "cookies")]
+    pub(crate) fn site_cookies(&self) -> &Arc<SiteCookies> {
+        self.shared.site_cookies.get_or_init(Default::default)
+    }
+}

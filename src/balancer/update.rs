@@ -1,0 +1,235 @@
+//! Changing the endpoint set at runtime: one endpoint at a time, batches of
+//! discovery changes, or a discovery stream followed to its end.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use tower::discover::Change;
+
+use super::Balancer;
+use crate::endpoint::{Counters, EndpointUrl, Member, MAX_WEIGHT};
+use crate::membership::Snapshot;
+use crate::Error;
+
+/// Most discovery changes applied in one rebuild of the set.
+const DISCOVERY_BATCH: usize = 1024;
+
+impl Balancer {
+    /// Adds an endpoint with a weight (0 adds it drained).
+    ///
+    /// Errors: [`Error::InvalidUrl`], [`Error::InvalidWeight`],
+    /// [`Error::DuplicateEndpoint`] if it is already in the set.
+    pub fn add(&self, url: &str, weight: u32) -> Result<(), Error> {
+        let url = EndpointUrl::parse(url)?;
+        check_weight(&url, weight)?;
+        let counters = &self.shared.counters;
+        self.update(|members| {
+            if position(members, &url).is_some() {
+                return Err(Error::DuplicateEndpoint {
+                    url: url.as_str().to_owned(),
+                });
+            }
+            members.push(Member::new(url, weight, counters));
+            Ok(())
+        })
+    }
+
+    /// Removes an endpoint. Requests already sent to it finish normally; its
+    /// counters leave [`Balancer::stats`].
+    ///
+    /// Errors: [`Error::InvalidUrl`], [`Error::UnknownEndpoint`].
+    pub fn remove(&self, url: &str) -> Result<(), Error> {
+        let url = EndpointUrl::parse(url)?;
+        self.update(|members| {
+            let index = position(members, &url).ok_or_else(|| unknown(&url))?;
+            members.remove(index);
+            Ok(())
+        })
+    }
+
+    /// Changes an endpoint's weight; 0 drains it.
+    ///
+    /// Errors: [`Error::InvalidUrl`], [`Error::InvalidWeight`],
+    /// [`Error::UnknownEndpoint`].
+    pub fn set_weight(&self, url: &str, weight: u32) -> Result<(), Error> {
+        let url = EndpointUrl::parse(url)?;
+        check_weight(&url, weight)?;
+        self.update(|members| {
+            let index = position(members, &url).ok_or_else(|| unknown(&url))?;
+            members[index].weight = weight;
+            Ok(())
+        })
+    }
+
+    /// Drains an endpoint: it gets no new requests, and the ones in flight
+    /// finish. Same as `set_weight(url, 0)`; give it a weight again to
+    /// bring it back.
+    pub fn drain(&self, url: &str) -> Result<(), Error> {
+        self.set_weight(url, 0)
+    }
+
+    /// Applies a batch of discovery changes at once, all or none.
+    ///
+    /// `Change::Insert(url, weight)` adds the endpoint or, if it is already
+    /// in the set, sets its weight; `Change::Remove(url)` removes it if
+    /// present. The first invalid change is returned and nothing is applied.
+    ///
+    /// ```
+    /// use tower::discover::Change;
+    /// # let balancer = tower_lb::Balancer::builder().build()?;
+    /// balancer.apply([
+    ///     Change::Insert("http://127.0.0.1:8081", 2),
+    ///     Change::Remove("http://127.0.0.1:8082"),
+    /// ])?;
+    /// # Ok::<(), tower_lb::Error>(())
+    /// ```
+    pub fn apply<K, I>(&self, changes: I) -> Result<(), Error>
+    where
+        K: AsRef<str>,
+        I: IntoIterator<Item = Change<K, u32>>,
+    {
+        let changes = changes
+            .into_iter()
+            .map(ParsedChange::parse)
+            .collect::<Result<Vec<_>, _>>()?;
+        self.apply_parsed(changes);
+        Ok(())
+    }
+
+    /// Follows a discovery stream of `Change<url, weight>` events (the
+    /// [`tower::discover`] model) until it ends, applying each as
+    /// [`Balancer::apply`] does. Changes that arrive together are applied in
+    /// one rebuild of the set.
+    ///
+    /// An invalid change (a bad URL or weight) is skipped and logged at
+    /// `warn` level, so one bad record cannot stall discovery. The stream's
+    /// own error ends the loop and is returned.
+    ///
+    /// ```no_run
+    /// # async fn run(balancer: tower_lb::Balancer) {
+    /// use tower::discover::Change;
+    /// let (tx, rx) = futures::channel::mpsc::unbounded::<Result<_, std::convert::Infallible>>();
+    /// tokio::spawn({
+    ///     let balancer = balancer.clone();
+    ///     async move { balancer.follow(rx).await }
+    /// });
+    /// tx.unbounded_send(Ok(Change::Insert("http://127.0.0.1:8083", 1))).ok();
+    /// # }
+    /// ```
+    pub async fn follow<S, K, E>(&self, changes: S) -> Result<(), E>
+    where
+        S: Stream<Item = Result<Change<K, u32>, E>>,
+        K: AsRef<str>,
+    {
+        let mut batches = std::pin::pin!(changes.ready_chunks(DISCOVERY_BATCH));
+        while let Some(batch) = batches.next().await {
+            let mut parsed = Vec::with_capacity(batch.len());
+            let mut failure = None;
+            for change in batch {
+                match change {
+                    Ok(change) => match ParsedChange::parse(change) {
+                        Ok(change) => parsed.push(change),
+                        Err(error) => tracing::warn!(%error, "discovery change skipped"),
+                    },
+                    Err(error) => {
+                        failure = Some(error);
+                        break;
+                    }
+                }
+            }
+            if !parsed.is_empty() {
+                self.apply_parsed(parsed);
+            }
+            if let Some(error) = failure {
+                return Err(error);
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_parsed(&self, changes: Vec<ParsedChange>) {
+        let counters = &self.shared.counters;
+        let Ok(()) = self.update::<Infallible>(|members| {
+            changes
+                .into_iter()
+                .for_each(|c| c.apply_to(members, counters));
+            Ok(())
+        });
+    }
+
+    /// Runs `edit` on a copy of the member list and publishes the result,
+    /// unless `edit` fails.
+    fn update<E>(&self, edit: impl FnOnce(&mut Vec<Member>) -> Result<(), E>) -> Result<(), E> {
+        let shared = &self.shared;
+        // A panic elsewhere while holding the lock left no half-written
+        // state (the snapshot is swapped whole), so a poisoned lock is fine.
+        let _writer = shared.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let before = shared.snapshot.load_full();
+        let mut members = before.members().to_vec();
+        edit(&mut members)?;
+        // A removed endpoint's health ends with its membership: it gives
+        // back any ejection, and its late answers change nothing.
+        for gone in before.members() {
+            if !members.iter().any(|m| Arc::ptr_eq(&m.state, &gone.state)) {
+                gone.state.retire();
+            }
+        }
+        let next = Snapshot::build(members, &shared.policy, &shared.counters);
+        shared.snapshot.store(Arc::new(next));
+        Ok(())
+    }
+}
+
+/// A discovery change with its URL parsed and weight checked.
+enum ParsedChange {
+    Upsert(EndpointUrl, u32),
+    Remove(EndpointUrl),
+}
+
+impl ParsedChange {
+    fn parse<K: AsRef<str>>(change: Change<K, u32>) -> Result<Self, Error> {
+        Ok(match change {
+            Change::Insert(url, weight) => {
+                let url = EndpointUrl::parse(url.as_ref())?;
+                check_weight(&url, weight)?;
+                ParsedChange::Upsert(url, weight)
+            }
+            Change::Remove(url) => ParsedChange::Remove(EndpointUrl::parse(url.as_ref())?),
+        })
+    }
+
+    fn apply_to(self, members: &mut Vec<Member>, counters: &Counters) {
+        match self {
+            ParsedChange::Upsert(url, weight) => match position(members, &url) {
+                Some(i) => members[i].weight = weight,
+                None => members.push(Member::new(url, weight, counters)),
+            },
+            ParsedChange::Remove(url) => {
+                if let Some(i) = position(members, &url) {
+                    members.remove(i);
+                }
+            }
+        }
+    }
+}
+
+fn position(members: &[Member], url: &EndpointUrl) -> Option<usize> {
+    members.iter().position(|m| m.state.url == *url)
+}
+
+pub(super) fn check_weight(url: &EndpointUrl, weight: u32) -> Result<(), Error> {
+    if weight > MAX_WEIGHT {
+        return Err(Error::InvalidWeight {
+            url: url.as_str().to_owned(),
+            weight,
+        });
+    }
+    Ok(())
+}
+
+fn unknown(url: &EndpointUrl) -> Error {
+    Error::UnknownEndpoint {
+        url: url.as_str().to_owned(),
+    }
+}

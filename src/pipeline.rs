@@ -1,0 +1,195 @@
+//! The trip of one request, written once for every front end: pick an
+//! endpoint, point the request at it, count it in flight; when the attempt
+//! ends, classify the outcome, learn the session cookies the endpoint set,
+//! record the outcome on the endpoint; then, if the outcome may be retried,
+//! another endpoint is free and the budget allows, go again.
+//!
+//! The front ends only adapt types: the Tower service (`service`) drives a
+//! [`Trip`] from its response future, the `reqwest-middleware` adapter from
+//! a loop, and [`Selection`](crate::Selection) holds a single [`Attempt`]
+//! that the caller ends by hand.
+
+use std::error::Error as StdError;
+use std::sync::Arc;
+
+use http::{Extensions, HeaderMap, StatusCode};
+
+use crate::affinity::RequestInfo;
+use crate::balancer::Balancer;
+use crate::endpoint::{EndpointState, InFlight};
+use crate::outcome::Outcome;
+use crate::request::sealed::Route;
+use crate::Error;
+
+/// How an attempt ended, as the front end saw it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Answer<'a> {
+    /// The endpoint answered.
+    Response {
+        status: StatusCode,
+        headers: &'a HeaderMap,
+    },
+    /// No answer: the wrapped service's error.
+    Failed(&'a (dyn StdError + 'static)),
+}
+
+/// One request sent to one endpoint: counted in flight until it is ended,
+/// or dropped (then counted as cancelled).
+#[derive(Debug)]
+pub(crate) struct Attempt {
+    in_flight: InFlight,
+    span: tracing::Span,
+}
+
+impl Attempt {
+    /// Counts a request in flight on `endpoint`.
+    pub(crate) fn start(endpoint: Arc<EndpointState>) -> Self {
+        let span = tracing::debug_span!("tower_lb", endpoint = %endpoint.url);
+        Attempt {
+            in_flight: InFlight::start(endpoint),
+            span,
+        }
+    }
+
+    /// The endpoint the request went to.
+    pub(crate) fn endpoint(&self) -> &Arc<EndpointState> {
+        self.in_flight.endpoint()
+    }
+
+    /// The attempt's tracing span, entered while the wrapped service runs.
+    pub(crate) fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
+    /// Classifies and records how the attempt ended; returns the outcome.
+    pub(crate) fn end(self, answer: Answer<'_>) -> Outcome {
+        let (outcome, status) = match answer {
+            Answer::Response { status, .. } => (Outcome::from_status(status), Some(status)),
+            Answer::Failed(error) => (Outcome::from_error(error), None),
+        };
+        let latency = self.in_flight.finish(outcome, status);
+        let _entered = self.span.enter();
+        tracing::debug!(
+            ?outcome,
+            latency_us = latency.as_micros() as u64,
+            "request finished"
+        );
+        outcome
+    }
+}
+
+/// What one request needs beyond its current attempt: the balancer (to
+/// pick, learn and retry), the endpoints it has tried, and an unrouted copy
+/// of the request, kept only while a retry can happen.
+#[derive(Debug)]
+pub(crate) struct Trip<R> {
+    balancer: Balancer,
+    /// Endpoints already tried; stays empty (no allocation) without retries.
+    tried: Vec<Arc<EndpointState>>,
+    retries_left: u32,
+    copy: Option<R>,
+}
+
+impl<R: Route> Trip<R> {
+    /// Starts the trip of one request: counts it in the retry budget.
+    pub(crate) fn new(balancer: &Balancer) -> Self {
+        let retries_left = balancer.retrying().map_or(0, |retrying| {
+            retrying.budget.deposit();
+            retrying.policy.max_retries
+        });
+        Trip {
+            balancer: balancer.clone(),
+            tried: Vec::new(),
+            retries_left,
+            copy: None,
+        }
+    }
+
+    /// Picks an endpoint for `request`, points the request at it and starts
+    /// the first attempt.
+    ///
+    /// Errors: [`Error::NoEndpointAvailable`], [`Error::InvalidRequest`].
+    ///
+    /// `extensions` stand in for the request's own when it has none to show
+    /// (a `reqwest::Request` in the middleware).
+    pub(crate) fn start(
+        &mut self,
+        mut request: R,
+        extensions: Option<&Extensions>,
+    ) -> Result<(R, Attempt), Error> {
+        let info = with_extensions(request.info(), extensions);
+        let Some((endpoint, takers)) = self.balancer.pick_for(&info, &self.tried) else {
+            tracing::debug!("no endpoint available");
+            return Err(Error::NoEndpointAvailable);
+        };
+        self.keep_copy_of(&request, takers);
+        request.route_to(&endpoint.url)?;
+        Ok((request, Attempt::start(endpoint)))
+    }
+
+    /// Keeps an unrouted copy of `request` if it may be sent again: retries
+    /// are left, its method can be retried under the policy, and another
+    /// endpoint than those tried takes requests (of `takers`). Otherwise no
+    /// copy is made.
+    fn keep_copy_of(&mut self, request: &R, takers: usize) {
+        let may_retry = self.retries_left > 0
+            && takers > self.tried.len() + 1
+            && self
+                .balancer
+                .retrying()
+                .is_some_and(|retrying| retrying.may_retry(request.info().method()));
+        self.copy = if may_retry { request.try_clone() } else { None };
+    }
+
+    /// Ends `attempt` with `answer`: learns the session cookies of an
+    /// answer and records the outcome. Then decides on a retry: a copy was
+    /// kept, the outcome and method allow it, another endpoint is free and
+    /// the budget has room (only a retry that can happen draws on it).
+    /// Returns the next attempt with its request, or `None` when the answer
+    /// stands.
+    pub(crate) fn end(
+        &mut self,
+        attempt: Attempt,
+        answer: Answer<'_>,
+        extensions: Option<&Extensions>,
+    ) -> Option<(R, Attempt)> {
+        if let (Answer::Response { headers, .. }, Some(learned)) = (answer, self.balancer.learned())
+        {
+            learned.learn(headers, attempt.endpoint());
+        }
+        let endpoint = attempt.endpoint().clone();
+        let outcome = attempt.end(answer);
+        let mut request = self.copy.take()?;
+        let retrying = self.balancer.retrying()?;
+        if !retrying.retries(outcome, request.info().method()) {
+            return None;
+        }
+        self.tried.push(endpoint);
+        let info = with_extensions(request.info(), extensions);
+        let (next, takers) = self.balancer.pick_for(&info, &self.tried)?;
+        if !retrying.budget.withdraw() {
+            return None;
+        }
+        self.retries_left = self.retries_left.saturating_sub(1);
+        self.keep_copy_of(&request, takers);
+        request.route_to(&next.url).ok()?;
+        tracing::debug!(?outcome, "retrying on another endpoint");
+        Some((request, Attempt::start(next)))
+    }
+
+    /// Whether a copy of the request is kept: a retry may follow.
+    pub(crate) fn may_retry(&self) -> bool {
+        self.copy.is_some()
+    }
+}
+
+/// `info` reading `extensions` when given.
+fn with_extensions<'a>(
+    info: RequestInfo<'a>,
+    extensions: Option<&'a Extensions>,
+) -> RequestInfo<'a> {
+    RequestInfo {
+        extensions: extensions.or(info.extensions),
+        ..info
+    }
+}
