@@ -45,6 +45,7 @@
 //! future is dropped releases its in-flight count.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+#![warn(missing_debug_implementations)]
 
 mod affinity;
 mod balancer;

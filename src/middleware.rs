@@ -40,9 +40,8 @@ use crate::pipeline::{Answer, Trip};
 ///
 /// Errors have the layer's shape: `reqwest_middleware::Error::Middleware`
 /// wrapping an [`Error`]: [`Error::NoEndpointAvailable`], or
-/// [`Error::Upstream`] naming the endpoint, with the error of the rest of
-/// the chain (a `reqwest_middleware::Error`, whose own source is the
-/// `reqwest::Error`) as its source.
+/// [`Error::Upstream`] naming the endpoint, with the `reqwest::Error` (or
+/// a later middleware's error) as its source, as the layer has it.
 #[async_trait::async_trait]
 impl Middleware for Balancer {
     async fn handle(
@@ -74,12 +73,21 @@ impl Middleware for Balancer {
                     return result.map_err(|source| {
                         reqwest_middleware::Error::middleware(Error::Upstream {
                             endpoint: endpoint.unwrap_or_default(),
-                            source: Box::new(source),
+                            source: unwrapped(source),
                         })
                     })
                 }
             }
         }
+    }
+}
+
+/// The error of the rest of the chain as the layer carries it: reqwest's
+/// own error itself, or a later middleware's.
+fn unwrapped(error: reqwest_middleware::Error) -> crate::BoxError {
+    match error {
+        reqwest_middleware::Error::Reqwest(error) => Box::new(error),
+        reqwest_middleware::Error::Middleware(error) => error.into(),
     }
 }
 

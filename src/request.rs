@@ -3,7 +3,9 @@
 
 use std::any::Any;
 
+use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
+use http_body_util::{Empty, Full};
 
 use crate::endpoint::EndpointUrl;
 use crate::{Error, RequestInfo};
@@ -78,19 +80,29 @@ impl<B: 'static> sealed::Route for http::Request<B> {
     }
 }
 
-/// A copy of a body known to be in memory: `()`, `String`, `Vec<u8>`,
-/// `bytes::Bytes`, or a buffered `reqwest::Body`. Other bodies (streams) are
+/// A copy of a body known to be in memory: `()`, `&'static str`,
+/// `&'static [u8]`, `String`, `Vec<u8>`, `bytes::Bytes`,
+/// `http_body_util::Full<Bytes>`, `http_body_util::Empty<Bytes>`, or a
+/// `reqwest::Body` made from bytes or a string. Other bodies (streams) are
 /// never sent twice.
 fn replay_body<B: 'static>(body: &B) -> Option<B> {
     let body: &dyn Any = body;
     let copy: Box<dyn Any> = if body.is::<()>() {
         Box::new(())
+    } else if let Some(text) = body.downcast_ref::<&'static str>() {
+        Box::new(*text)
+    } else if let Some(bytes) = body.downcast_ref::<&'static [u8]>() {
+        Box::new(*bytes)
     } else if let Some(text) = body.downcast_ref::<String>() {
         Box::new(text.clone())
     } else if let Some(bytes) = body.downcast_ref::<Vec<u8>>() {
         Box::new(bytes.clone())
-    } else if let Some(bytes) = body.downcast_ref::<bytes::Bytes>() {
+    } else if let Some(bytes) = body.downcast_ref::<Bytes>() {
         Box::new(bytes.clone())
+    } else if let Some(full) = body.downcast_ref::<Full<Bytes>>() {
+        Box::new(full.clone())
+    } else if body.is::<Empty<Bytes>>() {
+        Box::new(Empty::<Bytes>::new())
     } else {
         replay_reqwest_body(body)?
     };

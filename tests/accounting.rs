@@ -112,6 +112,48 @@ async fn connect_errors_surface_with_the_reqwest_error_reachable() {
     assert_settled(&balancer);
 }
 
+#[cfg(feature = "reqwest-middleware")]
+#[tokio::test]
+async fn the_middleware_returns_errors_in_the_layers_shape() {
+    let down = closed_port_url();
+    let balancer = Balancer::builder().endpoint(&down).build().unwrap();
+    let client = reqwest_middleware::ClientBuilder::new(plain_reqwest())
+        .with(balancer.clone())
+        .build();
+    let err = client.get("http://backend/").send().await.unwrap_err();
+    let reqwest_middleware::Error::Middleware(err) = err else {
+        panic!("expected the balancer's error, got {err:?}");
+    };
+    let err = err.downcast_ref::<Error>().expect("a tower_lb::Error");
+    match err {
+        Error::Upstream { endpoint, .. } => assert_eq!(endpoint, &down),
+        other => panic!("expected an upstream error, got {other:?}"),
+    }
+    let inner = err
+        .source()
+        .and_then(|s| s.downcast_ref::<reqwest::Error>())
+        .expect("the reqwest error is the source, as through the layer");
+    assert!(inner.is_connect());
+
+    let empty = Balancer::builder().build().unwrap();
+    let client = reqwest_middleware::ClientBuilder::new(plain_reqwest())
+        .with(empty)
+        .build();
+    let err = client.get("http://backend/").send().await.unwrap_err();
+    let reqwest_middleware::Error::Middleware(err) = err else {
+        panic!("expected the balancer's error, got {err:?}");
+    };
+    assert!(matches!(
+        err.downcast_ref::<Error>(),
+        Some(Error::NoEndpointAvailable)
+    ));
+    assert_eq!(
+        balancer.stats().endpoint(&down).unwrap().failures.connect,
+        1
+    );
+    assert_settled(&balancer);
+}
+
 #[tokio::test]
 async fn timeouts_and_server_errors_are_counted_by_kind() {
     let slow = backend(

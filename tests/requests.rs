@@ -195,3 +195,82 @@ fn errors_read_well_and_travel_as_box_errors() {
     let boxed: BoxError = err.into();
     assert!(boxed.downcast_ref::<Error>().is_some());
 }
+
+/// Sends one POST with `body` through a balancer over two endpoints, the
+/// first of which refuses every connection (an in-process service, so the
+/// refusal is certain). Returns the endpoints called, in order.
+async fn endpoints_called<B: Send + 'static>(body: B) -> Vec<String> {
+    let balancer = Balancer::builder()
+        .endpoint("http://127.0.0.1:1")
+        .endpoint("http://127.0.0.1:2")
+        .policy(tower_lb::Policy::round_robin())
+        .build()
+        .unwrap();
+    let called = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let inner = tower::service_fn({
+        let called = called.clone();
+        move |request: http::Request<B>| {
+            let authority = request.uri().authority().unwrap().to_string();
+            called.lock().unwrap().push(authority.clone());
+            async move {
+                if authority.ends_with(":1") {
+                    Err(std::io::Error::from(std::io::ErrorKind::ConnectionRefused))
+                } else {
+                    Ok(http::Response::new(()))
+                }
+            }
+        }
+    });
+    let request = http::Request::post("/orders").body(body).unwrap();
+    let result = balancer.layer().layer(inner).oneshot(request).await;
+    let called = called.lock().unwrap().clone();
+    assert_eq!(result.is_ok(), called.len() == 2, "{called:?}");
+    called
+}
+
+#[tokio::test]
+async fn every_in_memory_body_is_replayed_on_a_refused_connection() {
+    use bytes::Bytes;
+    use http_body_util::{Empty, Full};
+    let both = ["127.0.0.1:1", "127.0.0.1:2"];
+    assert_eq!(endpoints_called(()).await, both);
+    assert_eq!(endpoints_called("payload").await, both, "&'static str");
+    assert_eq!(endpoints_called(&b"payload"[..]).await, both, "&[u8]");
+    assert_eq!(endpoints_called(String::from("payload")).await, both);
+    assert_eq!(endpoints_called(b"payload".to_vec()).await, both);
+    assert_eq!(endpoints_called(Bytes::from("payload")).await, both);
+    assert_eq!(endpoints_called(Full::new(Bytes::from("p"))).await, both);
+    assert_eq!(endpoints_called(Empty::<Bytes>::new()).await, both);
+    assert_eq!(endpoints_called(reqwest::Body::from("payload")).await, both);
+    // A body reqwest streams (any wrapped body) cannot be sent twice: one
+    // attempt, and its error stands.
+    assert_eq!(
+        endpoints_called(reqwest::Body::wrap(Full::new(Bytes::from("p")))).await,
+        ["127.0.0.1:1"]
+    );
+}
+
+#[test]
+fn debug_output_is_a_short_summary_not_the_tables() {
+    let balancer = (0..50)
+        .fold(Balancer::builder(), |b, i| {
+            b.endpoint(&format!("http://127.0.0.1:{}", 9000 + i))
+        })
+        .policy(tower_lb::Policy::maglev())
+        .build()
+        .unwrap();
+    let layer = balancer.layer();
+    let service = layer.layer(tower::service_fn(|_: http::Request<()>| async {
+        Ok::<_, BoxError>(http::Response::new(()))
+    }));
+    for shown in [
+        format!("{balancer:?}"),
+        format!("{layer:?}"),
+        format!("{:?}", service.balancer()),
+    ] {
+        assert!(shown.len() < 300, "{} characters: {shown}", shown.len());
+        assert!(shown.contains("endpoints: 50"), "{shown}");
+    }
+    let future = service.clone().call(http::Request::new(()));
+    assert!(format!("{future:?}").contains("127.0.0.1:9"));
+}

@@ -42,7 +42,7 @@ use crate::policy::Policy;
 /// assert_eq!(balancer.stats().endpoints.len(), 3);
 /// # Ok::<(), tower_lb::Error>(())
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Balancer {
     shared: Arc<Shared>,
 }
@@ -73,6 +73,19 @@ pub(crate) struct WeakBalancer(std::sync::Weak<Shared>);
 impl WeakBalancer {
     pub(crate) fn upgrade(&self) -> Option<Balancer> {
         self.0.upgrade().map(|shared| Balancer { shared })
+    }
+}
+
+/// A summary: sizes and settings, never the tables.
+impl std::fmt::Debug for Balancer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let snapshot = self.snapshot();
+        f.debug_struct("Balancer")
+            .field("endpoints", &snapshot.members().len())
+            .field("taking_requests", &snapshot.takers())
+            .field("policy", &self.shared.policy)
+            .field("retries", &self.shared.retrying.is_some())
+            .finish_non_exhaustive()
     }
 }
 

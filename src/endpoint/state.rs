@@ -1,5 +1,6 @@
-//! Live per-endpoint state: request counters, in-flight count and a latency
-//! average, all atomics so that recording never takes a lock.
+//! Live per-endpoint state: request counters, the in-flight count, the one
+//! response-time estimate and health, all atomics so that recording never
+//! takes a lock.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -36,12 +37,7 @@ pub(crate) struct EndpointState {
     timeouts: AtomicU64,
     other_errors: AtomicU64,
     cancelled: AtomicU64,
-    /// Latency average in nanoseconds; 0 until the first answer.
-    latency_ewma_nanos: AtomicU64,
 }
-
-/// Weight of a new sample in the latency average.
-const EWMA_NEW_SAMPLE_SHARE: u64 = 5; // 1/5 = 0.2
 
 impl EndpointState {
     pub(crate) fn new(url: EndpointUrl, counters: &Counters) -> Self {
@@ -61,7 +57,6 @@ impl EndpointState {
             timeouts: AtomicU64::new(0),
             other_errors: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
-            latency_ewma_nanos: AtomicU64::new(0),
         }
     }
 
@@ -126,32 +121,11 @@ impl EndpointState {
         self.rtt.record(&self.rtt_model, latency, failed, now);
         self.health
             .record(outcome, status, sent_in, &self.health_shared);
-        // A connect error says nothing about how fast the server answers.
-        if outcome != Outcome::ConnectError {
-            self.record_latency(latency);
-        }
-    }
-
-    fn record_latency(&self, latency: Duration) {
-        let sample = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX).max(1);
-        let _ = self
-            .latency_ewma_nanos
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
-                Some(if old == 0 {
-                    sample
-                } else {
-                    let old = u128::from(old);
-                    let n = u128::from(EWMA_NEW_SAMPLE_SHARE);
-                    let new = (old * (n - 1) + u128::from(sample)) / n;
-                    u64::try_from(new).unwrap_or(u64::MAX).max(1)
-                })
-            });
     }
 
     /// A consistent-enough copy of the counters for [`crate::Stats`].
     pub(crate) fn stats(&self, weight: u32) -> EndpointStats {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let ewma = load(&self.latency_ewma_nanos);
         let (ejected, times_ejected) = self.health.status(self.clock.now_ms());
         let estimate = self.rtt_nanos_at(self.rtt_model.stamp_now());
         // Read while requests finish, the sum can be off by those finishing
@@ -174,8 +148,8 @@ impl EndpointState {
             successes,
             failures,
             cancelled,
-            latency_ewma: (ewma > 0).then(|| Duration::from_nanos(ewma)),
-            response_time_estimate: Duration::from_nanos(estimate as u64),
+            latency_ewma: (successes + failures.total() > 0)
+                .then(|| Duration::from_nanos(estimate as u64)),
             ejected,
             times_ejected,
         }
@@ -265,14 +239,5 @@ mod tests {
         assert_eq!(stats.successes, 1);
         assert_eq!(stats.failures.server_error, 1);
         assert_eq!(stats.cancelled, 1);
-    }
-
-    #[test]
-    fn latency_average_moves_a_fifth_of_the_way_to_each_sample() {
-        let ep = endpoint();
-        ep.record_latency(Duration::from_millis(10));
-        assert_eq!(ep.stats(1).latency_ewma, Some(Duration::from_millis(10)));
-        ep.record_latency(Duration::from_millis(20));
-        assert_eq!(ep.stats(1).latency_ewma, Some(Duration::from_millis(12)));
     }
 }

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use super::EndpointUrl;
+
 /// The state of every endpoint in the set, in the order they were added.
 ///
 /// ```
@@ -29,9 +31,25 @@ pub struct Stats {
 }
 
 impl Stats {
-    /// The entry of the endpoint with this canonical URL.
+    /// The entry of the endpoint at `url`, spelled any way
+    /// [`Balancer::add`](crate::Balancer::add) accepts (`HTTP://Host:80/`
+    /// finds `http://host:80`); `None` for an unknown or invalid URL.
+    ///
+    /// ```
+    /// let balancer = tower_lb::Balancer::builder()
+    ///     .endpoint("http://LocalHost:8081/api/")
+    ///     .build()?;
+    /// let stats = balancer.stats();
+    /// assert!(stats.endpoint("http://localhost:8081/api").is_some());
+    /// assert!(stats.endpoint("not a url").is_none());
+    /// # Ok::<(), tower_lb::Error>(())
+    /// ```
     pub fn endpoint(&self, url: &str) -> Option<&EndpointStats> {
-        self.endpoints.iter().find(|e| e.url == url)
+        let exact = self.endpoints.iter().find(|e| e.url == url);
+        exact.or_else(|| {
+            let canonical = EndpointUrl::parse(url).ok()?;
+            self.endpoints.iter().find(|e| e.url == canonical.as_str())
+        })
     }
 
     /// Requests in flight over all endpoints.
@@ -67,13 +85,12 @@ pub struct EndpointStats {
     pub failures: FailureCounts,
     /// Requests whose future was dropped before an answer came.
     pub cancelled: u64,
-    /// Moving average of the time to the response head (each new sample
-    /// counts one fifth); `None` before the first answer.
+    /// The endpoint's response-time estimate, the one the
+    /// least-response-time policy reads: a moving average of the time to
+    /// the response head that rises at once with a slower answer and decays
+    /// with time; a failed request counts at least the failure penalty.
+    /// `None` before the first outcome.
     pub latency_ewma: Option<Duration>,
-    /// The peak-sensitive response-time estimate the least-response-time
-    /// policy uses: failures count as the penalty, and it starts from the
-    /// configured default.
-    pub response_time_estimate: Duration,
     /// Ejected by outlier detection: no new requests until its time is up.
     pub ejected: bool,
     /// Ejections in a row (reset by a clean spell).

@@ -21,8 +21,14 @@ use crate::Error;
 ///
 /// A request is retried only if it can be sent twice: a `reqwest::Request`
 /// whose body is in memory (`try_clone`), or an `http::Request` whose body
-/// is `()`, `String`, `Vec<u8>`, `bytes::Bytes` or an in-memory
-/// `reqwest::Body`. A streaming body is never retried.
+/// is `()`, `&'static str`, `&'static [u8]`, `String`, `Vec<u8>`,
+/// `bytes::Bytes`, `http_body_util::Full<Bytes>`,
+/// `http_body_util::Empty<Bytes>`, or a `reqwest::Body` made from bytes or
+/// a string. A streaming body (`reqwest::Body::wrap_stream`, any other
+/// body type) is never retried: it is sent once.
+///
+/// The copy to send again is made only when a retry can follow: retries
+/// are on, the method can be retried, and another endpoint takes requests.
 ///
 /// ```
 /// use tower_lb::{Balancer, RetryPolicy};
