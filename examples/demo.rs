@@ -11,12 +11,13 @@ use std::time::{Duration, Instant};
 use futures::stream::{self, StreamExt};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_lb::{
-    Balance, Balancer, BoxError, HttpToReqwest, OutlierDetection, Policy, RequestKey, SessionKey,
+    BalanceService, Balancer, BoxError, HttpToReqwest, OutlierDetection, Policy, RequestKey,
+    SessionKey,
 };
 use wiremock::matchers::any;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-type Client = Balance<HttpToReqwest>;
+type Client = BalanceService<HttpToReqwest>;
 
 const CONCURRENCY: usize = 32;
 

@@ -7,8 +7,8 @@
 
 use crate::endpoint::MAX_WEIGHT;
 
-/// A type-erased error, as Tower uses between layers.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+/// A type-erased error, as Tower uses between layers: tower's own.
+pub use tower::BoxError;
 
 /// Everything that can go wrong in `tower-lb`.
 ///

@@ -3,9 +3,9 @@
 use tower_layer::Layer;
 
 use crate::balancer::Balancer;
-use crate::service::Balance;
+use crate::service::BalanceService;
 
-/// Wraps a service in [`Balance`], sending each request to an endpoint
+/// Wraps a service in [`BalanceService`], sending each request to an endpoint
 /// chosen by a [`Balancer`]. Made by [`Balancer::layer`].
 ///
 /// ```
@@ -33,10 +33,10 @@ impl BalanceLayer {
 }
 
 impl<S> Layer<S> for BalanceLayer {
-    type Service = Balance<S>;
+    type Service = BalanceService<S>;
 
-    fn layer(&self, inner: S) -> Balance<S> {
-        Balance::new(inner, self.balancer.clone())
+    fn layer(&self, inner: S) -> BalanceService<S> {
+        BalanceService::new(inner, self.balancer.clone())
     }
 }
 

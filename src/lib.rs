@@ -30,7 +30,7 @@
 //! - [`Balancer`]: the shared endpoint set, its policy and counters; cheap to
 //!   clone; also the handle that changes the set at runtime ([`Balancer::add`],
 //!   [`Balancer::drain`], [`Balancer::follow`] for a discovery stream).
-//! - [`BalanceLayer`] and [`Balance`]: the Tower layer and service.
+//! - [`BalanceLayer`] and [`BalanceService`]: the Tower layer and service.
 //! - [`Policy`]: smooth weighted round robin (the default), round robin, random,
 //!   least response time ([`Policy::least_response_time`], [`LeastResponseTime`]),
 //!   and consistent hashing ([`Policy::ring_hash`], [`Policy::maglev`], configured
@@ -75,7 +75,7 @@ pub use balancer::{Balancer, BalancerBuilder};
 pub use cookie_jar::BalancedCookieJar;
 pub use endpoint::{EndpointStats, FailureCounts, Stats, MAX_WEIGHT};
 pub use error::{BoxError, Error};
-pub use health::{HealthEvent, OutlierDetection, RetryPolicy};
+pub use health::{HealthEvent, OutlierDetection, Retries};
 pub use layer::BalanceLayer;
 pub use policy::{
     ConsistentHash, LeastResponseTime, Policy, DEFAULT_LOAD_FACTOR, DEFAULT_VIRTUAL_NODES,
@@ -84,6 +84,6 @@ pub use request::{BalanceRequest, BalanceResponse};
 #[cfg(feature = "reqwest")]
 pub use reqwest_http::HttpToReqwest;
 pub use selection::Selection;
-pub use service::{Balance, ResponseFuture};
+pub use service::{BalanceService, ResponseFuture};
 /// The discovery event type [`Balancer::apply`] and [`Balancer::follow`] take.
 pub use tower::discover::Change;

@@ -42,15 +42,15 @@ use crate::request::{BalanceRequest, BalanceResponse};
 /// # }
 /// ```
 #[derive(Clone, Debug)]
-pub struct Balance<S> {
+pub struct BalanceService<S> {
     inner: S,
     balancer: Balancer,
 }
 
-impl<S> Balance<S> {
+impl<S> BalanceService<S> {
     /// Wraps `inner`; usually made through [`Balancer::layer`].
     pub fn new(inner: S, balancer: Balancer) -> Self {
-        Balance { inner, balancer }
+        BalanceService { inner, balancer }
     }
 
     /// The balancer this service sends through.
@@ -74,7 +74,7 @@ impl<S> Balance<S> {
     }
 }
 
-impl<S, R> Service<R> for Balance<S>
+impl<S, R> Service<R> for BalanceService<S>
 where
     R: BalanceRequest,
     S: Service<R> + Clone,
@@ -118,7 +118,7 @@ where
 }
 
 pin_project! {
-    /// The response future of [`Balance`].
+    /// The response future of [`BalanceService`].
     ///
     /// Dropping it before it completes counts the request as cancelled and
     /// releases its in-flight slot.

@@ -48,7 +48,24 @@ fn homes(
 #[test]
 fn the_key_hash_is_xxh3_64_with_seed_0() {
     assert_eq!(key_hash(b""), 0x2d06_8005_38d3_94c2);
-    assert_eq!(SessionKey::new("").hash(), key_hash(b""));
+    assert_eq!(SessionKey::new("").digest(), key_hash(b""));
+}
+
+// `key.hash(&mut hasher)` by hand is the point: it must compile (an inherent
+// `hash` method once shadowed `Hash::hash`).
+#[allow(clippy::manual_hash_one)]
+#[test]
+fn a_session_key_hashes_like_any_hash_map_key() {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    let state = std::collections::hash_map::RandomState::new();
+    let hashed = |key: SessionKey| {
+        let mut hasher = state.build_hasher();
+        key.hash(&mut hasher);
+        hasher.finish()
+    };
+    assert_eq!(hashed(SessionKey::new("a")), hashed(SessionKey::new("a")));
+    let set: std::collections::HashSet<_> = [SessionKey::new("a"), SessionKey::new("a")].into();
+    assert_eq!(set.len(), 1);
 }
 
 #[test]

@@ -10,9 +10,7 @@ use std::time::Duration;
 use support::*;
 use tokio::time::Instant;
 use tower::ServiceExt;
-use tower_lb::{
-    Balancer, HealthEvent, OutlierDetection, Policy, RequestKey, RetryPolicy, SessionKey,
-};
+use tower_lb::{Balancer, HealthEvent, OutlierDetection, Policy, RequestKey, Retries, SessionKey};
 use wiremock::matchers::any;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -182,7 +180,7 @@ async fn a_refused_backend_is_ejected_and_readmitted_when_it_listens_again() {
 
 /// One of five backends refuses connections; 200 requests. Errors the
 /// caller saw, and connection attempts the dead backend got.
-async fn one_hard_down_of_five(retry: RetryPolicy) -> (usize, u64) {
+async fn one_hard_down_of_five(retry: Retries) -> (usize, u64) {
     let servers = backends(4).await;
     let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let down = format!("http://{}", probe.local_addr().unwrap());
@@ -209,8 +207,8 @@ async fn one_hard_down_of_five(retry: RetryPolicy) -> (usize, u64) {
 
 #[tokio::test]
 async fn one_hard_down_backend_of_five_surfaces_no_errors_with_retry() {
-    let (errors_off, attempts_off) = one_hard_down_of_five(RetryPolicy::disabled()).await;
-    let (errors_on, attempts_on) = one_hard_down_of_five(RetryPolicy::default()).await;
+    let (errors_off, attempts_off) = one_hard_down_of_five(Retries::disabled()).await;
+    let (errors_on, attempts_on) = one_hard_down_of_five(Retries::default()).await;
     println!(
         "health: 1 of 5 hard-down, 200 requests: {errors_off} errors to the caller with retry off, {errors_on} with retry on; the dead backend got {attempts_off} / {attempts_on} connection attempts, none while ejected"
     );
@@ -239,7 +237,7 @@ async fn retries_are_bounded_by_the_budget() {
         .iter()
         .fold(Balancer::builder(), |b, url| b.endpoint(url))
         .outlier_detection(OutlierDetection::disabled())
-        .retry(RetryPolicy::default().budget(Duration::from_secs(10), 0.2, 0))
+        .retry(Retries::default().budget(Duration::from_secs(10), 0.2, 0))
         .build()
         .unwrap();
     let client = client(&balancer);
@@ -268,7 +266,7 @@ async fn at_most_the_max_ejection_percent_is_out_under_mass_failure() {
     let detection = Events::default()
         .detection()
         .max_ejection_percent(20)
-        .panic_threshold(0.0);
+        .panic_threshold(0);
     let balancer = balancer(&urls, Policy::round_robin(), detection);
     let client = client(&balancer);
     let mut most_out = 0;
@@ -370,13 +368,13 @@ async fn a_key_walks_on_while_its_backend_is_ejected_and_comes_back() {
 fn bad_outlier_settings_get_a_typed_error() {
     let bad = [
         OutlierDetection::default().consecutive_failures(0),
-        OutlierDetection::default().failure_percentage(1.5, 10),
+        OutlierDetection::default().failure_percentage(150, 10),
         OutlierDetection::default().base_ejection_time(Duration::ZERO),
         OutlierDetection::default()
             .base_ejection_time(Duration::from_secs(60))
             .max_ejection_time(Duration::from_secs(10)),
         OutlierDetection::default().max_ejection_percent(101),
-        OutlierDetection::default().panic_threshold(2.0),
+        OutlierDetection::default().panic_threshold(200),
     ];
     for detection in bad {
         let result = Balancer::builder()
@@ -395,7 +393,7 @@ async fn failure_statuses_are_retried_only_when_opted_in_and_only_if_idempotent(
     let servers = backends(2).await;
     answer(&servers[0], "a", 503).await;
     let urls: Vec<String> = servers.iter().map(|s| s.uri()).collect();
-    let run = |retry: RetryPolicy, method: http::Method| {
+    let run = |retry: Retries, method: http::Method| {
         let balancer = urls
             .iter()
             .fold(Balancer::builder(), |b, url| b.endpoint(url))
@@ -419,8 +417,8 @@ async fn failure_statuses_are_retried_only_when_opted_in_and_only_if_idempotent(
             unavailable
         }
     };
-    assert_eq!(run(RetryPolicy::default(), http::Method::GET).await, 5);
-    let opted_in = RetryPolicy::default().idempotent_failures();
+    assert_eq!(run(Retries::default(), http::Method::GET).await, 5);
+    let opted_in = Retries::default().idempotent_failures();
     assert_eq!(run(opted_in.clone(), http::Method::GET).await, 0);
     assert_eq!(
         run(opted_in, http::Method::POST).await,
@@ -461,7 +459,7 @@ async fn retries_do_not_take_turns_from_the_round_robin() {
         .fold(Balancer::builder(), |b, s| b.endpoint(&s.uri()))
         .policy(Policy::round_robin())
         .outlier_detection(OutlierDetection::disabled())
-        .retry(RetryPolicy::default().idempotent_failures())
+        .retry(Retries::default().idempotent_failures())
         .build()
         .unwrap();
     let client = client(&balancer);

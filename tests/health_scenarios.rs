@@ -7,7 +7,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use http::StatusCode;
-use tower_lb::{Balancer, HealthEvent, OutlierDetection, Policy, RetryPolicy, Selection};
+use tower_lb::{Balancer, HealthEvent, OutlierDetection, Policy, Retries, Selection};
 
 fn url(i: usize) -> String {
     format!("http://10.0.0.{}:8080", i + 1)
@@ -18,7 +18,7 @@ fn balancer(n: usize, detection: OutlierDetection) -> Balancer {
         .fold(Balancer::builder(), |b, i| b.endpoint(&url(i)))
         .policy(Policy::round_robin())
         .outlier_detection(detection)
-        .retry(RetryPolicy::disabled())
+        .retry(Retries::disabled())
         .build()
         .unwrap()
 }
@@ -33,7 +33,7 @@ fn weighted_with_first_ejected(weights: &[u32], policy: Policy) -> Balancer {
             b.endpoint_weighted(&url(i), w)
         })
         .policy(policy)
-        .retry(RetryPolicy::disabled())
+        .retry(Retries::disabled())
         .build()
         .unwrap();
     for _ in 0..5 {
@@ -308,7 +308,7 @@ async fn with_every_endpoint_ejected_and_panic_mode_off_requests_fail_fast_until
         let detection = OutlierDetection::default()
             .consecutive_failures(1)
             .max_ejection_percent(100)
-            .panic_threshold(0.0)
+            .panic_threshold(0)
             .base_ejection_time(Duration::from_secs(10));
         let balancer = (0..3)
             .fold(Balancer::builder(), |b, i| {
@@ -316,7 +316,7 @@ async fn with_every_endpoint_ejected_and_panic_mode_off_requests_fail_fast_until
             })
             .policy(policy.clone())
             .outlier_detection(detection)
-            .retry(RetryPolicy::disabled())
+            .retry(Retries::disabled())
             .build()
             .unwrap();
         // Each failure ejects the endpoint it reached; the next pick skips it.

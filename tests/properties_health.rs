@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use tokio::time::Instant;
-use tower_lb::{Balancer, OutlierDetection, Policy, RetryPolicy, Selection};
+use tower_lb::{Balancer, OutlierDetection, Policy, Retries, Selection};
 
 const POOL: usize = 8;
 
@@ -52,7 +52,7 @@ fn step() -> impl Strategy<Value = Step> {
 struct Config {
     threshold: u32,
     percent: u32,
-    panic: f64,
+    panic: u32,
     base_ms: u64,
     max_ms: u64,
     policy: u8,
@@ -62,7 +62,7 @@ fn config() -> impl Strategy<Value = Config> {
     (
         1u32..4,
         prop_oneof![Just(10u32), Just(34), Just(50), Just(100)],
-        prop_oneof![Just(0.0), Just(0.5)],
+        prop_oneof![Just(0u32), Just(50)],
         100u64..2_000,
         1u64..5,
         0u8..4,
@@ -116,7 +116,9 @@ impl Model {
     fn panic(&self) -> bool {
         let active = self.active();
         let ejected = self.book.len();
-        ejected > 0 && ((active - ejected.min(active)) as f64) < self.config.panic * active as f64
+        ejected > 0
+            && ((active - ejected.min(active)) as f64)
+                < f64::from(self.config.panic) / 100.0 * active as f64
     }
 
     fn new_epoch(&mut self, instance: usize) {
@@ -243,7 +245,7 @@ fn run(config: Config, initial: Vec<u32>, steps: Vec<Step>) -> Result<(), TestCa
             })
             .policy(policy)
             .outlier_detection(detection)
-            .retry(RetryPolicy::disabled())
+            .retry(Retries::disabled())
             .seed(1)
             .build()
             .unwrap();

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use tower_lb::{
-    Balancer, ConsistentHash, OutlierDetection, Policy, RequestKey, RetryPolicy, SessionKey,
+    Balancer, ConsistentHash, OutlierDetection, Policy, RequestKey, Retries, SessionKey,
 };
 
 /// The canonical URL of endpoint `i`.
@@ -47,7 +47,7 @@ fn balancer(
         })
         .policy(policy)
         .outlier_detection(detection)
-        .retry(RetryPolicy::disabled())
+        .retry(Retries::disabled())
         .seed(seed)
         .build()
         .expect("a valid balancer")
@@ -279,7 +279,7 @@ proptest! {
         let detection = OutlierDetection::default()
             .consecutive_failures(1)
             .max_ejection_percent(100)
-            .panic_threshold(0.0)
+            .panic_threshold(0)
             .base_ejection_time(Duration::from_secs(3_600))
             .max_ejection_time(Duration::from_secs(3_600));
         let balancer = balancer(&weights, kind.policy(), detection, seed);

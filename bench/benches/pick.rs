@@ -32,7 +32,7 @@ use tower::balance::p2c::Balance as TowerBalance;
 use tower::discover::ServiceList;
 use tower::load::{CompleteOnResponse, PeakEwmaDiscover, PendingRequestsDiscover};
 use tower::{Layer, Service};
-use tower_lb::{Balancer, Policy, RetryPolicy, SessionKey};
+use tower_lb::{Balancer, Policy, Retries, SessionKey};
 
 const SIZES: [usize; 3] = [10, 100, 1_000];
 /// Distinct keys the requests cycle through (hash policies see new keys).
@@ -84,7 +84,7 @@ fn ours(endpoints: usize, policy: Policy) -> Balancer {
             b.endpoint(&format!("http://{}", address(i)))
         })
         .policy(policy)
-        .retry(RetryPolicy::disabled())
+        .retry(Retries::disabled())
         .build();
     match built {
         Ok(balancer) => balancer,

@@ -253,7 +253,7 @@ pub async fn run_reqwest_lb(
 pub fn balancer_over(
     backends: &[Backend],
     policy: tower_lb::Policy,
-    retry: tower_lb::RetryPolicy,
+    retry: tower_lb::Retries,
 ) -> tower_lb::Balancer {
     let built = backends
         .iter()

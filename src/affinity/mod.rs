@@ -60,8 +60,9 @@ impl SessionKey {
         }
     }
 
-    /// The key's [`key_hash`].
-    pub fn hash(&self) -> u64 {
+    /// The key's [`key_hash`]: what the hashing policies place. Named so
+    /// that it does not shadow [`Hash::hash`](std::hash::Hash::hash).
+    pub fn digest(&self) -> u64 {
         self.hash
     }
 }
@@ -245,7 +246,7 @@ impl RequestKey {
             Source::Session => request
                 .extensions
                 .and_then(|e| e.get::<SessionKey>())
-                .map(SessionKey::hash),
+                .map(SessionKey::digest),
             Source::Header(name) => request
                 .headers
                 .get(name)

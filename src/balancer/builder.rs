@@ -9,7 +9,7 @@ use super::{Balancer, Shared};
 use crate::affinity::LearnedHomes;
 use crate::clock::Clock;
 use crate::endpoint::{Counters, EndpointUrl, Member};
-use crate::health::{HealthShared, OutlierDetection, RetryPolicy};
+use crate::health::{HealthShared, OutlierDetection, Retries};
 use crate::membership::Snapshot;
 use crate::policy::Policy;
 use crate::random::SharedRng;
@@ -28,7 +28,7 @@ pub struct BalancerBuilder {
     endpoints: Vec<(EndpointUrl, u32)>,
     policy: Policy,
     outlier_detection: OutlierDetection,
-    retry: RetryPolicy,
+    retry: Retries,
     seed: Option<u64>,
     error: Option<Error>,
 }
@@ -77,9 +77,9 @@ impl BalancerBuilder {
     }
 
     /// Sets when failed requests are retried on another endpoint; the
-    /// default is [`RetryPolicy::default`]: connect errors only, within a
-    /// budget. [`RetryPolicy::disabled`] turns retries off.
-    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+    /// default is [`Retries::default`]: connect errors only, within a
+    /// budget. [`Retries::disabled`] turns retries off.
+    pub fn retry(mut self, retry: Retries) -> Self {
         self.retry = retry;
         self
     }

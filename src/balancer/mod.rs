@@ -130,11 +130,11 @@ impl Balancer {
             .shared
             .learned
             .as_ref()
-            .and_then(|l| l.home(key.hash()));
+            .and_then(|l| l.home(key.digest()));
         match learned.filter(|home| snapshot.takes(home)) {
             Some(home) => Some(home.url.shared_name()),
             None => snapshot
-                .pick(Some(key.hash()), &[])
+                .pick(Some(key.digest()), &[])
                 .map(|e| e.url.shared_name()),
         }
     }

@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 
-pub use retry::RetryPolicy;
+pub use retry::Retries;
 pub(crate) use retry::Retrying;
 pub(crate) use state::{EndpointHealth, HealthShared};
 
@@ -91,12 +91,12 @@ type StatusFilter = dyn Fn(StatusCode) -> bool + Send + Sync;
 pub struct OutlierDetection {
     pub(crate) consecutive_failures: Option<u32>,
     pub(crate) consecutive_gateway_failures: Option<u32>,
-    pub(crate) failure_percentage: Option<(f64, u32)>,
+    pub(crate) failure_percentage: Option<(u32, u32)>,
     pub(crate) interval: Duration,
     pub(crate) base_ejection_time: Duration,
     pub(crate) max_ejection_time: Duration,
     pub(crate) max_ejection_percent: u32,
-    pub(crate) panic_threshold: f64,
+    pub(crate) panic_threshold: u32,
     failure_status: Option<Arc<StatusFilter>>,
     pub(crate) on_event: Option<Arc<EventSink>>,
 }
@@ -114,7 +114,7 @@ impl Default for OutlierDetection {
             base_ejection_time: Duration::from_secs(30),
             max_ejection_time: Duration::from_secs(300),
             max_ejection_percent: 10,
-            panic_threshold: 0.5,
+            panic_threshold: 50,
             failure_status: None,
             on_event: None,
         }
@@ -144,11 +144,11 @@ impl OutlierDetection {
         self
     }
 
-    /// Eject when more than `threshold` (0 to 1) of an endpoint's requests
+    /// Eject when more than `percent` (0 to 100) of an endpoint's requests
     /// in one interval failed, if it had at least `min_requests` in it. Off
     /// by default.
-    pub fn failure_percentage(mut self, threshold: f64, min_requests: u32) -> Self {
-        self.failure_percentage = Some((threshold, min_requests));
+    pub fn failure_percentage(mut self, percent: u32, min_requests: u32) -> Self {
+        self.failure_percentage = Some((percent, min_requests));
         self
     }
 
@@ -178,10 +178,11 @@ impl OutlierDetection {
         self
     }
 
-    /// Below this share (0 to 1) of healthy active endpoints, ejections are
-    /// ignored and requests spread over all. Default 0.5; 0 turns panic mode off.
-    pub fn panic_threshold(mut self, share: f64) -> Self {
-        self.panic_threshold = share;
+    /// Below this percentage (0 to 100) of healthy active endpoints,
+    /// ejections are ignored and requests spread over all. Default 50; 0
+    /// turns panic mode off.
+    pub fn panic_threshold(mut self, percent: u32) -> Self {
+        self.panic_threshold = percent;
         self
     }
 
@@ -228,10 +229,11 @@ impl OutlierDetection {
         if self.consecutive_failures == Some(0) || self.consecutive_gateway_failures == Some(0) {
             return invalid("a consecutive-failure threshold must be at least 1");
         }
-        if let Some((threshold, _)) = self.failure_percentage {
-            if !(0.0..=1.0).contains(&threshold) {
-                return invalid("the failure percentage threshold must be between 0 and 1");
-            }
+        if self
+            .failure_percentage
+            .is_some_and(|(percent, _)| percent > 100)
+        {
+            return invalid("the failure percentage must be between 0 and 100");
         }
         if self.interval.is_zero() || self.base_ejection_time.is_zero() {
             return invalid("the interval and the base ejection time must be above zero");
@@ -239,8 +241,8 @@ impl OutlierDetection {
         if self.max_ejection_time < self.base_ejection_time {
             return invalid("the maximum ejection time is below the base ejection time");
         }
-        if self.max_ejection_percent > 100 || !(0.0..=1.0).contains(&self.panic_threshold) {
-            return invalid("percentages and shares must be between 0 and 100% ");
+        if self.max_ejection_percent > 100 || self.panic_threshold > 100 {
+            return invalid("the ejection and panic percentages must be between 0 and 100");
         }
         Ok(())
     }

@@ -31,18 +31,18 @@ use crate::Error;
 /// are on, the method can be retried, and another endpoint takes requests.
 ///
 /// ```
-/// use tower_lb::{Balancer, RetryPolicy};
+/// use tower_lb::{Balancer, Retries};
 ///
 /// let balancer = Balancer::builder()
 ///     .endpoint("http://127.0.0.1:8081")
 ///     .endpoint("http://127.0.0.1:8082")
-///     .retry(RetryPolicy::default().idempotent_failures())
+///     .retry(Retries::default().idempotent_failures())
 ///     .build()?;
 /// # Ok::<(), tower_lb::Error>(())
 /// ```
 #[derive(Clone, Debug)]
 #[must_use]
-pub struct RetryPolicy {
+pub struct Retries {
     pub(crate) connect_errors: bool,
     pub(crate) idempotent_failures: bool,
     pub(crate) max_retries: u32,
@@ -51,9 +51,9 @@ pub struct RetryPolicy {
     budget_reserve: u32,
 }
 
-impl Default for RetryPolicy {
+impl Default for Retries {
     fn default() -> Self {
-        RetryPolicy {
+        Retries {
             connect_errors: true,
             idempotent_failures: false,
             max_retries: 2,
@@ -64,12 +64,12 @@ impl Default for RetryPolicy {
     }
 }
 
-impl RetryPolicy {
+impl Retries {
     /// No retries.
     pub fn disabled() -> Self {
-        RetryPolicy {
+        Retries {
             connect_errors: false,
-            ..RetryPolicy::default()
+            ..Retries::default()
         }
     }
 
@@ -131,7 +131,7 @@ impl RetryPolicy {
 /// A balancer's retry settings and budget.
 #[derive(Debug)]
 pub(crate) struct Retrying {
-    pub(crate) policy: RetryPolicy,
+    pub(crate) policy: Retries,
     pub(crate) budget: RetryBudget,
 }
 

@@ -120,7 +120,8 @@ impl HealthShared {
     fn panic_with(&self, ejected: usize) -> bool {
         let active = self.active.load(Ordering::Relaxed);
         ejected > 0
-            && (active.saturating_sub(ejected) as f64) < self.config.panic_threshold * active as f64
+            && (active.saturating_sub(ejected) as f64)
+                < f64::from(self.config.panic_threshold) / 100.0 * active as f64
     }
 
     /// Whether the balancer is in panic mode at `now`, counting only
@@ -374,7 +375,8 @@ impl EndpointHealth {
         let mut now = None;
         if let Some((threshold, min_requests)) = config.failure_percentage {
             let at = *now.get_or_insert_with(|| shared.now_ms());
-            fire |= self.close_window(at, config.interval, threshold, min_requests);
+            let share = f64::from(threshold) / 100.0;
+            fire |= self.close_window(at, config.interval, share, min_requests);
             self.window_requests.fetch_add(1, Ordering::Relaxed);
             if failed {
                 self.window_failures.fetch_add(1, Ordering::Relaxed);
@@ -487,7 +489,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_failure_share_above_the_threshold_ejects_when_the_interval_closes() {
         let config = OutlierDetection::disabled()
-            .failure_percentage(0.5, 10)
+            .failure_percentage(50, 10)
             .interval(Duration::from_millis(30));
         let shared = HealthShared::new(config, Clock::default());
         shared.set_active(10);

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
 use tower::{ServiceBuilder, ServiceExt};
-use tower_lb::{Balance, Balancer, HttpToReqwest};
+use tower_lb::{BalanceService, Balancer, HttpToReqwest};
 use wiremock::matchers::any;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -14,7 +14,7 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 pub const BACKEND: &str = "x-backend";
 
 /// A balanced client that takes `http::Request`s.
-pub type Client = Balance<HttpToReqwest>;
+pub type Client = BalanceService<HttpToReqwest>;
 
 /// A wiremock server that is dropped on a thread of its own.
 ///

@@ -20,7 +20,7 @@ use tower::discover::ServiceList;
 use tower::load::{CompleteOnResponse, PeakEwmaDiscover};
 use tower::util::BoxCloneService;
 use tower::{Service, ServiceBuilder, ServiceExt};
-use tower_lb::{Policy, RetryPolicy};
+use tower_lb::{Policy, Retries};
 use tower_lb_bench::{
     backend_of, balancer_over, closed_loop, json_path, run_reqwest_lb, start_backend, Backend,
     Behaviour, RunFigures,
@@ -78,7 +78,7 @@ async fn run_tower(backends: &[Backend]) -> RunFigures {
         Duration::from_secs(10),
         CompleteOnResponse::default(),
     );
-    // `Balance` is not `Clone`: a `Buffer` shares it, as tower users do.
+    // tower's `Balance` is not `Clone`: a `Buffer` shares it, as tower users do.
     let balance: Buffer<reqwest::Request, _> = Buffer::new(Balance::new(discover), 1024);
     let balance: Shared = BoxCloneService::new(balance);
     closed_loop(CONCURRENCY, RUN_TIME, MAX_REQUESTS, move || {
@@ -101,7 +101,7 @@ fn send(service: Shared) -> Pin<Box<dyn Future<Output = Result<String, String>> 
 }
 
 async fn run_ours(backends: &[Backend], policy: Policy) -> RunFigures {
-    let balancer = balancer_over(backends, policy, RetryPolicy::default());
+    let balancer = balancer_over(backends, policy, Retries::default());
     let service = ServiceBuilder::new()
         .layer(balancer.layer())
         .service(reqwest::Client::new());

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use tower::{ServiceBuilder, ServiceExt};
-use tower_lb::{Policy, RetryPolicy, SessionKey};
+use tower_lb::{Policy, Retries, SessionKey};
 use tower_lb_bench::{
     backend_of, balancer_over, closed_loop, item_urls, json_path, run_reqwest_lb, start_backend,
     Backend, Behaviour, RunFigures,
@@ -73,7 +73,7 @@ async fn run_raw_middleware(backends: &[Backend]) -> RunFigures {
 
 /// Our balancer as a `reqwest-middleware` middleware, round robin.
 async fn run_our_middleware(backends: &[Backend]) -> RunFigures {
-    let balancer = balancer_over(backends, Policy::round_robin(), RetryPolicy::default());
+    let balancer = balancer_over(backends, Policy::round_robin(), Retries::default());
     let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
         .with(balancer)
         .build();
@@ -91,7 +91,7 @@ async fn run_our_middleware(backends: &[Backend]) -> RunFigures {
     .await
 }
 
-async fn run_layer(backends: &[Backend], policy: Policy, retry: RetryPolicy) -> RunFigures {
+async fn run_layer(backends: &[Backend], policy: Policy, retry: Retries) -> RunFigures {
     let balancer = balancer_over(backends, policy, retry);
     let service = ServiceBuilder::new()
         .layer(balancer.layer())
@@ -128,30 +128,26 @@ async fn main() -> Result<(), BoxError> {
     // Rounds of raw, then each layer configuration: every layer figure is
     // compared with the raw run of its own round, and the median ratio over
     // the rounds is reported, because the shared machine drifts.
-    let configurations: Vec<(&str, Policy, RetryPolicy)> = vec![
+    let configurations: Vec<(&str, Policy, Retries)> = vec![
         (
             "weighted round robin",
             Policy::weighted_round_robin(),
-            RetryPolicy::default(),
+            Retries::default(),
         ),
         (
             "weighted round robin, no retry",
             Policy::weighted_round_robin(),
-            RetryPolicy::disabled(),
+            Retries::disabled(),
         ),
-        ("round robin", Policy::round_robin(), RetryPolicy::default()),
-        ("random", Policy::random(), RetryPolicy::default()),
+        ("round robin", Policy::round_robin(), Retries::default()),
+        ("random", Policy::random(), Retries::default()),
         (
             "least response time",
             Policy::least_response_time().into(),
-            RetryPolicy::default(),
+            Retries::default(),
         ),
-        (
-            "ring hash",
-            Policy::ring_hash().into(),
-            RetryPolicy::default(),
-        ),
-        ("maglev", Policy::maglev().into(), RetryPolicy::default()),
+        ("ring hash", Policy::ring_hash().into(), Retries::default()),
+        ("maglev", Policy::maglev().into(), Retries::default()),
     ];
     let mut raw_runs = Vec::new();
     let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); configurations.len()];
