@@ -27,7 +27,7 @@ use crate::policy::Policy;
 /// A load balancer over a set of HTTP endpoints.
 ///
 /// Cheap to clone: clones share one endpoint set, one set of counters and
-/// one rotation. Make a [`BalanceLayer`] with [`Balancer::layer`], and change
+/// one rotation. Make a [`BalanceLayer`](crate::BalanceLayer) with [`Balancer::layer`], and change
 /// the set at runtime through the same value.
 ///
 /// ```
