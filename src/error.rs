@@ -41,6 +41,9 @@ pub enum Error {
         url: String,
         /// What is wrong with it.
         reason: String,
+        /// The parser's error, when the text is not a URI at all.
+        #[source]
+        source: Option<http::uri::InvalidUri>,
     },
 
     /// A weight above [`MAX_WEIGHT`](crate::MAX_WEIGHT).

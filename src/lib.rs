@@ -73,7 +73,9 @@ pub use affinity::{key_hash, RequestInfo, RequestKey, SessionKey};
 pub use balancer::{Balancer, BalancerBuilder};
 #[cfg(feature = "cookies")]
 pub use cookie_jar::BalancedCookieJar;
-pub use endpoint::{EndpointStats, FailureCounts, Stats, MAX_WEIGHT};
+pub use endpoint::{
+    Endpoint, EndpointStats, FailureCounts, IntoEndpoint, Labels, Stats, MAX_WEIGHT,
+};
 pub use error::{BoxError, Error};
 pub use health::{HealthEvent, OutlierDetection, Retries};
 pub use layer::BalanceLayer;

@@ -110,7 +110,7 @@ impl Snapshot {
             endpoints: self
                 .members
                 .iter()
-                .map(|m| m.state.stats(m.weight))
+                .map(|m| m.state.stats(m.weight, &m.labels))
                 .collect(),
             panic_mode: self
                 .counters

@@ -58,7 +58,7 @@ proptest! {
                 prop_assert!(balancer.set_weight(&name, 2).is_ok());
                 prop_assert!(balancer.remove(&name).is_ok());
             }
-            Err(Error::InvalidUrl { url: given, reason }) => {
+            Err(Error::InvalidUrl { url: given, reason, .. }) => {
                 prop_assert_eq!(given, url);
                 prop_assert!(!reason.is_empty());
             }

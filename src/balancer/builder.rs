@@ -4,11 +4,10 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
-use super::update::check_weight;
 use super::{Balancer, Shared};
 use crate::affinity::LearnedHomes;
 use crate::clock::Clock;
-use crate::endpoint::{Counters, EndpointUrl, Member};
+use crate::endpoint::{Counters, Endpoint, EndpointUrl, Labels, Member};
 use crate::health::{HealthShared, OutlierDetection, Retries};
 use crate::membership::Snapshot;
 use crate::policy::Policy;
@@ -25,7 +24,7 @@ use crate::Error;
 #[derive(Debug, Default)]
 #[must_use]
 pub struct BalancerBuilder {
-    endpoints: Vec<(EndpointUrl, u32)>,
+    endpoints: Vec<(EndpointUrl, u32, Labels)>,
     policy: Policy,
     outlier_detection: OutlierDetection,
     retry: Retries,
@@ -34,31 +33,31 @@ pub struct BalancerBuilder {
 }
 
 impl BalancerBuilder {
-    /// Adds an endpoint with weight 1.
-    pub fn endpoint(self, url: &str) -> Self {
-        self.endpoint_weighted(url, 1)
-    }
-
-    /// Adds an endpoint with a weight between 0 (drained) and
-    /// [`MAX_WEIGHT`](crate::MAX_WEIGHT).
-    pub fn endpoint_weighted(mut self, url: &str, weight: u32) -> Self {
+    /// Adds an endpoint: a URL (weight 1, no labels) or an [`Endpoint`]
+    /// with its weight and labels.
+    pub fn endpoint(mut self, endpoint: impl Into<Endpoint>) -> Self {
         if self.error.is_some() {
             return self;
         }
-        let added = EndpointUrl::parse(url).and_then(|url| {
-            check_weight(&url, weight)?;
-            if self.endpoints.iter().any(|(known, _)| *known == url) {
+        let added = endpoint.into().parse().and_then(|(url, weight, labels)| {
+            if self.endpoints.iter().any(|(known, ..)| *known == url) {
                 return Err(Error::DuplicateEndpoint {
                     url: url.as_str().to_owned(),
                 });
             }
-            Ok((url, weight))
+            Ok((url, weight, labels))
         });
         match added {
             Ok(endpoint) => self.endpoints.push(endpoint),
             Err(error) => self.error = Some(error),
         }
         self
+    }
+
+    /// Adds an endpoint with a weight between 0 (drained) and
+    /// [`MAX_WEIGHT`](crate::MAX_WEIGHT).
+    pub fn endpoint_weighted(self, url: &str, weight: u32) -> Self {
+        self.endpoint(Endpoint::new(url).with_weight(weight))
     }
 
     /// Sets the selection policy; the default is
@@ -127,7 +126,7 @@ impl BalancerBuilder {
         self.policy.validate()?;
         self.outlier_detection.validate()?;
         self.retry.validate()?;
-        if !self.endpoints.is_empty() && self.endpoints.iter().all(|(_, w)| *w == 0) {
+        if !self.endpoints.is_empty() && self.endpoints.iter().all(|(_, weight, _)| *weight == 0) {
             return Err(Error::ZeroTotalWeight);
         }
         let clock = Clock::default();
@@ -143,7 +142,10 @@ impl BalancerBuilder {
         let members = self
             .endpoints
             .into_iter()
-            .map(|(url, weight)| Member::new(url, weight, &counters))
+            .map(|(url, weight, labels)| Member {
+                labels,
+                ..Member::new(url, weight, &counters)
+            })
             .collect();
         let snapshot = Snapshot::build(members, &self.policy, &counters);
         let cookie_names = self

@@ -8,7 +8,7 @@ use futures::{Stream, StreamExt};
 use tower::discover::Change;
 
 use super::Balancer;
-use crate::endpoint::{Counters, EndpointUrl, Member, MAX_WEIGHT};
+use crate::endpoint::{Counters, Endpoint, EndpointUrl, IntoEndpoint, Labels, Member, MAX_WEIGHT};
 use crate::membership::Snapshot;
 use crate::Error;
 
@@ -31,6 +31,90 @@ impl Balancer {
                 });
             }
             members.push(Member::new(url, weight, counters));
+            Ok(())
+        })
+    }
+
+    /// Adds an endpoint, or updates the weight and labels of the one at the
+    /// same URL (its counters, estimate and health stay).
+    ///
+    /// Errors: [`Error::InvalidUrl`], [`Error::InvalidWeight`].
+    ///
+    /// ```
+    /// use tower_lb::{Balancer, Endpoint};
+    ///
+    /// let balancer = Balancer::builder().endpoint("http://127.0.0.1:8081").build()?;
+    /// balancer.insert(Endpoint::new("http://127.0.0.1:8081").with_label("zone", "b"))?;
+    /// balancer.insert("http://127.0.0.1:8082")?;
+    /// let stats = balancer.stats();
+    /// assert_eq!(stats.endpoints.len(), 2);
+    /// assert_eq!(stats.endpoints[0].labels.get("zone"), Some("b"));
+    /// # Ok::<(), tower_lb::Error>(())
+    /// ```
+    pub fn insert(&self, endpoint: impl Into<Endpoint>) -> Result<(), Error> {
+        let (url, weight, labels) = endpoint.into().parse()?;
+        self.apply_parsed(vec![ParsedChange::Upsert(url, weight, labels)]);
+        Ok(())
+    }
+
+    /// Replaces the whole set at once, for discovery sources that deliver
+    /// full sets: endpoints of `endpoints` already in the set keep their
+    /// counters, estimate and health and take the new weight and labels;
+    /// new ones start fresh; the others are removed (their requests in
+    /// flight finish). The set takes the order of `endpoints`. All or
+    /// nothing: on an error the set is unchanged. An empty list, or one of
+    /// drained endpoints only, is allowed: requests then fail with
+    /// [`Error::NoEndpointAvailable`].
+    ///
+    /// Errors: [`Error::InvalidUrl`], [`Error::InvalidWeight`],
+    /// [`Error::DuplicateEndpoint`].
+    ///
+    /// ```
+    /// use tower_lb::Balancer;
+    ///
+    /// let balancer = Balancer::builder()
+    ///     .endpoint("http://127.0.0.1:8081")
+    ///     .endpoint("http://127.0.0.1:8082")
+    ///     .build()?;
+    /// balancer.replace(["http://127.0.0.1:8082", "http://127.0.0.1:8083"])?;
+    /// let urls: Vec<_> = balancer.stats().endpoints.into_iter().map(|e| e.url).collect();
+    /// assert_eq!(urls, ["http://127.0.0.1:8082", "http://127.0.0.1:8083"]);
+    /// # Ok::<(), tower_lb::Error>(())
+    /// ```
+    pub fn replace<I>(&self, endpoints: I) -> Result<(), Error>
+    where
+        I: IntoIterator,
+        I::Item: Into<Endpoint>,
+    {
+        let mut next: Vec<(EndpointUrl, u32, Labels)> = Vec::new();
+        for endpoint in endpoints {
+            let (url, weight, labels) = endpoint.into().parse()?;
+            if next.iter().any(|(known, ..)| *known == url) {
+                return Err(Error::DuplicateEndpoint {
+                    url: url.as_str().to_owned(),
+                });
+            }
+            next.push((url, weight, labels));
+        }
+        let counters = &self.shared.counters;
+        self.update::<Error>(|members| {
+            let survivors = std::mem::take(members);
+            *members = next
+                .into_iter()
+                .map(
+                    |(url, weight, labels)| match survivors.iter().find(|m| m.state.url == url) {
+                        Some(kept) => Member {
+                            state: kept.state.clone(),
+                            weight,
+                            labels,
+                        },
+                        None => Member {
+                            labels,
+                            ..Member::new(url, weight, counters)
+                        },
+                    },
+                )
+                .collect();
             Ok(())
         })
     }
@@ -71,23 +155,30 @@ impl Balancer {
 
     /// Applies a batch of discovery changes at once, all or none.
     ///
-    /// `Change::Insert(url, weight)` adds the endpoint or, if it is already
-    /// in the set, sets its weight; `Change::Remove(url)` removes it if
+    /// The key of each change is the endpoint's URL; the value in the
+    /// service slot is a weight or a whole [`Endpoint`] (with labels; its
+    /// URL must name the same endpoint as the key). `Change::Insert` adds
+    /// the endpoint or, if it is already in the set, updates its weight and
+    /// labels (its state stays); `Change::Remove(url)` removes it if
     /// present. The first invalid change is returned and nothing is applied.
     ///
     /// ```
     /// use tower::discover::Change;
+    /// use tower_lb::Endpoint;
     /// # let balancer = tower_lb::Balancer::builder().build()?;
     /// balancer.apply([
     ///     Change::Insert("http://127.0.0.1:8081", 2),
     ///     Change::Remove("http://127.0.0.1:8082"),
     /// ])?;
+    /// let canary = Endpoint::new("http://127.0.0.1:8083").with_label("canary", "true");
+    /// balancer.apply([Change::Insert("http://127.0.0.1:8083", canary)])?;
     /// # Ok::<(), tower_lb::Error>(())
     /// ```
-    pub fn apply<K, I>(&self, changes: I) -> Result<(), Error>
+    pub fn apply<K, V, I>(&self, changes: I) -> Result<(), Error>
     where
         K: AsRef<str>,
-        I: IntoIterator<Item = Change<K, u32>>,
+        V: IntoEndpoint,
+        I: IntoIterator<Item = Change<K, V>>,
     {
         let changes = changes
             .into_iter()
@@ -97,7 +188,7 @@ impl Balancer {
         Ok(())
     }
 
-    /// Follows a discovery stream of `Change<url, weight>` events (the
+    /// Follows a discovery stream of `Change<url, weight or Endpoint>` events (the
     /// [`tower::discover`] model) until it ends, applying each as
     /// [`Balancer::apply`] does. Changes that arrive together are applied in
     /// one rebuild of the set.
@@ -117,10 +208,11 @@ impl Balancer {
     /// tx.unbounded_send(Ok(Change::Insert("http://127.0.0.1:8083", 1))).ok();
     /// # }
     /// ```
-    pub async fn follow<S, K, E>(&self, changes: S) -> Result<(), E>
+    pub async fn follow<S, K, V, E>(&self, changes: S) -> Result<(), E>
     where
-        S: Stream<Item = Result<Change<K, u32>, E>>,
+        S: Stream<Item = Result<Change<K, V>, E>>,
         K: AsRef<str>,
+        V: IntoEndpoint,
     {
         let mut batches = std::pin::pin!(changes.ready_chunks(DISCOVERY_BATCH));
         while let Some(batch) = batches.next().await {
@@ -183,17 +275,16 @@ impl Balancer {
 
 /// A discovery change with its URL parsed and weight checked.
 enum ParsedChange {
-    Upsert(EndpointUrl, u32),
+    Upsert(EndpointUrl, u32, Labels),
     Remove(EndpointUrl),
 }
 
 impl ParsedChange {
-    fn parse<K: AsRef<str>>(change: Change<K, u32>) -> Result<Self, Error> {
+    fn parse<K: AsRef<str>, V: IntoEndpoint>(change: Change<K, V>) -> Result<Self, Error> {
         Ok(match change {
-            Change::Insert(url, weight) => {
-                let url = EndpointUrl::parse(url.as_ref())?;
-                check_weight(&url, weight)?;
-                ParsedChange::Upsert(url, weight)
+            Change::Insert(key, value) => {
+                let (url, weight, labels) = value.into_endpoint(key.as_ref())?.parse()?;
+                ParsedChange::Upsert(url, weight, labels)
             }
             Change::Remove(url) => ParsedChange::Remove(EndpointUrl::parse(url.as_ref())?),
         })
@@ -201,9 +292,15 @@ impl ParsedChange {
 
     fn apply_to(self, members: &mut Vec<Member>, counters: &Counters) {
         match self {
-            ParsedChange::Upsert(url, weight) => match position(members, &url) {
-                Some(i) => members[i].weight = weight,
-                None => members.push(Member::new(url, weight, counters)),
+            ParsedChange::Upsert(url, weight, labels) => match position(members, &url) {
+                Some(i) => {
+                    members[i].weight = weight;
+                    members[i].labels = labels;
+                }
+                None => members.push(Member {
+                    labels,
+                    ..Member::new(url, weight, counters)
+                }),
             },
             ParsedChange::Remove(url) => {
                 if let Some(i) = position(members, &url) {

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::Arc;
 
-use super::{EndpointState, EndpointUrl, RttModel};
+use super::{EndpointState, EndpointUrl, Labels, RttModel};
 use crate::clock::Clock;
 use crate::health::HealthShared;
 use crate::random::SharedRng;
@@ -32,18 +32,21 @@ pub(crate) struct Counters {
     pub(crate) health: Arc<HealthShared>,
 }
 
-/// An endpoint and its weight.
+/// An endpoint, its weight and its labels.
 #[derive(Clone, Debug)]
 pub(crate) struct Member {
     pub(crate) state: Arc<EndpointState>,
     pub(crate) weight: u32,
+    pub(crate) labels: Labels,
 }
 
 impl Member {
+    /// A new endpoint with fresh state and no labels.
     pub(crate) fn new(url: EndpointUrl, weight: u32, counters: &Counters) -> Self {
         Member {
             state: Arc::new(EndpointState::new(url, counters)),
             weight,
+            labels: Labels::default(),
         }
     }
 }

@@ -3,12 +3,14 @@
 
 mod member;
 mod rtt;
+mod spec;
 mod state;
 mod stats;
 mod url;
 
 pub(crate) use member::{Counters, Member};
 pub(crate) use rtt::{RttModel, DEFAULT_DECAY, DEFAULT_PENALTY, DEFAULT_RTT};
+pub use spec::{Endpoint, IntoEndpoint, Labels};
 pub(crate) use state::{EndpointState, InFlight};
 pub use stats::{EndpointStats, FailureCounts, Stats};
 pub(crate) use url::EndpointUrl;

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::rtt::{RttEstimate, RttModel};
 use super::stats::{EndpointStats, FailureCounts};
-use super::{Counters, EndpointUrl};
+use super::{Counters, EndpointUrl, Labels};
 use crate::clock::Clock;
 use crate::health::{EndpointHealth, HealthShared};
 use crate::outcome::Outcome;
@@ -124,7 +124,7 @@ impl EndpointState {
     }
 
     /// A consistent-enough copy of the counters for [`crate::Stats`].
-    pub(crate) fn stats(&self, weight: u32) -> EndpointStats {
+    pub(crate) fn stats(&self, weight: u32, labels: &Labels) -> EndpointStats {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let (ejected, times_ejected) = self.health.status(self.clock.now_ms());
         let estimate = self.rtt_nanos_at(self.rtt_model.stamp_now());
@@ -141,6 +141,7 @@ impl EndpointState {
         let in_flight = load(&self.in_flight);
         EndpointStats {
             url: self.url.as_str().to_owned(),
+            labels: labels.clone(),
             weight,
             in_flight,
             // Every request is in flight or has exactly one outcome.
@@ -229,11 +230,11 @@ mod tests {
         let a = InFlight::start(ep.clone());
         let b = InFlight::start(ep.clone());
         let c = InFlight::start(ep.clone());
-        assert_eq!(ep.stats(1).in_flight, 3);
+        assert_eq!(ep.stats(1, &Labels::default()).in_flight, 3);
         a.finish(Outcome::Success, None);
         b.finish(Outcome::ServerError, None);
         drop(c);
-        let stats = ep.stats(1);
+        let stats = ep.stats(1, &Labels::default());
         assert_eq!(stats.in_flight, 0);
         assert_eq!(stats.requests, 3);
         assert_eq!(stats.successes, 1);

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::EndpointUrl;
+use super::{EndpointUrl, Labels};
 
 /// The state of every endpoint in the set, in the order they were added.
 ///
@@ -75,6 +75,8 @@ pub struct EndpointStats {
     pub url: String,
     /// Current weight; 0 means drained.
     pub weight: u32,
+    /// The endpoint's labels.
+    pub labels: Labels,
     /// Requests sent and not yet answered.
     pub in_flight: u64,
     /// Requests sent.

@@ -36,6 +36,7 @@ impl EndpointUrl {
         match Self::parse_once(parsed.as_str()) {
             Ok(again) if again.canonical == parsed.canonical => Ok(parsed),
             _ => Err(Error::InvalidUrl {
+                source: None,
                 url: url.to_owned(),
                 reason: format!(
                     "the host is not a valid name or address (it would read back as {})",
@@ -49,12 +50,16 @@ impl EndpointUrl {
         let invalid = |reason: &str| Error::InvalidUrl {
             url: url.to_owned(),
             reason: reason.to_owned(),
+            source: None,
         };
-        let uri: Uri = url.trim().parse().map_err(|e: http::uri::InvalidUri| {
-            invalid(&format!(
-                "not a URI ({e}); expected e.g. http://127.0.0.1:8080"
-            ))
-        })?;
+        let uri: Uri =
+            url.trim()
+                .parse()
+                .map_err(|e: http::uri::InvalidUri| Error::InvalidUrl {
+                    url: url.to_owned(),
+                    reason: format!("not a URI ({e}); expected e.g. http://127.0.0.1:8080"),
+                    source: Some(e),
+                })?;
         let parts = uri.into_parts();
         let scheme = match parts.scheme {
             Some(s) if s == Scheme::HTTP || s == Scheme::HTTPS => s,
@@ -230,7 +235,7 @@ mod tests {
             "http://127.0.0.1:99999",
         ] {
             match EndpointUrl::parse(bad) {
-                Err(Error::InvalidUrl { url, reason }) => {
+                Err(Error::InvalidUrl { url, reason, .. }) => {
                     assert_eq!(url, bad);
                     assert!(!reason.is_empty());
                 }
