@@ -214,7 +214,7 @@ async fn sticky_sessions(backends: &[Backend]) -> Result<(), BoxError> {
     let balancer = backends
         .iter()
         .fold(Balancer::builder(), |b, backend| {
-            b.endpoint(&backend.server.uri())
+            b.endpoint(backend.server.uri())
         })
         .policy(Policy::maglev().key(RequestKey::session()))
         .build()?;
@@ -303,7 +303,7 @@ async fn slow_backend() -> Result<(), BoxError> {
         let balancer = backends
             .iter()
             .fold(Balancer::builder(), |b, backend| {
-                b.endpoint(&backend.server.uri())
+                b.endpoint(backend.server.uri())
             })
             .policy(policy)
             .build()?;
@@ -357,7 +357,7 @@ async fn failing_backend() -> Result<(), BoxError> {
     let balancer = backends
         .iter()
         .fold(Balancer::builder(), |b, backend| {
-            b.endpoint(&backend.server.uri())
+            b.endpoint(backend.server.uri())
         })
         .policy(Policy::round_robin())
         .outlier_detection(detection)

@@ -28,7 +28,7 @@ async fn main() -> Result<(), BoxError> {
 
     let balancer = servers
         .iter()
-        .fold(Balancer::builder(), |b, s| b.endpoint(&s.uri()))
+        .fold(Balancer::builder(), |b, s| b.endpoint(s.uri()))
         .policy(
             Policy::ring_hash()
                 .key(RequestKey::cookie("JSESSIONID"))
@@ -60,7 +60,7 @@ async fn main() -> Result<(), BoxError> {
     // Where the hash alone would put that session, with nothing learned:
     let fresh = servers
         .iter()
-        .fold(Balancer::builder(), |b, s| b.endpoint(&s.uri()))
+        .fold(Balancer::builder(), |b, s| b.endpoint(s.uri()))
         .policy(Policy::ring_hash().key(RequestKey::cookie("JSESSIONID")))
         .build()?;
     let by_hash = fresh.locate(&SessionKey::new("alpha-7f3a"));

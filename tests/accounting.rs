@@ -43,7 +43,7 @@ async fn ten_thousand_requests_at_concurrency_64_are_all_answered() {
 async fn stuck_backend() -> (Server, Balancer, Client) {
     let delay = ResponseTemplate::new(200).set_delay(Duration::from_secs(30));
     let stuck = backend("a", delay).await;
-    let balancer = Balancer::builder().endpoint(&stuck.uri()).build().unwrap();
+    let balancer = Balancer::builder().endpoint(stuck.uri()).build().unwrap();
     let client = client(&balancer);
     (stuck, balancer, client)
 }
@@ -164,9 +164,9 @@ async fn timeouts_and_server_errors_are_counted_by_kind() {
     let broken = backend("b", ResponseTemplate::new(503)).await;
     let missing = backend("c", ResponseTemplate::new(404)).await;
     let balancer = Balancer::builder()
-        .endpoint(&slow.uri())
-        .endpoint(&broken.uri())
-        .endpoint(&missing.uri())
+        .endpoint(slow.uri())
+        .endpoint(broken.uri())
+        .endpoint(missing.uri())
         .build()
         .unwrap();
     let reqwest = reqwest::Client::builder()

@@ -456,7 +456,7 @@ async fn retries_do_not_take_turns_from_the_round_robin() {
     answer(&servers[0], "a", 503).await;
     let balancer = servers
         .iter()
-        .fold(Balancer::builder(), |b, s| b.endpoint(&s.uri()))
+        .fold(Balancer::builder(), |b, s| b.endpoint(s.uri()))
         .policy(Policy::round_robin())
         .outlier_detection(OutlierDetection::disabled())
         .retry(Retries::default().idempotent_failures())

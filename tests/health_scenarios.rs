@@ -15,7 +15,7 @@ fn url(i: usize) -> String {
 
 fn balancer(n: usize, detection: OutlierDetection) -> Balancer {
     (0..n)
-        .fold(Balancer::builder(), |b, i| b.endpoint(&url(i)))
+        .fold(Balancer::builder(), |b, i| b.endpoint(url(i)))
         .policy(Policy::round_robin())
         .outlier_detection(detection)
         .retry(Retries::disabled())

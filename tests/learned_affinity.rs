@@ -254,8 +254,8 @@ async fn a_learned_home_that_is_ejected_gets_no_requests() {
         .mount(&b)
         .await;
     let balancer = Balancer::builder()
-        .endpoint(&a.uri())
-        .endpoint(&b.uri())
+        .endpoint(a.uri())
+        .endpoint(b.uri())
         .policy(policy())
         .build()
         .unwrap();

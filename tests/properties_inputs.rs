@@ -72,7 +72,7 @@ proptest! {
         target in any_string(),
     ) {
         let balancer = Balancer::builder()
-            .endpoint(&format!("http://127.0.0.1:8080{base}"))
+            .endpoint(format!("http://127.0.0.1:8080{base}"))
             .build()
             .unwrap();
         let Ok(uri) = target.parse::<http::Uri>() else {

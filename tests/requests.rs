@@ -26,7 +26,7 @@ async fn path_query_and_headers_are_kept_and_the_base_path_is_prefixed() {
         .mount(&server)
         .await;
     let balancer = Balancer::builder()
-        .endpoint(&format!("{}/api/v2/", server.uri()))
+        .endpoint(format!("{}/api/v2/", server.uri()))
         .build()
         .unwrap();
     let request = http::Request::post("/users/42?full=1")
@@ -46,7 +46,7 @@ async fn a_reqwest_client_takes_reqwest_requests_with_a_placeholder_host() {
         .expect(1)
         .mount(&server)
         .await;
-    let balancer = Balancer::builder().endpoint(&server.uri()).build().unwrap();
+    let balancer = Balancer::builder().endpoint(server.uri()).build().unwrap();
     let client = ServiceBuilder::new()
         .layer(balancer.layer())
         .service(reqwest::Client::new());
@@ -254,7 +254,7 @@ async fn every_in_memory_body_is_replayed_on_a_refused_connection() {
 fn debug_output_is_a_short_summary_not_the_tables() {
     let balancer = (0..50)
         .fold(Balancer::builder(), |b, i| {
-            b.endpoint(&format!("http://127.0.0.1:{}", 9000 + i))
+            b.endpoint(format!("http://127.0.0.1:{}", 9000 + i))
         })
         .policy(tower_lb::Policy::maglev())
         .build()

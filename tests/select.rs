@@ -96,8 +96,8 @@ async fn reported_failures_eject_the_endpoint() {
     let good = backend("good", ResponseTemplate::new(200)).await;
     let bad = backend("bad", ResponseTemplate::new(503)).await;
     let balancer = Balancer::builder()
-        .endpoint(&good.uri())
-        .endpoint(&bad.uri())
+        .endpoint(good.uri())
+        .endpoint(bad.uri())
         .policy(Policy::round_robin())
         .outlier_detection(OutlierDetection::default().max_ejection_percent(50))
         .build()

@@ -36,7 +36,7 @@ async fn join_all(handles: Vec<tokio::task::JoinHandle<Result<String, Error>>>) 
 async fn removed_endpoint_finishes_its_requests_and_gets_no_more() {
     let slow = backend("a", ResponseTemplate::new(200).set_delay(SLOW)).await;
     let fast = backend("b", ResponseTemplate::new(200)).await;
-    let balancer = Balancer::builder().endpoint(&slow.uri()).build().unwrap();
+    let balancer = Balancer::builder().endpoint(slow.uri()).build().unwrap();
     let client = client(&balancer);
 
     let in_flight = spawn_requests(&client, 8);
@@ -61,8 +61,8 @@ async fn drained_endpoint_finishes_in_flight_requests_and_gets_no_new_ones() {
     let slow = backend("a", ResponseTemplate::new(200).set_delay(SLOW)).await;
     let fast = backend("b", ResponseTemplate::new(200)).await;
     let balancer = Balancer::builder()
-        .endpoint(&slow.uri())
-        .endpoint(&fast.uri())
+        .endpoint(slow.uri())
+        .endpoint(fast.uri())
         .build()
         .unwrap();
     let client = client(&balancer);
@@ -99,8 +99,8 @@ async fn drained_endpoint_finishes_in_flight_requests_and_gets_no_new_ones() {
 async fn reweight_and_add_change_the_shares_exactly() {
     let servers = backends(3).await;
     let balancer = Balancer::builder()
-        .endpoint(&servers[0].uri())
-        .endpoint(&servers[1].uri())
+        .endpoint(servers[0].uri())
+        .endpoint(servers[1].uri())
         .build()
         .unwrap();
     let client = client(&balancer);

@@ -81,7 +81,7 @@ fn address(i: usize) -> String {
 fn ours(endpoints: usize, policy: Policy) -> Balancer {
     let built = (0..endpoints)
         .fold(Balancer::builder(), |b, i| {
-            b.endpoint(&format!("http://{}", address(i)))
+            b.endpoint(format!("http://{}", address(i)))
         })
         .policy(policy)
         .retry(Retries::disabled())

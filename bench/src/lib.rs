@@ -258,7 +258,7 @@ pub fn balancer_over(
     let built = backends
         .iter()
         .fold(tower_lb::Balancer::builder(), |b, backend| {
-            b.endpoint(&backend.url())
+            b.endpoint(backend.url())
         })
         .policy(policy)
         .retry(retry)

@@ -87,7 +87,7 @@ pub fn name(i: usize) -> String {
 pub fn balancer_over(servers: &[Server], policy: impl Into<tower_lb::Policy>) -> Balancer {
     servers
         .iter()
-        .fold(Balancer::builder(), |b, s| b.endpoint(&s.uri()))
+        .fold(Balancer::builder(), |b, s| b.endpoint(s.uri()))
         .policy(policy)
         .build()
         .expect("a valid test balancer")
