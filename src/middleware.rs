@@ -46,13 +46,13 @@ use crate::pipeline::{Answer, Trip};
 impl Middleware for Balancer {
     async fn handle(
         &self,
-        request: reqwest::Request,
+        mut request: reqwest::Request,
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<reqwest::Response> {
         let mut trip = Trip::new(self);
-        let (mut request, mut attempt) = trip
-            .start(request, Some(extensions))
+        let mut attempt = trip
+            .start(&mut request, Some(extensions))
             .map_err(reqwest_middleware::Error::middleware)?;
         loop {
             let span = attempt.span().clone();

@@ -79,66 +79,83 @@ impl Attempt {
 }
 
 /// What one request needs beyond its current attempt: the balancer (to
-/// pick, learn and retry), the endpoints it has tried, and an unrouted copy
-/// of the request, kept only while a retry can happen.
+/// pick, learn and retry), how many retries are left and, only while a
+/// retry can happen, the replay state (kept out of line, so that a trip that
+/// cannot be retried stays small).
 #[derive(Debug)]
 pub(crate) struct Trip<R> {
     balancer: Balancer,
-    /// Endpoints already tried; stays empty (no allocation) without retries.
-    tried: Vec<Arc<EndpointState>>,
     retries_left: u32,
+    replay: Option<Box<Replay<R>>>,
+}
+
+/// What a retry needs: the endpoints tried, and an unrouted copy of the
+/// request while another attempt may follow.
+#[derive(Debug)]
+struct Replay<R> {
+    tried: Vec<Arc<EndpointState>>,
     copy: Option<R>,
 }
 
 impl<R: Route> Trip<R> {
-    /// Starts the trip of one request: counts it in the retry budget.
+    /// Starts the trip of one request through `balancer`.
     pub(crate) fn new(balancer: &Balancer) -> Self {
-        let retries_left = balancer.retrying().map_or(0, |retrying| {
-            retrying.budget.deposit();
-            retrying.policy.max_retries
-        });
         Trip {
             balancer: balancer.clone(),
-            tried: Vec::new(),
-            retries_left,
-            copy: None,
+            retries_left: balancer
+                .retrying()
+                .map_or(0, |retrying| retrying.policy.max_retries),
+            replay: None,
         }
     }
 
     /// Picks an endpoint for `request`, points the request at it and starts
-    /// the first attempt.
-    ///
-    /// Errors: [`Error::NoEndpointAvailable`], [`Error::InvalidRequest`].
+    /// the first attempt; counts the request in the retry budget.
     ///
     /// `extensions` stand in for the request's own when it has none to show
     /// (a `reqwest::Request` in the middleware).
+    ///
+    /// Errors: [`Error::NoEndpointAvailable`], [`Error::InvalidRequest`].
     pub(crate) fn start(
         &mut self,
-        mut request: R,
+        request: &mut R,
         extensions: Option<&Extensions>,
-    ) -> Result<(R, Attempt), Error> {
+    ) -> Result<Attempt, Error> {
         let info = with_extensions(request.info(), extensions);
-        let Some((endpoint, takers)) = self.balancer.pick_for(&info, &self.tried) else {
+        let Some((endpoint, takers)) = self.balancer.pick_for(&info, &[]) else {
             tracing::debug!("no endpoint available");
             return Err(Error::NoEndpointAvailable);
         };
-        self.keep_copy_of(&request, takers);
+        if self.may_retry_on(takers, request) {
+            self.replay = Some(Box::new(Replay {
+                tried: Vec::new(),
+                copy: request.try_clone(),
+            }));
+        }
         request.route_to(&endpoint.url)?;
-        Ok((request, Attempt::start(endpoint)))
+        let attempt = Attempt::start(endpoint);
+        if let Some(retrying) = self.balancer.retrying() {
+            retrying.budget.deposit_at(attempt.in_flight.started_at());
+        }
+        Ok(attempt)
     }
 
-    /// Keeps an unrouted copy of `request` if it may be sent again: retries
-    /// are left, its method can be retried under the policy, and another
-    /// endpoint than those tried takes requests (of `takers`). Otherwise no
-    /// copy is made.
-    fn keep_copy_of(&mut self, request: &R, takers: usize) {
-        let may_retry = self.retries_left > 0
-            && takers > self.tried.len() + 1
+    /// Whether `request` may be sent once more: retries are left, its
+    /// method can be retried under the policy, and more endpoints than
+    /// those tried take requests (of `takers`).
+    fn may_retry_on(&self, takers: usize, request: &R) -> bool {
+        let tried = self.replay.as_ref().map_or(0, |r| r.tried.len());
+        self.retries_left > 0
+            && takers > tried + 1
             && self
                 .balancer
                 .retrying()
-                .is_some_and(|retrying| retrying.may_retry(request.info().method()));
-        self.copy = if may_retry { request.try_clone() } else { None };
+                .is_some_and(|retrying| retrying.may_retry(request.info().method()))
+    }
+
+    /// Whether a copy of the request is kept: a retry may follow.
+    pub(crate) fn may_retry(&self) -> bool {
+        self.replay.as_ref().is_some_and(|r| r.copy.is_some())
     }
 
     /// Ends `attempt` with `answer`: learns the session cookies of an
@@ -159,27 +176,27 @@ impl<R: Route> Trip<R> {
         }
         let endpoint = attempt.endpoint().clone();
         let outcome = attempt.end(answer);
-        let mut request = self.copy.take()?;
+        let mut request = self.replay.as_mut()?.copy.take()?;
         let retrying = self.balancer.retrying()?;
         if !retrying.retries(outcome, request.info().method()) {
             return None;
         }
-        self.tried.push(endpoint);
+        let replay = self.replay.as_mut()?;
+        replay.tried.push(endpoint);
         let info = with_extensions(request.info(), extensions);
-        let (next, takers) = self.balancer.pick_for(&info, &self.tried)?;
+        let (next, takers) = self.balancer.pick_for(&info, &replay.tried)?;
         if !retrying.budget.withdraw() {
             return None;
         }
         self.retries_left = self.retries_left.saturating_sub(1);
-        self.keep_copy_of(&request, takers);
+        if self.may_retry_on(takers, &request) {
+            if let Some(replay) = self.replay.as_mut() {
+                replay.copy = request.try_clone();
+            }
+        }
         request.route_to(&next.url).ok()?;
         tracing::debug!(?outcome, "retrying on another endpoint");
         Some((request, Attempt::start(next)))
-    }
-
-    /// Whether a copy of the request is kept: a retry may follow.
-    pub(crate) fn may_retry(&self) -> bool {
-        self.copy.is_some()
     }
 }
 

@@ -91,10 +91,10 @@ where
             .map_err(|e| Error::NotReady(e.into()))
     }
 
-    fn call(&mut self, request: R) -> Self::Future {
+    fn call(&mut self, mut request: R) -> Self::Future {
         let mut trip = Trip::new(&self.balancer);
-        match trip.start(request, None) {
-            Ok((request, attempt)) => {
+        match trip.start(&mut request, None) {
+            Ok(attempt) => {
                 let future = attempt.span().in_scope(|| self.inner.call(request));
                 // The service is cloned only for a trip that may be retried.
                 let service = trip.may_retry().then(|| self.inner.clone());
@@ -130,8 +130,9 @@ pin_project! {
         trip: Option<Trip<R>>,
         // A clone of the wrapped service, kept while a retry may follow.
         service: Option<S>,
-        // The next attempt with its request, while the service gets ready.
-        next: Option<(R, Attempt)>,
+        // The next attempt with its request, while the service gets ready
+        // (boxed: rare, and it would double the future's size).
+        next: Option<Box<(R, Attempt)>>,
     }
 }
 
@@ -203,7 +204,7 @@ where
                     };
                     if let Some(next) = trip.end(attempt, answer, None) {
                         if this.service.is_some() {
-                            *this.next = Some(next);
+                            *this.next = Some(Box::new(next));
                             this.state.set(State::Readying);
                             continue;
                         }
@@ -220,9 +221,10 @@ where
                     if let Err(error) = ready!(service.poll_ready(cx)) {
                         return Poll::Ready(Err(Error::NotReady(error.into())));
                     }
-                    let Some((request, attempt)) = this.next.take() else {
+                    let Some(next) = this.next.take() else {
                         return Poll::Pending;
                     };
+                    let (request, attempt) = *next;
                     let future = attempt.span().in_scope(|| service.call(request));
                     *this.attempt = Some(attempt);
                     this.state.set(State::Calling { future });

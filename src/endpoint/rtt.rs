@@ -100,6 +100,11 @@ impl RttModel {
 
     /// The share of an estimate left after `elapsed_ms`.
     fn keep(&self, elapsed_ms: u32) -> f64 {
+        // Answers within the same millisecond, the common case under load,
+        // skip the exponential.
+        if elapsed_ms == 0 {
+            return 1.0;
+        }
         (-(f64::from(elapsed_ms) * 1e6) / self.decay_nanos).exp()
     }
 
@@ -172,7 +177,8 @@ impl RttEstimate {
 
     /// Folds in one answer's latency; `failed` applies the penalty.
     pub(crate) fn record(&self, model: &RttModel, latency: Duration, failed: bool, now: Instant) {
-        let mut sample = latency.as_nanos() as f64;
+        // Through f64 seconds: a u128 of nanoseconds converts slowly.
+        let mut sample = latency.as_secs_f64() * 1e9;
         if failed {
             sample = sample.max(model.penalty_nanos);
         }

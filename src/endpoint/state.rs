@@ -185,6 +185,11 @@ impl InFlight {
         }
     }
 
+    /// When the request was sent, on the balancer's clock.
+    pub(crate) fn started_at(&self) -> Instant {
+        self.started_at
+    }
+
     pub(crate) fn endpoint(&self) -> &Arc<EndpointState> {
         &self.endpoint
     }

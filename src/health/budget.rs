@@ -10,6 +10,8 @@
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use crate::clock::Clock;
 
 #[derive(Debug)]
@@ -44,7 +46,11 @@ impl RetryBudget {
     }
 
     fn current(&self) -> (&Bucket, u64) {
-        let second = self.clock.elapsed(self.clock.now()).as_secs() + 1;
+        self.bucket_at(self.clock.now())
+    }
+
+    fn bucket_at(&self, now: Instant) -> (&Bucket, u64) {
+        let second = self.clock.elapsed(now).as_secs() + 1;
         let bucket = &self.buckets[second as usize % self.buckets.len()];
         let seen = bucket.second.load(Ordering::Relaxed);
         if seen != second
@@ -60,8 +66,16 @@ impl RetryBudget {
     }
 
     /// Counts one request.
+    /// Counts one request sent at `now` (a reading of the budget's clock
+    /// the caller has already made).
+    pub(crate) fn deposit_at(&self, now: Instant) {
+        self.bucket_at(now).0.deposits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one request.
+    #[cfg(test)]
     pub(crate) fn deposit(&self) {
-        self.current().0.deposits.fetch_add(1, Ordering::Relaxed);
+        self.deposit_at(self.clock.now());
     }
 
     /// Takes one retry from the budget, if there is one.

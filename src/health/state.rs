@@ -422,7 +422,11 @@ fn bump_or_reset(streak: &AtomicU32, hit: bool) -> u32 {
     if hit {
         streak.fetch_add(1, Ordering::Relaxed).saturating_add(1)
     } else {
-        streak.store(0, Ordering::Relaxed);
+        // A streak already at zero is left unwritten: successes, the common
+        // case, then only read the shared line.
+        if streak.load(Ordering::Relaxed) != 0 {
+            streak.store(0, Ordering::Relaxed);
+        }
         0
     }
 }
