@@ -80,7 +80,8 @@ pub use error::{BoxError, Error};
 pub use health::{HealthEvent, OutlierDetection, Retries};
 pub use layer::BalanceLayer;
 pub use policy::{
-    ConsistentHash, LeastResponseTime, Policy, DEFAULT_LOAD_FACTOR, DEFAULT_VIRTUAL_NODES,
+    Candidates, ConsistentHash, LeastResponseTime, PickContext, Picker, Policy, SelectionPolicy,
+    Subset, DEFAULT_LOAD_FACTOR, DEFAULT_VIRTUAL_NODES,
 };
 pub use request::{BalanceRequest, BalanceResponse};
 #[cfg(feature = "reqwest")]

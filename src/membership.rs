@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use crate::endpoint::{Counters, EndpointState, Member, Stats};
-use crate::policy::{Pick, PickContext, Policy};
+use crate::policy::{PickContext, Picker, Policy};
 
 /// One published version of the endpoint set.
 #[derive(Debug)]
@@ -19,7 +19,7 @@ pub(crate) struct Snapshot {
     /// The endpoints that take new requests (weight above 0), in `members`
     /// order; the picker's indices point into this.
     active: Vec<Arc<EndpointState>>,
-    picker: Box<dyn Pick>,
+    picker: Box<dyn Picker>,
     counters: Counters,
 }
 

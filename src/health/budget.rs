@@ -69,7 +69,10 @@ impl RetryBudget {
     /// Counts one request sent at `now` (a reading of the budget's clock
     /// the caller has already made).
     pub(crate) fn deposit_at(&self, now: Instant) {
-        self.bucket_at(now).0.deposits.fetch_add(1, Ordering::Relaxed);
+        self.bucket_at(now)
+            .0
+            .deposits
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts one request.

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 
 use super::maglev::{self, Maglev, DEFAULT_TABLE_SIZE, MAX_TABLE_SIZE};
 use super::ring::Ring;
-use super::{Pick, PickContext, Policy};
+use super::{PickContext, Picker, Policy};
 use crate::endpoint::{Counters, Member};
 use crate::{Error, RequestKey};
 
@@ -180,7 +180,7 @@ impl ConsistentHash {
         }
     }
 
-    pub(crate) fn picker(&self, members: &[Member], counters: &Counters) -> Box<dyn Pick> {
+    pub(crate) fn picker(&self, members: &[Member], counters: &Counters) -> Box<dyn Picker> {
         let table = match self.table {
             TableKind::Ring { virtual_nodes } => Table::Ring(Ring::build(members, virtual_nodes)),
             TableKind::Maglev { size } => Table::Maglev(Maglev::build(members, size)),
@@ -208,10 +208,10 @@ enum Table {
 struct HashPicker {
     table: Table,
     bound: Option<LoadBound>,
-    fallback: Box<dyn Pick>,
+    fallback: Box<dyn Picker>,
 }
 
-impl Pick for HashPicker {
+impl Picker for HashPicker {
     fn pick(&self, ctx: &PickContext<'_>) -> Option<usize> {
         let Some(hash) = ctx.key else {
             return self.fallback.pick(ctx);

@@ -40,7 +40,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use super::random::WeightedDraw;
-use super::{Pick, PickContext};
+use super::{PickContext, Picker};
 use crate::clock::Clock;
 use crate::endpoint::{Member, RttModel, DEFAULT_DECAY, DEFAULT_PENALTY, DEFAULT_RTT};
 use crate::Error;
@@ -131,7 +131,7 @@ impl LeastResponseTime {
         RttModel::new(clock, self.initial, self.decay, self.penalty)
     }
 
-    pub(crate) fn picker(&self, members: &[Member]) -> Box<dyn Pick> {
+    pub(crate) fn picker(&self, members: &[Member]) -> Box<dyn Picker> {
         let weights: Vec<u32> = members.iter().map(|m| m.weight).collect();
         let mean = weights.iter().map(|&w| f64::from(w)).sum::<f64>() / weights.len().max(1) as f64;
         Box::new(LeastTimePicker {
@@ -175,7 +175,7 @@ impl LeastTimePicker {
     }
 }
 
-impl Pick for LeastTimePicker {
+impl Picker for LeastTimePicker {
     fn pick(&self, ctx: &PickContext<'_>) -> Option<usize> {
         let n = ctx.endpoints.len().min(self.draw.len());
         let now = ctx.endpoints.first()?.rtt_model().stamp_now();

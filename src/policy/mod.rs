@@ -1,10 +1,12 @@
 //! Selection policies: how the balancer chooses an endpoint for a request.
 //!
-//! A policy turns the weights of the active endpoints into a [`Pick`]: the
-//! selection state for one snapshot of the set, prepared off the request path
-//! and read without a lock by every request.
+//! A policy ([`SelectionPolicy`]) turns the endpoints that take requests
+//! into a [`Picker`]: the selection state for one snapshot of the set,
+//! prepared off the request path and read without a lock by every request.
+//! The built-in policies ([`Policy`]) and a user's own are the same trait.
 
 mod consistent;
+mod custom;
 mod least_time;
 mod maglev;
 mod random;
@@ -17,6 +19,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 pub use consistent::{ConsistentHash, DEFAULT_LOAD_FACTOR, DEFAULT_VIRTUAL_NODES};
+pub use custom::{Candidates, SelectionPolicy, Subset};
 pub use least_time::LeastResponseTime;
 use random::WeightedRandom;
 use round_robin::Rotation;
@@ -26,8 +29,13 @@ use crate::endpoint::{Counters, EndpointState, Member, RttModel};
 use crate::random::SharedRng;
 use crate::{Error, RequestKey};
 
-/// What a policy may look at to choose an endpoint for one request.
-pub(crate) struct PickContext<'a> {
+/// What a [`Picker`] may look at to choose an endpoint for one request:
+/// the request's key, which endpoints may take it (not ejected, not
+/// already tried), their loads, and the balancer's random numbers.
+///
+/// Endpoints are numbered as in the [`Candidates`] the picker was built
+/// from.
+pub struct PickContext<'a> {
     /// The hash of the request's key, when the policy hashes and the request
     /// has a key.
     pub(crate) key: Option<u64>,
@@ -46,7 +54,64 @@ pub(crate) struct PickContext<'a> {
     pub(crate) rng: &'a SharedRng,
 }
 
-impl PickContext<'_> {
+impl fmt::Debug for PickContext<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PickContext")
+            .field("key", &self.key)
+            .field("endpoints", &self.endpoints.len())
+            .field("retry", &self.is_retry())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> PickContext<'a> {
+    /// How many endpoints there are to choose from.
+    pub fn len(&self) -> usize {
+        self.endpoints.len()
+    }
+
+    /// Whether there is no endpoint to choose from.
+    pub fn is_empty(&self) -> bool {
+        self.endpoints.is_empty()
+    }
+
+    /// The hash of the request's key ([`key_hash`](crate::key_hash)), when
+    /// the policy reads keys and the request has one.
+    pub fn key(&self) -> Option<u64> {
+        self.key
+    }
+
+    /// Whether endpoint `i` may take this request: not ejected (outside
+    /// panic mode) and not already tried by it. Every built-in policy
+    /// makes this one check; a picker should too.
+    pub fn is_available(&self, i: usize) -> bool {
+        i < self.endpoints.len() && self.available(i)
+    }
+
+    /// Requests in flight on endpoint `i` now.
+    pub fn in_flight(&self, i: usize) -> u64 {
+        self.endpoints.get(i).map_or(0, |e| e.in_flight())
+    }
+
+    /// A random number below `n` (0 when `n` is 0), from the balancer's
+    /// generator, which [`BalancerBuilder::seed`](crate::BalancerBuilder::seed)
+    /// makes repeatable.
+    pub fn random_below(&self, n: usize) -> usize {
+        if n == 0 {
+            return 0;
+        }
+        self.rng.below(n as u64) as usize
+    }
+
+    /// The same request seen over a narrower set: `endpoints` instead of
+    /// these (a [`Subset`]'s), everything else unchanged.
+    pub(crate) fn narrowed<'b>(&self, endpoints: &'b [Arc<EndpointState>]) -> PickContext<'b>
+    where
+        'a: 'b,
+    {
+        PickContext { endpoints, ..*self }
+    }
+
     /// Whether endpoint `i` may take this request: the one check every
     /// policy makes, so that all of them skip ejected endpoints alike.
     pub(crate) fn available(&self, i: usize) -> bool {
@@ -63,9 +128,9 @@ impl PickContext<'_> {
         }
     }
 
-    /// Whether this pick is a retry: it must not take a turn from a
-    /// rotation.
-    pub(crate) fn is_retry(&self) -> bool {
+    /// Whether this pick is a retry (another endpoint already failed the
+    /// request): a rotation should not give it a turn of its own.
+    pub fn is_retry(&self) -> bool {
         !self.excluded.is_empty()
     }
 
@@ -99,7 +164,7 @@ impl PickContext<'_> {
     }
 
     /// The first available endpoint among `candidates`, in their order.
-    pub(crate) fn first_available(&self, candidates: impl Iterator<Item = usize>) -> Option<usize> {
+    pub fn first_available(&self, candidates: impl Iterator<Item = usize>) -> Option<usize> {
         self.only_available(candidates).next()
     }
 }
@@ -108,10 +173,13 @@ impl PickContext<'_> {
 /// endpoint is available at all.
 pub(crate) const QUICK_MISSES: usize = 16;
 
-/// Selection state for one snapshot of the endpoint set.
-pub(crate) trait Pick: Send + Sync + fmt::Debug {
-    /// The index, among the active endpoints, of the one to send the next
-    /// request to; `None` if there are none.
+/// Selection state for one version of the endpoint set, made by a
+/// [`SelectionPolicy`] and read by every request, from any thread at once:
+/// keep it immutable or atomic, never locked.
+pub trait Picker: Send + Sync + fmt::Debug {
+    /// The index (as in the [`Candidates`] it was built from) of the
+    /// endpoint for this request, or `None` when none may take it. Return
+    /// only endpoints that are [available](PickContext::is_available).
     fn pick(&self, ctx: &PickContext<'_>) -> Option<usize>;
 }
 
@@ -140,6 +208,7 @@ enum Kind {
     Random,
     LeastTime(LeastResponseTime),
     Hash(Box<ConsistentHash>),
+    Custom(Arc<dyn SelectionPolicy>),
 }
 
 impl Policy {
@@ -202,6 +271,13 @@ impl Policy {
         ConsistentHash::maglev()
     }
 
+    /// A policy of your own (see [`SelectionPolicy`]).
+    pub fn custom(policy: impl SelectionPolicy) -> Self {
+        Policy {
+            kind: Kind::Custom(Arc::new(policy)),
+        }
+    }
+
     /// Whether this policy places requests by the hash of a key.
     pub fn is_hash(&self) -> bool {
         matches!(self.kind, Kind::Hash(_))
@@ -217,6 +293,7 @@ impl Policy {
     pub(crate) fn request_key(&self) -> Option<&RequestKey> {
         match &self.kind {
             Kind::Hash(hash) => Some(hash.request_key()),
+            Kind::Custom(custom) => custom.request_key(),
             _ => None,
         }
     }
@@ -233,7 +310,7 @@ impl Policy {
     /// Prepares the selection state for the active endpoints (weights all
     /// above zero). The rotations' counters live in `counters`, shared
     /// across snapshots so that a rebuild does not restart them.
-    pub(crate) fn picker(&self, active: &[Member], counters: &Counters) -> Box<dyn Pick> {
+    pub(crate) fn picker(&self, active: &[Member], counters: &Counters) -> Box<dyn Picker> {
         let weights = || active.iter().map(|m| m.weight).collect::<Vec<_>>();
         match &self.kind {
             Kind::RoundRobin => Box::new(Rotation::round_robin(active.len(), counters)),
@@ -241,6 +318,7 @@ impl Policy {
             Kind::Random => Box::new(WeightedRandom::new(&weights())),
             Kind::LeastTime(least) => least.picker(active),
             Kind::Hash(hash) => hash.picker(active, counters),
+            Kind::Custom(custom) => custom.build(&Candidates::new(active, counters)),
         }
     }
 

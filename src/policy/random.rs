@@ -8,7 +8,7 @@
 //! draws in a row miss, most of the weight is out, and one exact draw over
 //! the available weight finishes the job.
 
-use super::{Pick, PickContext};
+use super::{PickContext, Picker};
 
 /// Draws that may land on unavailable endpoints before the exact draw.
 const REJECTION_DRAWS: usize = 4;
@@ -89,7 +89,7 @@ impl WeightedRandom {
     }
 }
 
-impl Pick for WeightedRandom {
+impl Picker for WeightedRandom {
     fn pick(&self, ctx: &PickContext<'_>) -> Option<usize> {
         self.draw.draw(ctx, None)
     }

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::weighted::smooth_cycle;
-use super::{Pick, PickContext, QUICK_MISSES};
+use super::{PickContext, Picker, QUICK_MISSES};
 use crate::endpoint::Counters;
 
 #[derive(Debug)]
@@ -93,7 +93,7 @@ impl Rotation {
     }
 }
 
-impl Pick for Rotation {
+impl Picker for Rotation {
     fn pick(&self, ctx: &PickContext<'_>) -> Option<usize> {
         let len = self.cycle.len();
         if len == 0 {

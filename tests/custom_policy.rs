@@ -1,0 +1,141 @@
+//! A user-written policy over the public trait: prefer the endpoints of one
+//! zone (a label), fall back to all. Loopback backends show the traffic;
+//! a property test holds the promise over random sets.
+
+mod support;
+
+use std::collections::HashMap;
+
+use proptest::prelude::*;
+use support::*;
+use tower_lb::{
+    Balancer, Candidates, Endpoint, Error, PickContext, Picker, Policy, SelectionPolicy, Subset,
+};
+
+/// Requests go to endpoints labelled `zone=<zone>` by `inner`; to the
+/// others only when none of those can take the request.
+#[derive(Debug)]
+struct PreferZone {
+    zone: &'static str,
+    inner: Policy,
+}
+
+#[derive(Debug)]
+struct PreferZonePicker {
+    local: Subset,
+    local_picker: Box<dyn Picker>,
+    any_picker: Box<dyn Picker>,
+}
+
+impl SelectionPolicy for PreferZone {
+    fn build(&self, endpoints: &Candidates<'_>) -> Box<dyn Picker> {
+        let local = endpoints.subset(|i| endpoints.labels(i).get("zone") == Some(self.zone));
+        Box::new(PreferZonePicker {
+            local_picker: self.inner.build(&local.candidates()),
+            local,
+            any_picker: self.inner.build(endpoints),
+        })
+    }
+}
+
+impl Picker for PreferZonePicker {
+    fn pick(&self, ctx: &PickContext<'_>) -> Option<usize> {
+        self.local
+            .pick(&*self.local_picker, ctx)
+            .or_else(|| self.any_picker.pick(ctx))
+    }
+}
+
+fn in_zone(url: String, zone: &str) -> Endpoint {
+    Endpoint::new(url).with_label("zone", zone)
+}
+
+#[tokio::test]
+async fn the_local_zone_takes_every_request_while_it_can_and_the_rest_after() {
+    let servers = backends(4).await;
+    let zones = ["a", "a", "b", "b"];
+    let balancer = servers
+        .iter()
+        .zip(zones)
+        .fold(Balancer::builder(), |b, (s, zone)| {
+            b.endpoint(in_zone(s.uri(), zone))
+        })
+        .policy(Policy::custom(PreferZone {
+            zone: "a",
+            inner: Policy::weighted_round_robin(),
+        }))
+        .build()
+        .unwrap();
+    let client = client(&balancer);
+    let count = |results: Vec<Result<String, Error>>| {
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for name in results {
+            *seen.entry(name.unwrap()).or_default() += 1;
+        }
+        seen
+    };
+
+    let seen = count(send_many(&client, 40, 4).await);
+    assert_eq!(seen, HashMap::from([("a".into(), 20), ("b".into(), 20)]));
+
+    balancer.drain(&servers[0].uri()).unwrap();
+    balancer.drain(&servers[1].uri()).unwrap();
+    let seen = count(send_many(&client, 40, 4).await);
+    assert_eq!(seen, HashMap::from([("c".into(), 20), ("d".into(), 20)]));
+    assert_settled(&balancer);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// Over random zones and weights (0 drains), no request leaves zone
+    /// "a" while an endpoint of it takes requests; every request gets an
+    /// endpoint with a weight whenever one exists.
+    #[test]
+    fn no_request_leaves_the_preferred_zone_while_it_has_an_endpoint(
+        fleet in prop::collection::vec((any::<bool>(), 0u32..4), 1..12),
+        seed in any::<u64>(),
+        policy in 0u8..3,
+    ) {
+        let inner = match policy {
+            0 => Policy::round_robin(),
+            1 => Policy::random(),
+            _ => Policy::least_response_time().into(),
+        };
+        let endpoints: Vec<Endpoint> = fleet
+            .iter()
+            .enumerate()
+            .map(|(i, (local, weight))| {
+                in_zone(format!("http://10.0.0.{}:80", i + 1), if *local { "a" } else { "b" })
+                    .with_weight(*weight)
+            })
+            .collect();
+        let balancer = Balancer::builder()
+            .policy(Policy::custom(PreferZone { zone: "a", inner }))
+            .seed(seed)
+            .build()
+            .unwrap();
+        balancer.replace(endpoints).unwrap();
+        let local_up = fleet.iter().any(|(local, weight)| *local && *weight > 0);
+        let any_up = fleet.iter().any(|(_, weight)| *weight > 0);
+        let request = http::Request::get("/").body(()).unwrap();
+        for _ in 0..50 {
+            match balancer.select(&request) {
+                Ok(selection) => {
+                    let i: usize = selection.endpoint()["http://10.0.0.".len()..]
+                        .trim_end_matches(":80")
+                        .parse::<usize>()
+                        .unwrap()
+                        - 1;
+                    let (local, weight) = fleet[i];
+                    prop_assert!(weight > 0, "a drained endpoint was chosen");
+                    prop_assert!(local || !local_up, "left the zone while it had an endpoint");
+                }
+                Err(error) => {
+                    prop_assert!(matches!(error, Error::NoEndpointAvailable));
+                    prop_assert!(!any_up, "no endpoint, yet one has a weight");
+                }
+            }
+        }
+    }
+}
