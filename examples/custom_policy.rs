@@ -74,7 +74,7 @@ async fn main() -> Result<(), BoxError> {
         .layer(balancer.layer())
         .service(HttpToReqwest::new(reqwest::Client::new()));
 
-    let mut send = |count: usize| {
+    let send = |count: usize| {
         let client = client.clone();
         async move {
             let mut seen = std::collections::BTreeMap::<String, usize>::new();
