@@ -60,12 +60,14 @@ mod membership;
 #[cfg(feature = "reqwest-middleware")]
 mod middleware;
 mod outcome;
+mod per_endpoint;
 mod pipeline;
 mod policy;
 mod random;
 mod request;
 #[cfg(feature = "reqwest")]
 mod reqwest_http;
+mod response;
 mod selection;
 mod service;
 
@@ -79,6 +81,7 @@ pub use endpoint::{
 pub use error::{BoxError, Error};
 pub use health::{HealthEvent, OutlierDetection, Retries};
 pub use layer::BalanceLayer;
+pub use per_endpoint::PerEndpointService;
 pub use policy::{
     Candidates, ConsistentHash, LeastResponseTime, PickContext, Picker, Policy, SelectionPolicy,
     Subset, DEFAULT_LOAD_FACTOR, DEFAULT_VIRTUAL_NODES,
@@ -86,7 +89,8 @@ pub use policy::{
 pub use request::{BalanceRequest, BalanceResponse};
 #[cfg(feature = "reqwest")]
 pub use reqwest_http::HttpToReqwest;
+pub use response::ResponseFuture;
 pub use selection::Selection;
-pub use service::{BalanceService, ResponseFuture};
+pub use service::BalanceService;
 /// The discovery event type [`Balancer::apply`] and [`Balancer::follow`] take.
 pub use tower::discover::Change;

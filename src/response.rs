@@ -1,0 +1,204 @@
+//! The response future every Tower front end returns: it waits for the
+//! attempt, ends it through the request pipeline, and when the pipeline
+//! starts a retry, readies a service for the next endpoint and calls it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use pin_project_lite::pin_project;
+use tower_service::Service;
+
+use crate::endpoint::EndpointState;
+use crate::error::{BoxError, Error};
+use crate::pipeline::{Answer, Attempt, Trip};
+use crate::request::{BalanceRequest, BalanceResponse};
+
+/// Makes (or finds) the inner service of one endpoint.
+pub(crate) type ServiceFor<S> = Arc<dyn Fn(&Arc<EndpointState>) -> S + Send + Sync>;
+
+pin_project! {
+    /// The response future of [`BalanceService`](crate::BalanceService) and
+    /// [`PerEndpointService`](crate::PerEndpointService).
+    ///
+    /// Dropping it before it completes counts the request as cancelled and
+    /// releases its in-flight slot.
+    pub struct ResponseFuture<F, S, R> {
+        #[pin]
+        state: State<F>,
+        // The attempt being sent.
+        attempt: Option<Attempt>,
+        trip: Option<Trip<R>>,
+        // The service the next attempt goes through, while it gets ready:
+        // a clone of the shared inner service (kept for every retry), or
+        // the next endpoint's own.
+        ready: Option<S>,
+        // Per-endpoint services: where the next attempt's service comes from.
+        services: Option<ServiceFor<S>>,
+        // The next attempt with its request, while its service gets ready
+        // (boxed: rare with a shared service, and it would double the
+        // future's size).
+        next: Option<Box<(R, Attempt)>>,
+    }
+}
+
+impl<F, S, R> std::fmt::Debug for ResponseFuture<F, S, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let endpoint = self.attempt.as_ref().map(|a| a.endpoint().url.as_str());
+        f.debug_struct("ResponseFuture")
+            .field("endpoint", &endpoint)
+            .field("readying", &self.next.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        Failed { error: Option<Error> },
+        Calling {
+            #[pin]
+            future: F,
+        },
+        // Waiting for a service to be ready for the next attempt.
+        Readying,
+    }
+}
+
+impl<F, S, R> ResponseFuture<F, S, R> {
+    /// A request already sent through the shared inner service; `retry_with`
+    /// is a clone of it, kept when a retry may follow.
+    pub(crate) fn calling(
+        future: F,
+        attempt: Attempt,
+        trip: Trip<R>,
+        retry_with: Option<S>,
+    ) -> Self {
+        ResponseFuture {
+            state: State::Calling { future },
+            attempt: Some(attempt),
+            trip: Some(trip),
+            ready: retry_with,
+            services: None,
+            next: None,
+        }
+    }
+
+    /// A request to send through its endpoint's own service, once ready.
+    pub(crate) fn readying(
+        request: R,
+        attempt: Attempt,
+        trip: Trip<R>,
+        services: ServiceFor<S>,
+    ) -> Self {
+        ResponseFuture {
+            state: State::Readying,
+            attempt: None,
+            trip: Some(trip),
+            ready: None,
+            services: Some(services),
+            next: Some(Box::new((request, attempt))),
+        }
+    }
+
+    /// A request that failed before any endpoint was called.
+    pub(crate) fn failed(error: Error) -> Self {
+        ResponseFuture {
+            state: State::Failed { error: Some(error) },
+            attempt: None,
+            trip: None,
+            ready: None,
+            services: None,
+            next: None,
+        }
+    }
+}
+
+impl<F, S, R, T, E> Future for ResponseFuture<F, S, R>
+where
+    F: Future<Output = Result<T, E>>,
+    S: Service<R, Future = F, Response = T, Error = E>,
+    R: BalanceRequest,
+    T: BalanceResponse,
+    E: Into<BoxError>,
+{
+    type Output = Result<T, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                // `None` only if polled again after completion, which the
+                // `Future` contract leaves open; never completing is the
+                // harmless answer.
+                StateProj::Failed { error } => {
+                    return error.take().map_or(Poll::Pending, |e| Poll::Ready(Err(e)))
+                }
+                StateProj::Calling { future } => {
+                    let result = match this.attempt.as_ref() {
+                        Some(attempt) => {
+                            let _entered = attempt.span().enter();
+                            ready!(future.poll(cx))
+                        }
+                        None => ready!(future.poll(cx)),
+                    };
+                    let (Some(attempt), Some(trip)) = (this.attempt.take(), this.trip.as_mut())
+                    else {
+                        return Poll::Pending;
+                    };
+                    let result: Result<T, BoxError> = result.map_err(Into::into);
+                    let endpoint = result
+                        .is_err()
+                        .then(|| attempt.endpoint().url.as_str().to_owned());
+                    let answer = match &result {
+                        Ok(response) => Answer::Response {
+                            status: response.status(),
+                            headers: response.headers(),
+                        },
+                        Err(error) => Answer::Failed(error.as_ref()),
+                    };
+                    if let Some(next) = trip.end(attempt, answer, None) {
+                        if this.ready.is_some() || this.services.is_some() {
+                            *this.next = Some(Box::new(next));
+                            this.state.set(State::Readying);
+                            continue;
+                        }
+                    }
+                    return Poll::Ready(result.map_err(|source| Error::Upstream {
+                        endpoint: endpoint.unwrap_or_default(),
+                        source,
+                    }));
+                }
+                StateProj::Readying => {
+                    let Some(next) = this.next.as_ref() else {
+                        return Poll::Pending;
+                    };
+                    if this.ready.is_none() {
+                        if let Some(services) = this.services.as_ref() {
+                            *this.ready = Some(services(next.1.endpoint()));
+                        }
+                    }
+                    let Some(service) = this.ready.as_mut() else {
+                        return Poll::Pending;
+                    };
+                    if let Err(error) = ready!(service.poll_ready(cx)) {
+                        return Poll::Ready(Err(Error::NotReady(error.into())));
+                    }
+                    let Some(next) = this.next.take() else {
+                        return Poll::Pending;
+                    };
+                    let (request, attempt) = *next;
+                    let future = attempt.span().in_scope(|| service.call(request));
+                    // An endpoint's own service served its attempt; a retry
+                    // goes to another endpoint, through that one's.
+                    if this.services.is_some() {
+                        *this.ready = None;
+                    }
+                    *this.attempt = Some(attempt);
+                    this.state.set(State::Calling { future });
+                }
+            }
+        }
+    }
+}
