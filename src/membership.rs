@@ -101,6 +101,14 @@ impl Snapshot {
                 .is_none_or(|now| !endpoint.is_ejected(now))
     }
 
+    /// Requests sent to the current endpoints since they joined.
+    pub(crate) fn requests_started(&self) -> u64 {
+        self.members
+            .iter()
+            .map(|m| m.state.requests_started())
+            .sum()
+    }
+
     pub(crate) fn members(&self) -> &[Member] {
         &self.members
     }

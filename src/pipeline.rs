@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use http::{Extensions, HeaderMap, StatusCode};
 
-use crate::affinity::RequestInfo;
+use crate::affinity::{RequestInfo, SessionKey};
 use crate::balancer::Balancer;
 use crate::endpoint::{EndpointState, InFlight};
 use crate::outcome::Outcome;
@@ -132,7 +132,7 @@ impl<R: Route> Trip<R> {
                 copy: request.try_clone(),
             }));
         }
-        request.route_to(&endpoint.url)?;
+        self.route(request, &endpoint)?;
         let attempt = Attempt::start(endpoint);
         if let Some(retrying) = self.balancer.retrying() {
             retrying.budget.deposit_at(attempt.in_flight.started_at());
@@ -151,6 +151,14 @@ impl<R: Route> Trip<R> {
                 .balancer
                 .retrying()
                 .is_some_and(|retrying| retrying.may_retry(request.info().method()))
+    }
+
+    /// Points `request` at `endpoint`, without the balancer's own header.
+    fn route(&self, request: &mut R, endpoint: &EndpointState) -> Result<(), Error> {
+        if self.balancer.reads_session_header() {
+            request.headers_mut().remove(SessionKey::HEADER);
+        }
+        request.route_to(&endpoint.url)
     }
 
     /// Whether a copy of the request is kept: a retry may follow.
@@ -194,7 +202,7 @@ impl<R: Route> Trip<R> {
                 replay.copy = request.try_clone();
             }
         }
-        request.route_to(&next.url).ok()?;
+        self.route(&mut request, &next).ok()?;
         tracing::debug!(?outcome, "retrying on another endpoint");
         Some((request, Attempt::start(next)))
     }

@@ -37,6 +37,9 @@ pub(crate) mod sealed {
         /// Points the request at `endpoint`.
         fn route_to(&mut self, endpoint: &EndpointUrl) -> Result<(), Error>;
 
+        /// The request's headers, to remove the balancer's own.
+        fn headers_mut(&mut self) -> &mut HeaderMap;
+
         /// A copy to send again, if the body can be sent twice.
         fn try_clone(&self) -> Option<Self>
         where
@@ -77,6 +80,10 @@ impl<B: 'static> sealed::Route for http::Request<B> {
         let uri = std::mem::take(self.uri_mut());
         *self.uri_mut() = endpoint.join(uri)?;
         Ok(())
+    }
+
+    fn headers_mut(&mut self) -> &mut HeaderMap {
+        self.headers_mut()
     }
 }
 
@@ -156,6 +163,10 @@ impl sealed::Route for reqwest::Request {
 
     fn route_to(&mut self, endpoint: &EndpointUrl) -> Result<(), Error> {
         endpoint.route_url(self.url_mut())
+    }
+
+    fn headers_mut(&mut self) -> &mut HeaderMap {
+        self.headers_mut()
     }
 }
 

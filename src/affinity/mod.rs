@@ -33,11 +33,17 @@ pub fn key_hash(key: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(key)
 }
 
-/// An explicit key for one request, put in its `Extensions`: the request
-/// goes to the endpoint this key hashes to.
+/// An explicit key for one request: the request goes to the endpoint this
+/// key hashes to.
+///
+/// Put it in an `http::Request`'s `Extensions` (or a `reqwest-middleware`
+/// request's, with `with_extension`). A `reqwest::Request` keeps its
+/// extensions private, so for one the key travels in the
+/// [`SessionKey::HEADER`] header instead ([`SessionKey::attach`]); the
+/// balancer reads it there and removes it before the request leaves.
 ///
 /// Only the key's hash is kept, so the value cannot leak through `Debug`,
-/// logs or stats.
+/// logs, stats or that header.
 ///
 /// ```
 /// use tower_lb::SessionKey;
@@ -53,6 +59,55 @@ pub struct SessionKey {
 }
 
 impl SessionKey {
+    /// The header that carries a session key on requests that have no
+    /// extensions to hold it (`reqwest::Request`): its value is the key's
+    /// hash in 16 hexadecimal digits. Read by [`RequestKey::session`] and
+    /// removed by the balancer before the request is sent.
+    pub const HEADER: &'static str = "x-tower-lb-session-key";
+
+    /// The value of [`SessionKey::HEADER`] for this key.
+    ///
+    /// ```
+    /// use tower_lb::SessionKey;
+    ///
+    /// let client = reqwest::Client::new();
+    /// let request = client
+    ///     .get("http://backend/cart")
+    ///     .header(SessionKey::HEADER, SessionKey::new("user-42").header_value())
+    ///     .build()?;
+    /// # Ok::<(), reqwest::Error>(())
+    /// ```
+    pub fn header_value(&self) -> HeaderValue {
+        HeaderValue::from(HexDigest(self.hash))
+    }
+
+    /// Sets this key on a `reqwest::Request`, in [`SessionKey::HEADER`].
+    ///
+    /// ```
+    /// use tower_lb::SessionKey;
+    ///
+    /// let mut request = reqwest::Request::new(http::Method::GET, "http://backend/cart".parse()?);
+    /// SessionKey::new("user-42").attach(&mut request);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[cfg(feature = "reqwest")]
+    pub fn attach(self, request: &mut reqwest::Request) {
+        request
+            .headers_mut()
+            .insert(Self::HEADER, self.header_value());
+    }
+
+    /// The key a [`SessionKey::HEADER`] value carries.
+    fn from_header_value(value: &HeaderValue) -> Option<Self> {
+        let text = value.to_str().ok()?;
+        if text.len() != 16 {
+            return None;
+        }
+        u64::from_str_radix(text, 16)
+            .ok()
+            .map(|hash| SessionKey { hash })
+    }
+
     /// A key from any bytes: a user id, a session id, a tenant name.
     pub fn new(key: impl AsRef<[u8]>) -> Self {
         SessionKey {
@@ -64,6 +119,21 @@ impl SessionKey {
     /// that it does not shadow [`Hash::hash`](std::hash::Hash::hash).
     pub fn digest(&self) -> u64 {
         self.hash
+    }
+}
+
+/// A hash in 16 lowercase hexadecimal digits.
+struct HexDigest(u64);
+
+impl From<HexDigest> for HeaderValue {
+    fn from(digest: HexDigest) -> Self {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut text = [0u8; 16];
+        for (i, byte) in text.iter_mut().enumerate() {
+            *byte = DIGITS[((digest.0 >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        // Sixteen hexadecimal digits are always a valid header value.
+        HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("0"))
     }
 }
 
@@ -146,7 +216,8 @@ enum Source {
 }
 
 impl RequestKey {
-    /// The [`SessionKey`] in the request's extensions.
+    /// The [`SessionKey`] in the request's extensions, else the one in the
+    /// [`SessionKey::HEADER`] header (how a `reqwest::Request` carries it).
     pub fn session() -> Self {
         Self::from_source(Source::Session)
     }
@@ -225,6 +296,12 @@ impl RequestKey {
         }
     }
 
+    /// Whether a source reads [`SessionKey::HEADER`], which the balancer
+    /// then removes before sending.
+    pub(crate) fn reads_session_header(&self) -> bool {
+        self.sources.iter().any(|s| matches!(s, Source::Session))
+    }
+
     /// Names of the cookies this key is read from.
     pub(crate) fn cookie_names(&self) -> Vec<Box<str>> {
         self.sources
@@ -246,7 +323,12 @@ impl RequestKey {
             Source::Session => request
                 .extensions
                 .and_then(|e| e.get::<SessionKey>())
-                .map(SessionKey::digest),
+                .copied()
+                .or_else(|| {
+                    let value = request.headers.get(SessionKey::HEADER)?;
+                    SessionKey::from_header_value(value)
+                })
+                .map(|key| key.digest()),
             Source::Header(name) => request
                 .headers
                 .get(name)

@@ -148,6 +148,10 @@ impl BalancerBuilder {
             })
             .collect();
         let snapshot = Snapshot::build(members, &self.policy, &counters);
+        let reads_session_header = self
+            .policy
+            .request_key()
+            .is_some_and(|key| key.reads_session_header());
         let cookie_names = self
             .policy
             .request_key()
@@ -163,6 +167,9 @@ impl BalancerBuilder {
                 #[cfg(feature = "cookies")]
                 site_cookies: std::sync::OnceLock::new(),
                 writer: Mutex::new(()),
+                reads_session_header,
+                keyless: Default::default(),
+                warned_keyless: Default::default(),
             }),
         })
     }

@@ -62,6 +62,12 @@ struct Shared {
     site_cookies: std::sync::OnceLock<Arc<SiteCookies>>,
     /// Taken by updates only, never by requests.
     writer: Mutex<()>,
+    /// Whether the policy's key reads [`SessionKey::HEADER`].
+    reads_session_header: bool,
+    /// Requests a hashing policy found no key in (see `warn_keyless`).
+    keyless: std::sync::atomic::AtomicU64,
+    /// Set once the "no key in most requests" warning was given.
+    warned_keyless: std::sync::atomic::AtomicBool,
 }
 
 /// A reference to a balancer that does not keep it alive.
@@ -177,6 +183,9 @@ impl Balancer {
             ..*request
         };
         let key = request_key.hash(request);
+        if key.is_none() {
+            self.note_keyless(snapshot);
+        }
         if let (Some(learned), Some(key)) = (&self.shared.learned, key) {
             let fresh = |home: &Arc<EndpointState>| !excluded.iter().any(|e| Arc::ptr_eq(e, home));
             if let Some(home) = learned
@@ -187,6 +196,34 @@ impl Balancer {
             }
         }
         snapshot.pick(key, excluded).cloned()
+    }
+
+    /// Whether the policy reads session keys, so that requests may carry
+    /// [`SessionKey::HEADER`], which must not leave the process.
+    pub(crate) fn reads_session_header(&self) -> bool {
+        self.shared.reads_session_header
+    }
+
+    /// Counts a request the hashing policy found no key in (it goes to the
+    /// fallback policy), and warns once when such requests are most of the
+    /// traffic: checked when their count reaches 64, 128, 256, ..., so a
+    /// keyed request costs nothing and a keyless one one counter.
+    fn note_keyless(&self, snapshot: &Snapshot) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let keyless = self.shared.keyless.fetch_add(1, Relaxed) + 1;
+        if keyless < 64 || !keyless.is_power_of_two() || self.shared.warned_keyless.load(Relaxed) {
+            return;
+        }
+        let requests = snapshot.requests_started();
+        if keyless * 2 > requests && !self.shared.warned_keyless.swap(true, Relaxed) {
+            tracing::warn!(
+                keyless,
+                requests,
+                "the hashing policy found no key in most requests, so the fallback policy \
+                 placed them: check the RequestKey sources (a reqwest::Request carries a \
+                 SessionKey in a header: SessionKey::attach)"
+            );
+        }
     }
 
     /// The retry settings and budget, when retries are on.

@@ -60,6 +60,23 @@ impl EndpointState {
         }
     }
 
+    /// Requests sent to this endpoint: in flight or ended.
+    pub(crate) fn requests_started(&self) -> u64 {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        [
+            &self.in_flight,
+            &self.succeeded,
+            &self.server_errors,
+            &self.connect_errors,
+            &self.timeouts,
+            &self.other_errors,
+            &self.cancelled,
+        ]
+        .into_iter()
+        .map(load)
+        .sum()
+    }
+
     /// Requests sent to this endpoint and not finished yet.
     pub(crate) fn in_flight(&self) -> u64 {
         self.in_flight.load(Ordering::Relaxed)
