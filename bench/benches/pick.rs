@@ -17,6 +17,12 @@
 //!   trivial in-process service: our layer against tower's
 //!   `p2c::Balance` (PeakEWMA and pending-requests loads), which is only
 //!   usable this way. `none` is the trivial service alone.
+//! - `request_path`: the same, at 10 endpoints, for the per-request cost
+//!   targets: weighted round robin with retries off and with the default
+//!   retries, least time, ring hash keyed on a header, ring hash keyed on a
+//!   cookie with the cookie jar attached (with the `cookies` feature:
+//!   `--features cookies`) against the same without a jar, and tower's
+//!   pending-requests balancer. Requests carry the key header and no cookie.
 
 use std::convert::Infallible;
 use std::future::{ready, Ready};
@@ -313,9 +319,94 @@ fn config() -> Criterion {
         .without_plots()
 }
 
+/// A request for `request_path`: a path and the key header, nothing else.
+fn keyed_request(n: usize) -> http::Request<()> {
+    let mut request = http::Request::new(());
+    *request.uri_mut() = http::Uri::from_static("/item");
+    request
+        .headers_mut()
+        .insert("x-user-id", http::HeaderValue::from(n as u64));
+    request
+}
+
+fn ours_with(policy: impl Into<Policy>, retries: Retries) -> Balancer {
+    let built = (0..10)
+        .fold(Balancer::builder(), |b, i| {
+            b.endpoint(format!("http://{}", address(i)))
+        })
+        .policy(policy)
+        .retry(retries)
+        .build();
+    match built {
+        Ok(balancer) => balancer,
+        Err(error) => panic!("the bench's balancer is valid: {error}"),
+    }
+}
+
+fn request_path(c: &mut Criterion) {
+    let mut group = c.benchmark_group("request_path");
+    let mut n = 0usize;
+    group.bench_function(BenchmarkId::new("none", 10), |b| {
+        b.iter(|| {
+            n = n.wrapping_add(1);
+            drive(&mut Trivial, keyed_request(n % KEYS));
+        })
+    });
+    let header_key = || Policy::ring_hash().key(tower_lb::RequestKey::header("x-user-id"));
+    let mut ours: Vec<(&str, Balancer)> = vec![
+        (
+            "ours_wrr",
+            ours_with(Policy::weighted_round_robin(), Retries::disabled()),
+        ),
+        (
+            "ours_wrr_default_retries",
+            ours_with(Policy::weighted_round_robin(), Retries::default()),
+        ),
+        (
+            "ours_least_time",
+            ours_with(Policy::least_response_time(), Retries::disabled()),
+        ),
+        (
+            "ours_ring_header_key",
+            ours_with(header_key(), Retries::disabled()),
+        ),
+    ];
+    if cfg!(feature = "cookies") {
+        let cookie_key = || Policy::ring_hash().key(tower_lb::RequestKey::cookie("sid"));
+        ours.push((
+            "ours_ring_cookie_key_no_jar",
+            ours_with(cookie_key(), Retries::disabled()),
+        ));
+        let with_jar = ours_with(cookie_key(), Retries::disabled());
+        #[cfg(feature = "cookies")]
+        drop(with_jar.cookie_jar());
+        ours.push(("ours_ring_cookie_key_jar", with_jar));
+    }
+    for (name, balancer) in ours {
+        let mut service = balancer.layer().layer(Trivial);
+        group.bench_function(BenchmarkId::new(name, 10), |b| {
+            b.iter(|| {
+                n = n.wrapping_add(1);
+                drive(&mut service, keyed_request(n % KEYS));
+            })
+        });
+    }
+    let mut pending = TowerBalance::new(PendingRequestsDiscover::new(
+        ServiceList::new(vec![Trivial; 10]),
+        CompleteOnResponse::default(),
+    ));
+    group.bench_function(BenchmarkId::new("tower_p2c_pending", 10), |b| {
+        b.iter(|| {
+            n = n.wrapping_add(1);
+            drive(&mut pending, keyed_request(n % KEYS));
+        })
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = config();
-    targets = pick_one_thread, pick_two_threads, call_one_thread
+    targets = pick_one_thread, pick_two_threads, call_one_thread, request_path
 }
 criterion_main!(benches);

@@ -278,3 +278,77 @@ pub fn item_urls(backends: &[Backend]) -> std::sync::Arc<Vec<String>> {
             .collect(),
     )
 }
+
+/// How hard a closed loop drives: workers, and when it stops.
+#[derive(Clone, Copy, Debug)]
+pub struct Load {
+    pub concurrency: usize,
+    pub duration: Duration,
+    pub max_requests: usize,
+}
+
+/// reqwest with requests addressed to the backends by hand, round robin,
+/// through the same client stack as the layer's (`HttpToReqwest`): the
+/// baseline.
+pub async fn raw_requests(backends: &[Backend], load: Load) -> RunFigures {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tower::ServiceExt;
+    let service = tower_lb::HttpToReqwest::new(reqwest::Client::new());
+    let urls = item_urls(backends);
+    let next = std::sync::Arc::new(AtomicUsize::new(0));
+    closed_loop(
+        load.concurrency,
+        load.duration,
+        load.max_requests,
+        move || {
+            let service = service.clone();
+            let urls = urls.clone();
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            async move {
+                let request = http::Request::get(urls[i % urls.len()].as_str())
+                    .body(reqwest::Body::from(""))
+                    .map_err(|e| e.to_string())?;
+                let response = service.oneshot(request).await.map_err(|e| e.to_string())?;
+                Ok(backend_of(&response))
+            }
+        },
+    )
+    .await
+}
+
+/// The same requests through the layer with `policy` and `retry`, each
+/// with a session key (10,000 users).
+pub async fn layer_requests(
+    backends: &[Backend],
+    policy: tower_lb::Policy,
+    retry: tower_lb::Retries,
+    load: Load,
+) -> RunFigures {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tower::{ServiceBuilder, ServiceExt};
+    let balancer = balancer_over(backends, policy, retry);
+    let service = ServiceBuilder::new()
+        .layer(balancer.layer())
+        .service(tower_lb::HttpToReqwest::new(reqwest::Client::new()));
+    let next = std::sync::Arc::new(AtomicUsize::new(0));
+    closed_loop(
+        load.concurrency,
+        load.duration,
+        load.max_requests,
+        move || {
+            let service = service.clone();
+            let user = next.fetch_add(1, Ordering::Relaxed) % 10_000;
+            async move {
+                let mut request = http::Request::get("/item")
+                    .body(reqwest::Body::from(""))
+                    .map_err(|e| e.to_string())?;
+                request
+                    .extensions_mut()
+                    .insert(tower_lb::SessionKey::new(user.to_le_bytes()));
+                let response = service.oneshot(request).await.map_err(|e| e.to_string())?;
+                Ok(backend_of(&response))
+            }
+        },
+    )
+    .await
+}

@@ -15,17 +15,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use tower::{ServiceBuilder, ServiceExt};
-use tower_lb::{Policy, Retries, SessionKey};
+use tower_lb::{Policy, Retries};
 use tower_lb_bench::{
-    backend_of, balancer_over, closed_loop, item_urls, json_path, run_reqwest_lb, start_backend,
-    Backend, Behaviour, RunFigures,
+    backend_of, balancer_over, closed_loop, item_urls, json_path, layer_requests, raw_requests,
+    run_reqwest_lb, start_backend, Backend, Behaviour, Load, RunFigures,
 };
 
 const CONCURRENCY: usize = 32;
 const RUN_TIME: Duration = Duration::from_secs(2);
 const MAX_REQUESTS: usize = 1_000_000;
 const ROUNDS: usize = 3;
+const LOAD: Load = Load {
+    concurrency: CONCURRENCY,
+    duration: RUN_TIME,
+    max_requests: MAX_REQUESTS,
+};
 
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
@@ -33,26 +37,6 @@ fn median(values: &mut [f64]) -> f64 {
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-async fn run_raw(backends: &[Backend]) -> RunFigures {
-    // The same client stack as through the layer, minus the layer.
-    let service = tower_lb::HttpToReqwest::new(reqwest::Client::new());
-    let urls = item_urls(backends);
-    let next = Arc::new(AtomicUsize::new(0));
-    closed_loop(CONCURRENCY, RUN_TIME, MAX_REQUESTS, move || {
-        let service = service.clone();
-        let urls = urls.clone();
-        let i = next.fetch_add(1, Ordering::Relaxed);
-        async move {
-            let request = http::Request::get(urls[i % urls.len()].as_str())
-                .body(reqwest::Body::from(""))
-                .map_err(|e| e.to_string())?;
-            let response = service.oneshot(request).await.map_err(|e| e.to_string())?;
-            Ok(backend_of(&response))
-        }
-    })
-    .await
-}
 
 /// A `reqwest-middleware` client, requests addressed by hand: the
 /// baseline of the middleware rows.
@@ -85,29 +69,6 @@ async fn run_our_middleware(backends: &[Backend]) -> RunFigures {
                 .send()
                 .await
                 .map_err(|e| e.to_string())?;
-            Ok(backend_of(&response))
-        }
-    })
-    .await
-}
-
-async fn run_layer(backends: &[Backend], policy: Policy, retry: Retries) -> RunFigures {
-    let balancer = balancer_over(backends, policy, retry);
-    let service = ServiceBuilder::new()
-        .layer(balancer.layer())
-        .service(tower_lb::HttpToReqwest::new(reqwest::Client::new()));
-    let next = Arc::new(AtomicUsize::new(0));
-    closed_loop(CONCURRENCY, RUN_TIME, MAX_REQUESTS, move || {
-        let service = service.clone();
-        let user = next.fetch_add(1, Ordering::Relaxed) % 10_000;
-        async move {
-            let mut request = http::Request::get("/item")
-                .body(reqwest::Body::from(""))
-                .map_err(|e| e.to_string())?;
-            request
-                .extensions_mut()
-                .insert(SessionKey::new(user.to_le_bytes()));
-            let response = service.oneshot(request).await.map_err(|e| e.to_string())?;
             Ok(backend_of(&response))
         }
     })
@@ -160,9 +121,9 @@ async fn main() -> Result<(), BoxError> {
     let mut middleware_ratios: Vec<Vec<f64>> = vec![Vec::new(); middleware_names.len()];
     let mut middleware_last: Vec<Option<RunFigures>> = vec![None; middleware_names.len()];
     for _ in 0..ROUNDS {
-        let raw = run_raw(&backends).await;
+        let raw = raw_requests(&backends, LOAD).await;
         for (i, (_, policy, retry)) in configurations.iter().enumerate() {
-            let figures = run_layer(&backends, policy.clone(), retry.clone()).await;
+            let figures = layer_requests(&backends, policy.clone(), retry.clone(), LOAD).await;
             ratios[i].push(figures.throughput() / raw.throughput());
             last[i] = Some(figures);
         }
