@@ -266,6 +266,120 @@ fn latency_plot(rows: &[Value], path: &Path) -> Result<(), BoxError> {
     Ok(())
 }
 
+/// One request through the layer at 10 endpoints against the same request
+/// to the trivial service alone, and CPU time per request end to end.
+fn request_path_section(
+    md: &mut String,
+    targets: &mut Vec<Value>,
+    worst_contention: (f64, &str, usize),
+) -> Result<(), BoxError> {
+    let at_10 = |id: &str| criterion_ns("request_path", id, 10);
+    writeln!(md, "## Per-request cost\n")?;
+    writeln!(
+        md,
+        "One request through `poll_ready` + `call` to a trivial in-process service at 10 \
+         endpoints (`cargo bench -p tower-lb-bench --bench pick -- request_path`; the cookie rows \
+         with `--features cookies`), and CPU time per request end to end (`cargo run --release -p \
+         tower-lb-bench --bin cpu_per_request`). \"Above raw\" is the row minus `none`, the same \
+         request to the trivial service with no balancer, in the same run.\n"
+    )?;
+    writeln!(md, "| target | measured | |")?;
+    writeln!(md, "|---|---|---|")?;
+    let none = at_10("none");
+    let mut row = |label: &str, id: &str, limit: f64| -> Result<(), BoxError> {
+        let above = at_10(id).zip(none).map(|(v, n)| v - n);
+        let met = above.is_some_and(|a| a <= limit);
+        writeln!(
+            md,
+            "| {label}: at most {limit:.0} ns above raw | {} ns ({} ns in all) | {} |",
+            ns(above),
+            ns(at_10(id)),
+            yes_no(met)
+        )?;
+        targets.push(json!({"target": format!("{label} <= raw + {limit}"), "above_raw_ns": above, "met": met}));
+        Ok(())
+    };
+    row("weighted round robin, retries off", "ours_wrr", 150.0)?;
+    row("weighted round robin, default retries", "ours_wrr_default_retries", 150.0)?;
+    row("least time", "ours_least_time", 200.0)?;
+    row("ring hash, header key", "ours_ring_header_key", 250.0)?;
+    let wrr_vs_tower = at_10("ours_wrr").zip(at_10("tower_p2c_pending")).map(|(a, b)| a / b);
+    let met = wrr_vs_tower.is_some_and(|r| r < 1.0);
+    writeln!(
+        md,
+        "| weighted round robin faster than tower's p2c pending-requests balancer | ours / tower {} | {} |",
+        ratio(wrr_vs_tower),
+        yes_no(met)
+    )?;
+    targets.push(json!({"target": "wrr layer faster than tower p2c pending", "ratio": wrr_vs_tower, "met": met}));
+    let jar = at_10("ours_ring_cookie_key_jar").zip(at_10("ours_ring_cookie_key_no_jar"));
+    match jar {
+        Some((with, without)) => {
+            let met = with - without <= 50.0;
+            writeln!(
+                md,
+                "| `cookies`: a cookie-keyed request with no cookie, jar attached, within 50 ns of no jar | {:+.0} ns | {} |",
+                with - without,
+                yes_no(met)
+            )?;
+            targets.push(json!({"target": "cookie jar within 50 ns", "ns": with - without, "met": met}));
+        }
+        None => writeln!(
+            md,
+            "| `cookies`: jar attached within 50 ns of no jar | not run (needs `--features cookies`) | |"
+        )?,
+    }
+    let met = worst_contention.0 <= 1.5;
+    writeln!(
+        md,
+        "| two threads picking at once: at most 1.5x the one-thread time, every policy | worst {:.2}x ({} at {}) | {} |",
+        worst_contention.0,
+        worst_contention.1,
+        worst_contention.2,
+        yes_no(met)
+    )?;
+    targets.push(json!({"target": "two threads <= 1.5x", "worst_ratio": worst_contention.0, "met": met}));
+    match read_json("cpu_per_request") {
+        Ok(cpu) => {
+            for row in cpu["rows"].as_array().into_iter().flatten().skip(1) {
+                let vs_raw = row["vs_raw"].as_f64();
+                let met = vs_raw.is_some_and(|r| r <= 1.01);
+                writeln!(
+                    md,
+                    "| end to end, {}: CPU time per request at most 1.01x raw reqwest's | {} ({:.2} µs per request; median of {} rotating rounds) | {} |",
+                    row["client"].as_str().unwrap_or("?"),
+                    ratio(vs_raw),
+                    row["cpu_us_per_request"].as_f64().unwrap_or(0.0),
+                    cpu["rounds"],
+                    yes_no(met)
+                )?;
+                targets.push(json!({"target": format!("cpu {} <= 1.01x", row["client"]), "ratio": vs_raw, "met": met}));
+            }
+        }
+        Err(_) => writeln!(md, "| end to end CPU time per request | not run | |")?,
+    }
+    writeln!(md)?;
+    let rows = [
+        "none",
+        "ours_wrr",
+        "ours_wrr_default_retries",
+        "ours_least_time",
+        "ours_ring_header_key",
+        "ours_ring_cookie_key_no_jar",
+        "ours_ring_cookie_key_jar",
+        "tower_p2c_pending",
+    ];
+    writeln!(md, "| row | ns per request | above raw |")?;
+    writeln!(md, "|---|---|---|")?;
+    for id in rows {
+        if let Some(v) = at_10(id) {
+            writeln!(md, "| `{id}` | {v:.0} | {} |", ns(none.map(|n| v - n)))?;
+        }
+    }
+    writeln!(md)?;
+    Ok(())
+}
+
 fn main() -> Result<(), BoxError> {
     let docs = workspace().join("docs");
     let plots = docs.join("benchmarks");
@@ -460,6 +574,8 @@ fn main() -> Result<(), BoxError> {
         "- **End-to-end overhead**: run-to-run noise on this machine is about ±5 to 15% (ratios \
          above 100% are noise); each row is a median of per-round ratios for that reason.\n"
     )?;
+
+    request_path_section(&mut md, &mut targets, worst_contention)?;
 
     // Pick cost.
     writeln!(md, "## Pick cost\n")?;
