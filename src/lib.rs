@@ -91,6 +91,6 @@ pub use request::{BalanceRequest, BalanceResponse};
 pub use reqwest_http::HttpToReqwest;
 pub use response::ResponseFuture;
 pub use selection::Selection;
-pub use service::BalanceService;
+pub use service::{BalanceService, NoRetries, WithRetries};
 /// The discovery event type [`Balancer::apply`] and [`Balancer::follow`] take.
 pub use tower::discover::Change;

@@ -109,6 +109,16 @@ impl<R: Route> Trip<R> {
         }
     }
 
+    /// The trip of a request that is sent once, whatever the retry
+    /// settings.
+    pub(crate) fn without_retries(balancer: &Balancer) -> Self {
+        Trip {
+            balancer: balancer.clone(),
+            retries_left: 0,
+            replay: None,
+        }
+    }
+
     /// Picks an endpoint for `request`, points the request at it and starts
     /// the first attempt; counts the request in the retry budget.
     ///

@@ -2,6 +2,7 @@
 //! request pipeline (`pipeline`) from a service call; the response future
 //! (`response`) drives the rest.
 
+use std::marker::PhantomData;
 use std::task::{Context, Poll};
 
 use tower_service::Service;
@@ -19,8 +20,12 @@ use crate::response::ResponseFuture;
 /// hyper client, or [`HttpToReqwest`](crate::HttpToReqwest)) or a
 /// `reqwest::Client` with `reqwest::Request`. `poll_ready` is the wrapped
 /// service's; clones share the balancer. Errors are [`Error`]: the wrapped
-/// service's own stays reachable as [`Error::Upstream`]'s source. `S` is
-/// cloned for retries, which call it again.
+/// service's own stays reachable as [`Error::Upstream`]'s source.
+///
+/// `S` is cloned for retries, which call it again, so it must be `Clone`
+/// (Tower clients are). For an inner service that is not, make the service
+/// with [`BalanceLayer::without_retries`](crate::BalanceLayer::without_retries):
+/// the mode `M` is then [`NoRetries`] and requests are sent once.
 ///
 /// ```no_run
 /// use tower::{ServiceBuilder, ServiceExt};
@@ -40,18 +45,74 @@ use crate::response::ResponseFuture;
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Clone, Debug)]
-pub struct BalanceService<S> {
+pub struct BalanceService<S, M = WithRetries> {
     inner: S,
     balancer: Balancer,
+    mode: PhantomData<fn() -> M>,
+}
+
+/// [`BalanceService`]'s mode: failed requests are retried as the
+/// balancer's [`Retries`](crate::Retries) say, through clones of the inner
+/// service (which must be `Clone`). The default.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WithRetries;
+
+/// [`BalanceService`]'s mode: every request is sent once, whatever the
+/// balancer's [`Retries`](crate::Retries) say, so the inner service need
+/// not be `Clone`. Made by
+/// [`BalanceLayer::without_retries`](crate::BalanceLayer::without_retries).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoRetries;
+
+/// `WithRetries` or `NoRetries`, for `Debug`.
+pub(crate) fn mode_name<M>() -> &'static str {
+    let name = std::any::type_name::<M>();
+    name.rsplit("::").next().unwrap_or(name)
+}
+
+impl<S: Clone, M> Clone for BalanceService<S, M> {
+    fn clone(&self) -> Self {
+        BalanceService {
+            inner: self.inner.clone(),
+            balancer: self.balancer.clone(),
+            mode: PhantomData,
+        }
+    }
+}
+
+impl<S: std::fmt::Debug, M> std::fmt::Debug for BalanceService<S, M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BalanceService")
+            .field("inner", &self.inner)
+            .field("balancer", &self.balancer)
+            .field("mode", &mode_name::<M>())
+            .finish()
+    }
 }
 
 impl<S> BalanceService<S> {
     /// Wraps `inner`; usually made through [`Balancer::layer`].
     pub fn new(inner: S, balancer: Balancer) -> Self {
-        BalanceService { inner, balancer }
+        BalanceService {
+            inner,
+            balancer,
+            mode: PhantomData,
+        }
     }
+}
 
+impl<S> BalanceService<S, NoRetries> {
+    /// Wraps `inner`, which need not be `Clone`: requests are never retried.
+    pub fn without_retries(inner: S, balancer: Balancer) -> Self {
+        BalanceService {
+            inner,
+            balancer,
+            mode: PhantomData,
+        }
+    }
+}
+
+impl<S, M> BalanceService<S, M> {
     /// The balancer this service sends through.
     pub fn balancer(&self) -> &Balancer {
         &self.balancer
@@ -73,7 +134,7 @@ impl<S> BalanceService<S> {
     }
 }
 
-impl<S, R> Service<R> for BalanceService<S>
+impl<S, R> Service<R> for BalanceService<S, WithRetries>
 where
     R: BalanceRequest,
     S: Service<R> + Clone,
@@ -98,6 +159,35 @@ where
                 // The service is cloned only for a trip that may be retried.
                 let retry_with = trip.may_retry().then(|| self.inner.clone());
                 ResponseFuture::calling(future, attempt, trip, retry_with)
+            }
+            Err(error) => ResponseFuture::failed(error),
+        }
+    }
+}
+
+impl<S, R> Service<R> for BalanceService<S, NoRetries>
+where
+    R: BalanceRequest,
+    S: Service<R>,
+    S::Response: BalanceResponse,
+    S::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = Error;
+    type Future = ResponseFuture<S::Future, S, R>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.inner
+            .poll_ready(cx)
+            .map_err(|e| Error::NotReady(e.into()))
+    }
+
+    fn call(&mut self, mut request: R) -> Self::Future {
+        let mut trip = Trip::without_retries(&self.balancer);
+        match trip.start(&mut request, None) {
+            Ok(attempt) => {
+                let future = attempt.span().in_scope(|| self.inner.call(request));
+                ResponseFuture::calling(future, attempt, trip, None)
             }
             Err(error) => ResponseFuture::failed(error),
         }

@@ -274,3 +274,48 @@ fn debug_output_is_a_short_summary_not_the_tables() {
     let future = service.clone().call(http::Request::new(()));
     assert!(format!("{future:?}").contains("127.0.0.1:9"));
 }
+
+/// A service that cannot be cloned: refuses the connection to port 1,
+/// answers elsewhere.
+struct NotClone(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Service<http::Request<()>> for NotClone {
+    type Response = http::Response<()>;
+    type Error = std::io::Error;
+    type Future = Ready<Result<http::Response<()>, std::io::Error>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<()>) -> Self::Future {
+        let authority = request.uri().authority().unwrap().to_string();
+        self.0.lock().unwrap().push(authority.clone());
+        std::future::ready(if authority.ends_with(":1") {
+            Err(std::io::Error::from(std::io::ErrorKind::ConnectionRefused))
+        } else {
+            Ok(http::Response::new(()))
+        })
+    }
+}
+
+#[tokio::test]
+async fn an_inner_service_that_is_not_clone_works_without_retries() {
+    let balancer = Balancer::builder()
+        .endpoint("http://127.0.0.1:1")
+        .endpoint("http://127.0.0.1:2")
+        .policy(tower_lb::Policy::round_robin())
+        .build()
+        .unwrap();
+    let called = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut service = balancer
+        .layer()
+        .without_retries()
+        .layer(NotClone(called.clone()));
+    let first = service.call(http::Request::new(())).await;
+    assert!(matches!(first, Err(Error::Upstream { .. })), "sent once, not retried");
+    assert!(service.call(http::Request::new(())).await.is_ok());
+    assert_eq!(*called.lock().unwrap(), ["127.0.0.1:1", "127.0.0.1:2"]);
+    let stats = balancer.stats();
+    assert_eq!(stats.endpoint("http://127.0.0.1:1").unwrap().failures.connect, 1);
+}

@@ -300,10 +300,16 @@ fn request_path_section(
         Ok(())
     };
     row("weighted round robin, retries off", "ours_wrr", 150.0)?;
-    row("weighted round robin, default retries", "ours_wrr_default_retries", 150.0)?;
+    row(
+        "weighted round robin, default retries",
+        "ours_wrr_default_retries",
+        150.0,
+    )?;
     row("least time", "ours_least_time", 200.0)?;
     row("ring hash, header key", "ours_ring_header_key", 250.0)?;
-    let wrr_vs_tower = at_10("ours_wrr").zip(at_10("tower_p2c_pending")).map(|(a, b)| a / b);
+    let wrr_vs_tower = at_10("ours_wrr")
+        .zip(at_10("tower_p2c_pending"))
+        .map(|(a, b)| a / b);
     let met = wrr_vs_tower.is_some_and(|r| r < 1.0);
     writeln!(
         md,
@@ -338,7 +344,9 @@ fn request_path_section(
         worst_contention.2,
         yes_no(met)
     )?;
-    targets.push(json!({"target": "two threads <= 1.5x", "worst_ratio": worst_contention.0, "met": met}));
+    targets.push(
+        json!({"target": "two threads <= 1.5x", "worst_ratio": worst_contention.0, "met": met}),
+    );
     match read_json("cpu_per_request") {
         Ok(cpu) => {
             for row in cpu["rows"].as_array().into_iter().flatten().skip(1) {
