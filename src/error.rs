@@ -5,8 +5,6 @@
 //! variant. The wrapped service's error is kept whole as the `source`, so a
 //! caller can still ask a `reqwest::Error` whether it was a timeout.
 
-use crate::endpoint::MAX_WEIGHT;
-
 /// A type-erased error, as Tower uses between layers: tower's own.
 pub use tower::BoxError;
 
@@ -47,12 +45,14 @@ pub enum Error {
     },
 
     /// A weight above [`MAX_WEIGHT`](crate::MAX_WEIGHT).
-    #[error("weight {weight} of endpoint {url} is above the maximum of {max}", max = MAX_WEIGHT)]
+    #[error("weight {weight} of endpoint {url} is above the maximum of {max}")]
     InvalidWeight {
         /// The endpoint.
         url: String,
         /// The weight asked for.
         weight: u32,
+        /// The largest weight allowed, [`MAX_WEIGHT`](crate::MAX_WEIGHT).
+        max: u32,
     },
 
     /// Endpoints were given, but all with weight 0, so none could be chosen.

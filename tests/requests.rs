@@ -313,9 +313,19 @@ async fn an_inner_service_that_is_not_clone_works_without_retries() {
         .without_retries()
         .layer(NotClone(called.clone()));
     let first = service.call(http::Request::new(())).await;
-    assert!(matches!(first, Err(Error::Upstream { .. })), "sent once, not retried");
+    assert!(
+        matches!(first, Err(Error::Upstream { .. })),
+        "sent once, not retried"
+    );
     assert!(service.call(http::Request::new(())).await.is_ok());
     assert_eq!(*called.lock().unwrap(), ["127.0.0.1:1", "127.0.0.1:2"]);
     let stats = balancer.stats();
-    assert_eq!(stats.endpoint("http://127.0.0.1:1").unwrap().failures.connect, 1);
+    assert_eq!(
+        stats
+            .endpoint("http://127.0.0.1:1")
+            .unwrap()
+            .failures
+            .connect,
+        1
+    );
 }

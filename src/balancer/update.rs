@@ -320,6 +320,7 @@ pub(super) fn check_weight(url: &EndpointUrl, weight: u32) -> Result<(), Error> 
         return Err(Error::InvalidWeight {
             url: url.as_str().to_owned(),
             weight,
+            max: MAX_WEIGHT,
         });
     }
     Ok(())

@@ -94,6 +94,7 @@ impl Endpoint {
             return Err(Error::InvalidWeight {
                 url: url.as_str().to_owned(),
                 weight: self.weight,
+                max: MAX_WEIGHT,
             });
         }
         Ok((url, self.weight, self.labels))

@@ -25,10 +25,11 @@
 //! not count against it. A removed or drained endpoint holds nothing: its
 //! ejection ends with its membership.
 
+mod book;
 mod budget;
+mod detector;
 mod events;
 mod retry;
-mod state;
 
 use std::fmt;
 use std::sync::Arc;
@@ -36,9 +37,10 @@ use std::time::Duration;
 
 use http::StatusCode;
 
+pub(crate) use book::HealthShared;
+pub(crate) use detector::EndpointHealth;
 pub use retry::Retries;
 pub(crate) use retry::Retrying;
-pub(crate) use state::{EndpointHealth, HealthShared};
 
 use crate::Error;
 use events::EventSink;
