@@ -52,7 +52,7 @@ impl Middleware for Balancer {
     ) -> reqwest_middleware::Result<reqwest::Response> {
         let mut trip = Trip::new(self);
         let mut attempt = trip
-            .start(&mut request, Some(extensions))
+            .start(self, &mut request, Some(extensions))
             .map_err(reqwest_middleware::Error::middleware)?;
         loop {
             let span = attempt.span().clone();

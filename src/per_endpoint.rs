@@ -71,7 +71,7 @@ where
 
     fn call(&mut self, mut request: R) -> Self::Future {
         let mut trip = Trip::new(&self.balancer);
-        match trip.start(&mut request, None) {
+        match trip.start(&self.balancer, &mut request, None) {
             Ok(attempt) => ResponseFuture::readying(request, attempt, trip, self.services.clone()),
             Err(error) => ResponseFuture::failed(error),
         }

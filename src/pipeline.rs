@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use http::{Extensions, HeaderMap, StatusCode};
 
-use crate::affinity::{RequestInfo, SessionKey};
+use crate::affinity::{LearnedHomes, RequestInfo, SessionKey};
 use crate::balancer::Balancer;
 use crate::endpoint::{EndpointState, InFlight};
 use crate::outcome::Outcome;
@@ -78,21 +78,23 @@ impl Attempt {
     }
 }
 
-/// What one request needs beyond its current attempt: the balancer (to
-/// pick, learn and retry), how many retries are left and, only while a
-/// retry can happen, the replay state (kept out of line, so that a trip that
-/// cannot be retried stays small).
+/// What one request needs beyond its current attempt: how many retries
+/// are left, the learned-affinity table when the policy learns cookies,
+/// and, only while a retry can happen, the replay state (kept out of line
+/// with its own handle on the balancer, so that a trip that cannot be
+/// retried stays small and touches no shared reference count).
 #[derive(Debug)]
 pub(crate) struct Trip<R> {
-    balancer: Balancer,
     retries_left: u32,
+    learned: Option<Arc<LearnedHomes>>,
     replay: Option<Box<Replay<R>>>,
 }
 
-/// What a retry needs: the endpoints tried, and an unrouted copy of the
-/// request while another attempt may follow.
+/// What a retry needs: the balancer, the endpoints tried, and an unrouted
+/// copy of the request while another attempt may follow.
 #[derive(Debug)]
 struct Replay<R> {
+    balancer: Balancer,
     tried: Vec<Arc<EndpointState>>,
     copy: Option<R>,
 }
@@ -101,10 +103,10 @@ impl<R: Route> Trip<R> {
     /// Starts the trip of one request through `balancer`.
     pub(crate) fn new(balancer: &Balancer) -> Self {
         Trip {
-            balancer: balancer.clone(),
             retries_left: balancer
                 .retrying()
                 .map_or(0, |retrying| retrying.policy.max_retries),
+            learned: balancer.learned().cloned(),
             replay: None,
         }
     }
@@ -113,14 +115,14 @@ impl<R: Route> Trip<R> {
     /// settings.
     pub(crate) fn without_retries(balancer: &Balancer) -> Self {
         Trip {
-            balancer: balancer.clone(),
             retries_left: 0,
-            replay: None,
+            ..Trip::new(balancer)
         }
     }
 
-    /// Picks an endpoint for `request`, points the request at it and starts
-    /// the first attempt; counts the request in the retry budget.
+    /// Picks an endpoint of `balancer` for `request`, points the request at
+    /// it and starts the first attempt; counts the request in the retry
+    /// budget.
     ///
     /// `extensions` stand in for the request's own when it has none to show
     /// (a `reqwest::Request` in the middleware).
@@ -128,47 +130,39 @@ impl<R: Route> Trip<R> {
     /// Errors: [`Error::NoEndpointAvailable`], [`Error::InvalidRequest`].
     pub(crate) fn start(
         &mut self,
+        balancer: &Balancer,
         request: &mut R,
         extensions: Option<&Extensions>,
     ) -> Result<Attempt, Error> {
         let info = with_extensions(request.info(), extensions);
-        let Some((endpoint, takers)) = self.balancer.pick_for(&info, &[]) else {
+        let Some((endpoint, takers)) = balancer.pick_for(&info, &[]) else {
             tracing::debug!("no endpoint available");
             return Err(Error::NoEndpointAvailable);
         };
-        if self.may_retry_on(takers, request) {
+        if self.may_retry_on(balancer, 0, takers, request) {
             self.replay = Some(Box::new(Replay {
+                balancer: balancer.clone(),
                 tried: Vec::new(),
                 copy: request.try_clone(),
             }));
         }
-        self.route(request, &endpoint)?;
+        route(balancer, request, &endpoint)?;
         let attempt = Attempt::start(endpoint);
-        if let Some(retrying) = self.balancer.retrying() {
+        if let Some(retrying) = balancer.retrying() {
             retrying.budget.deposit_at(attempt.in_flight.started_at());
         }
         Ok(attempt)
     }
 
     /// Whether `request` may be sent once more: retries are left, its
-    /// method can be retried under the policy, and more endpoints than
-    /// those tried take requests (of `takers`).
-    fn may_retry_on(&self, takers: usize, request: &R) -> bool {
-        let tried = self.replay.as_ref().map_or(0, |r| r.tried.len());
+    /// method can be retried under the policy, and more endpoints than the
+    /// `tried` ones take requests (of `takers`).
+    fn may_retry_on(&self, balancer: &Balancer, tried: usize, takers: usize, request: &R) -> bool {
         self.retries_left > 0
             && takers > tried + 1
-            && self
-                .balancer
+            && balancer
                 .retrying()
                 .is_some_and(|retrying| retrying.may_retry(request.info().method()))
-    }
-
-    /// Points `request` at `endpoint`, without the balancer's own header.
-    fn route(&self, request: &mut R, endpoint: &EndpointState) -> Result<(), Error> {
-        if self.balancer.reads_session_header() {
-            request.headers_mut().remove(SessionKey::HEADER);
-        }
-        request.route_to(&endpoint.url)
     }
 
     /// Whether a copy of the request is kept: a retry may follow.
@@ -188,34 +182,44 @@ impl<R: Route> Trip<R> {
         answer: Answer<'_>,
         extensions: Option<&Extensions>,
     ) -> Option<(R, Attempt)> {
-        if let (Answer::Response { headers, .. }, Some(learned)) = (answer, self.balancer.learned())
-        {
+        if let (Answer::Response { headers, .. }, Some(learned)) = (answer, &self.learned) {
             learned.learn(headers, attempt.endpoint());
         }
         let endpoint = attempt.endpoint().clone();
         let outcome = attempt.end(answer);
-        let mut request = self.replay.as_mut()?.copy.take()?;
-        let retrying = self.balancer.retrying()?;
+        let mut replay = self.replay.take()?;
+        let mut request = replay.copy.take()?;
+        let retrying = replay.balancer.retrying()?;
         if !retrying.retries(outcome, request.info().method()) {
             return None;
         }
-        let replay = self.replay.as_mut()?;
         replay.tried.push(endpoint);
         let info = with_extensions(request.info(), extensions);
-        let (next, takers) = self.balancer.pick_for(&info, &replay.tried)?;
+        let (next, takers) = replay.balancer.pick_for(&info, &replay.tried)?;
         if !retrying.budget.withdraw() {
             return None;
         }
         self.retries_left = self.retries_left.saturating_sub(1);
-        if self.may_retry_on(takers, &request) {
-            if let Some(replay) = self.replay.as_mut() {
-                replay.copy = request.try_clone();
-            }
+        if self.may_retry_on(&replay.balancer, replay.tried.len(), takers, &request) {
+            replay.copy = request.try_clone();
         }
-        self.route(&mut request, &next).ok()?;
+        route(&replay.balancer, &mut request, &next).ok()?;
         tracing::debug!(?outcome, "retrying on another endpoint");
+        self.replay = Some(replay);
         Some((request, Attempt::start(next)))
     }
+}
+
+/// Points `request` at `endpoint`, without the balancer's own header.
+fn route<R: Route>(
+    balancer: &Balancer,
+    request: &mut R,
+    endpoint: &EndpointState,
+) -> Result<(), Error> {
+    if balancer.reads_session_header() {
+        request.headers_mut().remove(SessionKey::HEADER);
+    }
+    request.route_to(&endpoint.url)
 }
 
 /// `info` reading `extensions` when given.

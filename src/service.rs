@@ -153,7 +153,7 @@ where
 
     fn call(&mut self, mut request: R) -> Self::Future {
         let mut trip = Trip::new(&self.balancer);
-        match trip.start(&mut request, None) {
+        match trip.start(&self.balancer, &mut request, None) {
             Ok(attempt) => {
                 let future = attempt.span().in_scope(|| self.inner.call(request));
                 // The service is cloned only for a trip that may be retried.
@@ -184,7 +184,7 @@ where
 
     fn call(&mut self, mut request: R) -> Self::Future {
         let mut trip = Trip::without_retries(&self.balancer);
-        match trip.start(&mut request, None) {
+        match trip.start(&self.balancer, &mut request, None) {
             Ok(attempt) => {
                 let future = attempt.span().in_scope(|| self.inner.call(request));
                 ResponseFuture::calling(future, attempt, trip, None)
