@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Runs every benchmark of the bench crate and regenerates docs/benchmarks.md,
-# its plots (docs/benchmarks/*.svg) and docs/benchmarks.json. About 12
+# its plots (docs/benchmarks/*.svg) and docs/benchmarks.json. About 15
 # minutes on a 2-core machine, plus the first build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo bench -p tower-lb-bench --bench pick
+cargo bench -p tower-lb-bench --features cookies --bench pick
 cargo run --release -p tower-lb-bench --bin least_time
 cargo run --release -p tower-lb-bench --bin overhead
+cargo run --release -p tower-lb-bench --bin cpu_per_request
 cargo run --release -p tower-lb-bench --bin report
