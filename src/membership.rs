@@ -8,6 +8,8 @@
 
 use std::sync::Arc;
 
+use tokio::time::Instant;
+
 use crate::endpoint::{Counters, EndpointState, Member, Stats};
 use crate::policy::{PickContext, Picker, Policy};
 
@@ -53,6 +55,7 @@ impl Snapshot {
         &self,
         key: Option<u64>,
         excluded: &[Arc<EndpointState>],
+        now: Instant,
     ) -> Option<&Arc<EndpointState>> {
         let counters = &self.counters;
         let ctx = PickContext {
@@ -62,6 +65,7 @@ impl Snapshot {
             excluded,
             skip_ejected_at: counters.health.filter_time(),
             rng: &counters.rng,
+            now,
         };
         self.picker.pick(&ctx).and_then(|i| self.active.get(i))
     }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use http::{Extensions, HeaderMap, StatusCode};
 
 use crate::affinity::{LearnedHomes, RequestInfo, SessionKey};
-use crate::balancer::Balancer;
+use crate::balancer::{Balancer, Picked};
 use crate::endpoint::{EndpointState, InFlight};
 use crate::outcome::Outcome;
 use crate::request::sealed::Route;
@@ -42,11 +42,12 @@ pub(crate) struct Attempt {
 }
 
 impl Attempt {
-    /// Counts a request in flight on `endpoint`.
-    pub(crate) fn start(endpoint: Arc<EndpointState>) -> Self {
-        let span = tracing::debug_span!("tower_lb", endpoint = %endpoint.url);
+    /// Counts a request in flight on the endpoint it was picked for, from
+    /// the pick's clock reading.
+    pub(crate) fn start(picked: Picked) -> Self {
+        let span = tracing::debug_span!("tower_lb", endpoint = %picked.endpoint.url);
         Attempt {
-            in_flight: InFlight::start(endpoint),
+            in_flight: InFlight::start_at(picked.endpoint, picked.at),
             span,
         }
     }
@@ -135,23 +136,22 @@ impl<R: Route> Trip<R> {
         extensions: Option<&Extensions>,
     ) -> Result<Attempt, Error> {
         let info = with_extensions(request.info(), extensions);
-        let Some((endpoint, takers)) = balancer.pick_for(&info, &[]) else {
+        let Some(picked) = balancer.pick_for(&info, &[]) else {
             tracing::debug!("no endpoint available");
             return Err(Error::NoEndpointAvailable);
         };
-        if self.may_retry_on(balancer, 0, takers, request) {
+        if self.may_retry_on(balancer, 0, picked.takers, request) {
             self.replay = Some(Box::new(Replay {
                 balancer: balancer.clone(),
                 tried: Vec::new(),
                 copy: request.try_clone(),
             }));
         }
-        route(balancer, request, &endpoint)?;
-        let attempt = Attempt::start(endpoint);
+        route(balancer, request, &picked.endpoint)?;
         if let Some(retrying) = balancer.retrying() {
-            retrying.budget.deposit_at(attempt.in_flight.started_at());
+            retrying.budget.deposit_at(picked.at);
         }
-        Ok(attempt)
+        Ok(Attempt::start(picked))
     }
 
     /// Whether `request` may be sent once more: retries are left, its
@@ -195,15 +195,15 @@ impl<R: Route> Trip<R> {
         }
         replay.tried.push(endpoint);
         let info = with_extensions(request.info(), extensions);
-        let (next, takers) = replay.balancer.pick_for(&info, &replay.tried)?;
+        let next = replay.balancer.pick_for(&info, &replay.tried)?;
         if !retrying.budget.withdraw() {
             return None;
         }
         self.retries_left = self.retries_left.saturating_sub(1);
-        if self.may_retry_on(&replay.balancer, replay.tried.len(), takers, &request) {
+        if self.may_retry_on(&replay.balancer, replay.tried.len(), next.takers, &request) {
             replay.copy = request.try_clone();
         }
-        route(&replay.balancer, &mut request, &next).ok()?;
+        route(&replay.balancer, &mut request, &next.endpoint).ok()?;
         tracing::debug!(?outcome, "retrying on another endpoint");
         self.replay = Some(replay);
         Some((request, Attempt::start(next)))

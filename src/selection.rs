@@ -104,8 +104,8 @@ impl Balancer {
     /// ```
     pub fn select<R: BalanceRequest>(&self, request: &R) -> Result<Selection, Error> {
         match self.pick_for(&request.info(), &[]) {
-            Some((endpoint, _)) => Ok(Selection {
-                attempt: Attempt::start(endpoint),
+            Some(picked) => Ok(Selection {
+                attempt: Attempt::start(picked),
             }),
             None => Err(Error::NoEndpointAvailable),
         }

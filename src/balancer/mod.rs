@@ -13,6 +13,7 @@ mod update;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwap, Guard};
+use tokio::time::Instant;
 
 pub use builder::BalancerBuilder;
 
@@ -82,6 +83,17 @@ impl WeakBalancer {
     }
 }
 
+/// The endpoint chosen for a request.
+#[derive(Debug)]
+pub(crate) struct Picked {
+    pub(crate) endpoint: Arc<EndpointState>,
+    /// How many endpoints take requests (ejected ones included).
+    pub(crate) takers: usize,
+    /// The clock reading the pick was made at; the request's latency is
+    /// measured from it.
+    pub(crate) at: Instant,
+}
+
 /// A summary: sizes and settings, never the tables.
 impl std::fmt::Debug for Balancer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -140,7 +152,7 @@ impl Balancer {
         match learned.filter(|home| snapshot.takes(home)) {
             Some(home) => Some(home.url.shared_name()),
             None => snapshot
-                .pick(Some(key.digest()), &[])
+                .pick(Some(key.digest()), &[], self.shared.counters.clock.now())
                 .map(|e| e.url.shared_name()),
         }
     }
@@ -152,18 +164,21 @@ impl Balancer {
 
     /// Chooses the endpoint for a request described by `request`, none of
     /// `excluded`: the endpoint that issued its session cookie if known and
-    /// taking requests, else the policy's choice. Also returns how many
-    /// endpoints take requests (ejected ones included). `None` when no
-    /// endpoint may take it.
+    /// taking requests, else the policy's choice. `None` when no endpoint
+    /// may take it.
     pub(crate) fn pick_for(
         &self,
         request: &RequestInfo<'_>,
         excluded: &[Arc<EndpointState>],
-    ) -> Option<(Arc<EndpointState>, usize)> {
+    ) -> Option<Picked> {
         let snapshot = self.snapshot();
-        let takers = snapshot.takers();
-        self.pick_in(&snapshot, request, excluded)
-            .map(|endpoint| (endpoint, takers))
+        let now = self.shared.counters.clock.now();
+        self.pick_in(&snapshot, request, excluded, now)
+            .map(|endpoint| Picked {
+                endpoint,
+                takers: snapshot.takers(),
+                at: now,
+            })
     }
 
     fn pick_in(
@@ -171,9 +186,10 @@ impl Balancer {
         snapshot: &Snapshot,
         request: &RequestInfo<'_>,
         excluded: &[Arc<EndpointState>],
+        now: Instant,
     ) -> Option<Arc<EndpointState>> {
         let Some(request_key) = self.shared.policy.request_key() else {
-            return snapshot.pick(None, excluded).cloned();
+            return snapshot.pick(None, excluded, now).cloned();
         };
         #[cfg(feature = "cookies")]
         let stored = self.jar_cookies(request, snapshot);
@@ -195,7 +211,7 @@ impl Balancer {
                 return Some(home);
             }
         }
-        snapshot.pick(key, excluded).cloned()
+        snapshot.pick(key, excluded, now).cloned()
     }
 
     /// Whether the policy reads session keys, so that requests may carry

@@ -55,7 +55,16 @@ pub(crate) struct RttModel {
     initial_nanos: f64,
     /// The least a failure counts as, in nanoseconds.
     penalty_nanos: f64,
+    /// The length of one read-decay step, in milliseconds.
+    read_step_ms: f64,
+    /// The share left after `i` whole read-decay steps, for the first
+    /// [`READ_STEPS_TABULATED`]: picks read estimates without `exp()`.
+    read_keep: [f64; READ_STEPS_TABULATED + 1],
 }
+
+/// Read-decay steps whose share is tabulated (8 decay times: e^-8 of the
+/// estimate is left after them).
+const READ_STEPS_TABULATED: usize = 64;
 
 /// Defaults as in Finagle and tower: 30 ms to start from, 10 s decay; a
 /// failure counts as at least one second.
@@ -80,11 +89,18 @@ impl Default for RttModel {
 
 impl RttModel {
     pub(crate) fn new(clock: Clock, initial: Duration, decay: Duration, penalty: Duration) -> Self {
+        let decay_nanos = decay.as_nanos().max(1) as f64;
+        let mut read_keep = [1.0; READ_STEPS_TABULATED + 1];
+        for (steps, keep) in read_keep.iter_mut().enumerate() {
+            *keep = (-(steps as f64) / READ_DECAY_STEPS).exp();
+        }
         RttModel {
             clock,
-            decay_nanos: decay.as_nanos().max(1) as f64,
+            decay_nanos,
             initial_nanos: initial.as_nanos() as f64,
             penalty_nanos: penalty.as_nanos() as f64,
+            read_step_ms: decay_nanos / 1e6 / READ_DECAY_STEPS,
+            read_keep,
         }
     }
 
@@ -111,12 +127,14 @@ impl RttModel {
     /// The share of an estimate left when read `elapsed_ms` after its last
     /// sample: decayed by whole eighths of the decay time only.
     fn keep_when_read(&self, elapsed_ms: u32) -> f64 {
-        let step_ms = self.decay_nanos / 1e6 / READ_DECAY_STEPS;
-        let steps = (f64::from(elapsed_ms) / step_ms).floor();
+        let steps = (f64::from(elapsed_ms) / self.read_step_ms).floor();
         if steps < 1.0 {
             return 1.0;
         }
-        (-steps / READ_DECAY_STEPS).exp()
+        match self.read_keep.get(steps as usize) {
+            Some(keep) => *keep,
+            None => (-steps / READ_DECAY_STEPS).exp(),
+        }
     }
 }
 

@@ -189,22 +189,26 @@ pub(crate) struct InFlight {
 }
 
 impl InFlight {
+    /// A request sent to `endpoint` now.
+    #[cfg(test)]
     pub(crate) fn start(endpoint: Arc<EndpointState>) -> Self {
+        let now = endpoint.clock.now();
+        Self::start_at(endpoint, now)
+    }
+
+    /// A request sent to `endpoint` at `started_at` (a reading of the
+    /// balancer's clock).
+    pub(crate) fn start_at(endpoint: Arc<EndpointState>, started_at: Instant) -> Self {
         endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
         if let Some(all) = &endpoint.balancer_in_flight {
             all.fetch_add(1, Ordering::Relaxed);
         }
         InFlight {
-            started_at: endpoint.clock.now(),
+            started_at,
             sent_in: endpoint.health.epoch(),
             endpoint,
             finished: false,
         }
-    }
-
-    /// When the request was sent, on the balancer's clock.
-    pub(crate) fn started_at(&self) -> Instant {
-        self.started_at
     }
 
     pub(crate) fn endpoint(&self) -> &Arc<EndpointState> {

@@ -178,7 +178,7 @@ impl LeastTimePicker {
 impl Picker for LeastTimePicker {
     fn pick(&self, ctx: &PickContext<'_>) -> Option<usize> {
         let n = ctx.endpoints.len().min(self.draw.len());
-        let now = ctx.endpoints.first()?.rtt_model().stamp_now();
+        let now = ctx.endpoints.first()?.rtt_model().stamp(ctx.now);
         if self.exact {
             return (0..n)
                 .filter(|&i| ctx.available(i))
@@ -252,6 +252,7 @@ mod tests {
             excluded: &[],
             skip_ejected_at: None,
             rng: &SharedRng::new(11),
+            now: tokio::time::Instant::now(),
         };
         let mut counts = vec![0; members.len()];
         for _ in 0..count {

@@ -24,6 +24,8 @@ pub use least_time::LeastResponseTime;
 use random::WeightedRandom;
 use round_robin::Rotation;
 
+use tokio::time::Instant;
+
 use crate::clock::Clock;
 use crate::endpoint::{Counters, EndpointState, Member, RttModel};
 use crate::random::SharedRng;
@@ -52,6 +54,9 @@ pub struct PickContext<'a> {
     /// The balancer's random number generator: every random choice draws
     /// from it.
     pub(crate) rng: &'a SharedRng,
+    /// The balancer's clock, read once for this request (its latency is
+    /// measured from the same reading).
+    pub(crate) now: Instant,
 }
 
 impl fmt::Debug for PickContext<'_> {
@@ -362,6 +367,7 @@ pub(crate) mod test_support {
             excluded: &[],
             skip_ejected_at: None,
             rng,
+            now: Instant::now(),
         }
     }
 }
