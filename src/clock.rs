@@ -45,6 +45,11 @@ impl Clock {
 
     /// Milliseconds from the epoch to `at`.
     pub(crate) fn ms(&self, at: Instant) -> u64 {
-        u64::try_from(self.elapsed(at).as_millis()).unwrap_or(u64::MAX)
+        // In u64 arithmetic: `as_millis` divides a u128, on every request.
+        let elapsed = self.elapsed(at);
+        elapsed
+            .as_secs()
+            .saturating_mul(1_000)
+            .saturating_add(u64::from(elapsed.subsec_millis()))
     }
 }
