@@ -148,7 +148,9 @@ impl Balancer {
     /// assert_eq!(response.body(), "http://127.0.0.1:8081");
     /// # Ok(())
     /// # }
-    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(run()).unwrap();
+    /// # let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+    /// # runtime.block_on(run())?;
+    /// # Ok::<(), tower_lb::BoxError>(())
     /// ```
     pub fn per_endpoint<S, M>(&self, make: M) -> PerEndpointService<S>
     where

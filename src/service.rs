@@ -134,6 +134,44 @@ impl<S, M> BalanceService<S, M> {
     }
 }
 
+impl<S, M> BalanceService<S, M> {
+    fn poll_inner_ready<R>(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>>
+    where
+        S: Service<R>,
+        S::Error: Into<BoxError>,
+    {
+        self.inner
+            .poll_ready(cx)
+            .map_err(|e| Error::NotReady(e.into()))
+    }
+
+    /// Starts `trip` for `request` and calls the inner service; when a
+    /// retry may follow, `clone` makes the service the retry goes through.
+    fn send<R>(
+        &mut self,
+        mut trip: Trip<R>,
+        mut request: R,
+        clone: impl FnOnce(&S) -> Option<S>,
+    ) -> ResponseFuture<S::Future, S, R>
+    where
+        R: BalanceRequest,
+        S: Service<R>,
+    {
+        match trip.start(&self.balancer, &mut request, None) {
+            Ok(attempt) => {
+                let future = attempt.span().in_scope(|| self.inner.call(request));
+                let retry_with = if trip.may_retry() {
+                    clone(&self.inner)
+                } else {
+                    None
+                };
+                ResponseFuture::calling(future, attempt, trip, retry_with)
+            }
+            Err(error) => ResponseFuture::failed(error),
+        }
+    }
+}
+
 impl<S, R> Service<R> for BalanceService<S, WithRetries>
 where
     R: BalanceRequest,
@@ -146,22 +184,13 @@ where
     type Future = ResponseFuture<S::Future, S, R>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        self.inner
-            .poll_ready(cx)
-            .map_err(|e| Error::NotReady(e.into()))
+        self.poll_inner_ready(cx)
     }
 
-    fn call(&mut self, mut request: R) -> Self::Future {
-        let mut trip = Trip::new(&self.balancer);
-        match trip.start(&self.balancer, &mut request, None) {
-            Ok(attempt) => {
-                let future = attempt.span().in_scope(|| self.inner.call(request));
-                // The service is cloned only for a trip that may be retried.
-                let retry_with = trip.may_retry().then(|| self.inner.clone());
-                ResponseFuture::calling(future, attempt, trip, retry_with)
-            }
-            Err(error) => ResponseFuture::failed(error),
-        }
+    fn call(&mut self, request: R) -> Self::Future {
+        let trip = Trip::new(&self.balancer);
+        // The service is cloned only for a trip that may be retried.
+        self.send(trip, request, |inner| Some(inner.clone()))
     }
 }
 
@@ -177,19 +206,11 @@ where
     type Future = ResponseFuture<S::Future, S, R>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        self.inner
-            .poll_ready(cx)
-            .map_err(|e| Error::NotReady(e.into()))
+        self.poll_inner_ready(cx)
     }
 
-    fn call(&mut self, mut request: R) -> Self::Future {
-        let mut trip = Trip::without_retries(&self.balancer);
-        match trip.start(&self.balancer, &mut request, None) {
-            Ok(attempt) => {
-                let future = attempt.span().in_scope(|| self.inner.call(request));
-                ResponseFuture::calling(future, attempt, trip, None)
-            }
-            Err(error) => ResponseFuture::failed(error),
-        }
+    fn call(&mut self, request: R) -> Self::Future {
+        let trip = Trip::without_retries(&self.balancer);
+        self.send(trip, request, |_| None)
     }
 }

@@ -26,10 +26,10 @@ use crate::error::Error;
 ///     )
 ///     .build()?;
 /// let stats = balancer.stats();
-/// let canary = stats.endpoint("http://127.0.0.1:8082").unwrap();
+/// let canary = stats.endpoint("http://127.0.0.1:8082").ok_or("listed")?;
 /// assert_eq!(canary.labels.get("zone"), Some("eu-west-1a"));
 /// assert_eq!(canary.weight, 3);
-/// # Ok::<(), tower_lb::Error>(())
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Endpoint {
