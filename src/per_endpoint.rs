@@ -3,21 +3,24 @@
 //! tonic `Channel`).
 //!
 //! Each endpoint's service is made on its first request by the user's
-//! function and kept in a map that requests read without a lock; a new
-//! endpoint takes the writers' lock once. The map holds each endpoint
-//! weakly: when an endpoint leaves the set, its service is dropped at the
-//! next insertion (so its connections close) and a re-added address gets a
-//! new one.
+//! function, or comes with the endpoint from discovery (a stream of
+//! `Change<url, service>`), and is kept in a map that requests read without
+//! a lock; a new endpoint takes the writers' lock once. The map holds each
+//! endpoint weakly: when an endpoint leaves the set, its service is dropped
+//! (at once when discovery removes it, else at the next insertion), so its
+//! connections close, and a re-added address gets a new one.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 
 use arc_swap::ArcSwap;
+use futures::{Stream, StreamExt};
+use tower::discover::Change;
 use tower_service::Service;
 
 use crate::balancer::Balancer;
-use crate::endpoint::EndpointState;
+use crate::endpoint::{EndpointState, EndpointUrl};
 use crate::error::{BoxError, Error};
 use crate::pipeline::Trip;
 use crate::request::{BalanceRequest, BalanceResponse};
@@ -34,7 +37,9 @@ use crate::response::{ResponseFuture, ServiceFor};
 /// endpoint's service. Clones share the balancer and the services.
 pub struct PerEndpointService<S> {
     balancer: Balancer,
-    services: ServiceFor<S>,
+    services: Arc<Services<S>>,
+    /// `services` as the response future asks it.
+    service_for: ServiceFor<S>,
 }
 
 impl<S> Clone for PerEndpointService<S> {
@@ -42,6 +47,7 @@ impl<S> Clone for PerEndpointService<S> {
         PerEndpointService {
             balancer: self.balancer.clone(),
             services: self.services.clone(),
+            service_for: self.service_for.clone(),
         }
     }
 }
@@ -72,48 +78,129 @@ where
     fn call(&mut self, mut request: R) -> Self::Future {
         let mut trip = Trip::new(&self.balancer);
         match trip.start(&self.balancer, &mut request, None) {
-            Ok(attempt) => ResponseFuture::readying(request, attempt, trip, self.services.clone()),
+            Ok(attempt) => {
+                ResponseFuture::readying(request, attempt, trip, self.service_for.clone())
+            }
             Err(error) => ResponseFuture::failed(error),
         }
     }
 }
 
 /// Each endpoint's service, by the address of the endpoint's state.
-struct Services<S, M> {
-    make: M,
+struct Services<S> {
+    /// Makes a service from an endpoint's URL; `None` when services come
+    /// only from discovery.
+    make: Option<Box<dyn Fn(&str) -> S + Send + Sync>>,
     /// Read by every request without a lock.
     by_endpoint: ArcSwap<HashMap<usize, (Weak<EndpointState>, S)>>,
-    /// Taken to add an endpoint's service.
+    /// Taken to add or remove an endpoint's service.
     writer: Mutex<()>,
 }
 
-impl<S, M> Services<S, M>
-where
-    S: Clone,
-    M: Fn(&str) -> S,
-{
-    /// The service of `endpoint`, made on its first request.
-    fn get(&self, endpoint: &Arc<EndpointState>) -> S {
-        let key = Arc::as_ptr(endpoint) as usize;
+impl<S: Clone> Services<S> {
+    /// The service of `endpoint`: the one it came with, else made on its
+    /// first request; `None` when there is neither.
+    fn get(&self, endpoint: &Arc<EndpointState>) -> Option<S> {
         // A weak reference keeps its allocation, so an address in the map
         // names one endpoint for as long as the entry exists.
-        if let Some((_, service)) = self.by_endpoint.load().get(&key) {
-            return service.clone();
+        if let Some((_, service)) = self.by_endpoint.load().get(&key(endpoint)) {
+            return Some(service.clone());
         }
+        let make = self.make.as_ref()?;
         let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let current = self.by_endpoint.load_full();
-        if let Some((_, service)) = current.get(&key) {
-            return service.clone();
+        if let Some((_, service)) = self.by_endpoint.load().get(&key(endpoint)) {
+            return Some(service.clone());
         }
-        let service = (self.make)(endpoint.url.as_str());
-        let mut next: HashMap<usize, (Weak<EndpointState>, S)> = current
+        let service = make(endpoint.url.as_str());
+        self.edit(|map| {
+            map.insert(key(endpoint), (Arc::downgrade(endpoint), service.clone()));
+        });
+        Some(service)
+    }
+
+    /// Runs `change` on a copy of the map without the entries of endpoints
+    /// that are gone, and publishes it. The caller holds `writer`.
+    fn edit(&self, change: impl FnOnce(&mut HashMap<usize, (Weak<EndpointState>, S)>)) {
+        let mut next: HashMap<usize, (Weak<EndpointState>, S)> = self
+            .by_endpoint
+            .load()
             .iter()
             .filter(|(_, (weak, _))| weak.strong_count() > 0)
             .map(|(k, (weak, s))| (*k, (weak.clone(), s.clone())))
             .collect();
-        next.insert(key, (Arc::downgrade(endpoint), service.clone()));
+        change(&mut next);
         self.by_endpoint.store(Arc::new(next));
-        service
+    }
+}
+
+fn key(endpoint: &Arc<EndpointState>) -> usize {
+    Arc::as_ptr(endpoint) as usize
+}
+
+impl<S> PerEndpointService<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    fn with(balancer: &Balancer, make: Option<Box<dyn Fn(&str) -> S + Send + Sync>>) -> Self {
+        let services = Arc::new(Services {
+            make,
+            by_endpoint: ArcSwap::from_pointee(HashMap::new()),
+            writer: Mutex::new(()),
+        });
+        let service_for = {
+            let services = services.clone();
+            Arc::new(move |endpoint: &Arc<EndpointState>| services.get(endpoint)) as ServiceFor<S>
+        };
+        PerEndpointService {
+            balancer: balancer.clone(),
+            services,
+            service_for,
+        }
+    }
+
+    /// Follows a discovery stream of `Change<url, service>` (tower's
+    /// `Discover` model, with the endpoint's URL as the key) until it ends:
+    /// `Insert` adds the endpoint (weight 1; an endpoint already in the set
+    /// keeps its weight) and sends its requests through the given service,
+    /// which replaces any earlier one; `Remove` removes the endpoint and
+    /// drops its service. An endpoint is never picked before its service is
+    /// in place. An invalid URL is skipped and logged at `warn`; the
+    /// stream's own error ends the loop and is returned.
+    pub async fn follow<D, K, E>(&self, changes: D) -> Result<(), E>
+    where
+        D: Stream<Item = Result<Change<K, S>, E>>,
+        K: AsRef<str>,
+    {
+        let mut changes = std::pin::pin!(changes);
+        while let Some(change) = changes.next().await {
+            let result = match change? {
+                Change::Insert(url, service) => {
+                    let services = &self.services;
+                    self.balancer.add_or_keep(url.as_ref(), |endpoint| {
+                        let _writer = services.writer.lock().unwrap_or_else(|p| p.into_inner());
+                        services.edit(|map| {
+                            map.insert(key(endpoint), (Arc::downgrade(endpoint), service));
+                        });
+                    })
+                }
+                Change::Remove(url) => EndpointUrl::parse(url.as_ref()).map(|url| {
+                    // Unknown or not, the endpoint is out of the set now.
+                    let _ = self.balancer.remove(url.as_str());
+                    let _writer = self
+                        .services
+                        .writer
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner());
+                    self.services.edit(|map| {
+                        map.retain(|_, (weak, _)| weak.upgrade().is_some_and(|e| e.url != url));
+                    });
+                }),
+            };
+            if let Err(error) = result {
+                tracing::warn!(%error, "discovery change skipped");
+            }
+        }
+        Ok(())
     }
 }
 
@@ -122,7 +209,8 @@ impl Balancer {
     /// `make` from the endpoint's canonical URL on the endpoint's first
     /// request: for clients that hold a connection per backend, such as a
     /// hyper HTTP/2 client or a tonic `Channel`. The shared-client mode
-    /// ([`Balancer::layer`]) stays the usual choice.
+    /// ([`Balancer::layer`]) stays the usual choice. Services given by
+    /// discovery ([`PerEndpointService::follow`]) take precedence.
     ///
     /// The service of an endpoint that leaves the set is dropped at the
     /// next endpoint's first request; an address added again gets a new
@@ -157,14 +245,43 @@ impl Balancer {
         S: Clone + Send + Sync + 'static,
         M: Fn(&str) -> S + Send + Sync + 'static,
     {
-        let services = Arc::new(Services {
-            make,
-            by_endpoint: ArcSwap::from_pointee(HashMap::new()),
-            writer: Mutex::new(()),
-        });
-        PerEndpointService {
-            balancer: self.clone(),
-            services: Arc::new(move |endpoint: &Arc<EndpointState>| services.get(endpoint)),
-        }
+        PerEndpointService::with(self, Some(Box::new(make)))
+    }
+
+    /// A balanced service whose endpoints and their services both come from
+    /// discovery: feed it with [`PerEndpointService::follow`] a stream of
+    /// `Change<url, service>`, as a tower `Discover` yields. A request to an
+    /// endpoint that has no service (one added to the balancer some other
+    /// way) fails with [`Error::NotReady`].
+    ///
+    /// ```
+    /// use tower::discover::Change;
+    /// use tower::ServiceExt;
+    ///
+    /// # async fn run() -> Result<(), tower_lb::BoxError> {
+    /// let balancer = tower_lb::Balancer::builder().build()?;
+    /// let service = balancer.per_endpoint_discovered();
+    /// let answer = |name: &'static str| {
+    ///     tower::service_fn(move |_: http::Request<()>| async move {
+    ///         Ok::<_, tower_lb::BoxError>(http::Response::new(name))
+    ///     })
+    /// };
+    /// let changes = futures::stream::iter([
+    ///     Ok::<_, std::convert::Infallible>(Change::Insert("http://10.0.0.1:80", answer("a"))),
+    /// ]);
+    /// service.follow(changes).await?;
+    /// let response = service.clone().oneshot(http::Request::new(())).await?;
+    /// assert_eq!(*response.body(), "a");
+    /// # Ok(())
+    /// # }
+    /// # let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+    /// # runtime.block_on(run())?;
+    /// # Ok::<(), tower_lb::BoxError>(())
+    /// ```
+    pub fn per_endpoint_discovered<S>(&self) -> PerEndpointService<S>
+    where
+        S: Clone + Send + Sync + 'static,
+    {
+        PerEndpointService::with(self, None)
     }
 }

@@ -15,8 +15,9 @@ use crate::error::{BoxError, Error};
 use crate::pipeline::{Answer, Attempt, Trip};
 use crate::request::{BalanceRequest, BalanceResponse};
 
-/// Makes (or finds) the inner service of one endpoint.
-pub(crate) type ServiceFor<S> = Arc<dyn Fn(&Arc<EndpointState>) -> S + Send + Sync>;
+/// Finds (or makes) the inner service of one endpoint; `None` when it has
+/// none.
+pub(crate) type ServiceFor<S> = Arc<dyn Fn(&Arc<EndpointState>) -> Option<S> + Send + Sync>;
 
 pin_project! {
     /// The response future of [`BalanceService`](crate::BalanceService) and
@@ -176,7 +177,13 @@ where
                     };
                     if this.ready.is_none() {
                         if let Some(services) = this.services.as_ref() {
-                            *this.ready = Some(services(next.1.endpoint()));
+                            let endpoint = next.1.endpoint();
+                            let Some(service) = services(endpoint) else {
+                                let missing =
+                                    format!("no inner service for endpoint {}", endpoint.url);
+                                return Poll::Ready(Err(Error::NotReady(missing.into())));
+                            };
+                            *this.ready = Some(service);
                         }
                     }
                     let Some(service) = this.ready.as_mut() else {

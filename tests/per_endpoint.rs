@@ -193,3 +193,74 @@ async fn a_removed_endpoints_client_is_dropped_and_a_readded_one_gets_a_new_clie
         "re-added a got a new client"
     );
 }
+
+#[tokio::test]
+async fn services_from_discovery_serve_their_endpoints_and_leave_with_them() {
+    let (a, b) = (h2_server("a").await, h2_server("b").await);
+    let balancer = Balancer::builder()
+        .policy(Policy::round_robin())
+        .build()
+        .unwrap();
+    let service = balancer.per_endpoint_discovered::<H2Client>();
+    let (client_a, client_b) = (h2_client(), h2_client());
+    let (tx, rx) = futures::channel::mpsc::unbounded::<Result<_, Infallible>>();
+    let follower = tokio::spawn({
+        let service = service.clone();
+        async move { service.follow(rx).await }
+    });
+    let send = || async {
+        let request = http::Request::get("/").body(Empty::new()).unwrap();
+        body_text(service.clone().oneshot(request).await.unwrap()).await
+    };
+    let settled = |n: usize| {
+        let balancer = balancer.clone();
+        async move {
+            for _ in 0..100_000 {
+                if balancer.stats().endpoints.len() == n {
+                    return;
+                }
+                tokio::task::yield_now().await;
+            }
+            panic!("discovery did not reach {n} endpoints");
+        }
+    };
+
+    tx.unbounded_send(Ok(tower::discover::Change::Insert(a.url.clone(), client_a)))
+        .unwrap();
+    tx.unbounded_send(Ok(tower::discover::Change::Insert(b.url.clone(), client_b)))
+        .unwrap();
+    settled(2).await;
+    let mut seen: Vec<String> = Vec::new();
+    for _ in 0..4 {
+        seen.push(send().await);
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        ["a HTTP/2.0", "a HTTP/2.0", "b HTTP/2.0", "b HTTP/2.0"]
+    );
+
+    tx.unbounded_send(Ok(tower::discover::Change::Remove(a.url.clone())))
+        .unwrap();
+    settled(1).await;
+    for _ in 0..4 {
+        assert_eq!(send().await, "b HTTP/2.0");
+    }
+    // Each discovered client held one connection to its backend.
+    assert_eq!(a.connections.load(Ordering::Relaxed), 1);
+    assert_eq!(b.connections.load(Ordering::Relaxed), 1);
+    drop(tx);
+    follower.await.unwrap().unwrap();
+
+    // An endpoint added some other way has no service: a clear error.
+    balancer.add(&a.url, 1).unwrap();
+    let mut failures = 0;
+    for _ in 0..4 {
+        let request = http::Request::get("/").body(Empty::new()).unwrap();
+        if let Err(error) = service.clone().oneshot(request).await {
+            assert!(matches!(error, tower_lb::Error::NotReady(_)), "{error}");
+            failures += 1;
+        }
+    }
+    assert_eq!(failures, 2, "round robin: every other request goes to a");
+}

@@ -8,7 +8,9 @@ use futures::{Stream, StreamExt};
 use tower::discover::Change;
 
 use super::Balancer;
-use crate::endpoint::{Counters, Endpoint, EndpointUrl, IntoEndpoint, Labels, Member, MAX_WEIGHT};
+use crate::endpoint::{
+    Counters, Endpoint, EndpointState, EndpointUrl, IntoEndpoint, Labels, Member, MAX_WEIGHT,
+};
 use crate::membership::Snapshot;
 use crate::Error;
 
@@ -238,6 +240,31 @@ impl Balancer {
             }
         }
         Ok(())
+    }
+
+    /// Adds the endpoint at `url` with weight 1 unless it is in the set
+    /// (then its weight and state stay), and calls `with_state` on its state
+    /// before the change is published, so that no request sees the
+    /// endpoint before `with_state` ran.
+    pub(crate) fn add_or_keep(
+        &self,
+        url: &str,
+        with_state: impl FnOnce(&Arc<EndpointState>),
+    ) -> Result<(), Error> {
+        let url = EndpointUrl::parse(url)?;
+        let counters = &self.shared.counters;
+        self.update::<Infallible>(|members| {
+            let index = match position(members, &url) {
+                Some(index) => index,
+                None => {
+                    members.push(Member::new(url, 1, counters));
+                    members.len() - 1
+                }
+            };
+            with_state(&members[index].state);
+            Ok(())
+        })
+        .map_err(|never| match never {})
     }
 
     fn apply_parsed(&self, changes: Vec<ParsedChange>) {
