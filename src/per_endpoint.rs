@@ -86,11 +86,14 @@ where
     }
 }
 
+/// The user's function that makes an endpoint's service from its URL.
+type MakeService<S> = Box<dyn Fn(&str) -> S + Send + Sync>;
+
 /// Each endpoint's service, by the address of the endpoint's state.
 struct Services<S> {
     /// Makes a service from an endpoint's URL; `None` when services come
     /// only from discovery.
-    make: Option<Box<dyn Fn(&str) -> S + Send + Sync>>,
+    make: Option<MakeService<S>>,
     /// Read by every request without a lock.
     by_endpoint: ArcSwap<HashMap<usize, (Weak<EndpointState>, S)>>,
     /// Taken to add or remove an endpoint's service.
@@ -141,7 +144,7 @@ impl<S> PerEndpointService<S>
 where
     S: Clone + Send + Sync + 'static,
 {
-    fn with(balancer: &Balancer, make: Option<Box<dyn Fn(&str) -> S + Send + Sync>>) -> Self {
+    fn with(balancer: &Balancer, make: Option<MakeService<S>>) -> Self {
         let services = Arc::new(Services {
             make,
             by_endpoint: ArcSwap::from_pointee(HashMap::new()),
