@@ -141,11 +141,15 @@ impl<R: Route> Trip<R> {
             return Err(Error::NoEndpointAvailable);
         };
         if self.may_retry_on(balancer, 0, picked.takers, request) {
-            self.replay = Some(Box::new(Replay {
-                balancer: balancer.clone(),
-                tried: Vec::new(),
-                copy: request.try_clone(),
-            }));
+            // A body that cannot be sent twice (a stream) means no retry,
+            // and no replay state.
+            self.replay = request.try_clone().map(|copy| {
+                Box::new(Replay {
+                    balancer: balancer.clone(),
+                    tried: Vec::new(),
+                    copy: Some(copy),
+                })
+            });
         }
         route(balancer, request, &picked.endpoint)?;
         if let Some(retrying) = balancer.retrying() {
