@@ -98,7 +98,7 @@ fn ms(d: Duration) -> String {
 }
 
 /// Prints one row per backend: weight, requests, share against the fair
-/// share, latency percentiles, and the balancer's own latency average.
+/// share, latency percentiles, and the balancer's own response-time estimate.
 fn print_table(
     title: &str,
     backends: &[Backend],

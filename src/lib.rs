@@ -36,7 +36,7 @@
 //!   and consistent hashing ([`Policy::ring_hash`], [`Policy::maglev`], configured
 //!   through [`ConsistentHash`]) of a request key ([`RequestKey`], [`SessionKey`]).
 //! - [`Stats`]: per-endpoint counters: in flight, successes, failures by kind,
-//!   cancelled, a latency average.
+//!   cancelled, the response-time estimate, labels.
 //! - [`Error`]: configuration errors, "no endpoint available", and the wrapped
 //!   service's error.
 //!
