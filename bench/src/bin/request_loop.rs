@@ -1,0 +1,139 @@
+//! A tight loop of requests for `perf record`, and the experiment that
+//! shows where two cores lose time.
+//!
+//! `cargo build --release -p tower-lb-bench --bin request_loop`, then:
+//! - `target/release/request_loop layer wrr` — requests through the layer
+//!   over a service that answers at once (`raw` for none);
+//! - `target/release/request_loop select maglev 2` — `Balancer::select`
+//!   on two threads sharing one balancer;
+//! - `target/release/request_loop select maglev 2 separate` — the same,
+//!   each thread with a balancer of its own over the same endpoints.
+//!
+//! Policies: `wrr`, `random`, `least_time`, `ring_header`, `maglev`.
+//! `ENDPOINTS` (default 10) and `COUNT` (default 5,000,000 per thread)
+//! set the size. Prints ns per request (per thread, for `select`).
+
+use std::convert::Infallible;
+use std::future::{ready, Ready};
+use std::hint::black_box;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use futures::FutureExt;
+use tower::{Layer, Service};
+use tower_lb::{Balancer, Policy, RequestKey, Retries, SessionKey};
+
+#[derive(Clone, Copy)]
+struct Trivial;
+
+impl Service<http::Request<()>> for Trivial {
+    type Response = http::Response<()>;
+    type Error = Infallible;
+    type Future = Ready<Result<http::Response<()>, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: http::Request<()>) -> Self::Future {
+        ready(Ok(http::Response::new(())))
+    }
+}
+
+/// A request with the key header and a session key.
+fn request(n: usize) -> http::Request<()> {
+    let mut request = http::Request::new(());
+    *request.uri_mut() = http::Uri::from_static("/item");
+    request
+        .headers_mut()
+        .insert("x-user-id", http::HeaderValue::from(n as u64));
+    request
+}
+
+fn drive<S: Service<http::Request<()>>>(service: &mut S, request: http::Request<()>) {
+    let waker = futures::task::noop_waker();
+    let mut cx = Context::from_waker(&waker);
+    if let Poll::Ready(Ok(())) = service.poll_ready(&mut cx) {
+        let _ = black_box(service.call(request).now_or_never());
+    }
+}
+
+fn policy(name: &str) -> Policy {
+    match name {
+        "random" => Policy::random(),
+        "least_time" => Policy::least_response_time().into(),
+        "ring_header" => Policy::ring_hash()
+            .key(RequestKey::header("x-user-id"))
+            .into(),
+        "maglev" => Policy::maglev().into(),
+        _ => Policy::weighted_round_robin(),
+    }
+}
+
+fn balancer(endpoints: usize, name: &str) -> Balancer {
+    let built = (0..endpoints)
+        .fold(Balancer::builder(), |b, i| {
+            b.endpoint(format!("http://10.0.{}.{}:8080", i / 200, i % 200 + 1))
+        })
+        .policy(policy(name))
+        .retry(Retries::disabled())
+        .build();
+    match built {
+        Ok(balancer) => balancer,
+        Err(error) => panic!("the loop's balancer is valid: {error}"),
+    }
+}
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |i: usize, default: &str| args.get(i).cloned().unwrap_or_else(|| default.into());
+    let (mode, name) = (arg(0, "layer"), arg(1, "wrr"));
+    let endpoints = env("ENDPOINTS", 10);
+    let count = env("COUNT", 5_000_000);
+    let started = Instant::now();
+    if mode == "select" {
+        let threads: usize = arg(2, "1").parse().unwrap_or(1);
+        let separate = arg(3, "") == "separate";
+        let shared = balancer(endpoints, &name);
+        let requests: Vec<_> = (0..1024)
+            .map(|n| {
+                let mut r = request(n);
+                r.extensions_mut()
+                    .insert(SessionKey::new((n as u64).to_le_bytes()));
+                r
+            })
+            .collect();
+        std::thread::scope(|scope| {
+            for t in 0..threads {
+                let (shared, requests, name) = (&shared, &requests, &name);
+                scope.spawn(move || {
+                    let own = separate.then(|| balancer(endpoints, name));
+                    let balancer = own.as_ref().unwrap_or(shared);
+                    for n in 0..count {
+                        if let Ok(selection) = balancer.select(&requests[(n * 7 + t) % 1024]) {
+                            drop(black_box(selection));
+                        }
+                    }
+                });
+            }
+        });
+    } else if name == "raw" {
+        for n in 0..count {
+            drive(&mut Trivial, request(n % 1024));
+        }
+    } else {
+        let mut service = balancer(endpoints, &name).layer().layer(Trivial);
+        for n in 0..count {
+            drive(&mut service, request(n % 1024));
+        }
+    }
+    let per = started.elapsed().as_nanos() as f64 / count as f64;
+    println!("{mode} {name}: {per:.0} ns per request");
+}
