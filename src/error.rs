@@ -89,11 +89,52 @@ pub enum Error {
         reason: String,
     },
 
+    /// The request's target was refused before anything was sent: it
+    /// would leave the endpoint's base path, or it has a form the balancer
+    /// does not route (see [`TargetRefusal`](crate::TargetRefusal)). No
+    /// endpoint is charged.
+    #[error("request target {path:?} refused: {reason}")]
+    InvalidTarget {
+        /// The request's path as given (without its query, which may carry
+        /// tokens).
+        path: String,
+        /// Why it was refused.
+        reason: crate::TargetRefusal,
+    },
+
     /// The wrapped service failed while calling `endpoint`. The original
     /// error is the [`source`](std::error::Error::source).
     #[error("request to {endpoint} failed")]
     Upstream {
         /// The endpoint the request was sent to.
+        endpoint: String,
+        /// The wrapped service's error.
+        #[source]
+        source: BoxError,
+    },
+
+    /// The connection to `endpoint` closed or was reset after the request
+    /// may have been written and before a response came: the endpoint may
+    /// have processed it. Returned for a request that was not safe to send
+    /// again (see [`Retries`](crate::Retries)), or when no retry was left;
+    /// such a request is never re-sent by the balancer.
+    #[error(
+        "connection to {endpoint} closed before a response: the request may have been processed"
+    )]
+    MayHaveBeenProcessed {
+        /// The endpoint the request was sent to.
+        endpoint: String,
+        /// The wrapped service's error.
+        #[source]
+        source: BoxError,
+    },
+
+    /// The client failed the request itself before or while sending it (a
+    /// request it could not build, an error of the caller's own body
+    /// stream). Not charged to `endpoint`: its health is untouched.
+    #[error("the client failed the request to {endpoint} before it was sent whole")]
+    Client {
+        /// The endpoint the request was meant for.
         endpoint: String,
         /// The wrapped service's error.
         #[source]
@@ -107,7 +148,8 @@ pub enum Error {
 }
 
 impl Error {
-    /// The wrapped service's error, if this is [`Error::Upstream`] or
+    /// The wrapped service's error, if this is [`Error::Upstream`],
+    /// [`Error::MayHaveBeenProcessed`], [`Error::Client`] or
     /// [`Error::NotReady`].
     ///
     /// ```
@@ -117,7 +159,10 @@ impl Error {
     /// ```
     pub fn upstream(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
         match self {
-            Error::Upstream { source, .. } | Error::NotReady(source) => Some(source.as_ref()),
+            Error::Upstream { source, .. }
+            | Error::MayHaveBeenProcessed { source, .. }
+            | Error::Client { source, .. }
+            | Error::NotReady(source) => Some(source.as_ref()),
             _ => None,
         }
     }

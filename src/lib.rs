@@ -70,6 +70,7 @@ mod reqwest_http;
 mod response;
 mod selection;
 mod service;
+mod target;
 
 pub use affinity::{key_hash, RequestInfo, RequestKey, SessionKey};
 pub use balancer::{Balancer, BalancerBuilder};
@@ -79,7 +80,7 @@ pub use endpoint::{
     Endpoint, EndpointStats, FailureCounts, IntoEndpoint, Labels, Stats, MAX_WEIGHT,
 };
 pub use error::{BoxError, Error};
-pub use health::{HealthEvent, OutlierDetection, Retries};
+pub use health::{HealthEvent, OutlierDetection, Retries, Retryable};
 pub use layer::BalanceLayer;
 pub use per_endpoint::PerEndpointService;
 pub use policy::{
@@ -92,5 +93,6 @@ pub use reqwest_http::HttpToReqwest;
 pub use response::ResponseFuture;
 pub use selection::Selection;
 pub use service::{BalanceService, NoRetries, WithRetries};
+pub use target::TargetRefusal;
 /// The discovery event type [`Balancer::apply`] and [`Balancer::follow`] take.
 pub use tower::discover::Change;

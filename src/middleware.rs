@@ -11,7 +11,7 @@ use tracing::Instrument;
 
 use crate::balancer::Balancer;
 use crate::error::Error;
-use crate::pipeline::{Answer, Trip};
+use crate::pipeline::{failure, Answer, Step, Trip};
 
 /// Sends each request through the balancer: the same choice, rewrite and
 /// accounting as the Tower layer.
@@ -64,16 +64,15 @@ impl Middleware for Balancer {
                 },
                 Err(error) => Answer::Failed(chain_of(error)),
             };
-            let endpoint = result
-                .is_err()
-                .then(|| attempt.endpoint().url.as_str().to_owned());
+            let endpoint = result.is_err().then(|| attempt.endpoint().clone());
             match trip.end(attempt, answer, Some(extensions)) {
-                Some((retry, started)) => (request, attempt) = (retry, started),
-                None => {
+                Step::Retry(retry, started) => (request, attempt) = (retry, started),
+                Step::Done(outcome) => {
                     return result.map_err(|source| {
-                        reqwest_middleware::Error::middleware(Error::Upstream {
-                            endpoint: endpoint.unwrap_or_default(),
-                            source: unwrapped(source),
+                        let source = unwrapped(source);
+                        reqwest_middleware::Error::middleware(match &endpoint {
+                            Some(endpoint) => failure(outcome, endpoint, source),
+                            None => Error::NotReady(source),
                         })
                     })
                 }
@@ -82,8 +81,6 @@ impl Middleware for Balancer {
     }
 }
 
-/// The error of the rest of the chain as the layer carries it: reqwest's
-/// own error itself, or a later middleware's.
 fn unwrapped(error: reqwest_middleware::Error) -> crate::BoxError {
     match error {
         reqwest_middleware::Error::Reqwest(error) => Box::new(error),

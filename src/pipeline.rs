@@ -17,6 +17,8 @@ use http::{Extensions, HeaderMap, StatusCode};
 use crate::affinity::{LearnedHomes, RequestInfo, SessionKey};
 use crate::balancer::{Balancer, Picked};
 use crate::endpoint::{EndpointState, InFlight};
+use crate::error::BoxError;
+use crate::health::safe_to_send_twice;
 use crate::outcome::Outcome;
 use crate::request::sealed::Route;
 use crate::Error;
@@ -87,6 +89,9 @@ impl Attempt {
 #[derive(Debug)]
 pub(crate) struct Trip<R> {
     retries_left: u32,
+    /// The request may be sent twice (see [`safe_to_send_twice`]); known
+    /// once the trip starts.
+    safe: bool,
     learned: Option<Arc<LearnedHomes>>,
     replay: Option<Box<Replay<R>>>,
 }
@@ -107,6 +112,7 @@ impl<R: Route> Trip<R> {
             retries_left: balancer
                 .retrying()
                 .map_or(0, |retrying| retrying.policy.max_retries),
+            safe: false,
             learned: balancer.learned().cloned(),
             replay: None,
         }
@@ -140,7 +146,9 @@ impl<R: Route> Trip<R> {
             tracing::debug!("no endpoint available");
             return Err(Error::NoEndpointAvailable);
         };
-        if self.may_retry_on(balancer, 0, picked.takers, request) {
+        self.safe = self.retries_left > 0
+            && safe_to_send_twice(info.method(), info.headers, info.extensions);
+        if self.may_retry_on(balancer, 0, picked.takers) {
             // A body that cannot be sent twice (a stream) means no retry,
             // and no replay state.
             self.replay = request.try_clone().map(|copy| {
@@ -161,12 +169,12 @@ impl<R: Route> Trip<R> {
     /// Whether `request` may be sent once more: retries are left, its
     /// method can be retried under the policy, and more endpoints than the
     /// `tried` ones take requests (of `takers`).
-    fn may_retry_on(&self, balancer: &Balancer, tried: usize, takers: usize, request: &R) -> bool {
+    fn may_retry_on(&self, balancer: &Balancer, tried: usize, takers: usize) -> bool {
         self.retries_left > 0
             && takers > tried + 1
             && balancer
                 .retrying()
-                .is_some_and(|retrying| retrying.may_retry(request.info().method()))
+                .is_some_and(|retrying| retrying.may_retry(self.safe))
     }
 
     /// Whether a copy of the request is kept: a retry may follow.
@@ -178,23 +186,37 @@ impl<R: Route> Trip<R> {
     /// answer and records the outcome. Then decides on a retry: a copy was
     /// kept, the outcome and method allow it, another endpoint is free and
     /// the budget has room (only a retry that can happen draws on it).
-    /// Returns the next attempt with its request, or `None` when the answer
+    /// Returns the next attempt with its request, or the outcome that
     /// stands.
     pub(crate) fn end(
         &mut self,
         attempt: Attempt,
         answer: Answer<'_>,
         extensions: Option<&Extensions>,
-    ) -> Option<(R, Attempt)> {
+    ) -> Step<R> {
         if let (Answer::Response { headers, .. }, Some(learned)) = (answer, &self.learned) {
             learned.learn(headers, attempt.endpoint());
         }
         let endpoint = attempt.endpoint().clone();
         let outcome = attempt.end(answer);
+        match self.retry(endpoint, outcome, extensions) {
+            Some((request, attempt)) => Step::Retry(request, attempt),
+            None => Step::Done(outcome),
+        }
+    }
+
+    /// The next attempt after one that ended with `outcome` on `endpoint`,
+    /// if a retry is allowed and possible.
+    fn retry(
+        &mut self,
+        endpoint: Arc<EndpointState>,
+        outcome: Outcome,
+        extensions: Option<&Extensions>,
+    ) -> Option<(R, Attempt)> {
         let mut replay = self.replay.take()?;
         let mut request = replay.copy.take()?;
         let retrying = replay.balancer.retrying()?;
-        if !retrying.retries(outcome, request.info().method()) {
+        if !retrying.retries(outcome, self.safe) {
             return None;
         }
         replay.tried.push(endpoint);
@@ -204,13 +226,34 @@ impl<R: Route> Trip<R> {
             return None;
         }
         self.retries_left = self.retries_left.saturating_sub(1);
-        if self.may_retry_on(&replay.balancer, replay.tried.len(), next.takers, &request) {
+        if self.may_retry_on(&replay.balancer, replay.tried.len(), next.takers) {
             replay.copy = request.try_clone();
         }
         route(&replay.balancer, &mut request, &next.endpoint).ok()?;
         tracing::debug!(?outcome, "retrying on another endpoint");
         self.replay = Some(replay);
         Some((request, Attempt::start(next)))
+    }
+}
+
+/// What follows an attempt.
+#[derive(Debug)]
+pub(crate) enum Step<R> {
+    /// Another attempt, already started, with its request.
+    Retry(R, Attempt),
+    /// The answer stands; how the last attempt ended.
+    Done(Outcome),
+}
+
+/// The error a caller gets for a failed last attempt on `endpoint`: the
+/// variant says whose failure it was and whether the request may have been
+/// processed.
+pub(crate) fn failure(outcome: Outcome, endpoint: &EndpointState, source: BoxError) -> Error {
+    let endpoint = endpoint.url.as_str().to_owned();
+    match outcome {
+        Outcome::Closed => Error::MayHaveBeenProcessed { endpoint, source },
+        Outcome::ClientError => Error::Client { endpoint, source },
+        _ => Error::Upstream { endpoint, source },
     }
 }
 

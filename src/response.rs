@@ -12,7 +12,8 @@ use tower_service::Service;
 
 use crate::endpoint::EndpointState;
 use crate::error::{BoxError, Error};
-use crate::pipeline::{Answer, Attempt, Trip};
+use crate::outcome::Outcome;
+use crate::pipeline::{failure, Answer, Attempt, Step, Trip};
 use crate::request::{BalanceRequest, BalanceResponse};
 
 /// Finds (or makes) the inner service of one endpoint; `None` when it has
@@ -149,9 +150,7 @@ where
                         return Poll::Pending;
                     };
                     let result: Result<T, BoxError> = result.map_err(Into::into);
-                    let endpoint = result
-                        .is_err()
-                        .then(|| attempt.endpoint().url.as_str().to_owned());
+                    let endpoint = result.is_err().then(|| attempt.endpoint().clone());
                     let answer = match &result {
                         Ok(response) => Answer::Response {
                             status: response.status(),
@@ -159,16 +158,20 @@ where
                         },
                         Err(error) => Answer::Failed(error.as_ref()),
                     };
-                    if let Some(next) = trip.end(attempt, answer, None) {
-                        if this.ready.is_some() || this.services.is_some() {
-                            *this.next = Some(Box::new(next));
+                    let outcome = match trip.end(attempt, answer, None) {
+                        Step::Retry(request, attempt)
+                            if this.ready.is_some() || this.services.is_some() =>
+                        {
+                            *this.next = Some(Box::new((request, attempt)));
                             this.state.set(State::Readying);
                             continue;
                         }
-                    }
-                    return Poll::Ready(result.map_err(|source| Error::Upstream {
-                        endpoint: endpoint.unwrap_or_default(),
-                        source,
+                        Step::Retry(..) => Outcome::OtherError,
+                        Step::Done(outcome) => outcome,
+                    };
+                    return Poll::Ready(result.map_err(|source| match endpoint {
+                        Some(endpoint) => failure(outcome, &endpoint, source),
+                        None => Error::NotReady(source),
                     }));
                 }
                 StateProj::Readying => {

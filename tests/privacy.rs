@@ -68,3 +68,93 @@ async fn key_values_never_appear_in_logs_debug_output_or_stats() {
         assert!(!shown.contains(secret), "the key leaked: {shown}");
     }
 }
+
+/// With the `cookies` feature: a session cookie learned from a backend and
+/// kept in the balanced jar appears in no `Debug` output, log line, error,
+/// health event or stats.
+#[cfg(feature = "cookies")]
+#[tokio::test]
+async fn session_cookie_values_never_appear_in_logs_debug_output_errors_events_or_stats() {
+    use tower::{ServiceBuilder, ServiceExt};
+    use tower_lb::{HttpToReqwest, OutlierDetection};
+    use wiremock::ResponseTemplate;
+
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let secret = "cookie-secret-91b2";
+    let mut servers = Vec::new();
+    for i in 0..2 {
+        let template = ResponseTemplate::new(503)
+            .insert_header("set-cookie", format!("JSESSIONID={secret}; Path=/"));
+        servers.push(backend(&name(i), template).await);
+    }
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let seen = events.clone();
+    let balancer = servers
+        .iter()
+        .fold(Balancer::builder(), |b, s| b.endpoint(s.uri()))
+        .policy(Policy::ring_hash().key(RequestKey::cookie("JSESSIONID")))
+        .outlier_detection(
+            OutlierDetection::default()
+                .consecutive_failures(2)
+                .on_event(move |event| seen.lock().unwrap().push(format!("{event:?}"))),
+        )
+        .build()
+        .unwrap();
+    let jar = balancer.cookie_jar();
+    let http = reqwest::Client::builder()
+        .cookie_provider(jar.clone())
+        .build()
+        .unwrap();
+    let client = ServiceBuilder::new()
+        .layer(balancer.layer())
+        .service(HttpToReqwest::new(http));
+    let mut errors = Vec::new();
+    for _ in 0..6 {
+        let request = http::Request::get("/cart").body(String::new()).unwrap();
+        match client.clone().oneshot(request).await {
+            Ok(response) => assert_eq!(response.status(), 503),
+            Err(error) => errors.push(format!("{error} {error:?}")),
+        }
+    }
+    // A refused target's error, too.
+    let refused = client
+        .clone()
+        .oneshot(http::Request::get("/../x").body(String::new()).unwrap())
+        .await
+        .unwrap_err();
+    errors.push(format!("{refused} {refused:?}"));
+    // Events go out on the balancer's own thread.
+    for _ in 0..100 {
+        if !events.lock().unwrap().is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(!events.lock().unwrap().is_empty(), "no health event came");
+
+    assert!(
+        format!("{jar:?}").contains("holds_cookies: true"),
+        "the jar should hold the session cookie: {jar:?}"
+    );
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("tower_lb"), "nothing was logged: {logs}");
+    let mut shown = vec![
+        logs,
+        format!("{balancer:?}"),
+        format!("{jar:?}"),
+        format!("{client:?}"),
+        format!("{:?}", balancer.stats()),
+        events.lock().unwrap().join("\n"),
+    ];
+    shown.extend(errors);
+    for text in shown {
+        assert!(!text.contains(secret), "the cookie leaked: {text}");
+    }
+}

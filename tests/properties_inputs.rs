@@ -41,8 +41,72 @@ fn any_string() -> impl Strategy<Value = String> {
     ]
 }
 
+/// Paths built from the pieces that climb: dot segments in every spelling,
+/// encoded and backslash separators, names.
+fn climbing_path() -> impl Strategy<Value = String> {
+    let piece = prop_oneof![
+        Just(".."),
+        Just("."),
+        Just("%2e%2e"),
+        Just("%2E."),
+        Just(".%2e"),
+        Just("%2e"),
+        Just("..%2f"),
+        Just("..%5C"),
+        Just("..\\"),
+        Just(""),
+        Just("a"),
+        Just("b.c"),
+        Just("..."),
+    ];
+    (
+        prop::collection::vec(piece, 0..8),
+        prop_oneof![Just(""), Just("?q=1")],
+    )
+        .prop_map(|(pieces, query)| format!("/{}{query}", pieces.join("/")))
+}
+
+/// Whether `path` holds a dot segment, `%2e` spellings included.
+fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|s| {
+        let s = s.to_ascii_lowercase().replace("%2e", ".");
+        s == "." || s == ".."
+    })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+    #[test]
+    fn any_climbing_path_stays_under_the_base_path_on_every_front_end_or_is_refused(
+        base in prop_oneof![Just(""), Just("/api"), Just("/a/b")],
+        target in climbing_path(),
+    ) {
+        let balancer = Balancer::builder()
+            .endpoint(format!("http://127.0.0.1:8080{base}"))
+            .build()
+            .unwrap();
+        let inside = |path: &str| path.starts_with(&format!("{base}/")) && !has_dot_segment(path);
+        // http::Request: the path as written.
+        if let Ok(uri) = target.parse::<http::Uri>() {
+            let mut request = http::Request::get(uri).body(()).unwrap();
+            let selection = balancer.select(&request).unwrap();
+            match selection.route(&mut request) {
+                Ok(()) => prop_assert!(inside(request.uri().path()), "{target:?} went to {}", request.uri()),
+                Err(Error::InvalidTarget { .. }) => {}
+                Err(other) => prop_assert!(false, "{target:?}: unexpected {other:?}"),
+            }
+        }
+        // reqwest::Request: the url crate has resolved dots already.
+        let url = reqwest::Url::parse(&format!("http://backend{target}")).unwrap();
+        let mut request = reqwest::Request::new(http::Method::GET, url);
+        let selection = balancer.select(&request).unwrap();
+        match selection.route(&mut request) {
+            Ok(()) => prop_assert!(inside(request.url().path()), "{target:?} went to {}", request.url()),
+            Err(Error::InvalidTarget { .. }) => {}
+            Err(other) => prop_assert!(false, "{target:?}: unexpected {other:?}"),
+        }
+    }
 
     #[test]
     fn any_endpoint_url_is_refused_with_a_reason_or_accepted_under_a_name_that_parses_back(
@@ -67,7 +131,7 @@ proptest! {
     }
 
     #[test]
-    fn any_request_target_is_routed_or_refused_with_a_typed_error(
+    fn any_request_target_stays_under_the_base_path_or_is_refused_with_a_typed_error(
         base in prop_oneof![Just(""), Just("/api"), Just("/a/b")],
         target in any_string(),
     ) {
@@ -85,8 +149,11 @@ proptest! {
                 let routed = request.uri();
                 prop_assert_eq!(routed.scheme_str(), Some("http"));
                 prop_assert_eq!(routed.authority().map(|a| a.as_str()), Some("127.0.0.1:8080"));
+                let path = routed.path();
+                prop_assert!(path.starts_with(&format!("{base}/")), "{target:?} went to {path:?}");
+                prop_assert!(!has_dot_segment(path), "{target:?} kept a dot segment: {path:?}");
             }
-            Err(Error::InvalidRequest { .. }) => {}
+            Err(Error::InvalidTarget { .. } | Error::InvalidRequest { .. }) => {}
             Err(other) => prop_assert!(false, "{target:?}: unexpected {other:?}"),
         }
     }

@@ -25,7 +25,6 @@ const SHARDS: usize = 16;
 /// Sessions remembered per shard; 65,536 in all.
 const SHARD_CAPACITY: NonZeroUsize = NonZeroUsize::new(4_096).expect("not zero"); // ok: constant
 
-#[derive(Debug)]
 pub(crate) struct LearnedHomes {
     /// Cookie names whose values are learned.
     names: Box<[Box<str>]>,
@@ -33,6 +32,16 @@ pub(crate) struct LearnedHomes {
 }
 
 type Shard = LruCache<u64, Weak<EndpointState>>;
+
+/// The cookie names only: the table holds digests of session values, and
+/// a `Debug` print takes no lock.
+impl std::fmt::Debug for LearnedHomes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LearnedHomes")
+            .field("names", &self.names)
+            .finish_non_exhaustive()
+    }
+}
 
 impl LearnedHomes {
     /// `None` when there are no cookie names to learn.

@@ -20,12 +20,21 @@ use reqwest::Url;
 /// reserved, so it never names a real site.
 const SITE: &str = "balanced.invalid";
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct SiteCookies {
     cookies: Jar,
     /// Whether any cookie was ever filed under the site: until then a
     /// request's lookup is one load.
     filled: AtomicBool,
+}
+
+/// Never the cookies: their values are session secrets.
+impl std::fmt::Debug for SiteCookies {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SiteCookies")
+            .field("holds_any", &self.holds_any())
+            .finish_non_exhaustive()
+    }
 }
 
 impl SiteCookies {

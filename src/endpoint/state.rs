@@ -35,8 +35,10 @@ pub(crate) struct EndpointState {
     server_errors: AtomicU64,
     connect_errors: AtomicU64,
     timeouts: AtomicU64,
+    closed: AtomicU64,
     other_errors: AtomicU64,
     cancelled: AtomicU64,
+    client_errors: AtomicU64,
 }
 
 impl EndpointState {
@@ -55,8 +57,10 @@ impl EndpointState {
             server_errors: AtomicU64::new(0),
             connect_errors: AtomicU64::new(0),
             timeouts: AtomicU64::new(0),
+            closed: AtomicU64::new(0),
             other_errors: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
+            client_errors: AtomicU64::new(0),
         }
     }
 
@@ -69,8 +73,10 @@ impl EndpointState {
             &self.server_errors,
             &self.connect_errors,
             &self.timeouts,
+            &self.closed,
             &self.other_errors,
             &self.cancelled,
+            &self.client_errors,
         ]
         .into_iter()
         .map(load)
@@ -131,9 +137,15 @@ impl EndpointState {
             Outcome::ServerError => &self.server_errors,
             Outcome::ConnectError => &self.connect_errors,
             Outcome::Timeout => &self.timeouts,
+            Outcome::Closed => &self.closed,
             Outcome::OtherError => &self.other_errors,
+            Outcome::ClientError => &self.client_errors,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        if outcome == Outcome::ClientError {
+            // The client's own failure says nothing of the endpoint.
+            return;
+        }
         let failed = outcome != Outcome::Success;
         self.rtt.record(&self.rtt_model, latency, failed, now);
         self.health
@@ -152,9 +164,11 @@ impl EndpointState {
             server_error: load(&self.server_errors),
             connect: load(&self.connect_errors),
             timeout: load(&self.timeouts),
+            closed: load(&self.closed),
             other: load(&self.other_errors),
         };
         let cancelled = load(&self.cancelled);
+        let client_errors = load(&self.client_errors);
         let in_flight = load(&self.in_flight);
         EndpointStats {
             url: self.url.as_str().to_owned(),
@@ -162,10 +176,11 @@ impl EndpointState {
             weight,
             in_flight,
             // Every request is in flight or has exactly one outcome.
-            requests: successes + failures.total() + cancelled + in_flight,
+            requests: successes + failures.total() + cancelled + client_errors + in_flight,
             successes,
             failures,
             cancelled,
+            client_errors,
             latency_ewma: (successes + failures.total() > 0)
                 .then(|| Duration::from_nanos(estimate as u64)),
             ejected,

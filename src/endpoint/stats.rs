@@ -87,6 +87,10 @@ pub struct EndpointStats {
     pub failures: FailureCounts,
     /// Requests whose future was dropped before an answer came.
     pub cancelled: u64,
+    /// Requests the client failed itself (a request it could not build,
+    /// the caller's body stream failing): charged to no endpoint, so not
+    /// failures, and left out of health and the response-time estimate.
+    pub client_errors: u64,
     /// The endpoint's response-time estimate, the one the
     /// least-response-time policy reads: a moving average of the time to
     /// the response head that rises at once with a slower answer and decays
@@ -105,10 +109,13 @@ pub struct EndpointStats {
 pub struct FailureCounts {
     /// Answers with a 5xx status.
     pub server_error: u64,
-    /// Requests that never reached a server (refused, reset, unreachable).
+    /// Requests that never reached a server (refused, unreachable).
     pub connect: u64,
     /// Requests that timed out.
     pub timeout: u64,
+    /// Connections closed or reset after the request may have been written
+    /// and before a response came.
+    pub closed: u64,
     /// Other errors of the wrapped service.
     pub other: u64,
 }
@@ -116,6 +123,6 @@ pub struct FailureCounts {
 impl FailureCounts {
     /// All failures together.
     pub fn total(&self) -> u64 {
-        self.server_error + self.connect + self.timeout + self.other
+        self.server_error + self.connect + self.timeout + self.closed + self.other
     }
 }

@@ -1,11 +1,13 @@
 //! Endpoint addresses: parsing, the canonical name, and the pieces a request
 //! rewrite needs.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 
+use crate::target::{resolve_path, TargetRefusal};
 use crate::Error;
 
 /// Where an endpoint lives: `http` or `https`, host and port, and an optional
@@ -52,6 +54,11 @@ impl EndpointUrl {
             reason: reason.to_owned(),
             source: None,
         };
+        if url.contains('#') {
+            return Err(invalid(
+                "an endpoint URL cannot carry a fragment (it would be dropped)",
+            ));
+        }
         let uri: Uri =
             url.trim()
                 .parse()
@@ -86,11 +93,18 @@ impl EndpointUrl {
         };
         let base_path = match &parts.path_and_query {
             Some(pq) if pq.query().is_some() => {
-                return Err(invalid("an endpoint URL cannot carry a query"))
+                return Err(invalid(
+                    "an endpoint URL cannot carry a query",
+                ))
             }
             Some(pq) => pq.path().trim_end_matches('/'),
             None => "",
         };
+        if !matches!(resolve_path(base_path), Ok(p) if p.len() == base_path.len().max(1)) {
+            return Err(invalid(
+                "the base path cannot hold . or .. segments (write the path they lead to)",
+            ));
+        }
         // Lowercase what is case-insensitive so that two spellings of one
         // endpoint compare equal.
         let authority: Authority = authority
@@ -120,26 +134,61 @@ impl EndpointUrl {
     }
 
     /// Turns a request's URI into one for this endpoint: its scheme and
-    /// authority, the base path, then the request's own path and query.
-    /// Takes the URI by value so that the path is moved, not copied.
+    /// authority, the base path, then the request's own path (resolved as
+    /// [`crate::target`] says) and query. Takes the URI by value so that
+    /// the path is moved, not copied, when it needs no change.
     pub(crate) fn join(&self, request: Uri) -> Result<Uri, Error> {
         let mut parts = request.into_parts();
-        parts.path_and_query = match parts.path_and_query {
-            None => Some(PathAndQuery::from_static("/")),
-            Some(pq) if self.base_path.is_empty() => Some(pq),
-            Some(pq) => {
-                let joined = format!("{}{}", self.base_path, pq.as_str());
-                Some(PathAndQuery::try_from(joined).map_err(|e| self.invalid_request(e))?)
+        if let Some(authority) = &parts.authority {
+            let target = parts.path_and_query.as_ref();
+            if parts.scheme.is_none() {
+                return Err(refused(target, TargetRefusal::AuthorityForm));
             }
-        };
+            if authority.as_str().contains('@') {
+                return Err(refused(target, TargetRefusal::UserInfo));
+            }
+        }
+        let path = parts.path_and_query.as_ref().map_or("", PathAndQuery::path);
+        let resolved = resolve_path(path).map_err(|r| refused(parts.path_and_query.as_ref(), r))?;
+        let unchanged = matches!(resolved, Cow::Borrowed(p) if p.len() == path.len());
+        if !unchanged || !self.base_path.is_empty() {
+            let query = parts.path_and_query.as_ref().and_then(PathAndQuery::query);
+            let mut joined = String::with_capacity(
+                self.base_path.len() + resolved.len() + query.map_or(0, |q| q.len() + 1),
+            );
+            joined.push_str(&self.base_path);
+            joined.push_str(&resolved);
+            if let Some(query) = query {
+                joined.push('?');
+                joined.push_str(query);
+            }
+            parts.path_and_query =
+                Some(PathAndQuery::try_from(joined).map_err(|e| self.invalid_request(e))?);
+        }
         parts.scheme = Some(self.scheme.clone());
         parts.authority = Some(self.authority.clone());
         Uri::from_parts(parts).map_err(|e| self.invalid_request(e))
     }
 
-    /// Points a `reqwest` URL at this endpoint, keeping path and query.
+    /// Points a `reqwest` URL at this endpoint, keeping path and query, by
+    /// the same rules as [`EndpointUrl::join`].
     #[cfg(feature = "reqwest")]
     pub(crate) fn route_url(&self, url: &mut reqwest::Url) -> Result<(), Error> {
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(Error::InvalidTarget {
+                path: url.path().to_owned(),
+                reason: TargetRefusal::UserInfo,
+            });
+        }
+        let resolved = resolve_path(url.path()).map_err(|reason| Error::InvalidTarget {
+            path: url.path().to_owned(),
+            reason,
+        })?;
+        let path = if self.base_path.is_empty() && resolved == url.path() {
+            None
+        } else {
+            Some(format!("{}{}", self.base_path, resolved))
+        };
         let default_port = if self.scheme == Scheme::HTTPS {
             443
         } else {
@@ -152,9 +201,9 @@ impl EndpointUrl {
             .map_err(|e| self.invalid_request(e))?;
         url.set_port(port)
             .map_err(|()| self.invalid_request("port cannot be set"))?;
-        if !self.base_path.is_empty() {
-            let joined = format!("{}{}", self.base_path, url.path());
-            url.set_path(&joined);
+        url.set_fragment(None);
+        if let Some(path) = path {
+            url.set_path(&path);
         }
         Ok(())
     }
@@ -187,6 +236,15 @@ impl EndpointUrl {
             endpoint: self.as_str().to_owned(),
             reason: reason.to_string(),
         }
+    }
+}
+
+/// The error for a refused target, naming its path only: a query may
+/// carry tokens.
+fn refused(target: Option<&PathAndQuery>, reason: TargetRefusal) -> Error {
+    Error::InvalidTarget {
+        path: target.map_or("", PathAndQuery::path).to_owned(),
+        reason,
     }
 }
 

@@ -100,12 +100,17 @@ impl EndpointHealth {
         }
         let config = &shared.config;
         let failed = match (outcome, status) {
-            (Outcome::ConnectError | Outcome::Timeout | Outcome::OtherError, _) => true,
+            (
+                Outcome::ConnectError | Outcome::Timeout | Outcome::Closed | Outcome::OtherError,
+                _,
+            ) => true,
             (_, Some(status)) => config.is_failure_status(status),
             (_, None) => outcome != Outcome::Success,
         };
-        let gateway = matches!(outcome, Outcome::ConnectError | Outcome::Timeout)
-            || status.is_some_and(|s| matches!(s.as_u16(), 502..=504));
+        let gateway = matches!(
+            outcome,
+            Outcome::ConnectError | Outcome::Timeout | Outcome::Closed
+        ) || status.is_some_and(|s| matches!(s.as_u16(), 502..=504));
 
         let streak = bump_or_reset(&self.consecutive_failures, failed);
         let gateway_streak = bump_or_reset(&self.consecutive_gateway_failures, gateway);

@@ -39,8 +39,8 @@ use http::StatusCode;
 
 pub(crate) use book::HealthShared;
 pub(crate) use detector::EndpointHealth;
-pub use retry::Retries;
-pub(crate) use retry::Retrying;
+pub(crate) use retry::{safe_to_send_twice, Retrying};
+pub use retry::{Retries, Retryable};
 
 use crate::Error;
 use events::EventSink;

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::Method;
+use http::{Extensions, HeaderMap, Method};
 
 use super::budget::RetryBudget;
 use crate::clock::Clock;
@@ -13,11 +13,20 @@ use crate::Error;
 /// When a failed request is sent again to another endpoint; given to
 /// [`BalancerBuilder::retry`](crate::BalancerBuilder::retry).
 ///
-/// By default a request whose connection failed is retried whatever its
-/// method, since it never reached a server. Timeouts and failure statuses
-/// are retried only when opted in, and only for idempotent methods. Retries
-/// draw on a budget: 20% of the requests of the last 10 s plus 10 a second,
-/// so retries cannot multiply an outage.
+/// By default:
+/// - a request whose connection failed (refused, unreachable) is retried
+///   whatever its method, since it never reached a server;
+/// - a request whose connection closed or was reset before the response is
+///   retried only if it is safe to send twice: its method is idempotent
+///   (GET, HEAD, OPTIONS, TRACE, PUT, DELETE; RFC 9110 §9.2.2), it carries an
+///   `Idempotency-Key` header, or it is marked [`Retryable`]. Any other
+///   request fails with [`Error::MayHaveBeenProcessed`] and is never sent
+///   again;
+/// - timeouts and failure statuses are retried only when opted in
+///   ([`Retries::idempotent_failures`]), for requests safe to send twice.
+///
+/// Retries draw on a budget: 20% of the requests of the last 10 s plus 10 a
+/// second, so retries cannot multiply an outage.
 ///
 /// A request is retried only if it can be sent twice: a `reqwest::Request`
 /// whose body is in memory (`try_clone`), or an `http::Request` whose body
@@ -44,6 +53,7 @@ use crate::Error;
 #[must_use]
 pub struct Retries {
     pub(crate) connect_errors: bool,
+    pub(crate) closed_connections: bool,
     pub(crate) idempotent_failures: bool,
     pub(crate) max_retries: u32,
     budget_window: Duration,
@@ -55,6 +65,7 @@ impl Default for Retries {
     fn default() -> Self {
         Retries {
             connect_errors: true,
+            closed_connections: true,
             idempotent_failures: false,
             max_retries: 2,
             budget_window: Duration::from_secs(10),
@@ -69,12 +80,21 @@ impl Retries {
     pub fn disabled() -> Self {
         Retries {
             connect_errors: false,
+            closed_connections: false,
             ..Retries::default()
         }
     }
 
-    /// Also retry idempotent requests (GET, HEAD, PUT, DELETE, OPTIONS,
-    /// TRACE) that timed out or got a 5xx.
+    /// Whether a request safe to send twice is retried when its connection
+    /// closed before the response (default: yes).
+    pub fn closed_connections(mut self, retry: bool) -> Self {
+        self.closed_connections = retry;
+        self
+    }
+
+    /// Also retry requests safe to send twice (idempotent methods: GET,
+    /// HEAD, PUT, DELETE, OPTIONS, TRACE; an `Idempotency-Key` header; or
+    /// [`Retryable`]) that timed out or got a 5xx.
     pub fn idempotent_failures(mut self) -> Self {
         self.idempotent_failures = true;
         self
@@ -96,7 +116,8 @@ impl Retries {
     }
 
     fn enabled(&self) -> bool {
-        (self.connect_errors || self.idempotent_failures) && self.max_retries > 0
+        (self.connect_errors || self.closed_connections || self.idempotent_failures)
+            && self.max_retries > 0
     }
 
     pub(crate) fn validate(&self) -> Result<(), Error> {
@@ -136,23 +157,50 @@ pub(crate) struct Retrying {
 }
 
 impl Retrying {
-    /// Whether some outcome of a request with `method` could be retried:
-    /// if not, no copy of the request is made.
-    pub(crate) fn may_retry(&self, method: &Method) -> bool {
-        self.policy.connect_errors || (self.policy.idempotent_failures && method.is_idempotent())
+    /// Whether some outcome of a request could be retried (`safe`: it may
+    /// be sent twice): if not, no copy of the request is made.
+    pub(crate) fn may_retry(&self, safe: bool) -> bool {
+        self.policy.connect_errors
+            || (safe && (self.policy.closed_connections || self.policy.idempotent_failures))
     }
 
     /// Whether an attempt that ended with `outcome` may be sent again:
-    /// connect errors always (the request never reached a server), timeouts
-    /// and failure statuses for idempotent methods when opted in. The
-    /// budget is asked separately, once another endpoint is known to be free.
-    pub(crate) fn retries(&self, outcome: Outcome, method: &Method) -> bool {
+    /// connect errors always (the request never reached a server); a closed
+    /// connection, a timeout or a failure status only for a request safe to
+    /// send twice, when the policy says so. The budget is asked separately,
+    /// once another endpoint is known to be free.
+    pub(crate) fn retries(&self, outcome: Outcome, safe: bool) -> bool {
         match outcome {
             Outcome::ConnectError => self.policy.connect_errors,
-            Outcome::Timeout | Outcome::ServerError => {
-                self.policy.idempotent_failures && method.is_idempotent()
-            }
-            Outcome::Success | Outcome::OtherError => false,
+            Outcome::Closed => safe && self.policy.closed_connections,
+            Outcome::Timeout | Outcome::ServerError => safe && self.policy.idempotent_failures,
+            Outcome::Success | Outcome::ClientError | Outcome::OtherError => false,
         }
     }
+}
+
+/// Marks a request as safe to send twice though its method is not
+/// idempotent (a POST the server deduplicates, say): insert it in the
+/// request's extensions. A request with an `Idempotency-Key` header counts
+/// as marked too, whatever the front end.
+///
+/// ```
+/// let mut request = http::Request::post("/orders").body(String::from("{}"))?;
+/// request.extensions_mut().insert(tower_lb::Retryable);
+/// # Ok::<(), http::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Retryable;
+
+/// Whether a request may be sent twice: an idempotent method (RFC 9110
+/// §9.2.2), an `Idempotency-Key` header, or [`Retryable`] in its
+/// extensions.
+pub(crate) fn safe_to_send_twice(
+    method: &Method,
+    headers: &HeaderMap,
+    extensions: Option<&Extensions>,
+) -> bool {
+    method.is_idempotent()
+        || headers.contains_key("idempotency-key")
+        || extensions.is_some_and(|e| e.get::<Retryable>().is_some())
 }

@@ -1,0 +1,251 @@
+//! Request targets: which forms a balanced request may take, and how its
+//! path is resolved before it joins an endpoint's base path.
+//!
+//! One rule set for every front end (RFC 9112 §3.2 forms, RFC 3986 §5.2.4
+//! dot segments):
+//!
+//! - **origin form** (`/users/42?full=1`): path and query are kept; the path
+//!   is resolved and goes under the endpoint's base path. An empty path is
+//!   `/`.
+//! - **absolute form** (`http://anything/users/42`): the scheme and
+//!   authority are replaced by the endpoint's, then as origin form. User
+//!   info (`user:pass@`) is refused: it would be dropped with the authority.
+//! - **authority form** (`host:port`, as `CONNECT` uses; `http::Uri` also
+//!   reads a bare word such as `x` this way) and **asterisk form** (`*`):
+//!   refused, since the balancer chooses the server and the base path.
+//! - **dot segments**: `.` and `..` (also spelled `%2e`, `%2E`) are removed
+//!   as RFC 3986 says. A `..` that would climb above the request's root,
+//!   and so out of the endpoint's base path, refuses the request; so does
+//!   one that would climb out if the server decoded `%2F`, `%5C` or `\` as
+//!   separators. Nothing is sent for a refused request.
+//! - **fragments** are never sent (`http::Uri` drops them when parsed;
+//!   reqwest does not send them).
+
+use std::borrow::Cow;
+use std::fmt;
+
+/// Why a request's target was refused before anything was sent; carried by
+/// [`Error::InvalidTarget`](crate::Error::InvalidTarget).
+///
+/// ```
+/// use tower_lb::TargetRefusal;
+///
+/// let refusal = TargetRefusal::LeavesBasePath;
+/// assert!(refusal.to_string().contains("base path"));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TargetRefusal {
+    /// A `..` segment would take the path above the endpoint's base path.
+    LeavesBasePath,
+    /// The target names a server only (`host:port`), not a resource.
+    AuthorityForm,
+    /// The target is `*` (the server as a whole), not a resource.
+    AsteriskForm,
+    /// The path does not start with `/`.
+    RelativePath,
+    /// The URL carries user info (`user:password@`), which would be lost
+    /// when the authority is replaced. Send credentials in a header.
+    UserInfo,
+}
+
+impl fmt::Display for TargetRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TargetRefusal::LeavesBasePath => "the path climbs out of the endpoint's base path",
+            TargetRefusal::AuthorityForm => {
+                "an authority-form target (host:port) names no resource to balance"
+            }
+            TargetRefusal::AsteriskForm => {
+                "an asterisk-form target (*) names no resource to balance"
+            }
+            TargetRefusal::RelativePath => "the path must start with /",
+            TargetRefusal::UserInfo => {
+                "user info in the URL would be dropped; send credentials in a header"
+            }
+        })
+    }
+}
+
+/// The request path with its dot segments removed, as it goes under the
+/// endpoint's base path. Borrowed unchanged when it has nothing to resolve
+/// (no `.`, `%` or `\`), so the common request allocates nothing.
+pub(crate) fn resolve_path(path: &str) -> Result<Cow<'_, str>, TargetRefusal> {
+    if path.is_empty() {
+        return Ok(Cow::Borrowed("/"));
+    }
+    let Some(rest) = path.strip_prefix('/') else {
+        return Err(if path == "*" {
+            TargetRefusal::AsteriskForm
+        } else {
+            TargetRefusal::RelativePath
+        });
+    };
+    if !path.bytes().any(|b| matches!(b, b'.' | b'%' | b'\\')) {
+        return Ok(Cow::Borrowed(path));
+    }
+    if climbs_out_when_decoded(rest) {
+        return Err(TargetRefusal::LeavesBasePath);
+    }
+    let segments: Vec<&str> = rest.split('/').collect();
+    let last = segments.len() - 1;
+    let mut kept: Vec<&str> = Vec::with_capacity(segments.len());
+    let mut changed = false;
+    for (i, segment) in segments.into_iter().enumerate() {
+        let dots = dots(segment);
+        changed |= dots > 0;
+        match dots {
+            0 => kept.push(segment),
+            1 if i == last => kept.push(""),
+            1 => {}
+            _ => {
+                if kept.pop().is_none() {
+                    return Err(TargetRefusal::LeavesBasePath);
+                }
+                if i == last {
+                    kept.push("");
+                }
+            }
+        }
+    }
+    if !changed {
+        // Nothing removed: `.` or `%` appeared only inside names.
+        return Ok(Cow::Borrowed(path));
+    }
+    let mut resolved = String::with_capacity(path.len());
+    for segment in kept {
+        resolved.push('/');
+        resolved.push_str(segment);
+    }
+    if resolved.is_empty() {
+        resolved.push('/');
+    }
+    Ok(Cow::Owned(resolved))
+}
+
+/// 1 for a `.` segment, 2 for `..`, 0 otherwise; `%2e` and `%2E` count as
+/// dots.
+fn dots(segment: &str) -> u8 {
+    let mut count = 0u8;
+    let mut bytes = segment.as_bytes();
+    while !bytes.is_empty() {
+        let rest = match bytes {
+            [b'.', rest @ ..] => rest,
+            [b'%', b'2', b'e' | b'E', rest @ ..] => rest,
+            _ => return 0,
+        };
+        count += 1;
+        if count > 2 {
+            return 0;
+        }
+        bytes = rest;
+    }
+    count
+}
+
+/// Moves `depth` by one segment; true when a `..` finds nothing to take
+/// away.
+fn close(segment: &str, depth: &mut usize) -> bool {
+    match dots(segment) {
+        0 if !segment.is_empty() => *depth += 1,
+        2 if *depth == 0 => return true,
+        2 => *depth -= 1,
+        _ => {}
+    }
+    false
+}
+
+/// Whether the path would climb above its root for a server that decodes
+/// `%2F` and `%5C` and reads `\` as a separator: each `..` must follow a
+/// name it takes away.
+fn climbs_out_when_decoded(rest: &str) -> bool {
+    let bytes = rest.as_bytes();
+    let mut depth = 0usize;
+    let mut start = 0;
+    let mut i = 0;
+    while i <= bytes.len() {
+        let separator = match bytes.get(i..) {
+            None | Some([]) => Some(0),
+            Some([b'/' | b'\\', ..]) => Some(1),
+            Some([b'%', b'2', b'f' | b'F', ..] | [b'%', b'5', b'c' | b'C', ..]) => Some(3),
+            _ => None,
+        };
+        match separator {
+            Some(width) => {
+                if close(&rest[start..i], &mut depth) {
+                    return true;
+                }
+                if width == 0 {
+                    break;
+                }
+                i += width;
+                start = i;
+            }
+            None => i += 1,
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolved(path: &str) -> Result<String, TargetRefusal> {
+        resolve_path(path).map(Cow::into_owned)
+    }
+
+    #[test]
+    fn dot_segments_are_removed_as_rfc_3986_says() {
+        // RFC 3986 §5.2.4 and §5.4 examples, anchored at the root.
+        for (path, expected) in [
+            ("", "/"),
+            ("/", "/"),
+            ("/a/b/c/./../../g", "/a/g"),
+            ("/a/./b", "/a/b"),
+            ("/a/b/.", "/a/b/"),
+            ("/a/b/..", "/a/"),
+            ("/a/..", "/"),
+            ("/a/%2e%2E/b", "/b"),
+            ("/a/.%2e/b", "/b"),
+            ("/a/b/../../c/", "/c/"),
+            ("/v1.2/file.txt", "/v1.2/file.txt"),
+            ("/a/.../b", "/a/.../b"),
+            ("/a/%41", "/a/%41"),
+            ("/a//../b", "/a/b"),
+        ] {
+            assert_eq!(resolved(path).as_deref(), Ok(expected), "{path}");
+        }
+    }
+
+    #[test]
+    fn climbing_out_is_refused_however_it_is_spelled() {
+        for path in [
+            "/..",
+            "/../x",
+            "/a/../../x",
+            "/%2e%2e/x",
+            "/%2E./x",
+            "/./../x",
+            "/..%2fx",
+            "/..%2Fadmin",
+            "/a%2f..%2f..%2fx",
+            "/..\\x",
+            "/a/..%5c..%5cx",
+        ] {
+            assert_eq!(resolved(path), Err(TargetRefusal::LeavesBasePath), "{path}");
+        }
+    }
+
+    #[test]
+    fn other_forms_are_refused() {
+        assert_eq!(resolved("*"), Err(TargetRefusal::AsteriskForm));
+        assert_eq!(resolved("x/y"), Err(TargetRefusal::RelativePath));
+    }
+
+    #[test]
+    fn plain_paths_are_borrowed() {
+        assert!(matches!(resolve_path("/users/42"), Ok(Cow::Borrowed(_))));
+        assert!(matches!(resolve_path("/v1.2/x"), Ok(Cow::Borrowed(_))));
+    }
+}
