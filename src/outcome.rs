@@ -158,4 +158,15 @@ mod tests {
         let elapsed = tower::timeout::error::Elapsed::new();
         assert_eq!(Outcome::from_error(&elapsed), Outcome::Timeout);
     }
+
+    #[cfg(feature = "reqwest")]
+    #[test]
+    fn a_request_reqwest_cannot_build_is_the_clients_error() {
+        let built = reqwest::Client::new().get("not a url").build();
+        let Err(error) = built else {
+            panic!("reqwest built a request from \"not a url\"");
+        };
+        assert!(error.is_builder());
+        assert_eq!(Outcome::from_error(&error), Outcome::ClientError);
+    }
 }

@@ -93,9 +93,7 @@ impl EndpointUrl {
         };
         let base_path = match &parts.path_and_query {
             Some(pq) if pq.query().is_some() => {
-                return Err(invalid(
-                    "an endpoint URL cannot carry a query",
-                ))
+                return Err(invalid("an endpoint URL cannot carry a query"))
             }
             Some(pq) => pq.path().trim_end_matches('/'),
             None => "",
