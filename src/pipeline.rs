@@ -134,7 +134,9 @@ impl<R: Route> Trip<R> {
     /// `extensions` stand in for the request's own when it has none to show
     /// (a `reqwest::Request` in the middleware).
     ///
-    /// Errors: [`Error::NoEndpointAvailable`], [`Error::InvalidRequest`].
+    /// Errors: [`Error::NoEndpointAvailable`], [`Error::InvalidTarget`],
+    /// [`Error::InvalidRequest`]; no attempt is started, so no endpoint is
+    /// charged.
     pub(crate) fn start(
         &mut self,
         balancer: &Balancer,

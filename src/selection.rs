@@ -49,11 +49,28 @@ impl Selection {
     }
 
     /// Points `request` at the chosen endpoint as the layer does: its
-    /// scheme and authority, its base path in front of the request's path;
-    /// query and headers are kept.
+    /// scheme and authority, its base path in front of the request's path
+    /// (dot segments removed); query and headers are kept.
     ///
-    /// Errors: [`Error::InvalidRequest`] when the rewritten URI is not
-    /// valid.
+    /// Errors: [`Error::InvalidTarget`] when the target would leave the
+    /// base path or has a form that is not routed (docs/targets.md);
+    /// [`Error::InvalidRequest`] when the rewritten URI is not valid. A
+    /// selection dropped after an error counts as cancelled, never as a
+    /// failure of the endpoint.
+    ///
+    /// ```
+    /// use tower_lb::{Balancer, Error};
+    ///
+    /// let balancer = Balancer::builder().endpoint("http://127.0.0.1:8081/api").build()?;
+    /// let mut request = http::Request::get("/users/../42").body(())?;
+    /// balancer.select(&request)?.route(&mut request)?;
+    /// assert_eq!(request.uri(), "http://127.0.0.1:8081/api/42");
+    ///
+    /// let mut climbing = http::Request::get("/../admin").body(())?;
+    /// let refused = balancer.select(&climbing)?.route(&mut climbing);
+    /// assert!(matches!(refused, Err(Error::InvalidTarget { .. })));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn route<R: BalanceRequest>(&self, request: &mut R) -> Result<(), Error> {
         request.route_to(&self.attempt.endpoint().url)
     }

@@ -45,6 +45,7 @@ fn table() -> Vec<(&'static str, Seen, Seen)> {
         ),
         ("/", recv("/api/"), recv("/api/")),
         ("?q=1", Unparsable, recv("/api/?q=1")),
+        ("http://backend?q=1", recv("/api/?q=1"), recv("/api/?q=1")),
         ("/a/./b/../c", recv("/api/a/c"), recv("/api/a/c")),
         ("/a/b/..", recv("/api/a/"), recv("/api/a/")),
         (
