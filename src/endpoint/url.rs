@@ -301,6 +301,30 @@ mod tests {
     }
 
     #[test]
+    fn extra_parts_that_would_be_dropped_are_refused() {
+        for url in [
+            "http://127.0.0.1:8081/api#top",
+            "http://127.0.0.1:8081/api?x=1",
+            "http://127.0.0.1:8081/api?",
+            "http://user:pw@127.0.0.1:8081",
+            "http://127.0.0.1:8081/api/../admin",
+            "http://127.0.0.1:8081/./api",
+            "http://127.0.0.1:8081/%2e%2e/api",
+        ] {
+            assert!(
+                matches!(EndpointUrl::parse(url), Err(Error::InvalidUrl { .. })),
+                "{url} was accepted"
+            );
+        }
+        for url in [
+            "http://127.0.0.1:8081/v1.2",
+            "http://127.0.0.1:8081/a/.well-known",
+        ] {
+            assert!(EndpointUrl::parse(url).is_ok(), "{url} was refused");
+        }
+    }
+
+    #[test]
     fn join_keeps_path_and_query_and_prefixes_the_base_path() {
         let plain = EndpointUrl::parse("http://127.0.0.1:8081").unwrap();
         let uri: Uri = "/users/42?full=1".parse().unwrap();
