@@ -141,6 +141,11 @@ pub enum Error {
         source: BoxError,
     },
 
+    /// [`Balancer::discover`](crate::Balancer::discover) was called outside
+    /// a tokio runtime, which its task needs.
+    #[error("discovery needs a tokio runtime: call discover() from within one")]
+    NoRuntime,
+
     /// The wrapped service failed in `poll_ready`, before any endpoint was
     /// chosen.
     #[error("the wrapped service is not ready")]

@@ -52,6 +52,7 @@ mod balancer;
 mod clock;
 #[cfg(feature = "cookies")]
 mod cookie_jar;
+mod discovery;
 mod endpoint;
 mod error;
 mod health;
@@ -64,6 +65,7 @@ mod per_endpoint;
 mod pipeline;
 mod policy;
 mod random;
+mod refresh;
 mod request;
 #[cfg(feature = "reqwest")]
 mod reqwest_http;
@@ -76,8 +78,13 @@ pub use affinity::{key_hash, RequestInfo, RequestKey, SessionKey};
 pub use balancer::{Balancer, BalancerBuilder};
 #[cfg(feature = "cookies")]
 pub use cookie_jar::BalancedCookieJar;
+#[cfg(feature = "dns")]
+pub use discovery::DnsSource;
+#[cfg(feature = "etcd")]
+pub use discovery::EtcdSource;
+pub use discovery::{EndpointSource, RefreshHints};
 pub use endpoint::{
-    Endpoint, EndpointStats, FailureCounts, IntoEndpoint, Labels, Stats, MAX_WEIGHT,
+    DiscoveryStats, Endpoint, EndpointStats, FailureCounts, IntoEndpoint, Labels, Stats, MAX_WEIGHT,
 };
 pub use error::{BoxError, Error};
 pub use health::{HealthEvent, OutlierDetection, Retries, Retryable};

@@ -129,6 +129,7 @@ impl Snapshot {
                 .health
                 .in_panic_at(self.counters.clock.now_ms()),
             health_events_dropped: self.counters.health.events_dropped(),
+            discovery: None,
         }
     }
 }

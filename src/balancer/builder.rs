@@ -170,6 +170,8 @@ impl BalancerBuilder {
                 reads_session_header,
                 keyless: Default::default(),
                 warned_keyless: Default::default(),
+                discovery: Mutex::new(None),
+                dropped: tokio::sync::watch::channel(()).0,
             }),
         })
     }

@@ -20,10 +20,11 @@ pub use builder::BalancerBuilder;
 #[cfg(feature = "cookies")]
 use crate::affinity::SiteCookies;
 use crate::affinity::{LearnedHomes, RequestInfo, SessionKey};
-use crate::endpoint::{Counters, EndpointState, Stats};
+use crate::endpoint::{Counters, DiscoveryStats, EndpointState, Stats};
 use crate::health::Retrying;
 use crate::membership::Snapshot;
 use crate::policy::Policy;
+use crate::refresh::ConnectFailures;
 
 /// A load balancer over a set of HTTP endpoints.
 ///
@@ -69,14 +70,16 @@ struct Shared {
     keyless: std::sync::atomic::AtomicU64,
     /// Set once the "no key in most requests" warning was given.
     warned_keyless: std::sync::atomic::AtomicBool,
+    /// What discovery did, once it was started.
+    discovery: Mutex<Option<DiscoveryStats>>,
+    /// Dropped with the balancer: tells its discovery tasks to stop.
+    dropped: tokio::sync::watch::Sender<()>,
 }
 
 /// A reference to a balancer that does not keep it alive.
-#[cfg(feature = "cookies")]
 #[derive(Debug)]
 pub(crate) struct WeakBalancer(std::sync::Weak<Shared>);
 
-#[cfg(feature = "cookies")]
 impl WeakBalancer {
     pub(crate) fn upgrade(&self) -> Option<Balancer> {
         self.0.upgrade().map(|shared| Balancer { shared })
@@ -115,7 +118,32 @@ impl Balancer {
 
     /// Current counters of every endpoint.
     pub fn stats(&self) -> Stats {
-        self.snapshot().stats()
+        let mut stats = self.snapshot().stats();
+        stats.discovery = self.discovery_stats().clone();
+        stats
+    }
+
+    fn discovery_stats(&self) -> std::sync::MutexGuard<'_, Option<DiscoveryStats>> {
+        // A panic while the lock was held leaves plain counters: keep them.
+        self.shared
+            .discovery
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Changes the discovery figures that `stats()` shows.
+    pub(crate) fn update_discovery(&self, change: impl FnOnce(&mut DiscoveryStats)) {
+        change(self.discovery_stats().get_or_insert_with(Default::default));
+    }
+
+    /// Resolves when the balancer is dropped (its last handle).
+    pub(crate) fn dropped(&self) -> tokio::sync::watch::Receiver<()> {
+        self.shared.dropped.subscribe()
+    }
+
+    /// Connect failures since discovery last looked.
+    pub(crate) fn connect_failures(&self) -> &Arc<ConnectFailures> {
+        &self.shared.counters.connect_failures
     }
 
     /// Where a request with this key goes now, by canonical URL, without
@@ -283,7 +311,6 @@ impl Balancer {
     }
 
     /// A reference that does not keep the balancer alive.
-    #[cfg(feature = "cookies")]
     pub(crate) fn downgrade(&self) -> WeakBalancer {
         WeakBalancer(Arc::downgrade(&self.shared))
     }

@@ -8,6 +8,7 @@ use super::{EndpointState, EndpointUrl, Labels, RttModel};
 use crate::clock::Clock;
 use crate::health::HealthShared;
 use crate::random::SharedRng;
+use crate::refresh::ConnectFailures;
 
 /// Counters that outlive snapshots.
 #[derive(Clone, Debug, Default)]
@@ -30,6 +31,8 @@ pub(crate) struct Counters {
     pub(crate) rtt: Arc<RttModel>,
     /// Outlier-detection settings and the balancer's ejection counts.
     pub(crate) health: Arc<HealthShared>,
+    /// Connect failures since discovery last looked (a hint to look again).
+    pub(crate) connect_failures: Arc<ConnectFailures>,
 }
 
 /// An endpoint, its weight and its labels.

@@ -12,7 +12,7 @@ pub(crate) use member::{Counters, Member};
 pub(crate) use rtt::{RttModel, DEFAULT_DECAY, DEFAULT_PENALTY, DEFAULT_RTT};
 pub use spec::{Endpoint, IntoEndpoint, Labels};
 pub(crate) use state::{EndpointState, InFlight};
-pub use stats::{EndpointStats, FailureCounts, Stats};
+pub use stats::{DiscoveryStats, EndpointStats, FailureCounts, Stats};
 pub(crate) use url::EndpointUrl;
 
 /// The largest weight an endpoint may have.

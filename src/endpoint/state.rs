@@ -14,6 +14,7 @@ use super::{Counters, EndpointUrl, Labels};
 use crate::clock::Clock;
 use crate::health::{EndpointHealth, HealthShared};
 use crate::outcome::Outcome;
+use crate::refresh::ConnectFailures;
 
 /// One endpoint's live state. Shared (`Arc`) by every snapshot that lists the
 /// endpoint and by the requests in flight to it, so counters survive weight
@@ -29,6 +30,7 @@ pub(crate) struct EndpointState {
     rtt: RttEstimate,
     health: Arc<EndpointHealth>,
     health_shared: Arc<HealthShared>,
+    connect_failures: Arc<ConnectFailures>,
     clock: Clock,
     in_flight: AtomicU64,
     succeeded: AtomicU64,
@@ -51,6 +53,7 @@ impl EndpointState {
             rtt_model: counters.rtt.clone(),
             health,
             health_shared: counters.health.clone(),
+            connect_failures: counters.connect_failures.clone(),
             clock: counters.clock,
             in_flight: AtomicU64::new(0),
             succeeded: AtomicU64::new(0),
@@ -145,6 +148,9 @@ impl EndpointState {
         if outcome == Outcome::ClientError {
             // The client's own failure says nothing of the endpoint.
             return;
+        }
+        if outcome == Outcome::ConnectError {
+            self.connect_failures.record();
         }
         let failed = outcome != Outcome::Success;
         self.rtt.record(&self.rtt_model, latency, failed, now);

@@ -24,6 +24,9 @@ pub struct Stats {
     /// Too few endpoints are healthy, so ejections are being ignored and
     /// requests spread over all active endpoints.
     pub panic_mode: bool,
+    /// What discovery did, once [`Balancer::discover`](crate::Balancer::discover)
+    /// was called; `None` before.
+    pub discovery: Option<DiscoveryStats>,
     /// Health events not handed to the
     /// [`on_event`](crate::OutlierDetection::on_event) callback because its
     /// queue was full (the callback was slower than events came).
@@ -101,6 +104,28 @@ pub struct EndpointStats {
     pub ejected: bool,
     /// Ejections in a row (reset by a clean spell).
     pub times_ejected: u32,
+}
+
+/// What the discovery task did: sets applied, and the last failure (a
+/// source error, an empty set, a refused set), after which the last good
+/// set kept serving.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DiscoveryStats {
+    /// Sets applied.
+    pub refreshes: u64,
+    /// When the last set was applied.
+    pub last_refresh: Option<std::time::SystemTime>,
+    /// Endpoints in the last set applied.
+    pub endpoints: usize,
+    /// Failures: source errors, empty sets, refused sets.
+    pub errors: u64,
+    /// The last failure, in words.
+    pub last_error: Option<String>,
+    /// When the last failure happened.
+    pub last_error_at: Option<std::time::SystemTime>,
+    /// The source ended: the set no longer follows it.
+    pub ended: bool,
 }
 
 /// Failed requests of one endpoint, by kind.

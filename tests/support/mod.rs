@@ -1,6 +1,11 @@
 //! Loopback backends and a balanced client for the integration tests.
 #![allow(dead_code)] // each test file uses its own part of this module
 
+#[cfg(feature = "dns")]
+pub mod dns_server;
+#[cfg(feature = "etcd")]
+pub mod etcd_server;
+
 use std::ops::Deref;
 use std::time::Duration;
 

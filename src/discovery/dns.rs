@@ -1,0 +1,292 @@
+//! Endpoints from DNS: the A/AAAA records of a name with a fixed port, or
+//! the SRV records of a service name (ports and weights from the records),
+//! looked up again when the answer's TTL runs out.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use futures::stream::{self, BoxStream, StreamExt};
+use hickory_resolver::config::{
+    ConnectionConfig, LookupIpStrategy, NameServerConfig, ResolverConfig,
+};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::rr::RData;
+use hickory_resolver::TokioResolver;
+use tokio::time::Instant;
+
+use super::{EndpointSource, RefreshHints};
+use crate::endpoint::Endpoint;
+use crate::error::BoxError;
+
+/// The shortest wait between two look-ups, by default.
+const DEFAULT_MIN_REFRESH: Duration = Duration::from_secs(1);
+/// The longest wait between two look-ups, by default.
+const DEFAULT_MAX_REFRESH: Duration = Duration::from_secs(30);
+
+/// How long one query waits for a name server's answer.
+const LOOK_UP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What to look up.
+#[derive(Clone, Debug)]
+enum Query {
+    /// A and AAAA records of `name`, each address with `port`.
+    Addresses { name: String, port: u16 },
+    /// SRV records of `name`: targets, ports and weights.
+    Service { name: String },
+}
+
+/// Endpoints from DNS, for [`Balancer::discover`](crate::Balancer::discover)
+/// (feature `dns`).
+///
+/// - [`DnsSource::addresses`]: every A and AAAA record of a name, each an
+///   endpoint on the given port, weight 1.
+/// - [`DnsSource::service`]: the SRV records of a name (as
+///   `_http._tcp.api.internal`); each target's addresses on the record's
+///   port, with the record's weight (0 counts as 1). Only the lowest
+///   priority that has endpoints is used, as RFC 2782 says.
+///
+/// The name is looked up again when the answer's TTL runs out, but never
+/// sooner than the minimum refresh (1 s by default: a TTL of 0 must not
+/// make a busy loop, and a fleet of clients should not query more than
+/// once a second each) nor later than the maximum (30 s by default: a long
+/// TTL must not hide a change for minutes; gRPC's 30 s floor is the
+/// complaint this answers). After a burst of connect failures (three since
+/// the last look-up) the name is looked up again at once, if the minimum
+/// refresh allows. A failed look-up, or one with no records, keeps the last
+/// good set and is tried again after the minimum refresh, doubling up to
+/// the maximum while it keeps failing.
+///
+/// The resolver reads the system's configuration (`/etc/resolv.conf`)
+/// unless [`DnsSource::name_server`] names a server. Each query waits 2 s
+/// for an answer, twice; answers are not cached between look-ups (the
+/// source keeps time by their TTLs itself).
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use tower_lb::{Balancer, DnsSource};
+///
+/// # async fn run() -> Result<(), tower_lb::Error> {
+/// let balancer = Balancer::builder().build()?;
+/// balancer.discover(
+///     DnsSource::addresses("api.internal", 8080)
+///         .refresh_between(Duration::from_secs(2), Duration::from_secs(60)),
+/// )?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct DnsSource {
+    query: Query,
+    https: bool,
+    min_refresh: Duration,
+    max_refresh: Duration,
+    name_server: Option<SocketAddr>,
+}
+
+impl DnsSource {
+    /// The A and AAAA records of `name`, each an endpoint on `port`.
+    pub fn addresses(name: impl Into<String>, port: u16) -> Self {
+        Self::new(Query::Addresses {
+            name: name.into(),
+            port,
+        })
+    }
+
+    /// The SRV records of `name`: each target's addresses, on the record's
+    /// port, with the record's weight.
+    pub fn service(name: impl Into<String>) -> Self {
+        Self::new(Query::Service { name: name.into() })
+    }
+
+    fn new(query: Query) -> Self {
+        DnsSource {
+            query,
+            https: false,
+            min_refresh: DEFAULT_MIN_REFRESH,
+            max_refresh: DEFAULT_MAX_REFRESH,
+            name_server: None,
+        }
+    }
+
+    /// Endpoints are `https://` (default `http://`).
+    pub fn https(mut self) -> Self {
+        self.https = true;
+        self
+    }
+
+    /// Waits between look-ups: the TTL, clamped to `[min, max]` (defaults
+    /// 1 s and 30 s). `min` is raised to 100 ms at least, and `max` to
+    /// `min`.
+    pub fn refresh_between(mut self, min: Duration, max: Duration) -> Self {
+        self.min_refresh = min.max(Duration::from_millis(100));
+        self.max_refresh = max.max(self.min_refresh);
+        self
+    }
+
+    /// Asks this name server (UDP, then TCP) instead of the system's.
+    pub fn name_server(mut self, server: SocketAddr) -> Self {
+        self.name_server = Some(server);
+        self
+    }
+
+    fn resolver(&self) -> Result<TokioResolver, BoxError> {
+        let mut builder = match self.name_server {
+            Some(server) => {
+                let connection = |mut config: ConnectionConfig| {
+                    config.port = server.port();
+                    config
+                };
+                let name_server = NameServerConfig::new(
+                    server.ip(),
+                    true,
+                    vec![
+                        connection(ConnectionConfig::udp()),
+                        connection(ConnectionConfig::tcp()),
+                    ],
+                );
+                TokioResolver::builder_with_config(
+                    ResolverConfig::from_name_servers(vec![name_server]),
+                    TokioRuntimeProvider::default(),
+                )
+            }
+            None => TokioResolver::builder_tokio()?,
+        };
+        let options = builder.options_mut();
+        // The source keeps its own time by the answers' TTLs; a cache would
+        // only answer a look-up brought forward by connect failures with
+        // the stale set.
+        options.cache_size = 0;
+        options.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+        // A name server that is down should fail a look-up in seconds: the
+        // last good set serves meanwhile.
+        options.timeout = LOOK_UP_TIMEOUT;
+        options.attempts = 2;
+        Ok(builder.build()?)
+    }
+
+    fn url(&self, ip: IpAddr, port: u16) -> String {
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{}", SocketAddr::new(ip, port))
+    }
+
+    /// Looks the name up once: the set and when the answer expires.
+    async fn look_up(
+        &self,
+        resolver: &TokioResolver,
+    ) -> Result<(Vec<Endpoint>, Instant), BoxError> {
+        match &self.query {
+            Query::Addresses { name, port } => {
+                let answer = resolver.lookup_ip(name.as_str()).await?;
+                let set = answer
+                    .iter()
+                    .map(|ip| Endpoint::new(self.url(ip, *port)))
+                    .collect();
+                Ok((set, Instant::from_std(answer.valid_until())))
+            }
+            Query::Service { name } => {
+                let answer = resolver.srv_lookup(name.as_str()).await?;
+                let mut expires = Instant::from_std(answer.valid_until());
+                let mut records: Vec<_> = answer
+                    .answers()
+                    .iter()
+                    .filter_map(|record| match &record.data {
+                        RData::SRV(srv) if !srv.target.is_root() => Some(srv.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                records.sort_by_key(|srv| srv.priority);
+                // The lowest priority whose targets resolve.
+                let mut set = Vec::new();
+                let mut priority = None;
+                for srv in records {
+                    if priority.is_some_and(|p| p != srv.priority) && !set.is_empty() {
+                        break;
+                    }
+                    priority = Some(srv.priority);
+                    let Ok(addresses) = resolver.lookup_ip(srv.target.clone()).await else {
+                        continue;
+                    };
+                    expires = expires.min(Instant::from_std(addresses.valid_until()));
+                    let weight = u32::from(srv.weight.max(1));
+                    set.extend(
+                        addresses
+                            .iter()
+                            .map(|ip| Endpoint::new(self.url(ip, srv.port)).with_weight(weight)),
+                    );
+                }
+                Ok((set, expires))
+            }
+        }
+    }
+}
+
+/// The stream's state between look-ups.
+struct Looking {
+    source: DnsSource,
+    resolver: Option<TokioResolver>,
+    hints: RefreshHints,
+    /// When the next look-up is due, and the earliest a hint may bring it.
+    next: Option<(Instant, Instant)>,
+    /// The wait after a failure, doubled while failures go on.
+    backoff: Duration,
+}
+
+impl Looking {
+    /// Waits until the next look-up is due (or a burst of connect failures
+    /// brings it forward), then looks up.
+    async fn next_set(&mut self) -> Result<Vec<Endpoint>, BoxError> {
+        if let Some((due, earliest)) = self.next {
+            tokio::select! {
+                _ = tokio::time::sleep_until(due) => {}
+                _ = self.hints.connect_failures() => {
+                    tokio::time::sleep_until(earliest).await;
+                }
+            }
+        }
+        self.hints.refreshed();
+        let looked_at = Instant::now();
+        let earliest = looked_at + self.source.min_refresh;
+        let answer = match &self.resolver {
+            Some(resolver) => self.source.look_up(resolver).await,
+            None => match self.source.resolver() {
+                Ok(resolver) => {
+                    let answer = self.source.look_up(&resolver).await;
+                    self.resolver = Some(resolver);
+                    answer
+                }
+                Err(error) => Err(error),
+            },
+        };
+        match answer {
+            Ok((set, expires)) if !set.is_empty() => {
+                self.backoff = self.source.min_refresh;
+                let due = expires.clamp(earliest, looked_at + self.source.max_refresh);
+                self.next = Some((due, earliest));
+                Ok(set)
+            }
+            other => {
+                let due = looked_at + self.backoff;
+                self.backoff = (self.backoff * 2).min(self.source.max_refresh);
+                self.next = Some((due, earliest));
+                other.map(|(set, _)| set)
+            }
+        }
+    }
+}
+
+impl EndpointSource for DnsSource {
+    fn into_sets(self, hints: RefreshHints) -> BoxStream<'static, Result<Vec<Endpoint>, BoxError>> {
+        let looking = Looking {
+            backoff: self.min_refresh,
+            source: self,
+            resolver: None,
+            hints,
+            next: None,
+        };
+        stream::unfold(looking, |mut looking| async move {
+            let set = looking.next_set().await;
+            Some((set, looking))
+        })
+        .boxed()
+    }
+}

@@ -1,0 +1,258 @@
+//! DNS discovery against a real DNS server (hickory-server, in process, on
+//! 127.0.0.1) and real backends on several loopback addresses. Records have
+//! a TTL of 1 s and are changed while requests flow.
+//!
+//! These tests run on the real clock: the DNS server, the resolver's cache
+//! and the sockets are real. They wait by polling with a deadline, never a
+//! fixed sleep, and print the figures (`-- --nocapture`).
+#![cfg(feature = "dns")]
+
+mod support;
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use support::dns_server::DnsServer;
+use support::*;
+use tower_lb::{Balancer, DnsSource, Policy};
+use wiremock::matchers::any;
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const TTL: u32 = 1;
+
+fn ip(last: u8) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 0, last)
+}
+
+/// Backends on 127.0.0.`last` for each of `lasts`, all on one port (A
+/// records carry no port), named by their last byte.
+async fn backends_on(lasts: &[u8]) -> (u16, Vec<Server>) {
+    'ports: for _ in 0..20 {
+        let first = std::net::TcpListener::bind((ip(lasts[0]), 0)).unwrap();
+        let port = first.local_addr().unwrap().port();
+        let mut listeners = vec![first];
+        for &last in &lasts[1..] {
+            match std::net::TcpListener::bind((ip(last), port)) {
+                Ok(listener) => listeners.push(listener),
+                Err(_) => continue 'ports,
+            }
+        }
+        let mut servers = Vec::new();
+        for (listener, last) in listeners.into_iter().zip(lasts) {
+            let server = MockServer::builder().listener(listener).start().await;
+            Mock::given(any())
+                .respond_with(ResponseTemplate::new(200).insert_header(BACKEND, last.to_string()))
+                .mount(&server)
+                .await;
+            servers.push(Server::from(server));
+        }
+        return (port, servers);
+    }
+    panic!("no port free on every address");
+}
+
+fn url(last: u8, port: u16) -> String {
+    format!("http://127.0.0.{last}:{port}")
+}
+
+fn urls(balancer: &Balancer) -> Vec<String> {
+    let mut urls: Vec<String> = balancer
+        .stats()
+        .endpoints
+        .into_iter()
+        .map(|e| e.url)
+        .collect();
+    urls.sort();
+    urls
+}
+
+/// Polls `check` every 20 ms until it holds; panics after `limit`.
+async fn within(limit: Duration, what: &str, mut check: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !check() {
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_set_follows_a_records_keeps_survivors_and_outlives_a_dns_outage() {
+    let mut dns = DnsServer::start("test.").await;
+    let (port, _backends) = backends_on(&[2, 3, 4]).await;
+    dns.set_addresses("api.test.", &[ip(2), ip(3)], TTL).await;
+    let balancer = Balancer::builder()
+        .policy(Policy::round_robin())
+        .build()
+        .unwrap();
+    balancer
+        .discover(
+            DnsSource::addresses("api.test.", port)
+                .name_server(dns.addr)
+                .refresh_between(Duration::from_millis(200), Duration::from_secs(2)),
+        )
+        .unwrap();
+    let first = within(Duration::from_secs(5), "first set", || {
+        urls(&balancer).len() == 2
+    })
+    .await;
+    assert_eq!(urls(&balancer), [url(2, port), url(3, port)]);
+    let client = client(&balancer);
+    for _ in 0..20 {
+        send(&client, "/").await.unwrap();
+    }
+    let survivor_before = balancer.stats().endpoint(&url(3, port)).unwrap().requests;
+    assert_eq!(survivor_before, 10);
+
+    // A record change: traffic moves within TTL + the refresh interval.
+    let changed = Instant::now();
+    dns.set_addresses("api.test.", &[ip(3), ip(4)], TTL).await;
+    let mut failed = 0;
+    let first_at_new = loop {
+        match send(&client, "/").await {
+            Ok(name) if name == "4" => break changed.elapsed(),
+            Ok(_) => {}
+            Err(_) => failed += 1,
+        }
+        assert!(
+            changed.elapsed() < Duration::from_secs(5),
+            "traffic never moved"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(failed, 0);
+    assert!(
+        first_at_new <= Duration::from_secs(u64::from(TTL) + 2),
+        "moved after {first_at_new:?}"
+    );
+    assert_eq!(urls(&balancer), [url(3, port), url(4, port)]);
+    // The survivor kept its counters across the refresh.
+    let survivor = balancer.stats().endpoint(&url(3, port)).unwrap().requests;
+    assert!(
+        survivor > survivor_before,
+        "{survivor} <= {survivor_before}"
+    );
+
+    // The DNS server goes away: the last set keeps serving, 0 failures,
+    // until the failed look-ups have been seen (a query waits 2 s, twice).
+    dns.stop().await;
+    let outage = Instant::now();
+    let mut sent = 0;
+    while balancer.stats().discovery.unwrap().errors < 1 {
+        assert!(
+            outage.elapsed() < Duration::from_secs(15),
+            "no failed look-up seen"
+        );
+        send(&client, "/")
+            .await
+            .expect("served from the last good set");
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let outage = outage.elapsed();
+    assert_eq!(urls(&balancer), [url(3, port), url(4, port)]);
+    let discovery = balancer.stats().discovery.unwrap();
+    assert!(discovery.last_error.is_some());
+
+    // Back, with a new record: updates resume.
+    dns.set_addresses("api.test.", &[ip(2)], TTL).await;
+    dns.restart().await;
+    let resumed = within(Duration::from_secs(10), "updates after the restart", || {
+        urls(&balancer) == [url(2, port)]
+    })
+    .await;
+    println!(
+        "first set after {first:?}; first request at the new address {first_at_new:?} after the \
+         record change (TTL {TTL} s); {sent} requests during {outage:?} of DNS outage, 0 failed, \
+         {} failed look-ups counted; set updated {resumed:?} after the server came back",
+        discovery.errors
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn srv_records_give_ports_and_weights_of_the_lowest_priority_that_has_endpoints() {
+    let dns = DnsServer::start("test.").await;
+    let backends = backends(3).await;
+    let ports: Vec<u16> = backends.iter().map(|b| b.address().port()).collect();
+    dns.set_addresses("host.test.", &[ip(1)], TTL).await;
+    dns.set_service(
+        "_http._tcp.api.test.",
+        &[
+            (10, 1, ports[0], "host.test."),
+            (10, 3, ports[1], "host.test."),
+            (20, 1, ports[2], "host.test."),
+        ],
+        TTL,
+    )
+    .await;
+    let balancer = Balancer::builder().build().unwrap();
+    balancer
+        .discover(
+            DnsSource::service("_http._tcp.api.test.")
+                .name_server(dns.addr)
+                .refresh_between(Duration::from_millis(200), Duration::from_secs(2)),
+        )
+        .unwrap();
+    within(Duration::from_secs(5), "the SRV set", || {
+        urls(&balancer).len() == 2
+    })
+    .await;
+    let stats = balancer.stats();
+    let weight = |port: u16| {
+        stats
+            .endpoint(&format!("http://127.0.0.1:{port}"))
+            .unwrap()
+            .weight
+    };
+    assert_eq!((weight(ports[0]), weight(ports[1])), (1, 3));
+
+    // The first priority's targets go: the next priority takes over.
+    dns.set_service(
+        "_http._tcp.api.test.",
+        &[(20, 1, ports[2], "host.test.")],
+        TTL,
+    )
+    .await;
+    within(Duration::from_secs(5), "the fallback priority", || {
+        urls(&balancer) == [format!("http://127.0.0.1:{}", ports[2])]
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_connect_failures_brings_the_next_look_up_forward() {
+    let dns = DnsServer::start("test.").await;
+    let (port, mut backends) = backends_on(&[5, 6]).await;
+    // A long TTL: without the hint the change would wait 30 s.
+    dns.set_addresses("api.test.", &[ip(5)], 300).await;
+    let balancer = Balancer::builder().build().unwrap();
+    balancer
+        .discover(
+            DnsSource::addresses("api.test.", port)
+                .name_server(dns.addr)
+                .refresh_between(Duration::from_millis(200), Duration::from_secs(30)),
+        )
+        .unwrap();
+    within(Duration::from_secs(5), "first set", || {
+        urls(&balancer).len() == 1
+    })
+    .await;
+    // The instance moves: DNS says so, and the old address stops listening.
+    dns.set_addresses("api.test.", &[ip(6)], 300).await;
+    drop(backends.remove(0));
+    let client = client(&balancer);
+    let moved = Instant::now();
+    let took = within(Duration::from_secs(10), "the new address", || {
+        urls(&balancer) == [url(6, port)]
+    });
+    // Requests hit the refusing address until the set moves.
+    let sender = tokio::spawn(async move {
+        for _ in 0..5 {
+            let _ = send(&client, "/").await;
+        }
+    });
+    let took = took.await;
+    sender.await.unwrap();
+    assert!(moved.elapsed() < Duration::from_secs(10));
+    println!("set moved {took:?} after connect failures began (TTL 300 s)");
+}

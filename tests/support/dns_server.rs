@@ -1,0 +1,134 @@
+//! A real DNS server on 127.0.0.1 for the discovery tests and the DNS
+//! example: hickory-server in process, serving one in-memory zone over UDP
+//! and TCP on one port. Its records can be replaced while it runs, and it
+//! can be stopped and started again on the same port.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hickory_server::proto::rr::rdata::{A, SOA, SRV};
+use hickory_server::proto::rr::{LowerName, Name, RData, Record, RecordSet, RecordType, RrKey};
+use hickory_server::store::in_memory::InMemoryZoneHandler;
+use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
+use hickory_server::Server;
+use tokio::net::{TcpListener, UdpSocket};
+
+const SERIAL: u32 = 1;
+
+/// A DNS server for one zone (such as `test.`), on 127.0.0.1.
+pub struct DnsServer {
+    pub addr: SocketAddr,
+    zone: Arc<InMemoryZoneHandler>,
+    origin: Name,
+    server: Option<Server<Catalog>>,
+}
+
+impl DnsServer {
+    /// Starts a server for `origin` on a free port.
+    pub async fn start(origin: &str) -> Self {
+        let origin = Name::from_str(origin).expect("a valid zone name");
+        let mut zone =
+            InMemoryZoneHandler::empty(origin.clone(), ZoneType::Primary, AxfrPolicy::Deny);
+        let soa = SOA::new(
+            Name::from_str("ns.test.").unwrap(),
+            Name::from_str("admin.test.").unwrap(),
+            SERIAL,
+            60,
+            60,
+            60,
+            1,
+        );
+        zone.upsert_mut(
+            Record::from_rdata(origin.clone(), 60, RData::SOA(soa)),
+            SERIAL,
+        );
+        let mut server = DnsServer {
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            zone: Arc::new(zone),
+            origin,
+            server: None,
+        };
+        server.listen().await;
+        server
+    }
+
+    /// Serves on `self.addr` (a free port if it is 0): UDP and TCP.
+    async fn listen(&mut self) {
+        let mut catalog = Catalog::new();
+        catalog.upsert(LowerName::new(&self.origin), vec![self.zone.clone()]);
+        let mut server = Server::new(catalog);
+        for _ in 0..50 {
+            let Ok(udp) = UdpSocket::bind(self.addr).await else {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            };
+            let addr = udp.local_addr().unwrap();
+            match TcpListener::bind(addr).await {
+                Ok(tcp) => {
+                    server.register_socket(udp);
+                    server.register_listener(tcp, Duration::from_secs(5), 16);
+                    self.addr = addr;
+                    self.server = Some(server);
+                    return;
+                }
+                // The port is taken for TCP: try another (or wait, when
+                // the port is fixed).
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+        panic!("could not listen on {}", self.addr);
+    }
+
+    /// Stops answering (the port is closed).
+    pub async fn stop(&mut self) {
+        if let Some(mut server) = self.server.take() {
+            let _ = server.shutdown_gracefully().await;
+        }
+    }
+
+    /// Answers again, on the same port, with the records it holds.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        self.listen().await;
+    }
+
+    /// Replaces the A records of `name` (relative to nothing: give the full
+    /// name, `api.test.`).
+    pub async fn set_addresses(&self, name: &str, ips: &[Ipv4Addr], ttl: u32) {
+        let name = Name::from_str(name).expect("a valid name");
+        let records = ips
+            .iter()
+            .map(|ip| Record::from_rdata(name.clone(), ttl, RData::A(A(*ip))))
+            .collect();
+        self.set(name, RecordType::A, ttl, records).await;
+    }
+
+    /// Replaces the SRV records of `name`: `(priority, weight, port,
+    /// target)` each.
+    pub async fn set_service(&self, name: &str, records: &[(u16, u16, u16, &str)], ttl: u32) {
+        let name = Name::from_str(name).expect("a valid name");
+        let records = records
+            .iter()
+            .map(|(priority, weight, port, target)| {
+                let target = Name::from_str(target).expect("a valid target");
+                let srv = SRV::new(*priority, *weight, *port, target);
+                Record::from_rdata(name.clone(), ttl, RData::SRV(srv))
+            })
+            .collect();
+        self.set(name, RecordType::SRV, ttl, records).await;
+    }
+
+    async fn set(&self, name: Name, record_type: RecordType, ttl: u32, records: Vec<Record>) {
+        let key = RrKey::new(LowerName::new(&name), record_type);
+        let mut zone = self.zone.records_mut().await;
+        if records.is_empty() {
+            zone.remove(&key);
+            return;
+        }
+        let mut set = RecordSet::with_ttl(name, record_type, ttl);
+        set.set_records(records);
+        zone.insert(key, Arc::new(set));
+    }
+}
