@@ -1,0 +1,177 @@
+//! What `Balancer::discover` promises for any source: each full set
+//! replaces the endpoint set with survivors' state kept; an error, an empty
+//! set or a set the balancer refuses keeps the last good set and is
+//! counted; the task stops when the balancer goes.
+
+mod support;
+
+use std::time::Duration;
+
+use futures::channel::mpsc;
+use futures::stream;
+use support::*;
+use tower_lb::{Balancer, Endpoint, Error};
+
+type Sets = mpsc::UnboundedSender<Result<Vec<Endpoint>, std::io::Error>>;
+
+fn urls(balancer: &Balancer) -> Vec<String> {
+    balancer
+        .stats()
+        .endpoints
+        .into_iter()
+        .map(|e| e.url)
+        .collect()
+}
+
+fn set(urls: &[String]) -> Vec<Endpoint> {
+    urls.iter().map(|u| Endpoint::new(u.as_str())).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn errors_empty_and_refused_sets_keep_the_last_good_set_and_survivors_keep_state() {
+    let backends = backends(3).await;
+    let url: Vec<String> = backends.iter().map(|b| b.uri()).collect();
+    let balancer = Balancer::builder().build().unwrap();
+    let (sets, source): (Sets, _) = mpsc::unbounded();
+    balancer.discover(source).unwrap();
+
+    sets.unbounded_send(Ok(set(&url[..2]))).unwrap();
+    eventually(|| urls(&balancer) == url[..2]).await;
+    let client = client(&balancer);
+    for _ in 0..10 {
+        send(&client, "/").await.unwrap();
+    }
+    let survivor_before = balancer.stats().endpoint(&url[1]).unwrap().requests;
+    assert_eq!(survivor_before, 5);
+
+    // Three kinds of bad answer: each keeps the set, and is counted.
+    sets.unbounded_send(Err(std::io::Error::other("registry unreachable")))
+        .unwrap();
+    eventually(|| balancer.stats().discovery.unwrap().errors == 1).await;
+    sets.unbounded_send(Ok(Vec::new())).unwrap();
+    eventually(|| balancer.stats().discovery.unwrap().errors == 2).await;
+    sets.unbounded_send(Ok(vec![Endpoint::new("ftp://127.0.0.1:21")]))
+        .unwrap();
+    eventually(|| balancer.stats().discovery.unwrap().errors == 3).await;
+    assert_eq!(urls(&balancer), url[..2]);
+    let discovery = balancer.stats().discovery.unwrap();
+    assert_eq!(discovery.refreshes, 1);
+    assert!(discovery
+        .last_error
+        .as_deref()
+        .is_some_and(|e| e.contains("refused")));
+    for _ in 0..10 {
+        send(&client, "/").await.expect("the last good set serves");
+    }
+
+    // A good set again: the survivor keeps its counters, the newcomer
+    // starts at 0, the one that left is gone.
+    sets.unbounded_send(Ok(set(&url[1..]))).unwrap();
+    eventually(|| urls(&balancer) == url[1..]).await;
+    let stats = balancer.stats();
+    assert_eq!(
+        stats.endpoint(&url[1]).unwrap().requests,
+        survivor_before + 5
+    );
+    assert_eq!(stats.endpoint(&url[2]).unwrap().requests, 0);
+    assert_eq!(stats.discovery.unwrap().endpoints, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_task_stops_when_the_last_handle_to_the_balancer_drops() {
+    let balancer = Balancer::builder().build().unwrap();
+    let (sets, source): (Sets, _) = mpsc::unbounded();
+    balancer.discover(source).unwrap();
+    let copy = balancer.clone();
+    drop(balancer);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!sets.is_closed(), "a handle is still alive");
+    drop(copy);
+    // The task drops its stream, which closes the channel.
+    eventually(|| sets.is_closed()).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_source_that_ends_leaves_its_last_set_and_says_so() {
+    let balancer = Balancer::builder().build().unwrap();
+    let one = vec![Endpoint::new("http://127.0.0.1:8081")];
+    balancer
+        .discover(stream::iter([Ok::<_, std::io::Error>(one)]))
+        .unwrap();
+    eventually(|| balancer.stats().discovery.is_some_and(|d| d.ended)).await;
+    assert_eq!(urls(&balancer), ["http://127.0.0.1:8081"]);
+}
+
+#[test]
+fn discover_outside_a_tokio_runtime_is_a_typed_error() {
+    let balancer = Balancer::builder().build().unwrap();
+    let source = stream::iter([Ok::<_, std::io::Error>(Vec::new())]);
+    assert!(matches!(balancer.discover(source), Err(Error::NoRuntime)));
+    assert!(balancer.stats().discovery.is_none());
+}
+
+/// One answer of a source, for the property below.
+#[derive(Clone, Debug)]
+enum Answer {
+    Set(Vec<u8>),
+    Empty,
+    Error,
+    Refused,
+}
+
+fn answer() -> impl proptest::strategy::Strategy<Value = Answer> {
+    use proptest::prelude::*;
+    prop_oneof![
+        4 => proptest::collection::vec(0u8..6, 1..5).prop_map(Answer::Set),
+        1 => Just(Answer::Empty),
+        1 => Just(Answer::Error),
+        1 => Just(Answer::Refused),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn any_sequence_of_answers_leaves_exactly_the_last_good_set(
+        answers in proptest::collection::vec(answer(), 1..12),
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let balancer = Balancer::builder().build().unwrap();
+            let (sets, source): (Sets, _) = mpsc::unbounded();
+            balancer.discover(source).unwrap();
+            let mut expected: Vec<String> = Vec::new();
+            for (seen, answer) in answers.iter().enumerate() {
+                let sent = match answer {
+                    Answer::Set(ports) => {
+                        let mut good: Vec<String> = Vec::new();
+                        for port in ports {
+                            let url = format!("http://127.0.0.1:{}", 9000 + u16::from(*port));
+                            if !good.contains(&url) {
+                                good.push(url);
+                            }
+                        }
+                        expected = good.clone();
+                        Ok(set(&good))
+                    }
+                    Answer::Empty => Ok(Vec::new()),
+                    Answer::Error => Err(std::io::Error::other("down")),
+                    Answer::Refused => Ok(vec![Endpoint::new("http://127.0.0.1:0")]),
+                };
+                sets.unbounded_send(sent).unwrap();
+                eventually(|| {
+                    balancer.stats().discovery.is_some_and(|d| {
+                        (d.refreshes + d.errors) as usize == seen + 1
+                    })
+                })
+                .await;
+                assert_eq!(urls(&balancer), expected, "after {:?}", &answers[..=seen]);
+            }
+        });
+    }
+}
