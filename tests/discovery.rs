@@ -175,3 +175,23 @@ proptest::proptest! {
         });
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_second_source_replaces_the_first() {
+    let balancer = Balancer::builder().build().unwrap();
+    let (first, source): (Sets, _) = mpsc::unbounded();
+    balancer.discover(source).unwrap();
+    first
+        .unbounded_send(Ok(vec![Endpoint::new("http://127.0.0.1:8081")]))
+        .unwrap();
+    eventually(|| urls(&balancer) == ["http://127.0.0.1:8081"]).await;
+    let (second, source): (Sets, _) = mpsc::unbounded();
+    balancer.discover(source).unwrap();
+    // The first source's task is stopped: its stream is dropped.
+    eventually(|| first.is_closed()).await;
+    second
+        .unbounded_send(Ok(vec![Endpoint::new("http://127.0.0.1:8082")]))
+        .unwrap();
+    eventually(|| urls(&balancer) == ["http://127.0.0.1:8082"]).await;
+    assert_eq!(balancer.stats().discovery.unwrap().refreshes, 1);
+}

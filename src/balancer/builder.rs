@@ -172,6 +172,7 @@ impl BalancerBuilder {
                 warned_keyless: Default::default(),
                 discovery: Mutex::new(None),
                 dropped: tokio::sync::watch::channel(()).0,
+                discovery_task: Mutex::new(None),
             }),
         })
     }

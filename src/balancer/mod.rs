@@ -74,6 +74,9 @@ struct Shared {
     discovery: Mutex<Option<DiscoveryStats>>,
     /// Dropped with the balancer: tells its discovery tasks to stop.
     dropped: tokio::sync::watch::Sender<()>,
+    /// The discovery task following the current source, stopped when
+    /// another source takes over.
+    discovery_task: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 /// A reference to a balancer that does not keep it alive.
@@ -134,6 +137,18 @@ impl Balancer {
     /// Changes the discovery figures that `stats()` shows.
     pub(crate) fn update_discovery(&self, change: impl FnOnce(&mut DiscoveryStats)) {
         change(self.discovery_stats().get_or_insert_with(Default::default));
+    }
+
+    /// Makes `task` the one discovery task, stopping the one before.
+    pub(crate) fn replace_discovery_task(&self, task: tokio::task::AbortHandle) {
+        let mut current = self
+            .shared
+            .discovery_task
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(previous) = current.replace(task) {
+            previous.abort();
+        }
     }
 
     /// Resolves when the balancer is dropped (its last handle).

@@ -115,6 +115,9 @@ impl Balancer {
     /// [`Stats::discovery`](crate::Stats::discovery). The task stops when
     /// the source ends or the last handle to the balancer is dropped.
     ///
+    /// One source at a time: calling `discover` again stops the previous
+    /// source's task and follows the new one (its figures start again).
+    ///
     /// Errors: [`Error::NoRuntime`] outside a tokio runtime.
     pub fn discover(&self, source: impl EndpointSource) -> Result<(), Error> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
@@ -122,7 +125,8 @@ impl Balancer {
             failures: self.connect_failures().clone(),
         });
         self.update_discovery(|stats| *stats = DiscoveryStats::default());
-        runtime.spawn(follow(self.downgrade(), self.dropped(), sets));
+        let task = runtime.spawn(follow(self.downgrade(), self.dropped(), sets));
+        self.replace_discovery_task(task.abort_handle());
         Ok(())
     }
 }

@@ -149,5 +149,7 @@ pub(crate) fn is_prime(n: u64) -> bool {
     if n < 2 {
         return false;
     }
-    (2..).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d))
+    (2..)
+        .take_while(|d| d * d <= n)
+        .all(|d| !n.is_multiple_of(d))
 }
