@@ -199,9 +199,11 @@ impl<R: Route> Trip<R> {
         if let (Answer::Response { headers, .. }, Some(learned)) = (answer, &self.learned) {
             learned.learn(headers, attempt.endpoint());
         }
-        let endpoint = attempt.endpoint().clone();
+        // The endpoint is kept (a reference count) only when a retry may
+        // follow, to leave it out of the next pick.
+        let tried = self.replay.is_some().then(|| attempt.endpoint().clone());
         let outcome = attempt.end(answer);
-        match self.retry(endpoint, outcome, extensions) {
+        match tried.and_then(|endpoint| self.retry(endpoint, outcome, extensions)) {
             Some((request, attempt)) => Step::Retry(request, attempt),
             None => Step::Done(outcome),
         }
