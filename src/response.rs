@@ -199,7 +199,9 @@ where
                         return Poll::Pending;
                     };
                     let (request, attempt) = *next;
-                    let future = attempt.span().in_scope(|| service.call(request));
+                    let entered = attempt.span().enter();
+                    let future = service.call(request);
+                    drop(entered);
                     // An endpoint's own service served its attempt; a retry
                     // goes to another endpoint, through that one's.
                     if this.services.is_some() {

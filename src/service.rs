@@ -159,7 +159,10 @@ impl<S, M> BalanceService<S, M> {
     {
         match trip.start(&self.balancer, &mut request, None) {
             Ok(attempt) => {
-                let future = attempt.span().in_scope(|| self.inner.call(request));
+                // Entered by hand: a closure would copy the request once more.
+                let entered = attempt.span().enter();
+                let future = self.inner.call(request);
+                drop(entered);
                 let retry_with = if trip.may_retry() {
                     clone(&self.inner)
                 } else {
