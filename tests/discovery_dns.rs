@@ -55,27 +55,6 @@ fn url(last: u8, port: u16) -> String {
     format!("http://127.0.0.{last}:{port}")
 }
 
-fn urls(balancer: &Balancer) -> Vec<String> {
-    let mut urls: Vec<String> = balancer
-        .stats()
-        .endpoints
-        .into_iter()
-        .map(|e| e.url)
-        .collect();
-    urls.sort();
-    urls
-}
-
-/// Polls `check` every 20 ms until it holds; panics after `limit`.
-async fn within(limit: Duration, what: &str, mut check: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    while !check() {
-        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    started.elapsed()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_set_follows_a_records_keeps_survivors_and_outlives_a_dns_outage() {
     let mut dns = DnsServer::start("test.").await;
@@ -93,10 +72,10 @@ async fn the_set_follows_a_records_keeps_survivors_and_outlives_a_dns_outage() {
         )
         .unwrap();
     let first = within(Duration::from_secs(5), "first set", || {
-        urls(&balancer).len() == 2
+        sorted_urls(&balancer).len() == 2
     })
     .await;
-    assert_eq!(urls(&balancer), [url(2, port), url(3, port)]);
+    assert_eq!(sorted_urls(&balancer), [url(2, port), url(3, port)]);
     let client = client(&balancer);
     for _ in 0..20 {
         send(&client, "/").await.unwrap();
@@ -125,7 +104,7 @@ async fn the_set_follows_a_records_keeps_survivors_and_outlives_a_dns_outage() {
         first_at_new <= Duration::from_secs(u64::from(TTL) + 2),
         "moved after {first_at_new:?}"
     );
-    assert_eq!(urls(&balancer), [url(3, port), url(4, port)]);
+    assert_eq!(sorted_urls(&balancer), [url(3, port), url(4, port)]);
     // The survivor kept its counters across the refresh.
     let survivor = balancer.stats().endpoint(&url(3, port)).unwrap().requests;
     assert!(
@@ -150,7 +129,7 @@ async fn the_set_follows_a_records_keeps_survivors_and_outlives_a_dns_outage() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let outage = outage.elapsed();
-    assert_eq!(urls(&balancer), [url(3, port), url(4, port)]);
+    assert_eq!(sorted_urls(&balancer), [url(3, port), url(4, port)]);
     let discovery = balancer.stats().discovery.unwrap();
     assert!(discovery.last_error.is_some());
 
@@ -158,7 +137,7 @@ async fn the_set_follows_a_records_keeps_survivors_and_outlives_a_dns_outage() {
     dns.set_addresses("api.test.", &[ip(2)], TTL).await;
     dns.restart().await;
     let resumed = within(Duration::from_secs(10), "updates after the restart", || {
-        urls(&balancer) == [url(2, port)]
+        sorted_urls(&balancer) == [url(2, port)]
     })
     .await;
     println!(
@@ -194,7 +173,7 @@ async fn srv_records_give_ports_and_weights_of_the_lowest_priority_that_has_endp
         )
         .unwrap();
     within(Duration::from_secs(5), "the SRV set", || {
-        urls(&balancer).len() == 2
+        sorted_urls(&balancer).len() == 2
     })
     .await;
     let stats = balancer.stats();
@@ -214,7 +193,7 @@ async fn srv_records_give_ports_and_weights_of_the_lowest_priority_that_has_endp
     )
     .await;
     within(Duration::from_secs(5), "the fallback priority", || {
-        urls(&balancer) == [format!("http://127.0.0.1:{}", ports[2])]
+        sorted_urls(&balancer) == [format!("http://127.0.0.1:{}", ports[2])]
     })
     .await;
 }
@@ -234,7 +213,7 @@ async fn a_burst_of_connect_failures_brings_the_next_look_up_forward() {
         )
         .unwrap();
     within(Duration::from_secs(5), "first set", || {
-        urls(&balancer).len() == 1
+        sorted_urls(&balancer).len() == 1
     })
     .await;
     // The instance moves: DNS says so, and the old address stops listening.
@@ -243,7 +222,7 @@ async fn a_burst_of_connect_failures_brings_the_next_look_up_forward() {
     let client = client(&balancer);
     let moved = Instant::now();
     let took = within(Duration::from_secs(10), "the new address", || {
-        urls(&balancer) == [url(6, port)]
+        sorted_urls(&balancer) == [url(6, port)]
     });
     // Requests hit the refusing address until the set moves.
     let sender = tokio::spawn(async move {

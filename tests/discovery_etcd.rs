@@ -24,30 +24,9 @@ fn document(url: &str, weight: u32, zone: &str) -> String {
     format!(r#"{{"url": "{url}", "weight": {weight}, "metadata": {{"zone": "{zone}"}}}}"#)
 }
 
-fn urls(balancer: &Balancer) -> Vec<String> {
-    let mut urls: Vec<String> = balancer
-        .stats()
-        .endpoints
-        .into_iter()
-        .map(|e| e.url)
-        .collect();
-    urls.sort();
-    urls
-}
-
 fn sorted(mut urls: Vec<String>) -> Vec<String> {
     urls.sort();
     urls
-}
-
-/// Polls `check` every 10 ms until it holds; panics after `limit`.
-async fn within(limit: Duration, what: &str, mut check: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    while !check() {
-        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    started.elapsed()
 }
 
 /// Sends requests back to back until stopped; counts them and the failed.
@@ -94,10 +73,10 @@ async fn puts_and_deletes_move_traffic_within_a_second_and_survivors_keep_their_
         .discover(EtcdSource::new([etcd.url.clone()], PREFIX))
         .unwrap();
     let first = within(Duration::from_secs(5), "first set", || {
-        urls(&balancer).len() == 2
+        sorted_urls(&balancer).len() == 2
     })
     .await;
-    assert_eq!(urls(&balancer), sorted(vec![url(0), url(1)]));
+    assert_eq!(sorted_urls(&balancer), sorted(vec![url(0), url(1)]));
     let stats = balancer.stats();
     let b = stats.endpoint(&url(1)).unwrap();
     assert_eq!(b.weight, 2);
@@ -134,7 +113,7 @@ async fn puts_and_deletes_move_traffic_within_a_second_and_survivors_keep_their_
     let deleted_at = Instant::now();
     etcd.delete(&format!("{PREFIX}a")).await;
     let removed = within(Duration::from_secs(1), "the delete", || {
-        urls(&balancer) == sorted(vec![url(1), url(2)])
+        sorted_urls(&balancer) == sorted(vec![url(1), url(2)])
     })
     .await;
     let before = received(&backends[0]).await;
@@ -171,7 +150,7 @@ async fn etcd_killed_and_restarted_mid_run_loses_no_request_and_the_watch_resume
         .discover(EtcdSource::new([etcd.url.clone()], PREFIX))
         .unwrap();
     within(Duration::from_secs(5), "first set", || {
-        urls(&balancer).len() == 2
+        sorted_urls(&balancer).len() == 2
     })
     .await;
     let (stop, sent, failed, task) = traffic(client(&balancer));
@@ -184,7 +163,7 @@ async fn etcd_killed_and_restarted_mid_run_loses_no_request_and_the_watch_resume
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(urls(&balancer), sorted(vec![url(0), url(1)]));
+    assert_eq!(sorted_urls(&balancer), sorted(vec![url(0), url(1)]));
     let during_outage = sent.load(Ordering::Relaxed);
 
     // Back: the source reads again and follows new changes.
@@ -194,7 +173,7 @@ async fn etcd_killed_and_restarted_mid_run_loses_no_request_and_the_watch_resume
         .await;
     let put_at = Instant::now();
     let resumed = within(Duration::from_secs(10), "updates after the restart", || {
-        urls(&balancer).len() == 3
+        sorted_urls(&balancer).len() == 3
     })
     .await;
     stop.store(true, Ordering::Relaxed);

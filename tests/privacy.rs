@@ -24,15 +24,23 @@ impl Write for Captured {
     }
 }
 
+impl Captured {
+    /// Captures every `tracing` event and span of this thread until the
+    /// guard drops.
+    fn start() -> (Self, tracing::subscriber::DefaultGuard) {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(move || writer.clone())
+            .finish();
+        (captured, tracing::subscriber::set_default(subscriber))
+    }
+}
+
 #[tokio::test]
 async fn key_values_never_appear_in_logs_debug_output_or_stats() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = Captured::start();
 
     let servers = backends(3).await;
     let urls: Vec<String> = servers.iter().map(|s| s.uri()).collect();
@@ -79,13 +87,7 @@ async fn session_cookie_values_never_appear_in_logs_debug_output_errors_events_o
     use tower_lb::{HttpToReqwest, OutlierDetection};
     use wiremock::ResponseTemplate;
 
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = Captured::start();
 
     let secret = "cookie-secret-91b2";
     let mut servers = Vec::new();

@@ -24,8 +24,6 @@
 //!   `--features cookies`) against the same without a jar, and tower's
 //!   pending-requests balancer. Requests carry the key header and no cookie.
 
-use std::convert::Infallible;
-use std::future::{ready, Ready};
 use std::hint::black_box;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -39,28 +37,11 @@ use tower::discover::ServiceList;
 use tower::load::{CompleteOnResponse, PeakEwmaDiscover, PendingRequestsDiscover};
 use tower::{Layer, Service};
 use tower_lb::{Balancer, Policy, Retries, SessionKey};
+use tower_lb_bench::Trivial;
 
 const SIZES: [usize; 3] = [10, 100, 1_000];
 /// Distinct keys the requests cycle through (hash policies see new keys).
 const KEYS: usize = 1_024;
-
-/// An in-process service that answers at once.
-#[derive(Clone, Copy)]
-struct Trivial;
-
-impl Service<http::Request<()>> for Trivial {
-    type Response = http::Response<()>;
-    type Error = Infallible;
-    type Future = Ready<Result<http::Response<()>, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: http::Request<()>) -> Self::Future {
-        ready(Ok(http::Response::new(())))
-    }
-}
 
 fn request(n: usize) -> http::Request<()> {
     let mut request = http::Request::new(());

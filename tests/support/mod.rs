@@ -181,6 +181,29 @@ pub async fn eventually(mut check: impl FnMut() -> bool) {
     panic!("condition not reached within five seconds");
 }
 
+/// Polls `check` every 10 ms until it holds, on the real clock (for tests
+/// against real servers); panics after `limit`. Returns how long it took.
+pub async fn within(limit: Duration, what: &str, mut check: impl FnMut() -> bool) -> Duration {
+    let started = std::time::Instant::now();
+    while !check() {
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    started.elapsed()
+}
+
+/// The canonical URLs of the balancer's endpoints, sorted.
+pub fn sorted_urls(balancer: &Balancer) -> Vec<String> {
+    let mut urls: Vec<String> = balancer
+        .stats()
+        .endpoints
+        .into_iter()
+        .map(|e| e.url)
+        .collect();
+    urls.sort();
+    urls
+}
+
 /// Asserts that every counter of every endpoint has settled: nothing in
 /// flight, and every request counted exactly once as an outcome.
 pub fn assert_settled(balancer: &Balancer) {

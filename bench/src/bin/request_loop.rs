@@ -13,8 +13,6 @@
 //! `ENDPOINTS` (default 10) and `COUNT` (default 5,000,000 per thread)
 //! set the size. Prints ns per request (per thread, for `select`).
 
-use std::convert::Infallible;
-use std::future::{ready, Ready};
 use std::hint::black_box;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -22,23 +20,7 @@ use std::time::Instant;
 use futures::FutureExt;
 use tower::{Layer, Service};
 use tower_lb::{Balancer, Policy, RequestKey, Retries, SessionKey};
-
-#[derive(Clone, Copy)]
-struct Trivial;
-
-impl Service<http::Request<()>> for Trivial {
-    type Response = http::Response<()>;
-    type Error = Infallible;
-    type Future = Ready<Result<http::Response<()>, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: http::Request<()>) -> Self::Future {
-        ready(Ok(http::Response::new(())))
-    }
-}
+use tower_lb_bench::Trivial;
 
 /// A request with the key header and a session key.
 fn request(n: usize) -> http::Request<()> {
