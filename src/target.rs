@@ -21,7 +21,6 @@
 //! - **fragments** are never sent (`http::Uri` drops them when parsed;
 //!   reqwest does not send them).
 
-use std::borrow::Cow;
 use std::fmt;
 
 /// Why a request's target was refused before anything was sent; carried by
@@ -68,11 +67,11 @@ impl fmt::Display for TargetRefusal {
 }
 
 /// The request path with its dot segments removed, as it goes under the
-/// endpoint's base path. Borrowed unchanged when it has nothing to resolve
-/// (no `.`, `%` or `\`), so the common request allocates nothing.
-pub(crate) fn resolve_path(path: &str) -> Result<Cow<'_, str>, TargetRefusal> {
+/// endpoint's base path: `None` when it stays as it is (the common request,
+/// with no `.`, `%` or `\`, allocates nothing).
+pub(crate) fn resolve_path(path: &str) -> Result<Option<String>, TargetRefusal> {
     if path.is_empty() {
-        return Ok(Cow::Borrowed("/"));
+        return Ok(Some("/".to_owned()));
     }
     let Some(rest) = path.strip_prefix('/') else {
         return Err(if path == "*" {
@@ -82,7 +81,7 @@ pub(crate) fn resolve_path(path: &str) -> Result<Cow<'_, str>, TargetRefusal> {
         });
     };
     if !path.bytes().any(|b| matches!(b, b'.' | b'%' | b'\\')) {
-        return Ok(Cow::Borrowed(path));
+        return Ok(None);
     }
     if climbs_out_when_decoded(rest) {
         return Err(TargetRefusal::LeavesBasePath);
@@ -110,7 +109,7 @@ pub(crate) fn resolve_path(path: &str) -> Result<Cow<'_, str>, TargetRefusal> {
     }
     if !changed {
         // Nothing removed: `.` or `%` appeared only inside names.
-        return Ok(Cow::Borrowed(path));
+        return Ok(None);
     }
     let mut resolved = String::with_capacity(path.len());
     for segment in kept {
@@ -120,7 +119,7 @@ pub(crate) fn resolve_path(path: &str) -> Result<Cow<'_, str>, TargetRefusal> {
     if resolved.is_empty() {
         resolved.push('/');
     }
-    Ok(Cow::Owned(resolved))
+    Ok(Some(resolved))
 }
 
 /// 1 for a `.` segment, 2 for `..`, 0 otherwise; `%2e` and `%2E` count as
@@ -192,7 +191,7 @@ mod tests {
     use super::*;
 
     fn resolved(path: &str) -> Result<String, TargetRefusal> {
-        resolve_path(path).map(Cow::into_owned)
+        resolve_path(path).map(|resolved| resolved.unwrap_or_else(|| path.to_owned()))
     }
 
     #[test]
@@ -244,8 +243,8 @@ mod tests {
     }
 
     #[test]
-    fn plain_paths_are_borrowed() {
-        assert!(matches!(resolve_path("/users/42"), Ok(Cow::Borrowed(_))));
-        assert!(matches!(resolve_path("/v1.2/x"), Ok(Cow::Borrowed(_))));
+    fn plain_paths_stay_as_they_are() {
+        assert_eq!(resolve_path("/users/42"), Ok(None));
+        assert_eq!(resolve_path("/v1.2/x"), Ok(None));
     }
 }

@@ -1,7 +1,6 @@
 //! Endpoint addresses: parsing, the canonical name, and the pieces a request
 //! rewrite needs.
 
-use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
@@ -98,7 +97,7 @@ impl EndpointUrl {
             Some(pq) => pq.path().trim_end_matches('/'),
             None => "",
         };
-        if !matches!(resolve_path(base_path), Ok(p) if p.len() == base_path.len().max(1)) {
+        if !base_path.is_empty() && resolve_path(base_path) != Ok(None) {
             return Err(invalid(
                 "the base path cannot hold . or .. segments (write the path they lead to)",
             ));
@@ -148,14 +147,14 @@ impl EndpointUrl {
         }
         let path = parts.path_and_query.as_ref().map_or("", PathAndQuery::path);
         let resolved = resolve_path(path).map_err(|r| refused(parts.path_and_query.as_ref(), r))?;
-        let unchanged = matches!(resolved, Cow::Borrowed(p) if p.len() == path.len());
-        if !unchanged || !self.base_path.is_empty() {
+        if resolved.is_some() || !self.base_path.is_empty() {
+            let resolved = resolved.as_deref().unwrap_or(path);
             let query = parts.path_and_query.as_ref().and_then(PathAndQuery::query);
             let mut joined = String::with_capacity(
                 self.base_path.len() + resolved.len() + query.map_or(0, |q| q.len() + 1),
             );
             joined.push_str(&self.base_path);
-            joined.push_str(&resolved);
+            joined.push_str(resolved);
             if let Some(query) = query {
                 joined.push('?');
                 joined.push_str(query);
@@ -182,10 +181,13 @@ impl EndpointUrl {
             path: url.path().to_owned(),
             reason,
         })?;
-        let path = if self.base_path.is_empty() && resolved == url.path() {
-            None
-        } else {
-            Some(format!("{}{}", self.base_path, resolved))
+        let path = match resolved {
+            None if self.base_path.is_empty() => None,
+            resolved => Some(format!(
+                "{}{}",
+                self.base_path,
+                resolved.as_deref().unwrap_or(url.path())
+            )),
         };
         let default_port = if self.scheme == Scheme::HTTPS {
             443
