@@ -55,7 +55,7 @@ impl Snapshot {
         &self,
         key: Option<u64>,
         excluded: &[Arc<EndpointState>],
-        now: Instant,
+        now: Option<Instant>,
     ) -> Option<&Arc<EndpointState>> {
         let counters = &self.counters;
         let ctx = PickContext {

@@ -74,7 +74,7 @@ impl Attempt {
         let _entered = self.span.enter();
         tracing::debug!(
             ?outcome,
-            latency_us = latency.as_micros() as u64,
+            latency_us = latency.map(|l| l.as_micros() as u64),
             "request finished"
         );
         outcome
@@ -163,7 +163,9 @@ impl<R: Route> Trip<R> {
         }
         route(balancer, request, &picked.endpoint)?;
         if let Some(retrying) = balancer.retrying() {
-            retrying.budget.deposit_at(picked.at);
+            retrying
+                .budget
+                .deposit_at(picked.at.unwrap_or_else(|| balancer.now()));
         }
         Ok(Attempt::start(picked))
     }

@@ -134,7 +134,11 @@ impl BalancerBuilder {
         let counters = Counters {
             clock,
             rng: Arc::new(SharedRng::new(seed)),
-            rtt: Arc::new(self.policy.rtt_model_on(clock)),
+            rtt: Arc::new(
+                self.policy
+                    .rtt_model_on(clock)
+                    .timing_every_request(self.policy.reads_latency()),
+            ),
             health: Arc::new(HealthShared::new(self.outlier_detection, clock)),
             in_flight: self.policy.counts_total_in_flight().then(Default::default),
             ..Counters::default()

@@ -95,9 +95,9 @@ pub(crate) struct Picked {
     pub(crate) endpoint: Arc<EndpointState>,
     /// How many endpoints take requests (ejected ones included).
     pub(crate) takers: usize,
-    /// The clock reading the pick was made at; the request's latency is
-    /// measured from it.
-    pub(crate) at: Instant,
+    /// The clock reading the pick was made at, if the clock was read; a
+    /// timed request's latency is measured from it.
+    pub(crate) at: Option<Instant>,
 }
 
 /// A summary: sizes and settings, never the tables.
@@ -195,7 +195,7 @@ impl Balancer {
         match learned.filter(|home| snapshot.takes(home)) {
             Some(home) => Some(home.url.shared_name()),
             None => snapshot
-                .pick(Some(key.digest()), &[], self.shared.counters.clock.now())
+                .pick(Some(key.digest()), &[], None)
                 .map(|e| e.url.shared_name()),
         }
     }
@@ -215,13 +215,24 @@ impl Balancer {
         excluded: &[Arc<EndpointState>],
     ) -> Option<Picked> {
         let snapshot = self.snapshot();
-        let now = self.shared.counters.clock.now();
-        self.pick_in(&snapshot, request, excluded, now)
-            .map(|endpoint| Picked {
-                endpoint,
-                takers: snapshot.takers(),
-                at: now,
-            })
+        let clock = &self.shared.counters.clock;
+        // The clock is read here only when the policy reads response times
+        // or the retry budget needs the time; a request that is timed reads
+        // it when it starts otherwise.
+        let reads_clock =
+            self.shared.counters.rtt.times_every_request() || self.shared.retrying.is_some();
+        let now = reads_clock.then(|| clock.now());
+        let endpoint = self.pick_in(&snapshot, request, excluded, now)?;
+        Some(Picked {
+            endpoint,
+            takers: snapshot.takers(),
+            at: now,
+        })
+    }
+
+    /// The balancer's clock now.
+    pub(crate) fn now(&self) -> Instant {
+        self.shared.counters.clock.now()
     }
 
     fn pick_in(
@@ -229,7 +240,7 @@ impl Balancer {
         snapshot: &Snapshot,
         request: &RequestInfo<'_>,
         excluded: &[Arc<EndpointState>],
-        now: Instant,
+        now: Option<Instant>,
     ) -> Option<Arc<EndpointState>> {
         let Some(request_key) = self.shared.policy.request_key() else {
             return snapshot.pick(None, excluded, now).cloned();

@@ -1,6 +1,7 @@
 //! One endpoint: its address, its weight, its live state (counters, the
 //! response-time estimate, health), and the stats copied out of it.
 
+mod interned;
 mod member;
 mod rtt;
 mod spec;

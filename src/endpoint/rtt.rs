@@ -60,7 +60,15 @@ pub(crate) struct RttModel {
     /// The share left after `i` whole read-decay steps, for the first
     /// [`READ_STEPS_TABULATED`]: picks read estimates without `exp()`.
     read_keep: [f64; READ_STEPS_TABULATED + 1],
+    /// One request in this many per endpoint is timed: 1 when the policy
+    /// reads the estimate, [`TIMED_ONE_IN`] when only stats do.
+    timed_one_in: u64,
 }
+
+/// For a policy that does not read the estimate, one request in this many
+/// per endpoint is timed (its first included): enough for the estimate in
+/// stats, and the others skip two clock reads and the estimate's update.
+pub(crate) const TIMED_ONE_IN: u64 = 16;
 
 /// Read-decay steps whose share is tabulated (8 decay times: e^-8 of the
 /// estimate is left after them).
@@ -101,7 +109,28 @@ impl RttModel {
             penalty_nanos: penalty.as_nanos() as f64,
             read_step_ms: decay_nanos / 1e6 / READ_DECAY_STEPS,
             read_keep,
+            timed_one_in: 1,
         }
+    }
+
+    /// The same model, timing every request (`every`, for a policy that
+    /// reads the estimate) or one in [`TIMED_ONE_IN`] per endpoint.
+    pub(crate) fn timing_every_request(self, every: bool) -> Self {
+        RttModel {
+            timed_one_in: if every { 1 } else { TIMED_ONE_IN },
+            ..self
+        }
+    }
+
+    /// Whether every request is timed (the policy reads the estimate).
+    pub(crate) fn times_every_request(&self) -> bool {
+        self.timed_one_in == 1
+    }
+
+    /// Whether the request whose turn (a per-endpoint count) is `turn` is
+    /// timed.
+    pub(crate) fn times_turn(&self, turn: u64) -> bool {
+        turn.is_multiple_of(self.timed_one_in)
     }
 
     /// The stamp of `at`: milliseconds of the clock, wrapping after 49 days.

@@ -32,7 +32,10 @@ pub(crate) struct EndpointState {
     health_shared: Arc<HealthShared>,
     connect_failures: Arc<ConnectFailures>,
     clock: Clock,
-    in_flight: AtomicU64,
+    /// Requests in flight (low 32 bits) and a wrapping count of requests
+    /// started (high 32 bits), in one word: starting a request is one
+    /// atomic add that also tells which turn it took (whether it is timed).
+    in_flight_and_turns: AtomicU64,
     succeeded: AtomicU64,
     server_errors: AtomicU64,
     connect_errors: AtomicU64,
@@ -41,6 +44,15 @@ pub(crate) struct EndpointState {
     other_errors: AtomicU64,
     cancelled: AtomicU64,
     client_errors: AtomicU64,
+}
+
+/// One request more in flight and one more turn taken, in
+/// `in_flight_and_turns`.
+const START: u64 = (1 << 32) | 1;
+
+/// The in-flight half of `in_flight_and_turns`.
+fn in_flight_of(word: u64) -> u64 {
+    word & u64::from(u32::MAX)
 }
 
 impl EndpointState {
@@ -55,7 +67,7 @@ impl EndpointState {
             health_shared: counters.health.clone(),
             connect_failures: counters.connect_failures.clone(),
             clock: counters.clock,
-            in_flight: AtomicU64::new(0),
+            in_flight_and_turns: AtomicU64::new(0),
             succeeded: AtomicU64::new(0),
             server_errors: AtomicU64::new(0),
             connect_errors: AtomicU64::new(0),
@@ -70,25 +82,25 @@ impl EndpointState {
     /// Requests sent to this endpoint: in flight or ended.
     pub(crate) fn requests_started(&self) -> u64 {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        [
-            &self.in_flight,
-            &self.succeeded,
-            &self.server_errors,
-            &self.connect_errors,
-            &self.timeouts,
-            &self.closed,
-            &self.other_errors,
-            &self.cancelled,
-            &self.client_errors,
-        ]
-        .into_iter()
-        .map(load)
-        .sum()
+        self.in_flight()
+            + [
+                &self.succeeded,
+                &self.server_errors,
+                &self.connect_errors,
+                &self.timeouts,
+                &self.closed,
+                &self.other_errors,
+                &self.cancelled,
+                &self.client_errors,
+            ]
+            .into_iter()
+            .map(load)
+            .sum::<u64>()
     }
 
     /// Requests sent to this endpoint and not finished yet.
     pub(crate) fn in_flight(&self) -> u64 {
-        self.in_flight.load(Ordering::Relaxed)
+        in_flight_of(self.in_flight_and_turns.load(Ordering::Relaxed))
     }
 
     /// Whether the endpoint is ejected at `now` (milliseconds of the
@@ -127,12 +139,13 @@ impl EndpointState {
         self.rtt.record(&self.rtt_model, latency, failed, now);
     }
 
+    /// Records how a request ended; `timing` is its latency and the time
+    /// it ended, when it was timed.
     fn record(
         &self,
         outcome: Outcome,
         status: Option<http::StatusCode>,
-        latency: Duration,
-        now: Instant,
+        timing: Option<(Duration, Instant)>,
         sent_in: u32,
     ) {
         let counter = match outcome {
@@ -152,8 +165,10 @@ impl EndpointState {
         if outcome == Outcome::ConnectError {
             self.connect_failures.record();
         }
-        let failed = outcome != Outcome::Success;
-        self.rtt.record(&self.rtt_model, latency, failed, now);
+        if let Some((latency, now)) = timing {
+            let failed = outcome != Outcome::Success;
+            self.rtt.record(&self.rtt_model, latency, failed, now);
+        }
         self.health
             .record(outcome, status, sent_in, &self.health_shared);
     }
@@ -175,7 +190,7 @@ impl EndpointState {
         };
         let cancelled = load(&self.cancelled);
         let client_errors = load(&self.client_errors);
-        let in_flight = load(&self.in_flight);
+        let in_flight = self.in_flight();
         EndpointStats {
             url: self.url.as_str().to_owned(),
             labels: labels.clone(),
@@ -203,7 +218,8 @@ impl EndpointState {
 #[derive(Debug)]
 pub(crate) struct InFlight {
     endpoint: Arc<EndpointState>,
-    started_at: Instant,
+    /// When the request is timed, the clock reading it started at.
+    started_at: Option<Instant>,
     /// The endpoint's health epoch when the request was sent.
     sent_in: u32,
     finished: bool,
@@ -213,14 +229,20 @@ impl InFlight {
     /// A request sent to `endpoint` now.
     #[cfg(test)]
     pub(crate) fn start(endpoint: Arc<EndpointState>) -> Self {
-        let now = endpoint.clock.now();
-        Self::start_at(endpoint, now)
+        Self::start_at(endpoint, None)
     }
 
-    /// A request sent to `endpoint` at `started_at` (a reading of the
-    /// balancer's clock).
-    pub(crate) fn start_at(endpoint: Arc<EndpointState>, started_at: Instant) -> Self {
-        endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
+    /// A request sent to `endpoint`, `picked_at` if the pick read the clock.
+    /// It is timed (from that reading, else from a new one) when the
+    /// policy reads response times, else when its turn comes: one request
+    /// in [`TIMED_ONE_IN`](super::rtt::TIMED_ONE_IN), the first included.
+    pub(crate) fn start_at(endpoint: Arc<EndpointState>, picked_at: Option<Instant>) -> Self {
+        let before = endpoint
+            .in_flight_and_turns
+            .fetch_add(START, Ordering::Relaxed);
+        let model = &endpoint.rtt_model;
+        let timed = model.times_every_request() || model.times_turn(before >> 32);
+        let started_at = timed.then(|| picked_at.unwrap_or_else(|| endpoint.clock.now()));
         if let Some(all) = &endpoint.balancer_in_flight {
             all.fetch_add(1, Ordering::Relaxed);
         }
@@ -236,15 +258,20 @@ impl InFlight {
         &self.endpoint
     }
 
-    /// Records the outcome and the time since the request started; returns
-    /// that time.
-    pub(crate) fn finish(mut self, outcome: Outcome, status: Option<http::StatusCode>) -> Duration {
-        let now = self.endpoint.clock.now();
-        let latency = now.saturating_duration_since(self.started_at);
-        self.endpoint
-            .record(outcome, status, latency, now, self.sent_in);
+    /// Records the outcome and, for a timed request, the time since it
+    /// started; returns that time.
+    pub(crate) fn finish(
+        mut self,
+        outcome: Outcome,
+        status: Option<http::StatusCode>,
+    ) -> Option<Duration> {
+        let timing = self.started_at.map(|started_at| {
+            let now = self.endpoint.clock.now();
+            (now.saturating_duration_since(started_at), now)
+        });
+        self.endpoint.record(outcome, status, timing, self.sent_in);
         self.finished = true;
-        latency
+        timing.map(|(latency, _)| latency)
     }
 }
 
@@ -253,7 +280,9 @@ impl Drop for InFlight {
         if !self.finished {
             self.endpoint.cancelled.fetch_add(1, Ordering::Relaxed);
         }
-        self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.endpoint
+            .in_flight_and_turns
+            .fetch_sub(1, Ordering::Relaxed);
         if let Some(all) = &self.endpoint.balancer_in_flight {
             all.fetch_sub(1, Ordering::Relaxed);
         }
@@ -287,5 +316,68 @@ mod tests {
         assert_eq!(stats.successes, 1);
         assert_eq!(stats.failures.server_error, 1);
         assert_eq!(stats.cancelled, 1);
+    }
+
+    fn sampled_endpoint() -> Arc<EndpointState> {
+        let counters = Counters {
+            rtt: Arc::new(RttModel::default().timing_every_request(false)),
+            ..Counters::default()
+        };
+        Arc::new(EndpointState::new(
+            EndpointUrl::parse("http://127.0.0.1:1").unwrap(),
+            &counters,
+        ))
+    }
+
+    proptest::proptest! {
+        /// Requests are started, then finished or dropped, in any order:
+        /// the in-flight count is always the started minus the ended, and
+        /// exactly one request in `TIMED_ONE_IN`, the first included, is
+        /// timed when the policy does not read the estimate.
+        #[test]
+        fn one_request_in_sixteen_is_timed_and_the_in_flight_count_never_drifts(
+            steps in proptest::collection::vec((proptest::bool::ANY, 0usize..8, proptest::bool::ANY), 0..300)
+        ) {
+            let ep = sampled_endpoint();
+            let every = super::super::rtt::TIMED_ONE_IN;
+            // Each open request with its turn: the how-manyth it was.
+            let mut open: Vec<(InFlight, u64)> = Vec::new();
+            let mut started = 0u64;
+            for (start, pick, drop_it) in steps {
+                if start || open.is_empty() {
+                    open.push((InFlight::start(ep.clone()), started));
+                    started += 1;
+                } else {
+                    let (request, turn) = open.swap_remove(pick % open.len());
+                    if drop_it {
+                        drop(request);
+                    } else {
+                        let timed = request.finish(Outcome::Success, None).is_some();
+                        proptest::prop_assert_eq!(timed, turn.is_multiple_of(every), "turn {}", turn);
+                    }
+                }
+                proptest::prop_assert_eq!(ep.in_flight(), open.len() as u64);
+                proptest::prop_assert_eq!(ep.requests_started(), started);
+            }
+            drop(open);
+            proptest::prop_assert_eq!(ep.stats(1, &Labels::default()).in_flight, 0);
+        }
+    }
+
+    #[test]
+    fn the_first_request_and_every_sixteenth_are_timed() {
+        let ep = sampled_endpoint();
+        let timed: Vec<usize> = (0..40)
+            .filter(|_| {
+                InFlight::start(ep.clone())
+                    .finish(Outcome::Success, None)
+                    .is_some()
+            })
+            .collect();
+        assert_eq!(timed, [0, 16, 32]);
+        let every = endpoint();
+        assert!((0..40).all(|_| InFlight::start(every.clone())
+            .finish(Outcome::Success, None)
+            .is_some()));
     }
 }

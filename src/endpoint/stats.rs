@@ -98,7 +98,10 @@ pub struct EndpointStats {
     /// least-response-time policy reads: a moving average of the time to
     /// the response head that rises at once with a slower answer and decays
     /// with time; a failed request counts at least the failure penalty.
-    /// `None` before the first outcome.
+    /// Under a policy that does not read it (all but least time, and a
+    /// hashing policy whose fallback is not least time), one request in 16
+    /// per endpoint is timed, the first included. `None` before the first
+    /// outcome.
     pub latency_ewma: Option<Duration>,
     /// Ejected by outlier detection: no new requests until its time is up.
     pub ejected: bool,

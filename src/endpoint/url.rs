@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 
+use super::interned::interned;
 use crate::target::{resolve_path, TargetRefusal};
 use crate::Error;
 
@@ -35,7 +36,10 @@ impl EndpointUrl {
         // The canonical name must name the same endpoint again: it is how
         // stats show the endpoint and how updates find it.
         match Self::parse_once(parsed.as_str()) {
-            Ok(again) if again.canonical == parsed.canonical => Ok(parsed),
+            Ok(again) if again.canonical == parsed.canonical => Ok(EndpointUrl {
+                authority: interned(parsed.authority),
+                ..parsed
+            }),
             _ => Err(Error::InvalidUrl {
                 source: None,
                 url: url.to_owned(),

@@ -178,7 +178,10 @@ impl LeastTimePicker {
 impl Picker for LeastTimePicker {
     fn pick(&self, ctx: &PickContext<'_>) -> Option<usize> {
         let n = ctx.endpoints.len().min(self.draw.len());
-        let now = ctx.endpoints.first()?.rtt_model().stamp(ctx.now);
+        let model = ctx.endpoints.first()?.rtt_model();
+        let now = ctx
+            .now
+            .map_or_else(|| model.stamp_now(), |at| model.stamp(at));
         if self.exact {
             return (0..n)
                 .filter(|&i| ctx.available(i))
@@ -252,7 +255,7 @@ mod tests {
             excluded: &[],
             skip_ejected_at: None,
             rng: &SharedRng::new(11),
-            now: tokio::time::Instant::now(),
+            now: Some(tokio::time::Instant::now()),
         };
         let mut counts = vec![0; members.len()];
         for _ in 0..count {

@@ -55,8 +55,9 @@ pub struct PickContext<'a> {
     /// from it.
     pub(crate) rng: &'a SharedRng,
     /// The balancer's clock, read once for this request (its latency is
-    /// measured from the same reading).
-    pub(crate) now: Instant,
+    /// measured from the same reading) when the policy reads response-time
+    /// estimates; `None` otherwise.
+    pub(crate) now: Option<Instant>,
 }
 
 impl fmt::Debug for PickContext<'_> {
@@ -294,6 +295,18 @@ impl Policy {
         matches!(&self.kind, Kind::Hash(hash) if hash.bounds_loads())
     }
 
+    /// Whether picks read the endpoints' response-time estimates (least
+    /// time, directly or as a hashing policy's fallback; a custom policy
+    /// unless it says otherwise), so that every request must be timed.
+    pub(crate) fn reads_latency(&self) -> bool {
+        match &self.kind {
+            Kind::LeastTime(_) => true,
+            Kind::Hash(hash) => hash.fallback_policy().reads_latency(),
+            Kind::Custom(custom) => custom.reads_latency(),
+            _ => false,
+        }
+    }
+
     /// Where the policy takes request keys from, if it hashes.
     pub(crate) fn request_key(&self) -> Option<&RequestKey> {
         match &self.kind {
@@ -367,7 +380,7 @@ pub(crate) mod test_support {
             excluded: &[],
             skip_ejected_at: None,
             rng,
-            now: Instant::now(),
+            now: Some(Instant::now()),
         }
     }
 }
