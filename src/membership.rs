@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use crate::endpoint::{Counters, EndpointState, Member, Stats};
+use crate::endpoint::{Counters, EndpointCore, EndpointState, Member, Stats};
 use crate::policy::{PickContext, Picker, Policy};
 
 /// One published version of the endpoint set.
@@ -54,7 +54,7 @@ impl Snapshot {
     pub(crate) fn pick(
         &self,
         key: Option<u64>,
-        excluded: &[Arc<EndpointState>],
+        excluded: &[Arc<EndpointCore>],
         now: Option<Instant>,
     ) -> Option<&Arc<EndpointState>> {
         let counters = &self.counters;

@@ -52,7 +52,7 @@ impl Middleware for Balancer {
     ) -> reqwest_middleware::Result<reqwest::Response> {
         let mut trip = Trip::new(self);
         let mut attempt = trip
-            .start(self, &mut request, Some(extensions))
+            .start(self, &mut request, Some(extensions), false)
             .map_err(reqwest_middleware::Error::middleware)?;
         loop {
             let span = attempt.span().clone();
@@ -64,7 +64,7 @@ impl Middleware for Balancer {
                 },
                 Err(error) => Answer::Failed(chain_of(error)),
             };
-            let endpoint = result.is_err().then(|| attempt.endpoint().clone());
+            let endpoint = result.is_err().then(|| attempt.url().clone());
             match trip.end(attempt, answer, Some(extensions)) {
                 Step::Retry(retry, started) => (request, attempt) = (retry, started),
                 Step::Done(outcome) => {

@@ -77,7 +77,7 @@ where
 
     fn call(&mut self, mut request: R) -> Self::Future {
         let mut trip = Trip::new(&self.balancer);
-        match trip.start(&self.balancer, &mut request, None) {
+        match trip.start(&self.balancer, &mut request, None, true) {
             Ok(attempt) => {
                 ResponseFuture::readying(request, attempt, trip, self.service_for.clone())
             }

@@ -16,7 +16,7 @@ use http::{Extensions, HeaderMap, StatusCode};
 
 use crate::affinity::{LearnedHomes, RequestInfo, SessionKey};
 use crate::balancer::{Balancer, Picked};
-use crate::endpoint::{EndpointState, InFlight};
+use crate::endpoint::{EndpointCore, EndpointState, EndpointUrl, InFlight};
 use crate::error::BoxError;
 use crate::health::safe_to_send_twice;
 use crate::outcome::Outcome;
@@ -40,6 +40,8 @@ pub(crate) enum Answer<'a> {
 #[derive(Debug)]
 pub(crate) struct Attempt {
     in_flight: InFlight,
+    /// The endpoint, when the pick kept it (see [`Balancer::pick_for`]).
+    endpoint: Option<Arc<EndpointState>>,
     span: tracing::Span,
 }
 
@@ -47,16 +49,23 @@ impl Attempt {
     /// Counts a request in flight on the endpoint it was picked for, from
     /// the pick's clock reading.
     pub(crate) fn start(picked: Picked) -> Self {
-        let span = tracing::debug_span!("tower_lb", endpoint = %picked.endpoint.url);
+        let in_flight = InFlight::start_at(picked.lane, picked.at);
+        let span = tracing::debug_span!("tower_lb", endpoint = %in_flight.url());
         Attempt {
-            in_flight: InFlight::start_at(picked.endpoint, picked.at),
+            in_flight,
+            endpoint: picked.endpoint,
             span,
         }
     }
 
-    /// The endpoint the request went to.
-    pub(crate) fn endpoint(&self) -> &Arc<EndpointState> {
-        self.in_flight.endpoint()
+    /// The address of the endpoint the request went to.
+    pub(crate) fn url(&self) -> &EndpointUrl {
+        self.in_flight.url()
+    }
+
+    /// The endpoint the request went to, when the pick kept it.
+    pub(crate) fn endpoint(&self) -> Option<&Arc<EndpointState>> {
+        self.endpoint.as_ref()
     }
 
     /// The attempt's tracing span, entered while the wrapped service runs.
@@ -101,7 +110,7 @@ pub(crate) struct Trip<R> {
 #[derive(Debug)]
 struct Replay<R> {
     balancer: Balancer,
-    tried: Vec<Arc<EndpointState>>,
+    tried: Vec<Arc<EndpointCore>>,
     copy: Option<R>,
 }
 
@@ -137,19 +146,24 @@ impl<R: Route> Trip<R> {
     /// Errors: [`Error::NoEndpointAvailable`], [`Error::InvalidTarget`],
     /// [`Error::InvalidRequest`]; no attempt is started, so no endpoint is
     /// charged.
+    ///
+    /// `keep_endpoint`: the attempt keeps its endpoint's handle (a front end
+    /// that finds the endpoint's own service by it).
     pub(crate) fn start(
         &mut self,
         balancer: &Balancer,
         request: &mut R,
         extensions: Option<&Extensions>,
+        keep_endpoint: bool,
     ) -> Result<Attempt, Error> {
         let info = with_extensions(request.info(), extensions);
-        let Some(picked) = balancer.pick_for(&info, &[]) else {
+        self.safe = self.retries_left > 0
+            && safe_to_send_twice(info.method(), info.headers, info.extensions);
+        let keep = keep_endpoint || self.learned.is_some();
+        let Some(picked) = balancer.pick_for(&info, &[], keep) else {
             tracing::debug!("no endpoint available");
             return Err(Error::NoEndpointAvailable);
         };
-        self.safe = self.retries_left > 0
-            && safe_to_send_twice(info.method(), info.headers, info.extensions);
         if self.may_retry_on(balancer, 0, picked.takers) {
             // A body that cannot be sent twice (a stream) means no retry,
             // and no replay state.
@@ -161,7 +175,7 @@ impl<R: Route> Trip<R> {
                 })
             });
         }
-        route(balancer, request, &picked.endpoint)?;
+        route(balancer, request, &picked.lane.core.url)?;
         if let Some(retrying) = balancer.retrying() {
             retrying
                 .budget
@@ -198,24 +212,32 @@ impl<R: Route> Trip<R> {
         answer: Answer<'_>,
         extensions: Option<&Extensions>,
     ) -> Step<R> {
-        if let (Answer::Response { headers, .. }, Some(learned)) = (answer, &self.learned) {
-            learned.learn(headers, attempt.endpoint());
+        if let (Answer::Response { headers, .. }, Some(learned), Some(endpoint)) =
+            (answer, &self.learned, attempt.endpoint())
+        {
+            learned.learn(headers, endpoint);
         }
-        // The endpoint is kept (a reference count) only when a retry may
-        // follow, to leave it out of the next pick.
-        let tried = self.replay.is_some().then(|| attempt.endpoint().clone());
+        // The endpoint's core is taken (a reference count) only when a
+        // retry may follow, to leave it out of the next pick.
+        let tried = self
+            .replay
+            .is_some()
+            .then(|| attempt.in_flight.core().clone());
+        let keep = attempt.endpoint.is_some();
         let outcome = attempt.end(answer);
-        match tried.and_then(|endpoint| self.retry(endpoint, outcome, extensions)) {
+        match tried.and_then(|tried| self.retry(tried, keep, outcome, extensions)) {
             Some((request, attempt)) => Step::Retry(request, attempt),
             None => Step::Done(outcome),
         }
     }
 
-    /// The next attempt after one that ended with `outcome` on `endpoint`,
-    /// if a retry is allowed and possible.
+    /// The next attempt after one that ended with `outcome` on the endpoint
+    /// of `tried`, if a retry is allowed and possible; it keeps its
+    /// endpoint's handle if `keep`.
     fn retry(
         &mut self,
-        endpoint: Arc<EndpointState>,
+        tried: Arc<EndpointCore>,
+        keep: bool,
         outcome: Outcome,
         extensions: Option<&Extensions>,
     ) -> Option<(R, Attempt)> {
@@ -225,9 +247,9 @@ impl<R: Route> Trip<R> {
         if !retrying.retries(outcome, self.safe) {
             return None;
         }
-        replay.tried.push(endpoint);
+        replay.tried.push(tried);
         let info = with_extensions(request.info(), extensions);
-        let next = replay.balancer.pick_for(&info, &replay.tried)?;
+        let next = replay.balancer.pick_for(&info, &replay.tried, keep)?;
         if !retrying.budget.withdraw() {
             return None;
         }
@@ -235,7 +257,7 @@ impl<R: Route> Trip<R> {
         if self.may_retry_on(&replay.balancer, replay.tried.len(), next.takers) {
             replay.copy = request.try_clone();
         }
-        route(&replay.balancer, &mut request, &next.endpoint).ok()?;
+        route(&replay.balancer, &mut request, &next.lane.core.url).ok()?;
         tracing::debug!(?outcome, "retrying on another endpoint");
         self.replay = Some(replay);
         Some((request, Attempt::start(next)))
@@ -254,8 +276,8 @@ pub(crate) enum Step<R> {
 /// The error a caller gets for a failed last attempt on `endpoint`: the
 /// variant says whose failure it was and whether the request may have been
 /// processed.
-pub(crate) fn failure(outcome: Outcome, endpoint: &EndpointState, source: BoxError) -> Error {
-    let endpoint = endpoint.url.as_str().to_owned();
+pub(crate) fn failure(outcome: Outcome, endpoint: &EndpointUrl, source: BoxError) -> Error {
+    let endpoint = endpoint.as_str().to_owned();
     match outcome {
         Outcome::Closed => Error::MayHaveBeenProcessed { endpoint, source },
         Outcome::ClientError => Error::Client { endpoint, source },
@@ -267,12 +289,12 @@ pub(crate) fn failure(outcome: Outcome, endpoint: &EndpointState, source: BoxErr
 fn route<R: Route>(
     balancer: &Balancer,
     request: &mut R,
-    endpoint: &EndpointState,
+    endpoint: &EndpointUrl,
 ) -> Result<(), Error> {
     if balancer.reads_session_header() {
         request.headers_mut().remove(SessionKey::HEADER);
     }
-    request.route_to(&endpoint.url)
+    request.route_to(endpoint)
 }
 
 /// `info` reading `extensions` when given.

@@ -47,7 +47,7 @@ pin_project! {
 
 impl<F, S, R> std::fmt::Debug for ResponseFuture<F, S, R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let endpoint = self.attempt.as_ref().map(|a| a.endpoint().url.as_str());
+        let endpoint = self.attempt.as_ref().map(|a| a.url().as_str());
         f.debug_struct("ResponseFuture")
             .field("endpoint", &endpoint)
             .field("readying", &self.next.is_some())
@@ -150,7 +150,7 @@ where
                         return Poll::Pending;
                     };
                     let result: Result<T, BoxError> = result.map_err(Into::into);
-                    let endpoint = result.is_err().then(|| attempt.endpoint().clone());
+                    let endpoint = result.is_err().then(|| attempt.url().clone());
                     let answer = match &result {
                         Ok(response) => Answer::Response {
                             status: response.status(),
@@ -180,10 +180,10 @@ where
                     };
                     if this.ready.is_none() {
                         if let Some(services) = this.services.as_ref() {
-                            let endpoint = next.1.endpoint();
-                            let Some(service) = services(endpoint) else {
+                            let service = next.1.endpoint().and_then(|e| services(e));
+                            let Some(service) = service else {
                                 let missing =
-                                    format!("no inner service for endpoint {}", endpoint.url);
+                                    format!("no inner service for endpoint {}", next.1.url());
                                 return Poll::Ready(Err(Error::NotReady(missing.into())));
                             };
                             *this.ready = Some(service);

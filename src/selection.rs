@@ -45,7 +45,7 @@ impl Selection {
     /// The chosen endpoint's canonical URL (`scheme://host:port/base`), as
     /// in [`Balancer::stats`](crate::Balancer::stats).
     pub fn endpoint(&self) -> &str {
-        self.attempt.endpoint().url.as_str()
+        self.attempt.url().as_str()
     }
 
     /// Points `request` at the chosen endpoint as the layer does: its
@@ -72,7 +72,7 @@ impl Selection {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn route<R: BalanceRequest>(&self, request: &mut R) -> Result<(), Error> {
-        request.route_to(&self.attempt.endpoint().url)
+        request.route_to(self.attempt.url())
     }
 
     /// Reports an answer with `status`: a 5xx counts as a failure for the
@@ -120,7 +120,7 @@ impl Balancer {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn select<R: BalanceRequest>(&self, request: &R) -> Result<Selection, Error> {
-        match self.pick_for(&request.info(), &[]) {
+        match self.pick_for(&request.info(), &[], false) {
             Some(picked) => Ok(Selection {
                 attempt: Attempt::start(picked),
             }),

@@ -157,7 +157,7 @@ impl<S, M> BalanceService<S, M> {
         R: BalanceRequest,
         S: Service<R>,
     {
-        match trip.start(&self.balancer, &mut request, None) {
+        match trip.start(&self.balancer, &mut request, None, false) {
             Ok(attempt) => {
                 // Entered by hand: a closure would copy the request once more.
                 let entered = attempt.span().enter();

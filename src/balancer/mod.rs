@@ -20,7 +20,7 @@ pub use builder::BalancerBuilder;
 #[cfg(feature = "cookies")]
 use crate::affinity::SiteCookies;
 use crate::affinity::{LearnedHomes, RequestInfo, SessionKey};
-use crate::endpoint::{Counters, DiscoveryStats, EndpointState, Stats};
+use crate::endpoint::{Counters, DiscoveryStats, EndpointCore, EndpointState, Lane, Stats};
 use crate::health::Retrying;
 use crate::membership::Snapshot;
 use crate::policy::Policy;
@@ -89,10 +89,20 @@ impl WeakBalancer {
     }
 }
 
+/// The endpoint chosen for a request: one of the snapshot's, or the home
+/// learned from its cookie.
+enum Chosen<'s> {
+    Active(&'s Arc<EndpointState>),
+    Home(Arc<EndpointState>),
+}
+
 /// The endpoint chosen for a request.
 #[derive(Debug)]
 pub(crate) struct Picked {
-    pub(crate) endpoint: Arc<EndpointState>,
+    /// The lane of the endpoint's counters this thread writes.
+    pub(crate) lane: Arc<Lane>,
+    /// The endpoint itself, when the pick was asked to keep it.
+    pub(crate) endpoint: Option<Arc<EndpointState>>,
     /// How many endpoints take requests (ejected ones included).
     pub(crate) takers: usize,
     /// The clock reading the pick was made at, if the clock was read; a
@@ -209,10 +219,16 @@ impl Balancer {
     /// `excluded`: the endpoint that issued its session cookie if known and
     /// taking requests, else the policy's choice. `None` when no endpoint
     /// may take it.
+    ///
+    /// The endpoint's own handle comes with the pick only when `keep` asks
+    /// for it (to learn its cookies, to find its service): taking it
+    /// writes a reference count that every core's requests to the endpoint
+    /// share, where the lane's is this thread's.
     pub(crate) fn pick_for(
         &self,
         request: &RequestInfo<'_>,
-        excluded: &[Arc<EndpointState>],
+        excluded: &[Arc<EndpointCore>],
+        keep: bool,
     ) -> Option<Picked> {
         let snapshot = self.snapshot();
         let clock = &self.shared.counters.clock;
@@ -222,12 +238,16 @@ impl Balancer {
         let reads_clock =
             self.shared.counters.rtt.times_every_request() || self.shared.retrying.is_some();
         let now = reads_clock.then(|| clock.now());
-        let endpoint = self.pick_in(&snapshot, request, excluded, now)?;
-        Some(Picked {
-            endpoint,
+        let picked = |endpoint: &Arc<EndpointState>| Picked {
+            lane: endpoint.this_threads_lane(),
+            endpoint: keep.then(|| endpoint.clone()),
             takers: snapshot.takers(),
             at: now,
-        })
+        };
+        match self.pick_in(&snapshot, request, excluded, now)? {
+            Chosen::Home(home) => Some(picked(&home)),
+            Chosen::Active(endpoint) => Some(picked(endpoint)),
+        }
     }
 
     /// The balancer's clock now.
@@ -235,15 +255,15 @@ impl Balancer {
         self.shared.counters.clock.now()
     }
 
-    fn pick_in(
+    fn pick_in<'s>(
         &self,
-        snapshot: &Snapshot,
+        snapshot: &'s Snapshot,
         request: &RequestInfo<'_>,
-        excluded: &[Arc<EndpointState>],
+        excluded: &[Arc<EndpointCore>],
         now: Option<Instant>,
-    ) -> Option<Arc<EndpointState>> {
+    ) -> Option<Chosen<'s>> {
         let Some(request_key) = self.shared.policy.request_key() else {
-            return snapshot.pick(None, excluded, now).cloned();
+            return snapshot.pick(None, excluded, now).map(Chosen::Active);
         };
         #[cfg(feature = "cookies")]
         let stored = self.jar_cookies(request, snapshot);
@@ -257,15 +277,15 @@ impl Balancer {
             self.note_keyless(snapshot);
         }
         if let (Some(learned), Some(key)) = (&self.shared.learned, key) {
-            let fresh = |home: &Arc<EndpointState>| !excluded.iter().any(|e| Arc::ptr_eq(e, home));
+            let fresh = |home: &Arc<EndpointState>| !excluded.iter().any(|e| home.has_core(e));
             if let Some(home) = learned
                 .home(key)
                 .filter(|home| snapshot.takes(home) && fresh(home))
             {
-                return Some(home);
+                return Some(Chosen::Home(home));
             }
         }
-        snapshot.pick(key, excluded, now).cloned()
+        snapshot.pick(key, excluded, now).map(Chosen::Active)
     }
 
     /// Whether the policy reads session keys, so that requests may carry

@@ -1,7 +1,9 @@
 //! One endpoint: its address, its weight, its live state (counters, the
 //! response-time estimate, health), and the stats copied out of it.
 
+mod core;
 mod interned;
+mod lane;
 mod member;
 mod rtt;
 mod spec;
@@ -9,6 +11,8 @@ mod state;
 mod stats;
 mod url;
 
+pub(crate) use core::EndpointCore;
+pub(crate) use lane::Lane;
 pub(crate) use member::{Counters, Member};
 pub(crate) use rtt::{RttModel, DEFAULT_DECAY, DEFAULT_PENALTY, DEFAULT_RTT};
 pub use spec::{Endpoint, IntoEndpoint, Labels};

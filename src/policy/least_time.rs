@@ -301,7 +301,7 @@ mod tests {
         // keeps the slow one out.
         let _busy: Vec<_> = members[1..4]
             .iter()
-            .flat_map(|m| (0..20).map(|_| InFlight::start(m.state.clone())))
+            .flat_map(|m| (0..20).map(|_| InFlight::start(&m.state)))
             .collect();
         let counts = picks(&LeastResponseTime::default(), &members, 1_000);
         assert!(counts[0] >= 970, "{counts:?}");
@@ -316,12 +316,8 @@ mod tests {
         }
         // Relative weights 0.5 and 1.5: two in flight on the light one cost
         // 5 ms x (2 / 0.5 + 1) = 25 ms; four on the heavy one 5 ms x (4 / 1.5 + 1) = 18 ms.
-        let _light: Vec<_> = (0..2)
-            .map(|_| InFlight::start(members[0].state.clone()))
-            .collect();
-        let _heavy: Vec<_> = (0..4)
-            .map(|_| InFlight::start(members[1].state.clone()))
-            .collect();
+        let _light: Vec<_> = (0..2).map(|_| InFlight::start(&members[0].state)).collect();
+        let _heavy: Vec<_> = (0..4).map(|_| InFlight::start(&members[1].state)).collect();
         assert_eq!(
             picks(&LeastResponseTime::default().exact(), &members, 10),
             [0, 10]
@@ -357,7 +353,7 @@ mod tests {
         answer(&members[1], Duration::from_millis(20), Outcome::Success);
         // Eleven requests in flight on the fast one: 2 ms x 12 > 20 ms x 1.
         let _busy: Vec<_> = (0..11)
-            .map(|_| InFlight::start(members[0].state.clone()))
+            .map(|_| InFlight::start(&members[0].state))
             .collect();
         assert_eq!(
             picks(&LeastResponseTime::default().exact(), &members, 1),

@@ -27,7 +27,7 @@ use round_robin::Rotation;
 use tokio::time::Instant;
 
 use crate::clock::Clock;
-use crate::endpoint::{Counters, EndpointState, Member, RttModel};
+use crate::endpoint::{Counters, EndpointCore, EndpointState, Member, RttModel};
 use crate::random::SharedRng;
 use crate::{Error, RequestKey};
 
@@ -47,7 +47,7 @@ pub struct PickContext<'a> {
     /// the count ([`Policy::counts_total_in_flight`]).
     pub(crate) in_flight: Option<&'a AtomicU64>,
     /// Endpoints this request already tried (a retry goes elsewhere).
-    pub(crate) excluded: &'a [Arc<EndpointState>],
+    pub(crate) excluded: &'a [Arc<EndpointCore>],
     /// When some endpoints are ejected (and the balancer is not in panic
     /// mode), the health clock's time now: picks skip ejected endpoints.
     pub(crate) skip_ejected_at: Option<u64>,
@@ -121,11 +121,7 @@ impl<'a> PickContext<'a> {
     /// Whether endpoint `i` may take this request: the one check every
     /// policy makes, so that all of them skip ejected endpoints alike.
     pub(crate) fn available(&self, i: usize) -> bool {
-        if self
-            .excluded
-            .iter()
-            .any(|e| Arc::ptr_eq(e, &self.endpoints[i]))
-        {
+        if self.excluded.iter().any(|e| self.endpoints[i].has_core(e)) {
             return false;
         }
         match self.skip_ejected_at {

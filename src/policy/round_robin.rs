@@ -159,7 +159,7 @@ mod tests {
             first_attempts.push(first.unwrap());
             // Every attempt on endpoint 0 is retried.
             if first == Some(0) {
-                let tried = [endpoints[0].clone()];
+                let tried = [endpoints[0].core().clone()];
                 let retry = rr.pick(&PickContext {
                     endpoints: &endpoints,
                     excluded: &tried,

@@ -1,0 +1,119 @@
+//! The part of an endpoint that every request reads and few write: its
+//! address, its response-time estimate and its health. Shared (`Arc`) by
+//! the endpoint's entry in the set and by each of its counter lanes.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::rtt::{RttEstimate, RttModel};
+use super::{Counters, EndpointUrl};
+use crate::clock::Clock;
+use crate::health::{EndpointHealth, HealthShared};
+use crate::outcome::Outcome;
+use crate::refresh::ConnectFailures;
+
+/// An endpoint's address, estimate and health.
+#[derive(Debug)]
+pub(crate) struct EndpointCore {
+    pub(crate) url: EndpointUrl,
+    /// Requests in flight over the whole balancer, kept with this
+    /// endpoint's when the policy reads it.
+    pub(crate) balancer_in_flight: Option<Arc<AtomicU64>>,
+    rtt_model: Arc<RttModel>,
+    /// Response-time estimate for the least-response-time policy.
+    rtt: RttEstimate,
+    health: Arc<EndpointHealth>,
+    health_shared: Arc<HealthShared>,
+    connect_failures: Arc<ConnectFailures>,
+    pub(crate) clock: Clock,
+}
+
+impl EndpointCore {
+    pub(crate) fn new(url: EndpointUrl, counters: &Counters) -> Self {
+        let health = Arc::new(EndpointHealth::new(url.shared_name()));
+        EndpointCore {
+            url,
+            balancer_in_flight: counters.in_flight.clone(),
+            rtt: RttEstimate::new(&counters.rtt),
+            rtt_model: counters.rtt.clone(),
+            health,
+            health_shared: counters.health.clone(),
+            connect_failures: counters.connect_failures.clone(),
+            clock: counters.clock,
+        }
+    }
+
+    /// Whether the endpoint is ejected at `now` (milliseconds of the
+    /// balancer's clock). A pure read.
+    pub(crate) fn is_ejected(&self, now: u64) -> bool {
+        self.health.is_ejected(now)
+    }
+
+    /// Whether it is ejected now, and how many times it has been.
+    pub(crate) fn health_status(&self) -> (bool, u32) {
+        self.health.status(self.clock.now_ms())
+    }
+
+    /// The endpoint's health epoch: answers to requests sent in an earlier
+    /// one feed no detector.
+    pub(crate) fn health_epoch(&self) -> u32 {
+        self.health.epoch()
+    }
+
+    /// Takes the endpoint out of health accounting when it leaves the
+    /// active set (removed or drained): it gives back any ejection, and
+    /// answers still on their way change nothing shared.
+    pub(crate) fn retire(&self) {
+        self.health_shared.retire(&self.health);
+    }
+
+    /// Brings a drained endpoint back into health accounting, with clean
+    /// counts; nothing happens to one that is already in it.
+    pub(crate) fn reinstate(&self) {
+        self.health_shared.reinstate(&self.health);
+    }
+
+    /// The settings of the response-time estimate.
+    pub(crate) fn rtt_model(&self) -> &RttModel {
+        &self.rtt_model
+    }
+
+    /// The response-time estimate at stamp `now` (see
+    /// [`RttModel::stamp_now`]), in nanoseconds.
+    pub(crate) fn rtt_nanos_at(&self, now: u32) -> f64 {
+        self.rtt.nanos_at(&self.rtt_model, now)
+    }
+
+    /// Folds one answer into the response-time estimate only.
+    #[cfg(test)]
+    pub(crate) fn record_rtt(&self, latency: Duration, failed: bool, now: Instant) {
+        self.rtt.record(&self.rtt_model, latency, failed, now);
+    }
+
+    /// What an answer tells beyond the counters: the estimate (when the
+    /// request was timed: its latency and the time it ended), the detector,
+    /// the discovery hint. A client error tells nothing of the endpoint.
+    pub(crate) fn learn(
+        &self,
+        outcome: Outcome,
+        status: Option<http::StatusCode>,
+        timing: Option<(Duration, Instant)>,
+        sent_in: u32,
+    ) {
+        if outcome == Outcome::ClientError {
+            return;
+        }
+        if outcome == Outcome::ConnectError {
+            self.connect_failures.record();
+        }
+        if let Some((latency, now)) = timing {
+            let failed = outcome != Outcome::Success;
+            self.rtt.record(&self.rtt_model, latency, failed, now);
+        }
+        self.health
+            .record(outcome, status, sent_in, &self.health_shared);
+    }
+}
