@@ -101,12 +101,14 @@ impl Backend {
 const REQUESTS: usize = 30;
 
 /// Three backends in round robin, the first of which holds its requests;
-/// `REQUESTS` requests with `method` sent at once. Once the first backend
-/// holds its third of them, it crashes. Returns the backends and each
+/// `REQUESTS` requests with `method` sent at once from tasks on both
+/// worker threads. Once every request has reached a backend, the first
+/// crashes with its share (about a third: each thread keeps its own turn)
+/// held. Returns the backends, how many requests the first held, and each
 /// request's result.
 async fn crash_with_requests_in_flight(
     method: http::Method,
-) -> (Vec<Backend>, Balancer, Vec<Result<u16, Error>>) {
+) -> (Vec<Backend>, usize, Balancer, Vec<Result<u16, Error>>) {
     let backends = vec![
         Backend::start(true).await,
         Backend::start(false).await,
@@ -133,30 +135,36 @@ async fn crash_with_requests_in_flight(
                 .map(|response| response.status().as_u16())
         }));
     }
-    let held = REQUESTS / 3;
+    let received = || backends.iter().map(|b| b.received(&method)).sum::<usize>();
     let mut waited = 0;
-    while backends[0].received(&method) < held {
-        assert!(waited < 1_000, "the first backend never held its requests");
+    while received() < REQUESTS {
+        assert!(waited < 1_000, "the requests never all reached a backend");
         tokio::time::sleep(Duration::from_millis(5)).await;
         waited += 1;
     }
+    let held = backends[0].received(&method);
+    assert!(
+        (REQUESTS / 3 - 2..=REQUESTS / 3 + 2).contains(&held),
+        "round robin gives the first backend about a third, held {held}"
+    );
     backends[0].crash();
     let mut results = Vec::new();
     for request in requests {
         results.push(request.await.unwrap());
     }
-    (backends, balancer, results)
+    (backends, held, balancer, results)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gets_held_by_a_crashing_backend_are_all_answered_by_the_others() {
-    let (backends, balancer, results) = crash_with_requests_in_flight(http::Method::GET).await;
+    let (backends, held, balancer, results) =
+        crash_with_requests_in_flight(http::Method::GET).await;
     let errors: Vec<_> = results.iter().filter(|r| r.is_err()).collect();
     assert!(errors.is_empty(), "caller errors: {errors:?}");
     assert!(results.iter().all(|r| matches!(r, Ok(200))));
     // The held third was sent again, to the two others.
     let get = http::Method::GET;
-    assert_eq!(backends[0].received(&get), REQUESTS / 3);
+    assert_eq!(backends[0].received(&get), held);
     assert_eq!(
         backends[1].received(&get) + backends[2].received(&get),
         REQUESTS
@@ -164,14 +172,14 @@ async fn gets_held_by_a_crashing_backend_are_all_answered_by_the_others() {
     let stats = balancer.stats();
     assert!(stats.endpoints.iter().all(|e| e.in_flight == 0));
     let crashed = stats.endpoint(&backends[0].url()).unwrap();
-    assert_eq!(crashed.failures.closed, (REQUESTS / 3) as u64);
+    assert_eq!(crashed.failures.closed, held as u64);
     assert_eq!(crashed.failures.connect, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn posts_held_by_a_crashing_backend_fail_as_may_have_been_processed_and_are_not_sent_again() {
-    let (backends, balancer, results) = crash_with_requests_in_flight(http::Method::POST).await;
-    let held = REQUESTS / 3;
+    let (backends, held, balancer, results) =
+        crash_with_requests_in_flight(http::Method::POST).await;
     let processed_maybe = results
         .iter()
         .filter(|r| matches!(r, Err(Error::MayHaveBeenProcessed { .. })))

@@ -264,6 +264,42 @@ proptest! {
         }
     }
 
+    /// Each thread walks the rotation on its own lane (so two cores do not
+    /// fight over one position counter): a walk's every prefix is within
+    /// one pick of each endpoint's share, so picks from `threads` threads
+    /// are within `threads` of it, whatever each thread's number of picks.
+    #[test]
+    fn weighted_round_robin_picks_from_several_threads_are_within_one_per_thread_of_each_share(
+        weights in prop::collection::vec(1u32..=100, 1..=20),
+        picks_per_thread in prop::collection::vec(0usize..=600, 1..=4),
+    ) {
+        let balancer = balancer(&weights, Policy::weighted_round_robin(), OutlierDetection::disabled(), 0);
+        let counts: Vec<Vec<usize>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = picks_per_thread
+                .iter()
+                .map(|&picks| {
+                    let balancer = &balancer;
+                    scope.spawn(move || {
+                        (0..picks)
+                            .map(|_| index_of(balancer.select(&request(None)).unwrap().endpoint()))
+                            .collect::<Vec<usize>>()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let total: usize = picks_per_thread.iter().sum();
+        let weight_sum: f64 = weights.iter().map(|&w| f64::from(w)).sum();
+        for (i, &w) in weights.iter().enumerate() {
+            let count = counts.iter().flatten().filter(|&&g| g == i).count();
+            let share = total as f64 * f64::from(w) / weight_sum;
+            prop_assert!(
+                (count as f64 - share).abs() < picks_per_thread.len() as f64,
+                "endpoint {} (weight {}): {} picks, share {:.2}", i, w, count, share
+            );
+        }
+    }
+
     #[test]
     fn with_endpoints_ejected_every_policy_spreads_their_share_over_the_rest_by_weight(
         kind in all_kinds(),

@@ -163,6 +163,22 @@ pub(crate) fn lane_count() -> usize {
     })
 }
 
+/// One value per lane, each on cache lines of its own: what threads would
+/// otherwise all write, such as a rotation's position.
+#[derive(Debug, Default)]
+pub(crate) struct PerLane<T>([Padded<T>; MAX_LANES]);
+
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Padded<T>(T);
+
+impl<T> PerLane<T> {
+    /// This thread's value.
+    pub(crate) fn this_threads(&self) -> &T {
+        &self.0[this_threads_lane()].0
+    }
+}
+
 /// The lane this thread counts in, below [`MAX_LANES`]: threads take lanes
 /// in turn as they first send a request.
 pub(crate) fn this_threads_lane() -> usize {

@@ -4,6 +4,7 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::Arc;
 
+use super::lane::PerLane;
 use super::{EndpointState, EndpointUrl, Labels, RttModel};
 use crate::clock::Clock;
 use crate::health::HealthShared;
@@ -14,7 +15,9 @@ use crate::refresh::ConnectFailures;
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Counters {
     /// Position of the rotating policies, so a rebuild does not restart them.
-    pub(crate) sequence: Arc<AtomicUsize>,
+    /// One per lane: each thread walks the rotation on its own lane's, so
+    /// two cores picking at once write different cache lines.
+    pub(crate) sequence: Arc<PerLane<AtomicUsize>>,
     /// Position of the rotating policies' spare turns: the turns of
     /// unavailable endpoints, and retries, which must not shift the main
     /// rotation.

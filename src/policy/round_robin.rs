@@ -16,14 +16,14 @@ use std::sync::Arc;
 
 use super::weighted::smooth_cycle;
 use super::{PickContext, Picker, QUICK_MISSES};
-use crate::endpoint::Counters;
+use crate::endpoint::{Counters, PerLane};
 
 #[derive(Debug)]
 pub(crate) struct Rotation {
     /// One whole cycle of picks, as indices of active endpoints.
     cycle: Box<[u32]>,
     /// The balancer's rotation counter (survives rebuilds of the set).
-    sequence: Arc<AtomicUsize>,
+    sequence: Arc<PerLane<AtomicUsize>>,
     /// The counter of spare turns.
     spare: Arc<AtomicUsize>,
     /// Each endpoint's turns per cycle.
@@ -102,7 +102,7 @@ impl Picker for Rotation {
         if ctx.is_retry() {
             return self.spare_turn(ctx);
         }
-        let slot = self.sequence.fetch_add(1, Ordering::Relaxed) % len;
+        let slot = self.sequence.this_threads().fetch_add(1, Ordering::Relaxed) % len;
         let i = self.cycle[slot] as usize;
         if ctx.available(i) {
             return Some(i);
