@@ -56,6 +56,7 @@ mod discovery;
 mod endpoint;
 mod error;
 mod health;
+mod lanes;
 mod layer;
 mod membership;
 #[cfg(feature = "reqwest-middleware")]

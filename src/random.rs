@@ -1,39 +1,67 @@
 //! The balancer's own random numbers: every random choice (the random
-//! policy, the candidates of least time) draws from one seedable generator,
-//! so that a seed and the same outcomes give the same picks on any thread.
+//! policy, the candidates of least time) draws from one generator.
 //!
 //! The generator is SplitMix64 (Steele, Lea and Flood, 2014) over an atomic
 //! counter: a draw adds the golden-ratio increment with one `fetch_add` and
 //! mixes the result, so it takes no lock and two threads never get the same
-//! number. The `n`-th draw of a balancer is the same whichever thread makes
-//! it.
+//! number.
+//!
+//! - **Seeded** ([`BalancerBuilder::seed`](crate::BalancerBuilder::seed)):
+//!   one counter for the balancer, so the `n`-th draw is the same whichever
+//!   thread makes it, and a seed gives the same picks however they are
+//!   split between threads. Every core's draws write that one counter.
+//! - **Unseeded** (the default): one counter per lane (see
+//!   [`lanes`](crate::lanes)), each from a seed of its own, so two cores
+//!   drawing at once write different cache lines.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::lanes::PerLane;
+
 const GOLDEN_GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
 
-/// A seedable generator shared by every clone of a balancer.
+/// A generator shared by every clone of a balancer.
 #[derive(Debug)]
 pub(crate) struct SharedRng {
-    state: AtomicU64,
+    state: State,
+}
+
+#[derive(Debug)]
+enum State {
+    Seeded(AtomicU64),
+    PerLane(Box<PerLane<AtomicU64>>),
 }
 
 impl SharedRng {
+    /// A generator whose draws follow `seed`, on any thread.
     pub(crate) fn new(seed: u64) -> Self {
         SharedRng {
-            state: AtomicU64::new(seed),
+            state: State::Seeded(AtomicU64::new(seed)),
         }
     }
 
-    /// A seed for a balancer built without one.
-    pub(crate) fn random_seed() -> u64 {
-        fastrand::u64(..)
+    /// A generator with a random seed per lane.
+    pub(crate) fn unseeded() -> Self {
+        SharedRng {
+            state: State::PerLane(Box::new(PerLane::from_fn(|_| {
+                AtomicU64::new(fastrand::u64(..))
+            }))),
+        }
+    }
+
+    /// Whether draws follow a seed on any thread: then policies keep one
+    /// view for all threads, so that the same seed gives the same picks.
+    pub(crate) fn is_seeded(&self) -> bool {
+        matches!(self.state, State::Seeded(_))
     }
 
     /// The next 64 random bits.
     pub(crate) fn next_u64(&self) -> u64 {
-        let state = self
-            .state
+        let counter = match &self.state {
+            State::Seeded(counter) => counter,
+            State::PerLane(lanes) => lanes.this_threads(),
+        };
+        let state = counter
             .fetch_add(GOLDEN_GAMMA, Ordering::Relaxed)
             .wrapping_add(GOLDEN_GAMMA);
         mix(state)
@@ -48,7 +76,7 @@ impl SharedRng {
 
 impl Default for SharedRng {
     fn default() -> Self {
-        SharedRng::new(SharedRng::random_seed())
+        SharedRng::unseeded()
     }
 }
 
@@ -80,6 +108,16 @@ mod tests {
             seen[rng.below(7) as usize] += 1;
         }
         // Expected 1,000 each; the standard deviation is about 30.
+        assert!(seen.iter().all(|&n| (850..1_150).contains(&n)), "{seen:?}");
+    }
+
+    #[test]
+    fn an_unseeded_generator_covers_the_range_too() {
+        let rng = SharedRng::unseeded();
+        let mut seen = [0u32; 7];
+        for _ in 0..7_000 {
+            seen[rng.below(7) as usize] += 1;
+        }
         assert!(seen.iter().all(|&n| (850..1_150).contains(&n)), "{seen:?}");
     }
 }

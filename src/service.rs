@@ -147,6 +147,7 @@ impl<S, M> BalanceService<S, M> {
 
     /// Starts `trip` for `request` and calls the inner service; when a
     /// retry may follow, `clone` makes the service the retry goes through.
+    #[inline]
     fn send<R>(
         &mut self,
         mut trip: Trip<R>,

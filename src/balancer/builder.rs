@@ -87,7 +87,12 @@ impl BalancerBuilder {
     /// random choice is drawn (the random policy, the candidates of least
     /// time). Two balancers with the same seed, the same endpoints and the
     /// same answers make the same picks, on any thread: for tests and
-    /// replays. Without a seed, one is drawn at random.
+    /// replays. Every core's draws then write one shared counter, and least
+    /// time reads the endpoints' whole in-flight counts and one memory of
+    /// its last pick. Without a seed, each lane (one per core) draws from a
+    /// random seed of its own, and least time reads the picking core's own
+    /// counts and memory, so cores picking at once do not share a cache
+    /// line.
     ///
     /// ```
     /// use tower_lb::{Balancer, Policy};
@@ -130,10 +135,9 @@ impl BalancerBuilder {
             return Err(Error::ZeroTotalWeight);
         }
         let clock = Clock::default();
-        let seed = self.seed.unwrap_or_else(SharedRng::random_seed);
         let counters = Counters {
             clock,
-            rng: Arc::new(SharedRng::new(seed)),
+            rng: Arc::new(self.seed.map_or_else(SharedRng::unseeded, SharedRng::new)),
             rtt: Arc::new(
                 self.policy
                     .rtt_model_on(clock)

@@ -3,10 +3,11 @@
 //! different cache lines, and the lane's own reference count is what a
 //! request in flight holds. Stats and in-flight reads sum the lanes.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use super::core::EndpointCore;
+
 use crate::outcome::Outcome;
 
 /// One lane of one endpoint's counters, on cache lines of its own.
@@ -145,46 +146,4 @@ impl Lane {
             client_errors: load(&self.client_errors),
         }
     }
-}
-
-/// The most lanes an endpoint has (a power of two).
-pub(crate) const MAX_LANES: usize = 8;
-
-/// How many lanes each endpoint has: the machine's cores, rounded up to a
-/// power of two, at most [`MAX_LANES`] (so at most 8 × 192 bytes per
-/// endpoint).
-pub(crate) fn lane_count() -> usize {
-    static LANES: OnceLock<usize> = OnceLock::new();
-    *LANES.get_or_init(|| {
-        std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .next_power_of_two()
-            .min(MAX_LANES)
-    })
-}
-
-/// One value per lane, each on cache lines of its own: what threads would
-/// otherwise all write, such as a rotation's position.
-#[derive(Debug, Default)]
-pub(crate) struct PerLane<T>([Padded<T>; MAX_LANES]);
-
-#[derive(Debug, Default)]
-#[repr(align(128))]
-struct Padded<T>(T);
-
-impl<T> PerLane<T> {
-    /// This thread's value.
-    pub(crate) fn this_threads(&self) -> &T {
-        &self.0[this_threads_lane()].0
-    }
-}
-
-/// The lane this thread counts in, below [`MAX_LANES`]: threads take lanes
-/// in turn as they first send a request.
-pub(crate) fn this_threads_lane() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static LANE: usize = NEXT.fetch_add(1, Ordering::Relaxed);
-    }
-    LANE.with(|lane| *lane) % MAX_LANES
 }

@@ -4,10 +4,10 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::Arc;
 
-use super::lane::PerLane;
 use super::{EndpointState, EndpointUrl, Labels, RttModel};
 use crate::clock::Clock;
 use crate::health::HealthShared;
+use crate::lanes::PerLane;
 use crate::random::SharedRng;
 use crate::refresh::ConnectFailures;
 

@@ -11,9 +11,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::core::EndpointCore;
-use super::lane::{lane_count, this_threads_lane, Lane, LaneCounts, MAX_LANES};
+use super::lane::{Lane, LaneCounts};
 use super::stats::{EndpointStats, FailureCounts};
 use super::{Counters, EndpointUrl, Labels};
+use crate::lanes::{lane_count, this_threads_lane, MAX_LANES};
 use crate::outcome::Outcome;
 
 /// One endpoint's live state. Shared (`Arc`) by every snapshot that lists the
@@ -83,6 +84,13 @@ impl EndpointState {
     /// Requests sent to this endpoint and not finished yet.
     pub(crate) fn in_flight(&self) -> u64 {
         self.distinct().map(|lane| lane.in_flight()).sum()
+    }
+
+    /// Requests in flight that this thread's lane counts: about this
+    /// thread's share of [`in_flight`](Self::in_flight), read without
+    /// touching the lines other cores write.
+    pub(crate) fn in_flight_in_this_lane(&self) -> u64 {
+        self.lanes[this_threads_lane()].in_flight()
     }
 
     fn distinct(&self) -> impl Iterator<Item = &Arc<Lane>> {

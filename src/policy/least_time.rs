@@ -18,6 +18,13 @@
 //! in flight before it costs as much as a lighter one. With equal weights
 //! the cost is estimate × (in flight + 1), as in Finagle and tower.
 //!
+//! "In flight" and "picked last" are the picking thread's lane's (see
+//! `lanes.rs`): each core balances the requests it sends, and two cores
+//! picking at once read and write no line of each other's. The estimate is
+//! one per endpoint, shared, so one slow answer is seen by every core. A
+//! seeded balancer keeps one view for all threads instead (whole counts,
+//! one memory), for picks that replay whatever the threads.
+//!
 //! The two random candidates meet a third: the endpoint the balancer picked
 //! last, if it is still available ("load balancing with memory":
 //! Mitzenmacher, Prabhakar and Shah, 2002). Two random draws compare a slow
@@ -43,6 +50,7 @@ use super::random::WeightedDraw;
 use super::{PickContext, Picker};
 use crate::clock::Clock;
 use crate::endpoint::{Member, RttModel, DEFAULT_DECAY, DEFAULT_PENALTY, DEFAULT_RTT};
+use crate::lanes::PerLane;
 use crate::Error;
 
 /// The least-response-time policy: made by
@@ -138,7 +146,7 @@ impl LeastResponseTime {
             inverse_relative_weights: weights.iter().map(|&w| mean / f64::from(w)).collect(),
             draw: WeightedDraw::new(&weights),
             exact: self.exact,
-            last_winner: AtomicUsize::new(NO_WINNER),
+            last_winner: PerLane::from_fn(|_| AtomicUsize::new(NO_WINNER)),
         })
     }
 }
@@ -162,15 +170,23 @@ struct LeastTimePicker {
     inverse_relative_weights: Box<[f64]>,
     draw: WeightedDraw,
     exact: bool,
-    /// The endpoint picked last (a fresh picker comes with every change of
-    /// the set, so the memory starts empty then).
-    last_winner: AtomicUsize,
+    /// The endpoint this lane picked last (a fresh picker comes with every
+    /// change of the set, so the memory starts empty then); one per lane,
+    /// as it changes with almost every pick.
+    last_winner: PerLane<AtomicUsize>,
 }
 
 impl LeastTimePicker {
     fn cost(&self, ctx: &PickContext<'_>, now: u32, i: usize) -> f64 {
         let endpoint = &ctx.endpoints[i];
-        let queue = endpoint.in_flight() as f64 * self.inverse_relative_weights[i];
+        // A seeded balancer keeps one view for every thread (see
+        // `SharedRng::is_seeded`); else each reads its own lane.
+        let in_flight = if ctx.rng.is_seeded() {
+            endpoint.in_flight()
+        } else {
+            endpoint.in_flight_in_this_lane()
+        };
+        let queue = in_flight as f64 * self.inverse_relative_weights[i];
         endpoint.rtt_nanos_at(now) * (queue + 1.0)
     }
 }
@@ -197,7 +213,12 @@ impl Picker for LeastTimePicker {
         } else {
             (a, cost_a)
         };
-        let last = self.last_winner.load(Ordering::Relaxed);
+        let last_winner = if ctx.rng.is_seeded() {
+            self.last_winner.first()
+        } else {
+            self.last_winner.this_threads()
+        };
+        let last = last_winner.load(Ordering::Relaxed);
         if last < n
             && last != a
             && last != b
@@ -207,7 +228,7 @@ impl Picker for LeastTimePicker {
             winner = last;
         }
         if last != winner {
-            self.last_winner.store(winner, Ordering::Relaxed);
+            last_winner.store(winner, Ordering::Relaxed);
         }
         Some(winner)
     }

@@ -16,7 +16,8 @@ use std::sync::Arc;
 
 use super::weighted::smooth_cycle;
 use super::{PickContext, Picker, QUICK_MISSES};
-use crate::endpoint::{Counters, PerLane};
+use crate::endpoint::Counters;
+use crate::lanes::PerLane;
 
 #[derive(Debug)]
 pub(crate) struct Rotation {

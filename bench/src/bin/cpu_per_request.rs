@@ -21,7 +21,9 @@ use tower_lb_bench::{
     json_path, layer_requests, raw_requests, start_backend, Backend, Behaviour, Load, RunFigures,
 };
 
-const ROUNDS: usize = 9;
+/// Rounds: single rounds range over about ±7% here, so the median needs
+/// many (about 45 s in all).
+const ROUNDS: usize = 25;
 const LOAD: Load = Load {
     concurrency: 32,
     duration: Duration::from_secs(60),
