@@ -88,11 +88,9 @@ impl BalancerBuilder {
     /// time). Two balancers with the same seed, the same endpoints and the
     /// same answers make the same picks, on any thread: for tests and
     /// replays. Every core's draws then write one shared counter, and least
-    /// time reads the endpoints' whole in-flight counts and one memory of
-    /// its last pick. Without a seed, each lane (one per core) draws from a
-    /// random seed of its own, and least time reads the picking core's own
-    /// counts and memory, so cores picking at once do not share a cache
-    /// line.
+    /// time keeps one memory of its last pick. Without a seed, each lane
+    /// (one per core) draws from a random seed of its own and keeps its own
+    /// memory, so cores picking at once do not share a cache line.
     ///
     /// ```
     /// use tower_lb::{Balancer, Policy};

@@ -86,13 +86,6 @@ impl EndpointState {
         self.distinct().map(|lane| lane.in_flight()).sum()
     }
 
-    /// Requests in flight that this thread's lane counts: about this
-    /// thread's share of [`in_flight`](Self::in_flight), read without
-    /// touching the lines other cores write.
-    pub(crate) fn in_flight_in_this_lane(&self) -> u64 {
-        self.lanes[this_threads_lane()].in_flight()
-    }
-
     fn distinct(&self) -> impl Iterator<Item = &Arc<Lane>> {
         self.lanes.iter().take(self.distinct_lanes)
     }
