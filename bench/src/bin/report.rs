@@ -547,9 +547,10 @@ fn main() -> Result<(), BoxError> {
             md,
             "- **Under 100 ns per pick at 100 endpoints**: the constant-time policies take {:.0} to \
              {slowest:.0} ns ({slowest_label}), {:.0}% over. Our figure is the choice *plus* the \
-             accounting every real request needs: a clock read for its latency (about 20 to 25 ns \
-             here) and five atomic read-modify-writes (in flight up and down, the endpoint \
-             handle's reference count up and down, the outcome counter). The choice alone is \
+             accounting every real request needs: for least time, a clock read for its latency \
+             (about 20 to 25 ns here; other policies time one request in 16), and five atomic \
+             read-modify-writes on the picking core's lane (in flight up and down, the lane's \
+             reference count up and down, the outcome counter). The choice alone is \
              measured for the hash policies by the library's own criterion bench (`cargo bench \
              --bench selection -- hash_lookup`: 43 to 59 ns at 100 endpoints, snapshot load \
              included). Pingora's selectors, which count nothing, take {pingora_min:.0} to \
@@ -591,8 +592,9 @@ fn main() -> Result<(), BoxError> {
         md,
         "`cargo bench -p tower-lb-bench --bench pick` (criterion, mean). Ours is \
          `Balancer::select` and dropping the selection: the policy's choice **plus** the \
-         in-flight accounting every real request pays (two atomic increments and a clock read at \
-         the start, three atomic updates at the end). Pingora's `LoadBalancer::select` chooses \
+         in-flight accounting every real request pays (two atomic increments on the picking \
+         core's lane at the start, and a clock read for least time or one request in 16; three \
+         atomic updates at the end). Pingora's `LoadBalancer::select` chooses \
          and counts nothing. Requests (with session keys, 1,024 distinct) are made before \
          timing. Two threads: both pick from one shared balancer at once; the figure is ns per \
          pick on each thread.\n"
