@@ -54,4 +54,21 @@ mod tests {
         assert_eq!(first, "127.0.0.1:8080");
         assert_eq!(first.as_str().as_ptr(), second.as_str().as_ptr());
     }
+
+    #[test]
+    fn past_the_capacity_authorities_are_still_right_only_shared() {
+        // More distinct authorities than are ever kept (other tests intern
+        // some too): every one still reads back as itself.
+        for i in 0..CAPACITY + 100 {
+            let text = format!(
+                "10.{}.{}.{}:{}",
+                i / 65_536 % 256,
+                i / 256 % 256,
+                i % 256,
+                9000 + i % 7
+            );
+            let authority: Authority = text.parse().unwrap();
+            assert_eq!(interned(authority), text.as_str());
+        }
+    }
 }
