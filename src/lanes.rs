@@ -42,6 +42,11 @@ impl<T> PerLane<T> {
         &self.0[0].0
     }
 
+    /// Every lane's value.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &T> {
+        self.0.iter().map(|padded| &padded.0)
+    }
+
     /// This thread's value.
     pub(crate) fn this_threads(&self) -> &T {
         &self.0[this_threads_lane()].0

@@ -75,10 +75,14 @@ impl Attempt {
 
     /// Classifies and records how the attempt ended; returns the outcome.
     pub(crate) fn end(self, answer: Answer<'_>) -> Outcome {
-        let (outcome, status) = match answer {
-            Answer::Response { status, .. } => (Outcome::from_status(status), Some(status)),
-            Answer::Failed(error) => (Outcome::from_error(error), None),
-        };
+        let (outcome, status) = classify(answer);
+        self.end_as(outcome, status);
+        outcome
+    }
+
+    /// Records an attempt already classified as `outcome`, with `status`
+    /// if the endpoint answered.
+    fn end_as(self, outcome: Outcome, status: Option<StatusCode>) {
         let latency = self.in_flight.finish(outcome, status);
         let _entered = self.span.enter();
         tracing::debug!(
@@ -86,7 +90,14 @@ impl Attempt {
             latency_us = latency.map(|l| l.as_micros() as u64),
             "request finished"
         );
-        outcome
+    }
+}
+
+/// The outcome of an answer, and its status if the endpoint answered.
+fn classify(answer: Answer<'_>) -> (Outcome, Option<StatusCode>) {
+    match answer {
+        Answer::Response { status, .. } => (Outcome::from_status(status), Some(status)),
+        Answer::Failed(error) => (Outcome::from_error(error), None),
     }
 }
 
@@ -217,14 +228,19 @@ impl<R: Route> Trip<R> {
         {
             learned.learn(headers, endpoint);
         }
-        // The endpoint's core is taken (a reference count) only when a
-        // retry may follow, to leave it out of the next pick.
-        let tried = self
-            .replay
-            .is_some()
-            .then(|| attempt.in_flight.core().clone());
+        let (outcome, status) = classify(answer);
+        // The endpoint's core is taken (a reference count other cores
+        // write too) only for a retry, to leave it out of the next pick.
+        let retried = self.replay.as_ref().is_some_and(|replay| {
+            replay.copy.is_some()
+                && replay
+                    .balancer
+                    .retrying()
+                    .is_some_and(|retrying| retrying.retries(outcome, self.safe))
+        });
+        let tried = retried.then(|| attempt.in_flight.core().clone());
         let keep = attempt.endpoint.is_some();
-        let outcome = attempt.end(answer);
+        attempt.end_as(outcome, status);
         match tried.and_then(|tried| self.retry(tried, keep, outcome, extensions)) {
             Some((request, attempt)) => Step::Retry(request, attempt),
             None => Step::Done(outcome),
@@ -232,8 +248,9 @@ impl<R: Route> Trip<R> {
     }
 
     /// The next attempt after one that ended with `outcome` on the endpoint
-    /// of `tried`, if a retry is allowed and possible; it keeps its
-    /// endpoint's handle if `keep`.
+    /// of `tried` (an outcome the retry settings retry), if another
+    /// endpoint is free and the budget allows; it keeps its endpoint's
+    /// handle if `keep`.
     fn retry(
         &mut self,
         tried: Arc<EndpointCore>,
@@ -244,9 +261,6 @@ impl<R: Route> Trip<R> {
         let mut replay = self.replay.take()?;
         let mut request = replay.copy.take()?;
         let retrying = replay.balancer.retrying()?;
-        if !retrying.retries(outcome, self.safe) {
-            return None;
-        }
         replay.tried.push(tried);
         let info = with_extensions(request.info(), extensions);
         let next = replay.balancer.pick_for(&info, &replay.tried, keep)?;

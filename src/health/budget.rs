@@ -3,7 +3,9 @@
 //! reserve per second, so that retries cannot multiply an outage.
 //!
 //! tower's `TpsBudget` takes a mutex on every deposit; this one keeps one
-//! bucket per second in a ring of atomics, so the request path takes no lock.
+//! bucket per second in a ring of atomics, so the request path takes no lock;
+//! a bucket counts its deposits (one per request) in lanes (see
+//! `lanes.rs`), so two cores sending at once do not write one line.
 //! Two requests racing on a bucket that is being recycled may lose a count:
 //! a budget, not a ledger.
 
@@ -13,6 +15,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::clock::Clock;
+use crate::lanes::PerLane;
 
 #[derive(Debug)]
 pub(crate) struct RetryBudget {
@@ -28,7 +31,8 @@ pub(crate) struct RetryBudget {
 struct Bucket {
     /// The second (since `epoch`) this bucket counts, plus one; 0 = never used.
     second: AtomicU64,
-    deposits: AtomicI64,
+    /// Requests sent in that second, counted per lane.
+    deposits: PerLane<AtomicI64>,
     withdrawals: AtomicI64,
 }
 
@@ -59,7 +63,10 @@ impl RetryBudget {
                 .compare_exchange(seen, second, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         {
-            bucket.deposits.store(0, Ordering::Relaxed);
+            bucket
+                .deposits
+                .iter()
+                .for_each(|d| d.store(0, Ordering::Relaxed));
             bucket.withdrawals.store(0, Ordering::Relaxed);
         }
         (bucket, second)
@@ -72,6 +79,7 @@ impl RetryBudget {
         self.bucket_at(now)
             .0
             .deposits
+            .this_threads()
             .fetch_add(1, Ordering::Relaxed);
     }
 
@@ -89,7 +97,11 @@ impl RetryBudget {
         for b in self.buckets.iter() {
             let second = b.second.load(Ordering::Relaxed);
             if second != 0 && now - second.min(now) < window {
-                deposits += b.deposits.load(Ordering::Relaxed);
+                deposits += b
+                    .deposits
+                    .iter()
+                    .map(|d| d.load(Ordering::Relaxed))
+                    .sum::<i64>();
                 withdrawals += b.withdrawals.load(Ordering::Relaxed);
             }
         }
