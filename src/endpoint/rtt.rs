@@ -60,14 +60,15 @@ pub(crate) struct RttModel {
     /// The share left after `i` whole read-decay steps, for the first
     /// [`READ_STEPS_TABULATED`]: picks read estimates without `exp()`.
     read_keep: [f64; READ_STEPS_TABULATED + 1],
-    /// One request in this many per endpoint is timed: 1 when the policy
-    /// reads the estimate, [`TIMED_ONE_IN`] when only stats do.
+    /// One request in this many per endpoint and lane is timed: 1 when the
+    /// policy reads the estimate, [`TIMED_ONE_IN`] when only stats do.
     timed_one_in: u64,
 }
 
 /// For a policy that does not read the estimate, one request in this many
-/// per endpoint is timed (its first included): enough for the estimate in
-/// stats, and the others skip two clock reads and the estimate's update.
+/// per endpoint and lane (see `lanes.rs`) is timed, its first included:
+/// enough for the estimate in stats, and the others skip two clock reads
+/// and the estimate's update.
 pub(crate) const TIMED_ONE_IN: u64 = 16;
 
 /// Read-decay steps whose share is tabulated (8 decay times: e^-8 of the
@@ -114,7 +115,7 @@ impl RttModel {
     }
 
     /// The same model, timing every request (`every`, for a policy that
-    /// reads the estimate) or one in [`TIMED_ONE_IN`] per endpoint.
+    /// reads the estimate) or one in [`TIMED_ONE_IN`] per endpoint and lane.
     pub(crate) fn timing_every_request(self, every: bool) -> Self {
         RttModel {
             timed_one_in: if every { 1 } else { TIMED_ONE_IN },
@@ -127,8 +128,8 @@ impl RttModel {
         self.timed_one_in == 1
     }
 
-    /// Whether the request whose turn (a per-endpoint count) is `turn` is
-    /// timed.
+    /// Whether the request whose turn (a count per endpoint and lane) is
+    /// `turn` is timed.
     pub(crate) fn times_turn(&self, turn: u64) -> bool {
         turn.is_multiple_of(self.timed_one_in)
     }

@@ -100,7 +100,7 @@ pub struct EndpointStats {
     /// with time; a failed request counts at least the failure penalty.
     /// Under a policy that does not read it (all but least time, and a
     /// hashing policy whose fallback is not least time), one request in 16
-    /// per endpoint is timed, the first included. `None` before the first
+    /// per endpoint and core is timed, the first included. `None` before the first
     /// outcome.
     pub latency_ewma: Option<Duration>,
     /// Ejected by outlier detection: no new requests until its time is up.

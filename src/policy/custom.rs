@@ -76,7 +76,7 @@ pub trait SelectionPolicy: Send + Sync + fmt::Debug + 'static {
     /// Whether the pickers read the endpoints' response-time estimates (a
     /// built-in least-time policy they delegate to does), so that every
     /// request must be timed. `true` by default; a policy that returns
-    /// `false` has one request in 16 per endpoint timed, which is enough
+    /// `false` has one request in 16 per endpoint and core timed, which is enough
     /// for [`EndpointStats::latency_ewma`](crate::EndpointStats::latency_ewma)
     /// and saves two clock reads on the others.
     fn reads_latency(&self) -> bool {
