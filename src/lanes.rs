@@ -4,6 +4,7 @@
 //! maps to. Two cores then write different lines; readers that need the
 //! whole sum the lanes.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
@@ -54,11 +55,20 @@ impl<T> PerLane<T> {
 }
 
 /// The lane this thread writes, below [`MAX_LANES`]: threads take lanes in
-/// turn as they first ask.
+/// turn as they first ask. After the first, a read of a plain
+/// thread-local (constant-initialised, so no lazy set-up check).
 pub(crate) fn this_threads_lane() -> usize {
+    const UNSET: usize = usize::MAX;
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {
-        static LANE: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+        static LANE: Cell<usize> = const { Cell::new(UNSET) };
     }
-    LANE.with(|lane| *lane) % MAX_LANES
+    LANE.with(|lane| match lane.get() {
+        UNSET => {
+            let taken = NEXT.fetch_add(1, Ordering::Relaxed) % MAX_LANES;
+            lane.set(taken);
+            taken
+        }
+        taken => taken,
+    })
 }

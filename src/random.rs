@@ -1,22 +1,18 @@
 //! The balancer's own random numbers: every random choice (the random
 //! policy, the candidates of least time) draws from one generator.
 //!
-//! The generator is SplitMix64 (Steele, Lea and Flood, 2014) over an atomic
-//! counter: a draw adds the golden-ratio increment with one `fetch_add` and
-//! mixes the result, so it takes no lock and two threads never get the same
-//! number.
-//!
 //! - **Seeded** ([`BalancerBuilder::seed`](crate::BalancerBuilder::seed)):
-//!   one counter for the balancer, so the `n`-th draw is the same whichever
+//!   SplitMix64 (Steele, Lea and Flood, 2014) over one atomic counter for
+//!   the balancer: a draw adds the golden-ratio increment with one
+//!   `fetch_add` and mixes the result, so it takes no lock, two threads
+//!   never get the same number, the `n`-th draw is the same whichever
 //!   thread makes it, and a seed gives the same picks however they are
 //!   split between threads. Every core's draws write that one counter.
-//! - **Unseeded** (the default): one counter per lane (see
-//!   [`lanes`](crate::lanes)), each from a seed of its own, so two cores
-//!   drawing at once write different cache lines.
+//! - **Unseeded** (the default): the calling thread's own generator
+//!   (`fastrand`'s, seeded per thread from the system), which no other
+//!   core writes and which costs no atomic operation.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-
-use crate::lanes::PerLane;
 
 const GOLDEN_GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
 
@@ -29,7 +25,7 @@ pub(crate) struct SharedRng {
 #[derive(Debug)]
 enum State {
     Seeded(AtomicU64),
-    PerLane(Box<PerLane<AtomicU64>>),
+    ThreadLocal,
 }
 
 impl SharedRng {
@@ -40,12 +36,10 @@ impl SharedRng {
         }
     }
 
-    /// A generator with a random seed per lane.
+    /// Draws from each calling thread's own generator.
     pub(crate) fn unseeded() -> Self {
         SharedRng {
-            state: State::PerLane(Box::new(PerLane::from_fn(|_| {
-                AtomicU64::new(fastrand::u64(..))
-            }))),
+            state: State::ThreadLocal,
         }
     }
 
@@ -59,7 +53,7 @@ impl SharedRng {
     pub(crate) fn next_u64(&self) -> u64 {
         let counter = match &self.state {
             State::Seeded(counter) => counter,
-            State::PerLane(lanes) => lanes.this_threads(),
+            State::ThreadLocal => return fastrand::u64(..),
         };
         let state = counter
             .fetch_add(GOLDEN_GAMMA, Ordering::Relaxed)

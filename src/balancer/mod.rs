@@ -20,7 +20,7 @@ pub use builder::BalancerBuilder;
 #[cfg(feature = "cookies")]
 use crate::affinity::SiteCookies;
 use crate::affinity::{LearnedHomes, RequestInfo, SessionKey};
-use crate::endpoint::{Counters, DiscoveryStats, EndpointCore, EndpointState, Lane, Stats};
+use crate::endpoint::{Counters, DiscoveryStats, EndpointCore, EndpointState, Stats, Ticket};
 use crate::health::Retrying;
 use crate::membership::Snapshot;
 use crate::policy::Policy;
@@ -100,7 +100,7 @@ enum Chosen<'s> {
 #[derive(Debug)]
 pub(crate) struct Picked {
     /// The lane of the endpoint's counters this thread writes.
-    pub(crate) lane: Arc<Lane>,
+    pub(crate) lane: Ticket,
     /// The endpoint itself, when the pick was asked to keep it.
     pub(crate) endpoint: Option<Arc<EndpointState>>,
     /// How many endpoints take requests (ejected ones included).
@@ -239,7 +239,7 @@ impl Balancer {
             self.shared.counters.rtt.times_every_request() || self.shared.retrying.is_some();
         let now = reads_clock.then(|| clock.now());
         let picked = |endpoint: &Arc<EndpointState>| Picked {
-            lane: endpoint.this_threads_lane(),
+            lane: endpoint.ticket(),
             endpoint: keep.then(|| endpoint.clone()),
             takers: snapshot.takers(),
             at: now,

@@ -1,24 +1,30 @@
 //! An endpoint's request counters, split in lanes: each thread counts in
 //! the lane it maps to, so two cores sending to the same endpoint write
-//! different cache lines, and the lane's own reference count is what a
-//! request in flight holds. Stats and in-flight reads sum the lanes.
+//! different cache lines. A request in flight holds a [`Ticket`] to its
+//! lane, a reference count on it, and that count is the lane's in-flight
+//! count: one atomic add when a request starts and one subtract when it
+//! ends, which no separate counter could make cheaper or keep more exact.
+//! Stats and in-flight reads sum the lanes.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::core::EndpointCore;
 
 use crate::outcome::Outcome;
 
-/// One lane of one endpoint's counters, on cache lines of its own.
+/// One lane of one endpoint's counters, on cache lines of its own (and its
+/// reference count, the in-flight count, on another: 128 bytes apart, as
+/// cores fetch lines in pairs).
 #[derive(Debug)]
-#[repr(align(64))]
+#[repr(align(128))]
 pub(crate) struct Lane {
     pub(crate) core: Arc<EndpointCore>,
-    /// Requests in flight (low 32 bits) and a wrapping count of requests
-    /// started (high 32 bits), in one word: starting a request is one
-    /// atomic add that also tells which turn it took (whether it is timed).
-    in_flight_and_turns: AtomicU64,
+    /// A wrapping count of the requests started, for sampled timing only:
+    /// read and written without an atomic add, so threads that share a
+    /// lane may both take one turn now and then (a request timed twice or
+    /// not at all, never a count that matters).
+    turns: AtomicU32,
     succeeded: AtomicU64,
     server_errors: AtomicU64,
     connect_errors: AtomicU64,
@@ -29,9 +35,26 @@ pub(crate) struct Lane {
     client_errors: AtomicU64,
 }
 
-/// One request more in flight and one more turn taken, in
-/// `in_flight_and_turns`.
-const START: u64 = (1 << 32) | 1;
+/// A request's hold on its lane: the lane's in-flight count is the number
+/// of tickets alive. Not `Clone`, so that only a started request can hold
+/// one; made by [`EndpointState::ticket`](super::EndpointState::ticket).
+#[derive(Debug)]
+pub(crate) struct Ticket(Arc<Lane>);
+
+impl Ticket {
+    /// A ticket for `lane`, one of the holds the endpoint keeps.
+    pub(super) fn new(lane: &Arc<Lane>) -> Self {
+        Ticket(lane.clone())
+    }
+}
+
+impl std::ops::Deref for Ticket {
+    type Target = Lane;
+
+    fn deref(&self) -> &Lane {
+        &self.0
+    }
+}
 
 /// A lane's counters, read; added up over the lanes for stats.
 #[derive(Clone, Copy, Debug, Default)]
@@ -84,7 +107,7 @@ impl Lane {
     pub(crate) fn new(core: Arc<EndpointCore>) -> Self {
         Lane {
             core,
-            in_flight_and_turns: AtomicU64::new(0),
+            turns: AtomicU32::new(0),
             succeeded: AtomicU64::new(0),
             server_errors: AtomicU64::new(0),
             connect_errors: AtomicU64::new(0),
@@ -96,15 +119,12 @@ impl Lane {
         }
     }
 
-    /// Counts one request more in flight; returns its turn in this lane
-    /// (wrapping): 0 for the lane's first request.
-    pub(crate) fn start(&self) -> u64 {
-        self.in_flight_and_turns.fetch_add(START, Ordering::Relaxed) >> 32
-    }
-
-    /// Counts one request less in flight.
-    pub(crate) fn end(&self) {
-        self.in_flight_and_turns.fetch_sub(1, Ordering::Relaxed);
+    /// Takes the next turn in this lane (wrapping) and returns it: 0 for
+    /// the lane's first request. See `turns` for why it is not exact.
+    pub(crate) fn take_turn(&self) -> u32 {
+        let turn = self.turns.load(Ordering::Relaxed);
+        self.turns.store(turn.wrapping_add(1), Ordering::Relaxed);
+        turn
     }
 
     /// Counts a request that ended with `outcome`.
@@ -126,16 +146,12 @@ impl Lane {
         self.cancelled.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Requests in flight in this lane.
-    pub(crate) fn in_flight(&self) -> u64 {
-        self.in_flight_and_turns.load(Ordering::Relaxed) & u64::from(u32::MAX)
-    }
-
-    /// The counters, read one by one.
-    pub(crate) fn counts(&self) -> LaneCounts {
+    /// The counters, read one by one, with `in_flight` as the caller read
+    /// it.
+    pub(crate) fn counts(&self, in_flight: u64) -> LaneCounts {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         LaneCounts {
-            in_flight: self.in_flight(),
+            in_flight,
             succeeded: load(&self.succeeded),
             server_errors: load(&self.server_errors),
             connect_errors: load(&self.connect_errors),

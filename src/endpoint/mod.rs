@@ -12,7 +12,7 @@ mod stats;
 mod url;
 
 pub(crate) use core::EndpointCore;
-pub(crate) use lane::Lane;
+pub(crate) use lane::Ticket;
 pub(crate) use member::{Counters, Member};
 pub(crate) use rtt::{RttModel, DEFAULT_DECAY, DEFAULT_PENALTY, DEFAULT_RTT};
 pub use spec::{Endpoint, IntoEndpoint, Labels};

@@ -62,14 +62,14 @@ pub(crate) struct RttModel {
     read_keep: [f64; READ_STEPS_TABULATED + 1],
     /// One request in this many per endpoint and lane is timed: 1 when the
     /// policy reads the estimate, [`TIMED_ONE_IN`] when only stats do.
-    timed_one_in: u64,
+    timed_one_in: u32,
 }
 
 /// For a policy that does not read the estimate, one request in this many
 /// per endpoint and lane (see `lanes.rs`) is timed, its first included:
 /// enough for the estimate in stats, and the others skip two clock reads
 /// and the estimate's update.
-pub(crate) const TIMED_ONE_IN: u64 = 16;
+pub(crate) const TIMED_ONE_IN: u32 = 16;
 
 /// Read-decay steps whose share is tabulated (8 decay times: e^-8 of the
 /// estimate is left after them).
@@ -130,7 +130,7 @@ impl RttModel {
 
     /// Whether the request whose turn (a count per endpoint and lane) is
     /// `turn` is timed.
-    pub(crate) fn times_turn(&self, turn: u64) -> bool {
+    pub(crate) fn times_turn(&self, turn: u32) -> bool {
         turn.is_multiple_of(self.timed_one_in)
     }
 
@@ -191,8 +191,11 @@ fn forward(now: u32, then: u32) -> bool {
     now.wrapping_sub(then) <= u32::MAX - OUT_OF_ORDER_MS
 }
 
-/// One endpoint's estimate.
+/// One endpoint's estimate, on cache lines of its own: every answer
+/// writes it, and the lines beside it (address, health) are read by every
+/// pick and start on every core.
 #[derive(Debug)]
+#[repr(align(128))]
 pub(crate) struct RttEstimate {
     packed: AtomicU64,
 }

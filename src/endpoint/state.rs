@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::core::EndpointCore;
-use super::lane::{Lane, LaneCounts};
+use super::lane::{Lane, LaneCounts, Ticket};
 use super::stats::{EndpointStats, FailureCounts};
 use super::{Counters, EndpointUrl, Labels};
 use crate::lanes::{lane_count, this_threads_lane, MAX_LANES};
@@ -53,9 +53,10 @@ impl EndpointState {
         }
     }
 
-    /// The lane of this endpoint's counters that this thread writes.
-    pub(crate) fn this_threads_lane(&self) -> Arc<Lane> {
-        self.lanes[this_threads_lane()].clone()
+    /// A hold on the lane of this endpoint's counters that this thread
+    /// writes: one request more in flight there until it is dropped.
+    pub(crate) fn ticket(&self) -> Ticket {
+        Ticket::new(&self.lanes[this_threads_lane()])
     }
 
     /// The endpoint's core: what tells it apart from other endpoints.
@@ -72,8 +73,15 @@ impl EndpointState {
     /// The counters summed over the lanes.
     fn counts(&self) -> LaneCounts {
         self.distinct()
-            .map(|lane| lane.counts())
+            .map(|lane| lane.counts(self.lane_in_flight(lane)))
             .fold(LaneCounts::default(), |sum, lane| sum + lane)
+    }
+
+    /// Requests in flight in `lane`, one of this endpoint's: its tickets,
+    /// the references beyond the ones `lanes` holds.
+    fn lane_in_flight(&self, lane: &Arc<Lane>) -> u64 {
+        let held_here = MAX_LANES / self.distinct_lanes;
+        Arc::strong_count(lane).saturating_sub(held_here) as u64
     }
 
     /// Requests sent to this endpoint: in flight or ended.
@@ -83,7 +91,7 @@ impl EndpointState {
 
     /// Requests sent to this endpoint and not finished yet.
     pub(crate) fn in_flight(&self) -> u64 {
-        self.distinct().map(|lane| lane.in_flight()).sum()
+        self.distinct().map(|lane| self.lane_in_flight(lane)).sum()
     }
 
     fn distinct(&self) -> impl Iterator<Item = &Arc<Lane>> {
@@ -132,8 +140,8 @@ impl EndpointState {
 #[derive(Debug)]
 pub(crate) struct InFlight {
     /// The lane of the thread the request started on: it is counted there
-    /// to the end, wherever it ends.
-    lane: Arc<Lane>,
+    /// to the end, wherever it ends, and in flight while this is held.
+    lane: Ticket,
     /// When the request is timed, the clock reading it started at.
     started_at: Option<Instant>,
     /// The endpoint's health epoch when the request was sent.
@@ -145,19 +153,18 @@ impl InFlight {
     /// A request sent to `endpoint` now, from this thread.
     #[cfg(test)]
     pub(crate) fn start(endpoint: &EndpointState) -> Self {
-        Self::start_at(endpoint.this_threads_lane(), None)
+        Self::start_at(endpoint.ticket(), None)
     }
 
-    /// A request counted in `lane` of its endpoint, `picked_at` if the
-    /// pick read the clock. It is timed (from that reading, else from a new
-    /// one) when the policy reads response times, else when its turn in the
-    /// lane comes: one request in [`TIMED_ONE_IN`](super::rtt::TIMED_ONE_IN),
-    /// the first included.
-    pub(crate) fn start_at(lane: Arc<Lane>, picked_at: Option<Instant>) -> Self {
-        let turn = lane.start();
+    /// A request counted in flight in the lane `lane` holds, `picked_at`
+    /// if the pick read the clock. It is timed (from that reading, else
+    /// from a new one) when the policy reads response times, else when its
+    /// turn in the lane comes: one request in
+    /// [`TIMED_ONE_IN`](super::rtt::TIMED_ONE_IN), the first included.
+    pub(crate) fn start_at(lane: Ticket, picked_at: Option<Instant>) -> Self {
         let endpoint = &lane.core;
         let model = endpoint.rtt_model();
-        let timed = model.times_every_request() || model.times_turn(turn);
+        let timed = model.times_every_request() || model.times_turn(lane.take_turn());
         let started_at = timed.then(|| picked_at.unwrap_or_else(|| endpoint.clock.now()));
         if let Some(all) = &endpoint.balancer_in_flight {
             all.fetch_add(1, Ordering::Relaxed);
@@ -204,7 +211,6 @@ impl Drop for InFlight {
         if !self.finished {
             self.lane.count_cancelled();
         }
-        self.lane.end();
         if let Some(all) = &self.lane.core.balancer_in_flight {
             all.fetch_sub(1, Ordering::Relaxed);
         }
@@ -276,7 +282,7 @@ mod tests {
                         drop(request);
                     } else {
                         let timed = request.finish(Outcome::Success, None).is_some();
-                        proptest::prop_assert_eq!(timed, turn.is_multiple_of(every), "turn {}", turn);
+                        proptest::prop_assert_eq!(timed, turn.is_multiple_of(u64::from(every)), "turn {}", turn);
                     }
                 }
                 proptest::prop_assert_eq!(ep.in_flight(), open.len() as u64);

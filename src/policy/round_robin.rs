@@ -1,6 +1,6 @@
 //! Rotations: plain round robin (each active endpoint in turn) and the
 //! smooth weighted cycle (`weighted.rs`) are both a fixed cycle of endpoint
-//! indices read at a shared counter.
+//! indices read at a cursor per lane (see `lanes.rs`).
 //!
 //! When the endpoint at a request's turn is unavailable (ejected), the turn
 //! is handed on through a second, spare counter that walks the same cycle
@@ -103,12 +103,26 @@ impl Picker for Rotation {
         if ctx.is_retry() {
             return self.spare_turn(ctx);
         }
-        let slot = self.sequence.this_threads().fetch_add(1, Ordering::Relaxed) % len;
-        let i = self.cycle[slot] as usize;
+        let i = self.cycle[next_slot(self.sequence.this_threads(), len)] as usize;
         if ctx.available(i) {
             return Some(i);
         }
         self.spare_turn(ctx)
+    }
+}
+
+/// Takes the slot `cursor` points at in a cycle of `len` slots and moves it
+/// to the next: one atomic exchange and no division (a cursor left past
+/// the end by a longer cycle is wrapped first).
+fn next_slot(cursor: &AtomicUsize, len: usize) -> usize {
+    let mut seen = cursor.load(Ordering::Relaxed);
+    loop {
+        let slot = if seen < len { seen } else { seen % len };
+        let next = if slot + 1 == len { 0 } else { slot + 1 };
+        match cursor.compare_exchange_weak(seen, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return slot,
+            Err(now) => seen = now,
+        }
     }
 }
 
