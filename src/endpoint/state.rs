@@ -309,4 +309,45 @@ mod tests {
             .finish(Outcome::Success, None)
             .is_some()));
     }
+
+    /// Requests started on many threads (so in several lanes, some shared)
+    /// and ended on others: the in-flight count is the tickets alive, and
+    /// every started request is counted once.
+    #[test]
+    fn tickets_from_many_threads_count_in_flight_exactly() {
+        let ep = endpoint();
+        let started: Vec<InFlight> = std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..2 * MAX_LANES)
+                .map(|_| scope.spawn(|| (0..5).map(|_| InFlight::start(&ep)).collect::<Vec<_>>()))
+                .collect();
+            threads
+                .into_iter()
+                .flat_map(|t| t.join().unwrap())
+                .collect()
+        });
+        assert_eq!(ep.in_flight(), 80);
+        let mut started = started.into_iter();
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                let batch: Vec<InFlight> = started.by_ref().take(10).collect();
+                scope.spawn(move || {
+                    batch.into_iter().for_each(|r| {
+                        r.finish(Outcome::Success, None);
+                    })
+                });
+            }
+        });
+        assert_eq!(ep.in_flight(), 40);
+        drop(started);
+        let stats = ep.stats(1, &Labels::default());
+        assert_eq!(
+            (
+                stats.in_flight,
+                stats.requests,
+                stats.successes,
+                stats.cancelled
+            ),
+            (0, 80, 40, 40)
+        );
+    }
 }
