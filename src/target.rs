@@ -69,7 +69,18 @@ impl fmt::Display for TargetRefusal {
 /// The request path with its dot segments removed, as it goes under the
 /// endpoint's base path: `None` when it stays as it is (the common request,
 /// with no `.`, `%` or `\`, allocates nothing).
+#[inline]
 pub(crate) fn resolve_path(path: &str) -> Result<Option<String>, TargetRefusal> {
+    match path.as_bytes() {
+        [b'/', rest @ ..] if !rest.iter().any(|&b| matches!(b, b'.' | b'%' | b'\\')) => Ok(None),
+        _ => resolve_unusual_path(path),
+    }
+}
+
+/// [`resolve_path`] for a path that is empty, not absolute, or has a
+/// `.`, `%` or `\`: out of line, so that the common path stays short.
+#[cold]
+fn resolve_unusual_path(path: &str) -> Result<Option<String>, TargetRefusal> {
     if path.is_empty() {
         return Ok(Some("/".to_owned()));
     }
