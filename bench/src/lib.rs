@@ -339,6 +339,64 @@ pub async fn raw_requests(backends: &[Backend], load: Load) -> RunFigures {
     .await
 }
 
+/// `reqwest::Request`s straight to `reqwest::Client`, each URL parsed as it
+/// is sent (as `client.get(url)` does), round robin over the backends by
+/// hand.
+pub async fn raw_reqwest_requests(backends: &[Backend], load: Load) -> RunFigures {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tower::ServiceExt;
+    let client = reqwest::Client::new();
+    let urls = item_urls(backends);
+    let next = std::sync::Arc::new(AtomicUsize::new(0));
+    closed_loop(
+        load.concurrency,
+        load.duration,
+        load.max_requests,
+        move || {
+            let client = client.clone();
+            let urls = urls.clone();
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            async move {
+                let url = reqwest::Url::parse(&urls[i % urls.len()]).map_err(|e| e.to_string())?;
+                let request = reqwest::Request::new(http::Method::GET, url);
+                let response = client.oneshot(request).await.map_err(|e| e.to_string())?;
+                Ok(backend_of(&response))
+            }
+        },
+    )
+    .await
+}
+
+/// The same `reqwest::Request`s, to a placeholder host, through the layer
+/// over `reqwest::Client` (the README's stack) with `policy` and `retry`.
+pub async fn layer_reqwest_requests(
+    backends: &[Backend],
+    policy: tower_lb::Policy,
+    retry: tower_lb::Retries,
+    load: Load,
+) -> RunFigures {
+    use tower::{ServiceBuilder, ServiceExt};
+    let balancer = balancer_over(backends, policy, retry);
+    let service = ServiceBuilder::new()
+        .layer(balancer.layer())
+        .service(reqwest::Client::new());
+    closed_loop(
+        load.concurrency,
+        load.duration,
+        load.max_requests,
+        move || {
+            let service = service.clone();
+            async move {
+                let url = reqwest::Url::parse("http://backend/item").map_err(|e| e.to_string())?;
+                let request = reqwest::Request::new(http::Method::GET, url);
+                let response = service.oneshot(request).await.map_err(|e| e.to_string())?;
+                Ok(backend_of(&response))
+            }
+        },
+    )
+    .await
+}
+
 /// The same requests through the layer with `policy` and `retry`, each
 /// with a session key (10,000 users).
 pub async fn layer_requests(

@@ -4,9 +4,13 @@
 //! throughput is too noisy on a shared 2-core machine to show a 1%
 //! difference; CPU time spent per request is what the layer adds.
 //!
-//! Rounds run raw and each layer configuration in turn (the order rotates
-//! every round); each layer figure is divided by the raw figure of its own
-//! round, and the median of those ratios is reported.
+//! Two request types: `http::Request` through `HttpToReqwest` (raw, and the
+//! layer with weighted round robin and least time), and `reqwest::Request`
+//! straight to `reqwest::Client` (raw, and the README's stack: the layer
+//! over `reqwest::Client`, weighted round robin). Rounds run every
+//! configuration in turn (the order rotates every round); each layer figure
+//! is divided by the raw figure of its own request type and round, and the
+//! median of those ratios is reported.
 //!
 //! `cargo run --release -p tower-lb-bench --bin cpu_per_request`
 //!
@@ -18,11 +22,12 @@ use nix::sys::resource::{getrusage, UsageWho};
 use serde_json::json;
 use tower_lb::{Policy, Retries};
 use tower_lb_bench::{
-    json_path, layer_requests, raw_requests, start_backend, Backend, Behaviour, Load, RunFigures,
+    json_path, layer_requests, layer_reqwest_requests, raw_requests, raw_reqwest_requests,
+    start_backend, Backend, Behaviour, Load, RunFigures,
 };
 
 /// Rounds: single rounds range over about ±7% here, so the median needs
-/// many (about 45 s in all).
+/// many (about 75 s in all).
 const ROUNDS: usize = 25;
 const LOAD: Load = Load {
     concurrency: 32,
@@ -62,6 +67,16 @@ fn median(values: &mut [f64]) -> f64 {
 async fn run(backends: &[Backend], configuration: usize) -> Result<f64, BoxError> {
     match configuration {
         0 => cpu_per_request(raw_requests(backends, LOAD)).await,
+        3 => cpu_per_request(raw_reqwest_requests(backends, LOAD)).await,
+        4 => {
+            let wrr = layer_reqwest_requests(
+                backends,
+                Policy::weighted_round_robin(),
+                Retries::default(),
+                LOAD,
+            );
+            cpu_per_request(wrr).await
+        }
         1 => {
             let wrr = layer_requests(
                 backends,
@@ -71,7 +86,7 @@ async fn run(backends: &[Backend], configuration: usize) -> Result<f64, BoxError
             );
             cpu_per_request(wrr).await
         }
-        _ => {
+        2 => {
             let least = layer_requests(
                 backends,
                 Policy::least_response_time().into(),
@@ -80,6 +95,7 @@ async fn run(backends: &[Backend], configuration: usize) -> Result<f64, BoxError
             );
             cpu_per_request(least).await
         }
+        _ => Err(format!("no configuration {configuration}").into()),
     }
 }
 
@@ -89,29 +105,39 @@ async fn main() -> Result<(), BoxError> {
     for i in 0..5 {
         backends.push(start_backend(&format!("b{i}"), Behaviour::ok_after(Duration::ZERO)).await?);
     }
+    // Ratios divide by the raw figure of the same request type: rows 1 and 2
+    // by row 0 (`http::Request` through `HttpToReqwest`), row 4 by row 3
+    // (`reqwest::Request` to `reqwest::Client`).
     let names = [
         "raw reqwest",
         "layer: weighted round robin",
         "layer: least time",
+        "raw reqwest, reqwest::Request",
+        "layer over reqwest::Client: weighted round robin",
     ];
+    let raw_of = [0, 0, 0, 3, 3];
     // Warm the connection pools and the allocator before measuring.
     for configuration in 0..names.len() {
         run(&backends, configuration).await?;
     }
-    let mut per_round: Vec<[f64; 3]> = Vec::new();
+    let mut per_round: Vec<[f64; 5]> = Vec::new();
     for round in 0..ROUNDS {
-        let mut figures = [0.0; 3];
+        let mut figures = [0.0; 5];
         for step in 0..names.len() {
             let configuration = (round + step) % names.len();
             figures[configuration] = run(&backends, configuration).await?;
         }
         println!(
-            "round {round}: raw {:.2} µs, wrr {:.2} µs ({:.3}x), least time {:.2} µs ({:.3}x)",
+            "round {round}: raw {:.2} µs, wrr {:.2} µs ({:.3}x), least time {:.2} µs ({:.3}x); \
+             reqwest::Request: raw {:.2} µs, wrr {:.2} µs ({:.3}x)",
             figures[0],
             figures[1],
             figures[1] / figures[0],
             figures[2],
-            figures[2] / figures[0]
+            figures[2] / figures[0],
+            figures[3],
+            figures[4],
+            figures[4] / figures[3],
         );
         per_round.push(figures);
     }
@@ -120,7 +146,7 @@ async fn main() -> Result<(), BoxError> {
     println!("|---|---|---|");
     for (i, name) in names.iter().enumerate() {
         let mut cpu: Vec<f64> = per_round.iter().map(|r| r[i]).collect();
-        let mut ratios: Vec<f64> = per_round.iter().map(|r| r[i] / r[0]).collect();
+        let mut ratios: Vec<f64> = per_round.iter().map(|r| r[i] / r[raw_of[i]]).collect();
         let (cpu, ratio) = (median(&mut cpu), median(&mut ratios));
         println!("| {name} | {cpu:.2} | {ratio:.3}x |");
         rows.push(json!({"client": name, "cpu_us_per_request": cpu, "vs_raw": ratio}));
