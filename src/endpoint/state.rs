@@ -30,6 +30,9 @@ pub(crate) struct EndpointState {
     lanes: [Arc<Lane>; MAX_LANES],
     /// How many of `lanes` are distinct: the first ones.
     distinct_lanes: usize,
+    /// How many entries of `lanes` each distinct lane has: the references
+    /// to it that are not tickets (kept, not divided out on every read).
+    held_here: usize,
 }
 
 impl Deref for EndpointState {
@@ -49,6 +52,7 @@ impl EndpointState {
         EndpointState {
             lanes: std::array::from_fn(|i| distinct[i % distinct.len()].clone()),
             distinct_lanes: distinct.len(),
+            held_here: MAX_LANES / distinct.len(),
             core,
         }
     }
@@ -80,8 +84,7 @@ impl EndpointState {
     /// Requests in flight in `lane`, one of this endpoint's: its tickets,
     /// the references beyond the ones `lanes` holds.
     fn lane_in_flight(&self, lane: &Arc<Lane>) -> u64 {
-        let held_here = MAX_LANES / self.distinct_lanes;
-        Arc::strong_count(lane).saturating_sub(held_here) as u64
+        Arc::strong_count(lane).saturating_sub(self.held_here) as u64
     }
 
     /// Requests sent to this endpoint: in flight or ended.
