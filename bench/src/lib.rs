@@ -310,27 +310,31 @@ pub struct Load {
     pub max_requests: usize,
 }
 
-/// reqwest with requests addressed to the backends by hand, round robin,
-/// through the same client stack as the layer's (`HttpToReqwest`): the
-/// baseline.
-pub async fn raw_requests(backends: &[Backend], load: Load) -> RunFigures {
+/// Drives `service` in a closed loop under `load`, with the `n`-th
+/// request made by `make(n)`; each answer names its backend.
+async fn drive_loop<S, R>(
+    service: S,
+    load: Load,
+    make: impl Fn(usize) -> Result<R, String> + Clone + Send + Sync + 'static,
+) -> RunFigures
+where
+    S: tower::Service<R, Response = reqwest::Response> + Clone + Send + 'static,
+    S::Error: std::fmt::Display,
+    S::Future: Send,
+    R: Send,
+{
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tower::ServiceExt;
-    let service = tower_lb::HttpToReqwest::new(reqwest::Client::new());
-    let urls = item_urls(backends);
     let next = std::sync::Arc::new(AtomicUsize::new(0));
     closed_loop(
         load.concurrency,
         load.duration,
         load.max_requests,
         move || {
-            let service = service.clone();
-            let urls = urls.clone();
-            let i = next.fetch_add(1, Ordering::Relaxed);
+            let (service, make) = (service.clone(), make.clone());
+            let n = next.fetch_add(1, Ordering::Relaxed);
             async move {
-                let request = http::Request::get(urls[i % urls.len()].as_str())
-                    .body(reqwest::Body::from(""))
-                    .map_err(|e| e.to_string())?;
+                let request = make(n)?;
                 let response = service.oneshot(request).await.map_err(|e| e.to_string())?;
                 Ok(backend_of(&response))
             }
@@ -339,31 +343,29 @@ pub async fn raw_requests(backends: &[Backend], load: Load) -> RunFigures {
     .await
 }
 
+/// reqwest with requests addressed to the backends by hand, round robin,
+/// through the same client stack as the layer's (`HttpToReqwest`): the
+/// baseline.
+pub async fn raw_requests(backends: &[Backend], load: Load) -> RunFigures {
+    let urls = item_urls(backends);
+    let service = tower_lb::HttpToReqwest::new(reqwest::Client::new());
+    drive_loop(service, load, move |n| {
+        http::Request::get(urls[n % urls.len()].as_str())
+            .body(reqwest::Body::from(""))
+            .map_err(|e| e.to_string())
+    })
+    .await
+}
+
 /// `reqwest::Request`s straight to `reqwest::Client`, each URL parsed as it
 /// is sent (as `client.get(url)` does), round robin over the backends by
 /// hand.
 pub async fn raw_reqwest_requests(backends: &[Backend], load: Load) -> RunFigures {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use tower::ServiceExt;
-    let client = reqwest::Client::new();
     let urls = item_urls(backends);
-    let next = std::sync::Arc::new(AtomicUsize::new(0));
-    closed_loop(
-        load.concurrency,
-        load.duration,
-        load.max_requests,
-        move || {
-            let client = client.clone();
-            let urls = urls.clone();
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            async move {
-                let url = reqwest::Url::parse(&urls[i % urls.len()]).map_err(|e| e.to_string())?;
-                let request = reqwest::Request::new(http::Method::GET, url);
-                let response = client.oneshot(request).await.map_err(|e| e.to_string())?;
-                Ok(backend_of(&response))
-            }
-        },
-    )
+    drive_loop(reqwest::Client::new(), load, move |n| {
+        let url = reqwest::Url::parse(&urls[n % urls.len()]).map_err(|e| e.to_string())?;
+        Ok(reqwest::Request::new(http::Method::GET, url))
+    })
     .await
 }
 
@@ -375,25 +377,13 @@ pub async fn layer_reqwest_requests(
     retry: tower_lb::Retries,
     load: Load,
 ) -> RunFigures {
-    use tower::{ServiceBuilder, ServiceExt};
-    let balancer = balancer_over(backends, policy, retry);
-    let service = ServiceBuilder::new()
-        .layer(balancer.layer())
+    let service = tower::ServiceBuilder::new()
+        .layer(balancer_over(backends, policy, retry).layer())
         .service(reqwest::Client::new());
-    closed_loop(
-        load.concurrency,
-        load.duration,
-        load.max_requests,
-        move || {
-            let service = service.clone();
-            async move {
-                let url = reqwest::Url::parse("http://backend/item").map_err(|e| e.to_string())?;
-                let request = reqwest::Request::new(http::Method::GET, url);
-                let response = service.oneshot(request).await.map_err(|e| e.to_string())?;
-                Ok(backend_of(&response))
-            }
-        },
-    )
+    drive_loop(service, load, |_| {
+        let url = reqwest::Url::parse("http://backend/item").map_err(|e| e.to_string())?;
+        Ok(reqwest::Request::new(http::Method::GET, url))
+    })
     .await
 }
 
@@ -405,31 +395,17 @@ pub async fn layer_requests(
     retry: tower_lb::Retries,
     load: Load,
 ) -> RunFigures {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use tower::{ServiceBuilder, ServiceExt};
-    let balancer = balancer_over(backends, policy, retry);
-    let service = ServiceBuilder::new()
-        .layer(balancer.layer())
+    let service = tower::ServiceBuilder::new()
+        .layer(balancer_over(backends, policy, retry).layer())
         .service(tower_lb::HttpToReqwest::new(reqwest::Client::new()));
-    let next = std::sync::Arc::new(AtomicUsize::new(0));
-    closed_loop(
-        load.concurrency,
-        load.duration,
-        load.max_requests,
-        move || {
-            let service = service.clone();
-            let user = next.fetch_add(1, Ordering::Relaxed) % 10_000;
-            async move {
-                let mut request = http::Request::get("/item")
-                    .body(reqwest::Body::from(""))
-                    .map_err(|e| e.to_string())?;
-                request
-                    .extensions_mut()
-                    .insert(tower_lb::SessionKey::new(user.to_le_bytes()));
-                let response = service.oneshot(request).await.map_err(|e| e.to_string())?;
-                Ok(backend_of(&response))
-            }
-        },
-    )
+    drive_loop(service, load, |n| {
+        let mut request = http::Request::get("/item")
+            .body(reqwest::Body::from(""))
+            .map_err(|e| e.to_string())?;
+        request
+            .extensions_mut()
+            .insert(tower_lb::SessionKey::new((n % 10_000).to_le_bytes()));
+        Ok(request)
+    })
     .await
 }
