@@ -1,6 +1,6 @@
 //! Lanes: what every thread would otherwise write at once (an endpoint's
-//! counters, a rotation's position, the generator's state) is kept once per
-//! lane, each on cache lines of its own, and each thread writes the lane it
+//! counters, a rotation's position, least time's last pick) is kept once
+//! per lane, each on cache lines of its own, and each thread writes the lane it
 //! maps to. Two cores then write different lines; readers that need the
 //! whole sum the lanes.
 

@@ -1,5 +1,5 @@
-//! The balancer's own random numbers: every random choice (the random
-//! policy, the candidates of least time) draws from one generator.
+//! The balancer's random numbers: every random choice (the random policy,
+//! the candidates of least time) draws through one `SharedRng`.
 //!
 //! - **Seeded** ([`BalancerBuilder::seed`](crate::BalancerBuilder::seed)):
 //!   SplitMix64 (Steele, Lea and Flood, 2014) over one atomic counter for
