@@ -207,7 +207,13 @@ impl EndpointUrl {
                 resolved.as_deref().unwrap_or(url.path())
             )),
         };
-        let Some(origin) = &self.reqwest_origin else {
+        // A scheme other than http(s) (`ws:`, `foo:`) is rewritten in
+        // place, which refuses what the url crate cannot turn into http.
+        let origin = self
+            .reqwest_origin
+            .as_ref()
+            .filter(|_| matches!(url.scheme(), "http" | "https"));
+        let Some(origin) = origin else {
             return self.route_url_in_place(url, path);
         };
         let mut routed = origin.clone();
@@ -223,8 +229,9 @@ impl EndpointUrl {
     }
 
     /// [`EndpointUrl::route_url`] by setting scheme, host and port on `url`
-    /// itself, and `path` if given (dropping the fragment): for a host the
-    /// url crate reads differently from `http`, so that it refuses it here.
+    /// itself, and `path` if given (dropping the fragment): for a request
+    /// URL whose scheme is not http(s), and for an endpoint host the url
+    /// crate reads differently from `http`, so that it refuses them here.
     #[cfg(feature = "reqwest")]
     fn route_url_in_place(
         &self,
@@ -412,6 +419,13 @@ mod tests {
         let mut url = reqwest::Url::parse("http://backend:1234/").unwrap();
         default_port.route_url(&mut url).unwrap();
         assert_eq!(url.as_str(), "http://127.0.0.1/");
+
+        // Only an http(s) request URL has its scheme replaced.
+        let mut url = reqwest::Url::parse("foo://backend/x").unwrap();
+        assert!(matches!(
+            default_port.route_url(&mut url),
+            Err(Error::InvalidRequest { .. })
+        ));
     }
 
     #[cfg(feature = "reqwest")]
@@ -431,7 +445,14 @@ mod tests {
                 "https://10.0.0.1:443/a/b",
                 "http://xn--bcher-kva.example:9000",
             ]),
-            from in proptest::sample::select(vec!["http://placeholder", "https://u@host:9", "http://h:1/base"]),
+            from in proptest::sample::select(vec![
+                "http://placeholder",
+                "https://u@host:9",
+                "http://h:1/base",
+                "ws://backend",
+                "foo://backend",
+                "file://",
+            ]),
             target in "[a-zA-Z0-9/._~%!$&'()*+,;=:@ é?#\\\\-]{0,40}",
         ) {
             let endpoint = EndpointUrl::parse(endpoint).unwrap();
