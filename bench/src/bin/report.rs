@@ -389,6 +389,17 @@ fn request_path_section(
             writeln!(md, "| `{id}` | {v:.0} | {} |", ns(none.map(|n| v - n)))?;
         }
     }
+    writeln!(
+        md,
+        "\nWhy the missed rows stay missed is measured in [design.md](design.md): \"Cost per \
+         request\" (what is left on the path: four atomic read-modify-writes, the snapshot \
+         guard, the URI rewrite through `http`'s types, and with retries on the request's copy) \
+         and \"Two cores on one balancer\" (least time reads every candidate's whole in-flight \
+         count, which the other core writes; each of three ways of reading less sent more \
+         requests to a slow backend). End to end, the `http::Request` rows also pay the two \
+         cores' sharing under least time; single rounds spread over about ±5%, and medians of \
+         whole runs minutes apart by 1 to 2%."
+    )?;
     writeln!(md)?;
     Ok(())
 }
