@@ -88,9 +88,9 @@ impl BalancerBuilder {
     /// time). Two balancers with the same seed, the same endpoints and the
     /// same answers make the same picks, on any thread: for tests and
     /// replays. Every core's draws then write one shared counter, and least
-    /// time keeps one memory of its last pick. Without a seed, each lane
-    /// (one per core) draws from a random seed of its own and keeps its own
-    /// memory, so cores picking at once do not share a cache line.
+    /// time keeps one memory of its last pick. Without a seed, each thread
+    /// draws from its own generator and least time keeps a memory per lane
+    /// (one per core), so cores picking at once do not share a cache line.
     ///
     /// ```
     /// use tower_lb::{Balancer, Policy};

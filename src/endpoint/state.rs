@@ -30,9 +30,6 @@ pub(crate) struct EndpointState {
     lanes: [Arc<Lane>; MAX_LANES],
     /// How many of `lanes` are distinct: the first ones.
     distinct_lanes: usize,
-    /// How many entries of `lanes` each distinct lane has: the references
-    /// to it that are not tickets (kept, not divided out on every read).
-    held_here: usize,
 }
 
 impl Deref for EndpointState {
@@ -52,7 +49,6 @@ impl EndpointState {
         EndpointState {
             lanes: std::array::from_fn(|i| distinct[i % distinct.len()].clone()),
             distinct_lanes: distinct.len(),
-            held_here: MAX_LANES / distinct.len(),
             core,
         }
     }
@@ -82,9 +78,11 @@ impl EndpointState {
     }
 
     /// Requests in flight in `lane`, one of this endpoint's: its tickets,
-    /// the references beyond the ones `lanes` holds.
+    /// the references beyond the ones `lanes` holds (each distinct lane
+    /// fills `MAX_LANES / distinct_lanes` of its entries).
     fn lane_in_flight(&self, lane: &Arc<Lane>) -> u64 {
-        Arc::strong_count(lane).saturating_sub(self.held_here) as u64
+        let held_here = MAX_LANES / self.distinct_lanes;
+        Arc::strong_count(lane).saturating_sub(held_here) as u64
     }
 
     /// Requests sent to this endpoint: in flight or ended.
