@@ -157,10 +157,13 @@ impl RttModel {
     /// The share of an estimate left when read `elapsed_ms` after its last
     /// sample: decayed by whole eighths of the decay time only.
     fn keep_when_read(&self, elapsed_ms: u32) -> f64 {
-        let steps = (f64::from(elapsed_ms) / self.read_step_ms).floor();
-        if steps < 1.0 {
+        // Within the first step, the common case, no division and no
+        // `floor` (a libm call without SSE4.1).
+        let elapsed = f64::from(elapsed_ms);
+        if elapsed < self.read_step_ms {
             return 1.0;
         }
+        let steps = (elapsed / self.read_step_ms).floor();
         match self.read_keep.get(steps as usize) {
             Some(keep) => *keep,
             None => (-steps / READ_DECAY_STEPS).exp(),
