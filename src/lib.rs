@@ -70,6 +70,8 @@ mod refresh;
 mod request;
 #[cfg(feature = "reqwest")]
 mod reqwest_http;
+#[cfg(feature = "reqwest")]
+mod reqwest_url;
 mod response;
 mod selection;
 mod service;

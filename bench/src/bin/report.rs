@@ -368,6 +368,15 @@ fn request_path_section(
                 )?;
                 targets.push(json!({"target": format!("cpu {} <= 1.01x", row["client"]), "ratio": vs_raw, "met": met}));
             }
+            if let Some(ratio) = cpu["quick_start_vs_raw_reqwest_request"].as_f64() {
+                let met = ratio <= 1.01;
+                writeln!(
+                    md,
+                    "| end to end, the README's quick start (layer: weighted round robin over `HttpToReqwest`, `http::Request`) against raw reqwest with `reqwest::Request`: at most 1.01x | {ratio:.3}x (the layer and the adapter's conversion together) | {} |",
+                    yes_no(met)
+                )?;
+                targets.push(json!({"target": "cpu quick start vs raw reqwest::Request <= 1.01x", "ratio": ratio, "met": met}));
+            }
         }
         Err(_) => writeln!(md, "| end to end CPU time per request | not run | |")?,
     }
