@@ -186,7 +186,11 @@ impl<R: Route> Trip<R> {
                 })
             });
         }
-        route(balancer, request, &picked.lane.core.url)?;
+        route(
+            request,
+            &picked.lane.core.url,
+            balancer.reads_session_header(),
+        )?;
         if let Some(retrying) = balancer.retrying() {
             retrying
                 .budget
@@ -271,7 +275,12 @@ impl<R: Route> Trip<R> {
         if self.may_retry_on(&replay.balancer, replay.tried.len(), next.takers) {
             replay.copy = request.try_clone();
         }
-        route(&replay.balancer, &mut request, &next.lane.core.url).ok()?;
+        route(
+            &mut request,
+            &next.lane.core.url,
+            replay.balancer.reads_session_header(),
+        )
+        .ok()?;
         tracing::debug!(?outcome, "retrying on another endpoint");
         self.replay = Some(replay);
         Some((request, Attempt::start(next)))
@@ -299,13 +308,14 @@ pub(crate) fn failure(outcome: Outcome, endpoint: &EndpointUrl, source: BoxError
     }
 }
 
-/// Points `request` at `endpoint`, without the balancer's own header.
-fn route<R: Route>(
-    balancer: &Balancer,
+/// Points `request` at `endpoint`, without the balancer's own session-key
+/// header when `strip_session_header` (the balancer reads that header).
+pub(crate) fn route<R: Route>(
     request: &mut R,
     endpoint: &EndpointUrl,
+    strip_session_header: bool,
 ) -> Result<(), Error> {
-    if balancer.reads_session_header() {
+    if strip_session_header {
         request.headers_mut().remove(SessionKey::HEADER);
     }
     request.route_to(endpoint)

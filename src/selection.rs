@@ -14,7 +14,7 @@ use http::{HeaderMap, StatusCode};
 
 use crate::balancer::Balancer;
 use crate::error::Error;
-use crate::pipeline::{Answer, Attempt};
+use crate::pipeline::{route, Answer, Attempt};
 use crate::request::BalanceRequest;
 
 /// One request's endpoint, counted in flight until it is finished or
@@ -39,6 +39,8 @@ use crate::request::BalanceRequest;
 #[must_use = "a selection counts its request in flight until finished or dropped"]
 pub struct Selection {
     attempt: Attempt,
+    /// The balancer reads its session-key header, which must not leave.
+    strip_session_header: bool,
 }
 
 impl Selection {
@@ -50,7 +52,10 @@ impl Selection {
 
     /// Points `request` at the chosen endpoint as the layer does: its
     /// scheme and authority, its base path in front of the request's path
-    /// (dot segments removed); query and headers are kept.
+    /// (dot segments removed); query and headers are kept, except the
+    /// balancer's own [`SessionKey::HEADER`](crate::SessionKey::HEADER),
+    /// which is removed when the policy reads session keys, so that it
+    /// never leaves the process.
     ///
     /// Errors: [`Error::InvalidTarget`] when the target would leave the
     /// base path or has a form that is not routed (docs/targets.md);
@@ -72,7 +77,7 @@ impl Selection {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn route<R: BalanceRequest>(&self, request: &mut R) -> Result<(), Error> {
-        request.route_to(self.attempt.url())
+        route(request, self.attempt.url(), self.strip_session_header)
     }
 
     /// Reports an answer with `status`: a 5xx counts as a failure for the
@@ -123,6 +128,7 @@ impl Balancer {
         match self.pick_for(&request.info(), &[], false) {
             Some(picked) => Ok(Selection {
                 attempt: Attempt::start(picked),
+                strip_session_header: self.reads_session_header(),
             }),
             None => Err(Error::NoEndpointAvailable),
         }

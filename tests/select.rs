@@ -164,3 +164,33 @@ async fn an_empty_set_is_a_typed_error() {
         Err(Error::NoEndpointAvailable)
     ));
 }
+
+#[tokio::test]
+async fn a_selection_sticks_by_the_session_key_header_and_removes_it_before_sending() {
+    let servers = backends(3).await;
+    let balancer = balancer_over(&servers, Policy::maglev());
+    let client = reqwest::Client::new();
+    for user in 0..20 {
+        let key = SessionKey::new(format!("user-{user}"));
+        let home = balancer.locate(&key).unwrap();
+        let mut request = client.get("http://backend/item").build().unwrap();
+        key.attach(&mut request);
+        let selection = balancer.select(&request).unwrap();
+        selection.route(&mut request).unwrap();
+        assert!(request.headers().get(SessionKey::HEADER).is_none());
+        let response = client.execute(request).await.unwrap();
+        selection.finish(response.status());
+        let answered = response.headers().get(BACKEND).unwrap().to_str().unwrap();
+        let server = servers.iter().position(|s| *s.uri() == *home).unwrap();
+        assert_eq!(answered, support::name(server), "user-{user} left its home");
+    }
+    for server in &servers {
+        for request in server.received_requests().await.unwrap() {
+            assert!(
+                !request.headers.contains_key(SessionKey::HEADER),
+                "the session-key header reached a backend"
+            );
+        }
+    }
+    assert_settled(&balancer);
+}
