@@ -285,4 +285,13 @@ async fn a_failing_request_body_is_the_callers_error_and_charges_no_endpoint() {
     assert_eq!(endpoint.requests, 5);
     assert!(!endpoint.ejected);
     assert_eq!(endpoint.latency_ewma, None);
+    // Every request ends as exactly one outcome, client errors included.
+    assert_eq!(endpoint.in_flight, 0);
+    assert_eq!(
+        endpoint.requests,
+        endpoint.successes
+            + endpoint.failures.total()
+            + endpoint.cancelled
+            + endpoint.client_errors
+    );
 }

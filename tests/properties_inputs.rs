@@ -242,7 +242,10 @@ proptest! {
         let stats = balancer.stats();
         prop_assert_eq!(stats.in_flight(), 0);
         for e in &stats.endpoints {
-            prop_assert_eq!(e.requests, e.successes + e.failures.total() + e.cancelled);
+            prop_assert_eq!(
+                e.requests,
+                e.successes + e.failures.total() + e.cancelled + e.client_errors
+            );
         }
         prop_assert_eq!(stats.requests(), plan.len() as u64);
     }

@@ -69,8 +69,8 @@ impl Stats {
 /// Counters of one endpoint since it joined the set.
 ///
 /// Every started request is counted exactly once more when it ends, so once
-/// traffic stops `requests == successes + failures.total() + cancelled` and
-/// `in_flight == 0`.
+/// traffic stops `requests == successes + failures.total() + cancelled +
+/// client_errors` and `in_flight == 0`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct EndpointStats {
