@@ -139,3 +139,43 @@ proptest! {
         }
     }
 }
+
+#[tokio::test]
+async fn a_policy_that_delegates_to_maglev_reads_maglevs_keys_without_forwarding_them() {
+    use tower_lb::SessionKey;
+    // Every endpoint is in zone "a", so the inner Maglev places every
+    // request; `PreferZone` does not forward `request_key`.
+    let servers = backends(3).await;
+    let balancer = servers
+        .iter()
+        .fold(Balancer::builder(), |b, s| {
+            b.endpoint(in_zone(s.uri(), "a"))
+        })
+        .policy(Policy::custom(PreferZone {
+            zone: "a",
+            inner: Policy::maglev().into(),
+        }))
+        .build()
+        .unwrap();
+    let plain_maglev = servers
+        .iter()
+        .fold(Balancer::builder(), |b, s| b.endpoint(s.uri()))
+        .policy(Policy::maglev())
+        .build()
+        .unwrap();
+    let mut homes = std::collections::HashSet::new();
+    for user in 0..60 {
+        let key = SessionKey::new(format!("user-{user}"));
+        let mut request = http::Request::get("/").body(()).unwrap();
+        request.extensions_mut().insert(key);
+        let first = balancer.select(&request).unwrap().endpoint().to_owned();
+        for _ in 0..3 {
+            let again = balancer.select(&request).unwrap();
+            assert_eq!(again.endpoint(), first, "user-{user} moved");
+        }
+        // The same table as Maglev's own over the same endpoints.
+        assert_eq!(Some(first.as_str()), plain_maglev.locate(&key).as_deref());
+        homes.insert(first);
+    }
+    assert_eq!(homes.len(), 3, "keys spread over every endpoint");
+}

@@ -2,7 +2,7 @@
 //! endpoint set when it builds its picker.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use super::{PickContext, Picker, Policy};
 use crate::affinity::RequestKey;
@@ -67,8 +67,14 @@ pub trait SelectionPolicy: Send + Sync + fmt::Debug + 'static {
     fn build(&self, endpoints: &Candidates<'_>) -> Box<dyn Picker>;
 
     /// Where requests' keys come from, if the policy reads them; the
-    /// picker then finds the key's hash in [`PickContext::key`]. `None` by
-    /// default.
+    /// picker then finds the key's hash in [`PickContext::key`].
+    ///
+    /// `None` by default, which means: the key source of the first
+    /// built-in hashing policy that [`build`](SelectionPolicy::build)
+    /// delegates to when the balancer is built (a built-in [`Policy`]
+    /// reports its own as it builds), or no key if there is none. So a
+    /// policy that wraps `Policy::maglev()` reads Maglev's keys without
+    /// saying so; return `Some` to choose the source yourself.
     fn request_key(&self) -> Option<&RequestKey> {
         None
     }
@@ -86,7 +92,11 @@ pub trait SelectionPolicy: Send + Sync + fmt::Debug + 'static {
 
 impl SelectionPolicy for Policy {
     fn build(&self, endpoints: &Candidates<'_>) -> Box<dyn Picker> {
-        self.picker(endpoints.members, endpoints.counters)
+        if let Some(key) = self.request_key() {
+            // The first wins; a later one is another delegate's.
+            let _ = endpoints.delegated_key.set(key.clone());
+        }
+        self.picker_over(endpoints)
     }
 
     fn request_key(&self) -> Option<&RequestKey> {
@@ -101,8 +111,12 @@ impl SelectionPolicy for Policy {
 /// The endpoints a policy chooses among, numbered from 0, with what
 /// configuration says of them: URL, weight, labels.
 pub struct Candidates<'a> {
-    members: &'a [Member],
-    counters: &'a Counters,
+    pub(crate) members: &'a [Member],
+    pub(crate) counters: &'a Counters,
+    /// Where a built-in policy built over these candidates reports its key
+    /// source, for the custom policy that delegated to it (see
+    /// [`SelectionPolicy::request_key`]).
+    delegated_key: Arc<OnceLock<RequestKey>>,
 }
 
 impl fmt::Debug for Candidates<'_> {
@@ -114,8 +128,16 @@ impl fmt::Debug for Candidates<'_> {
 }
 
 impl<'a> Candidates<'a> {
-    pub(crate) fn new(members: &'a [Member], counters: &'a Counters) -> Self {
-        Candidates { members, counters }
+    pub(crate) fn new(
+        members: &'a [Member],
+        counters: &'a Counters,
+        delegated_key: Arc<OnceLock<RequestKey>>,
+    ) -> Self {
+        Candidates {
+            members,
+            counters,
+            delegated_key,
+        }
     }
 
     /// How many endpoints there are.
@@ -154,6 +176,7 @@ impl<'a> Candidates<'a> {
             members,
             indices,
             counters: self.counters.clone(),
+            delegated_key: self.delegated_key.clone(),
         }
     }
 }
@@ -167,6 +190,7 @@ pub struct Subset {
     /// For each endpoint here, its number in the whole set.
     indices: Vec<usize>,
     counters: Counters,
+    delegated_key: Arc<OnceLock<RequestKey>>,
 }
 
 impl fmt::Debug for Subset {
@@ -180,7 +204,7 @@ impl fmt::Debug for Subset {
 impl Subset {
     /// The subset's endpoints as candidates, to build a picker over.
     pub fn candidates(&self) -> Candidates<'_> {
-        Candidates::new(&self.members, &self.counters)
+        Candidates::new(&self.members, &self.counters, self.delegated_key.clone())
     }
 
     /// Picks with `picker` (built over [`Subset::candidates`]) among the

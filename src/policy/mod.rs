@@ -16,7 +16,7 @@ mod weighted;
 
 use std::fmt;
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 pub use consistent::{ConsistentHash, DEFAULT_LOAD_FACTOR, DEFAULT_VIRTUAL_NODES};
 pub use custom::{Candidates, SelectionPolicy, Subset};
@@ -210,7 +210,10 @@ enum Kind {
     Random,
     LeastTime(LeastResponseTime),
     Hash(Box<ConsistentHash>),
-    Custom(Arc<dyn SelectionPolicy>),
+    /// A user's policy, and the key source of the built-in hashing policy
+    /// it delegates to, once it has built (see
+    /// [`SelectionPolicy::request_key`]).
+    Custom(Arc<dyn SelectionPolicy>, Arc<OnceLock<RequestKey>>),
 }
 
 impl Policy {
@@ -276,7 +279,7 @@ impl Policy {
     /// A policy of your own (see [`SelectionPolicy`]).
     pub fn custom(policy: impl SelectionPolicy) -> Self {
         Policy {
-            kind: Kind::Custom(Arc::new(policy)),
+            kind: Kind::Custom(Arc::new(policy), Arc::default()),
         }
     }
 
@@ -298,7 +301,7 @@ impl Policy {
         match &self.kind {
             Kind::LeastTime(_) => true,
             Kind::Hash(hash) => hash.fallback_policy().reads_latency(),
-            Kind::Custom(custom) => custom.reads_latency(),
+            Kind::Custom(custom, _) => custom.reads_latency(),
             _ => false,
         }
     }
@@ -307,7 +310,7 @@ impl Policy {
     pub(crate) fn request_key(&self) -> Option<&RequestKey> {
         match &self.kind {
             Kind::Hash(hash) => Some(hash.request_key()),
-            Kind::Custom(custom) => custom.request_key(),
+            Kind::Custom(custom, delegated) => custom.request_key().or_else(|| delegated.get()),
             _ => None,
         }
     }
@@ -325,6 +328,18 @@ impl Policy {
     /// above zero). The rotations' counters live in `counters`, shared
     /// across snapshots so that a rebuild does not restart them.
     pub(crate) fn picker(&self, active: &[Member], counters: &Counters) -> Box<dyn Picker> {
+        let delegated = match &self.kind {
+            Kind::Custom(_, delegated) => delegated.clone(),
+            _ => Arc::default(),
+        };
+        self.picker_over(&Candidates::new(active, counters, delegated))
+    }
+
+    /// [`Policy::picker`] over `candidates`: a custom policy builds over
+    /// them as they are, so that what it delegates to reports its key
+    /// source where the outermost custom policy finds it.
+    fn picker_over(&self, candidates: &Candidates<'_>) -> Box<dyn Picker> {
+        let (active, counters) = (candidates.members, candidates.counters);
         let weights = || active.iter().map(|m| m.weight).collect::<Vec<_>>();
         match &self.kind {
             Kind::RoundRobin => Box::new(Rotation::round_robin(active.len(), counters)),
@@ -332,7 +347,7 @@ impl Policy {
             Kind::Random => Box::new(WeightedRandom::new(&weights())),
             Kind::LeastTime(least) => least.picker(active),
             Kind::Hash(hash) => hash.picker(active, counters),
-            Kind::Custom(custom) => custom.build(&Candidates::new(active, counters)),
+            Kind::Custom(custom, _) => custom.build(candidates),
         }
     }
 
