@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 
 use arc_swap::ArcSwap;
-use futures::{Stream, StreamExt};
-use tower::discover::Change;
+use futures::StreamExt;
+use tower::discover::{Change, Discover};
 use tower_service::Service;
 
 use crate::balancer::Balancer;
@@ -35,6 +35,11 @@ use crate::response::{ResponseFuture, ServiceFor};
 /// Requests are rewritten to the endpoint's URL as with
 /// [`BalanceService`](crate::BalanceService); retries go through the next
 /// endpoint's service. Clones share the balancer and the services.
+///
+/// The endpoints' services sit in a map that every request reads without a
+/// lock, from any thread, so `S` must be `Clone + Send + Sync`: hyper's
+/// and tonic's clients are; to box one, use
+/// `tower::util::BoxCloneSyncService` (`BoxCloneService` is not `Sync`).
 pub struct PerEndpointService<S> {
     balancer: Balancer,
     services: Arc<Services<S>>,
@@ -161,8 +166,9 @@ where
         }
     }
 
-    /// Follows a discovery stream of `Change<url, service>` (tower's
-    /// `Discover` model, with the endpoint's URL as the key) until it ends:
+    /// Follows a discovery stream of `Change<url, service>` (any tower
+    /// [`Discover`] with the endpoint's URL as the key; a `Stream` of
+    /// `Result<Change<K, S>, E>` is one) until it ends:
     /// `Insert` adds the endpoint (weight 1; an endpoint already in the set
     /// keeps its weight) and sends its requests through the given service,
     /// which replaces any earlier one; `Remove` removes the endpoint and
@@ -171,10 +177,13 @@ where
     /// stream's own error ends the loop and is returned.
     pub async fn follow<D, K, E>(&self, changes: D) -> Result<(), E>
     where
-        D: Stream<Item = Result<Change<K, S>, E>>,
+        D: Discover<Key = K, Service = S, Error = E>,
         K: AsRef<str>,
     {
-        let mut changes = std::pin::pin!(changes);
+        let mut discover = std::pin::pin!(changes);
+        let mut changes = std::pin::pin!(futures::stream::poll_fn(move |cx| discover
+            .as_mut()
+            .poll_discover(cx)));
         while let Some(change) = changes.next().await {
             let result = match change? {
                 Change::Insert(url, service) => {
@@ -258,7 +267,7 @@ impl Balancer {
     /// way) fails with [`Error::NotReady`].
     ///
     /// ```
-    /// use tower::discover::Change;
+    /// use tower::discover::{Change, Discover};
     /// use tower::ServiceExt;
     ///
     /// # async fn run() -> Result<(), tower_lb::BoxError> {

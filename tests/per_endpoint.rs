@@ -14,7 +14,7 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tower::ServiceExt;
-use tower_lb::{Balancer, Policy};
+use tower_lb::{Balancer, PerEndpointService, Policy};
 
 /// An HTTP/2 (prior knowledge) server on 127.0.0.1 that answers with its
 /// name; counts the connections it accepted. Stops with the test's runtime.
@@ -194,6 +194,14 @@ async fn a_removed_endpoints_client_is_dropped_and_a_readded_one_gets_a_new_clie
     );
 }
 
+/// `follow` called as generic code over tower's `Discover` calls it.
+async fn follow_any<D>(service: &PerEndpointService<H2Client>, discover: D) -> Result<(), D::Error>
+where
+    D: tower::discover::Discover<Key = String, Service = H2Client>,
+{
+    service.follow(discover).await
+}
+
 #[tokio::test]
 async fn services_from_discovery_serve_their_endpoints_and_leave_with_them() {
     let (a, b) = (h2_server("a").await, h2_server("b").await);
@@ -206,7 +214,7 @@ async fn services_from_discovery_serve_their_endpoints_and_leave_with_them() {
     let (tx, rx) = futures::channel::mpsc::unbounded::<Result<_, Infallible>>();
     let follower = tokio::spawn({
         let service = service.clone();
-        async move { service.follow(rx).await }
+        async move { follow_any(&service, rx).await }
     });
     let send = || async {
         let request = http::Request::get("/").body(Empty::new()).unwrap();

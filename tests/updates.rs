@@ -168,6 +168,15 @@ async fn updates_never_fail_requests_that_are_flowing() {
     assert_settled(&balancer);
 }
 
+/// `follow` called as generic code over tower's `Discover` calls it (a
+/// `Stream` of `Result<Change>` is one).
+async fn follow_any<D>(balancer: &Balancer, discover: D) -> Result<(), D::Error>
+where
+    D: tower::discover::Discover<Key = String, Service = u32>,
+{
+    balancer.follow(discover).await
+}
+
 #[tokio::test]
 async fn discovery_stream_drives_the_set() {
     let servers = backends(2).await;
@@ -182,7 +191,7 @@ async fn discovery_stream_drives_the_set() {
     let (tx, rx) = mpsc::unbounded::<Result<Change<String, u32>, &'static str>>();
     let follower = tokio::spawn({
         let balancer = balancer.clone();
-        async move { balancer.follow(rx).await }
+        async move { follow_any(&balancer, rx).await }
     });
 
     tx.unbounded_send(Ok(Change::Insert(a.clone(), 1))).unwrap();

@@ -4,8 +4,8 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use futures::{Stream, StreamExt};
-use tower::discover::Change;
+use futures::StreamExt;
+use tower::discover::{Change, Discover};
 
 use super::Balancer;
 use crate::endpoint::{
@@ -165,7 +165,7 @@ impl Balancer {
     /// present. The first invalid change is returned and nothing is applied.
     ///
     /// ```
-    /// use tower::discover::Change;
+    /// use tower::discover::{Change, Discover};
     /// use tower_lb::Endpoint;
     /// # let balancer = tower_lb::Balancer::builder().build()?;
     /// balancer.apply([
@@ -190,8 +190,9 @@ impl Balancer {
         Ok(())
     }
 
-    /// Follows a discovery stream of `Change<url, weight or Endpoint>` events (the
-    /// [`tower::discover`] model) until it ends, applying each as
+    /// Follows a discovery stream of `Change<url, weight or Endpoint>` events
+    /// (any tower [`Discover`]: a `Stream` of `Result<Change<K, V>, E>` is
+    /// one) until it ends, applying each as
     /// [`Balancer::apply`] does. Changes that arrive together are applied in
     /// one rebuild of the set.
     ///
@@ -201,7 +202,7 @@ impl Balancer {
     ///
     /// ```no_run
     /// # async fn run(balancer: tower_lb::Balancer) {
-    /// use tower::discover::Change;
+    /// use tower::discover::{Change, Discover};
     /// let (tx, rx) = futures::channel::mpsc::unbounded::<Result<_, std::convert::Infallible>>();
     /// tokio::spawn({
     ///     let balancer = balancer.clone();
@@ -210,12 +211,14 @@ impl Balancer {
     /// tx.unbounded_send(Ok(Change::Insert("http://127.0.0.1:8083", 1))).ok();
     /// # }
     /// ```
-    pub async fn follow<S, K, V, E>(&self, changes: S) -> Result<(), E>
+    pub async fn follow<D, K, V, E>(&self, changes: D) -> Result<(), E>
     where
-        S: Stream<Item = Result<Change<K, V>, E>>,
+        D: Discover<Key = K, Service = V, Error = E>,
         K: AsRef<str>,
         V: IntoEndpoint,
     {
+        let mut changes = std::pin::pin!(changes);
+        let changes = futures::stream::poll_fn(move |cx| changes.as_mut().poll_discover(cx));
         let mut batches = std::pin::pin!(changes.ready_chunks(DISCOVERY_BATCH));
         while let Some(batch) = batches.next().await {
             let mut parsed = Vec::with_capacity(batch.len());
