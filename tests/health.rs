@@ -237,7 +237,7 @@ async fn retries_are_bounded_by_the_budget() {
         .iter()
         .fold(Balancer::builder(), |b, url| b.endpoint(url))
         .outlier_detection(OutlierDetection::disabled())
-        .retry(Retries::default().budget(Duration::from_secs(10), 0.2, 0))
+        .retry(Retries::default().budget(Duration::from_secs(10), 20.0, 0))
         .build()
         .unwrap();
     let client = client(&balancer);
@@ -385,6 +385,43 @@ fn bad_outlier_settings_get_a_typed_error() {
             matches!(result, Err(tower_lb::Error::InvalidPolicy { .. })),
             "{detection:?}"
         );
+    }
+}
+
+#[test]
+fn bad_retry_settings_get_a_typed_error_naming_the_setting() {
+    let ten_s = Duration::from_secs(10);
+    let bad = [
+        (
+            Retries::default().budget(Duration::ZERO, 20.0, 10),
+            "window",
+        ),
+        (
+            Retries::default().budget(Duration::from_secs(61), 20.0, 10),
+            "window",
+        ),
+        (Retries::default().budget(ten_s, -1.0, 10), "percent"),
+        (Retries::default().budget(ten_s, 1_000.5, 10), "percent"),
+        (Retries::default().budget(ten_s, f64::NAN, 10), "percent"),
+        (Retries::default().max_retries(11), "retries"),
+    ];
+    for (retries, setting) in bad {
+        let result = Balancer::builder()
+            .endpoint("http://127.0.0.1:8081")
+            .retry(retries.clone())
+            .build();
+        match result {
+            Err(tower_lb::Error::InvalidPolicy { reason }) => {
+                assert!(reason.contains(setting), "{reason} ({retries:?})")
+            }
+            other => panic!("{retries:?} gave {other:?}"),
+        }
+    }
+    // The bounds themselves are fine: 0% (no retries beyond the reserve)
+    // and 1,000%.
+    for percent in [0.0, 20.0, 1_000.0] {
+        let retries = Retries::default().budget(ten_s, percent, 0);
+        assert!(Balancer::builder().retry(retries).build().is_ok());
     }
 }
 

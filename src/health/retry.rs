@@ -57,7 +57,7 @@ pub struct Retries {
     pub(crate) idempotent_failures: bool,
     pub(crate) max_retries: u32,
     budget_window: Duration,
-    budget_share: f64,
+    budget_percent: f64,
     budget_reserve: u32,
 }
 
@@ -69,7 +69,7 @@ impl Default for Retries {
             idempotent_failures: false,
             max_retries: 2,
             budget_window: Duration::from_secs(10),
-            budget_share: 0.2,
+            budget_percent: 20.0,
             budget_reserve: 10,
         }
     }
@@ -106,11 +106,26 @@ impl Retries {
         self
     }
 
-    /// The budget: retries may be `share` of the requests of the last
-    /// `window` (1 to 60 s) plus `reserve_per_second`.
-    pub fn budget(mut self, window: Duration, share: f64, reserve_per_second: u32) -> Self {
+    /// The budget: retries may be `percent` (0 to 1,000) of the requests
+    /// of the last `window` (1 to 60 s), plus `reserve_per_second`. The
+    /// default is `budget(Duration::from_secs(10), 20.0, 10)`: 20%, on the
+    /// same 0-100 scale as the outlier detector's percentages.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_lb::{Balancer, Error, Retries};
+    ///
+    /// let strict = Retries::default().budget(Duration::from_secs(10), 5.0, 0);
+    /// assert!(Balancer::builder().retry(strict).build().is_ok());
+    /// let absurd = Retries::default().budget(Duration::from_secs(10), 5_000.0, 0);
+    /// assert!(matches!(
+    ///     Balancer::builder().retry(absurd).build(),
+    ///     Err(Error::InvalidPolicy { .. })
+    /// ));
+    /// ```
+    pub fn budget(mut self, window: Duration, percent: f64, reserve_per_second: u32) -> Self {
         self.budget_window = window;
-        self.budget_share = share;
+        self.budget_percent = percent;
         self.budget_reserve = reserve_per_second;
         self
     }
@@ -121,16 +136,25 @@ impl Retries {
     }
 
     pub(crate) fn validate(&self) -> Result<(), Error> {
-        let window = self.budget_window.as_secs();
-        if !(1..=60).contains(&window)
-            || !(0.0..=10.0).contains(&self.budget_share)
-            || self.max_retries > 10
-        {
-            return Err(Error::InvalidPolicy {
-                reason: "retry: the budget window must be 1 to 60 s, the share 0 to 10, and at most 10 retries".into(),
-            });
-        }
-        Ok(())
+        let window = self.budget_window;
+        let reason = if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&window) {
+            format!("retry: the budget window must be 1 to 60 s, not {window:?}")
+        } else if !(0.0..=1_000.0).contains(&self.budget_percent) {
+            format!(
+                "retry: the budget must be 0 to 1,000 percent of recent requests, not {}",
+                self.budget_percent
+            )
+        } else if self.max_retries > 10 {
+            format!(
+                "retry: at most 10 retries per request, not {}",
+                self.max_retries
+            )
+        } else {
+            return Ok(());
+        };
+        Err(Error::InvalidPolicy {
+            reason: reason.into(),
+        })
     }
 
     /// The live retry state, `None` when retries are off.
@@ -140,7 +164,7 @@ impl Retries {
                 budget: RetryBudget::new(
                     clock,
                     self.budget_window,
-                    self.budget_share,
+                    self.budget_percent / 100.0,
                     self.budget_reserve,
                 ),
                 policy: self,
