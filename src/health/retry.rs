@@ -152,9 +152,7 @@ impl Retries {
         } else {
             return Ok(());
         };
-        Err(Error::InvalidPolicy {
-            reason: reason.into(),
-        })
+        Err(Error::InvalidPolicy { reason })
     }
 
     /// The live retry state, `None` when retries are off.
