@@ -21,7 +21,7 @@ use http::Uri;
 
 /// Origins kept per thread and scheme; past this many, the map starts
 /// again, so a stream of new hosts cannot grow memory without bound.
-const ORIGINS_PER_THREAD: usize = 256;
+const ORIGINS_PER_THREAD: usize = 1_024;
 
 thread_local! {
     /// Parsed origins by authority, for `http` and `https`.
