@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::member::Owner;
 use super::rtt::{RttEstimate, RttModel};
 use super::{Counters, EndpointUrl};
 use crate::clock::Clock;
@@ -29,6 +30,8 @@ pub(crate) struct EndpointCore {
     health_shared: Arc<HealthShared>,
     connect_failures: Arc<ConnectFailures>,
     pub(crate) clock: Clock,
+    /// The balancer the endpoint belongs to, for a retry to find.
+    pub(crate) owner: Owner,
 }
 
 impl EndpointCore {
@@ -43,6 +46,7 @@ impl EndpointCore {
             health_shared: counters.health.clone(),
             connect_failures: counters.connect_failures.clone(),
             clock: counters.clock,
+            owner: counters.owner.clone(),
         }
     }
 

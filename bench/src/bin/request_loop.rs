@@ -2,8 +2,9 @@
 //! shows where two cores lose time.
 //!
 //! `cargo build --release -p tower-lb-bench --bin request_loop`, then:
-//! - `target/release/request_loop layer wrr` — requests through the layer
-//!   over a service that answers at once (`raw` for none);
+//! - `target/release/request_loop layer wrr [threads]` — requests through
+//!   the layer over a service that answers at once (`raw` for none), from
+//!   one thread or several, each with its own clone of the service;
 //! - `target/release/request_loop select maglev 2` — `Balancer::select`
 //!   on two threads sharing one balancer;
 //! - `target/release/request_loop select maglev 2 separate` — the same,
@@ -11,7 +12,8 @@
 //!
 //! Policies: `wrr`, `random`, `least_time`, `ring_header`, `maglev`.
 //! `ENDPOINTS` (default 10) and `COUNT` (default 5,000,000 per thread)
-//! set the size. Prints ns per request (per thread, for `select`).
+//! set the size; `RETRIES=default` turns the default retries on (off
+//! otherwise). Prints ns per request (per thread, for `select`).
 
 use std::hint::black_box;
 use std::task::{Context, Poll};
@@ -58,7 +60,11 @@ fn balancer(endpoints: usize, name: &str) -> Balancer {
             b.endpoint(format!("http://10.0.{}.{}:8080", i / 200, i % 200 + 1))
         })
         .policy(policy(name))
-        .retry(Retries::disabled())
+        .retry(if std::env::var_os("RETRIES").is_some() {
+            Retries::default()
+        } else {
+            Retries::disabled()
+        })
         .build();
     match built {
         Ok(balancer) => balancer,
@@ -111,10 +117,20 @@ fn main() {
             drive(&mut Trivial, request(n % 1024));
         }
     } else {
-        let mut service = balancer(endpoints, &name).layer().layer(Trivial);
-        for n in 0..count {
-            drive(&mut service, request(n % 1024));
-        }
+        // Each thread sends through its own clone of the service, all over
+        // one balancer, as tokio's workers do.
+        let threads: usize = arg(2, "1").parse().unwrap_or(1);
+        let service = balancer(endpoints, &name).layer().layer(Trivial);
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                let mut service = service.clone();
+                scope.spawn(move || {
+                    for n in 0..count {
+                        drive(&mut service, request(n % 1024));
+                    }
+                });
+            }
+        });
     }
     let per = started.elapsed().as_nanos() as f64 / count as f64;
     println!("{mode} {name}: {per:.0} ns per request");
