@@ -112,21 +112,20 @@ fn main() {
                 });
             }
         });
-    } else if name == "raw" {
-        for n in 0..count {
-            drive(&mut Trivial, request(n % 1024));
-        }
     } else {
         // Each thread sends through its own clone of the service, all over
         // one balancer, as tokio's workers do.
         let threads: usize = arg(2, "1").parse().unwrap_or(1);
-        let service = balancer(endpoints, &name).layer().layer(Trivial);
+        let service = (name != "raw").then(|| balancer(endpoints, &name).layer().layer(Trivial));
         std::thread::scope(|scope| {
             for _ in 0..threads {
                 let mut service = service.clone();
                 scope.spawn(move || {
                     for n in 0..count {
-                        drive(&mut service, request(n % 1024));
+                        match service.as_mut() {
+                            Some(service) => drive(service, request(n % 1024)),
+                            None => drive(&mut Trivial, request(n % 1024)),
+                        }
                     }
                 });
             }
