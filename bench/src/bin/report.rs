@@ -371,11 +371,15 @@ fn request_path_section(
             if let Some(ratio) = cpu["quick_start_vs_raw_reqwest_request"].as_f64() {
                 let met = ratio <= 1.01;
                 let raw_cpu = |name: &str| {
-                    cpu["rows"].as_array().into_iter().flatten().find_map(|row| {
-                        (row["client"].as_str() == Some(name))
-                            .then(|| row["cpu_us_per_request"].as_f64())
-                            .flatten()
-                    })
+                    cpu["rows"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .find_map(|row| {
+                            (row["client"].as_str() == Some(name))
+                                .then(|| row["cpu_us_per_request"].as_f64())
+                                .flatten()
+                        })
                 };
                 let adapter = raw_cpu("raw reqwest")
                     .zip(raw_cpu("raw reqwest, reqwest::Request"))
