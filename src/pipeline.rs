@@ -103,11 +103,9 @@ fn classify(answer: Answer<'_>) -> (Outcome, Option<StatusCode>) {
 
 /// What one request needs beyond its current attempt: how many retries
 /// are left, the learned-affinity table when the policy learns cookies,
-/// and, only while a retry can happen, the replay state (kept out of line,
-/// so that a trip that cannot be retried stays small). No trip holds the
-/// balancer: a retry finds it through the endpoint that failed
-/// ([`Balancer::owning`]), so that a request touches no reference count
-/// that every core's requests write.
+/// and, only while a retry can happen, the replay state (kept out of line
+/// with its own handle on the balancer, so that a trip that cannot be
+/// retried stays small and touches no shared reference count).
 #[derive(Debug)]
 pub(crate) struct Trip<R> {
     retries_left: u32,
@@ -118,10 +116,11 @@ pub(crate) struct Trip<R> {
     replay: Option<Box<Replay<R>>>,
 }
 
-/// What a retry needs: the endpoints tried, and an unrouted copy of the
-/// request while another attempt may follow.
+/// What a retry needs: the balancer, the endpoints tried, and an unrouted
+/// copy of the request while another attempt may follow.
 #[derive(Debug)]
 struct Replay<R> {
+    balancer: Balancer,
     tried: Vec<Arc<EndpointCore>>,
     copy: Option<R>,
 }
@@ -181,6 +180,7 @@ impl<R: Route> Trip<R> {
             // and no replay state.
             self.replay = request.try_clone().map(|copy| {
                 Box::new(Replay {
+                    balancer: balancer.clone(),
                     tried: Vec::new(),
                     copy: Some(copy),
                 })
@@ -233,33 +233,19 @@ impl<R: Route> Trip<R> {
             learned.learn(headers, endpoint);
         }
         let (outcome, status) = classify(answer);
-        // The balancer (found through the endpoint) and the endpoint's core
-        // (to leave it out of the next pick) are taken, reference counts
-        // other cores write too, only for a failure that may be retried.
-        let copied = self
-            .replay
-            .as_ref()
-            .is_some_and(|replay| replay.copy.is_some());
-        let retry_through = (copied && outcome != Outcome::Success)
-            .then(|| Balancer::owning(attempt.in_flight.core()))
-            .flatten()
-            .filter(|balancer| {
-                balancer
+        // The endpoint's core is taken (a reference count other cores
+        // write too) only for a retry, to leave it out of the next pick.
+        let retried = self.replay.as_ref().is_some_and(|replay| {
+            replay.copy.is_some()
+                && replay
+                    .balancer
                     .retrying()
                     .is_some_and(|retrying| retrying.retries(outcome, self.safe))
-            });
-        let tried = retry_through
-            .as_ref()
-            .map(|_| attempt.in_flight.core().clone());
+        });
+        let tried = retried.then(|| attempt.in_flight.core().clone());
         let keep = attempt.endpoint.is_some();
         attempt.end_as(outcome, status);
-        let next = match (retry_through, tried) {
-            (Some(balancer), Some(tried)) => {
-                self.retry(&balancer, tried, keep, outcome, extensions)
-            }
-            _ => None,
-        };
-        match next {
+        match tried.and_then(|tried| self.retry(tried, keep, outcome, extensions)) {
             Some((request, attempt)) => Step::Retry(request, attempt),
             None => Step::Done(outcome),
         }
@@ -271,7 +257,6 @@ impl<R: Route> Trip<R> {
     /// handle if `keep`.
     fn retry(
         &mut self,
-        balancer: &Balancer,
         tried: Arc<EndpointCore>,
         keep: bool,
         outcome: Outcome,
@@ -279,21 +264,21 @@ impl<R: Route> Trip<R> {
     ) -> Option<(R, Attempt)> {
         let mut replay = self.replay.take()?;
         let mut request = replay.copy.take()?;
-        let retrying = balancer.retrying()?;
+        let retrying = replay.balancer.retrying()?;
         replay.tried.push(tried);
         let info = with_extensions(request.info(), extensions);
-        let next = balancer.pick_for(&info, &replay.tried, keep)?;
+        let next = replay.balancer.pick_for(&info, &replay.tried, keep)?;
         if !retrying.budget.withdraw() {
             return None;
         }
         self.retries_left = self.retries_left.saturating_sub(1);
-        if self.may_retry_on(balancer, replay.tried.len(), next.takers) {
+        if self.may_retry_on(&replay.balancer, replay.tried.len(), next.takers) {
             replay.copy = request.try_clone();
         }
         route(
             &mut request,
             &next.lane.core.url,
-            balancer.reads_session_header(),
+            replay.balancer.reads_session_header(),
         )
         .ok()?;
         tracing::debug!(?outcome, "retrying on another endpoint");

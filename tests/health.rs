@@ -508,3 +508,27 @@ async fn retries_do_not_take_turns_from_the_round_robin() {
     assert_eq!(received(&servers[1]).await, 10);
     assert_settled(&balancer);
 }
+
+/// A response future carries what its retries need: the request is retried
+/// even when the service that sent it held the last handle on the balancer
+/// and is gone (`oneshot` drops it once it has called it).
+#[tokio::test]
+async fn a_retry_happens_after_the_last_balancer_handle_is_dropped() {
+    let servers = backends(1).await;
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    };
+    for _ in 0..10 {
+        // The refusing endpoint takes most first attempts.
+        let balancer = Balancer::builder()
+            .endpoint_weighted(dead.as_str(), 100)
+            .endpoint_weighted(servers[0].uri().as_str(), 1)
+            .build()
+            .unwrap();
+        let client = client(&balancer);
+        drop(balancer);
+        let answer = client.oneshot(get("/")).await;
+        assert_eq!(answer.unwrap().status(), 200);
+    }
+}

@@ -1,13 +1,13 @@
 //! Building a balancer from a static list of endpoints and its settings.
 
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
 use super::{Balancer, Shared};
 use crate::affinity::LearnedHomes;
 use crate::clock::Clock;
-use crate::endpoint::{Counters, Endpoint, EndpointUrl, Labels, Member, Owner};
+use crate::endpoint::{Counters, Endpoint, EndpointUrl, Labels, Member};
 use crate::health::{HealthShared, OutlierDetection, Retries};
 use crate::membership::Snapshot;
 use crate::policy::Policy;
@@ -132,18 +132,8 @@ impl BalancerBuilder {
         if !self.endpoints.is_empty() && self.endpoints.iter().all(|(_, weight, _)| *weight == 0) {
             return Err(Error::ZeroTotalWeight);
         }
-        // The endpoints hold a weak handle on the balancer (see `Owner`),
-        // so it is made knowing where it will live.
-        let shared = Arc::new_cyclic(|owner: &Weak<Shared>| self.shared(owner.clone()));
-        Ok(Balancer { shared })
-    }
-
-    /// The balancer's state, its endpoints owned by `owner`; the
-    /// configuration is valid.
-    fn shared(self, owner: Weak<Shared>) -> Shared {
         let clock = Clock::default();
         let counters = Counters {
-            owner: Owner(owner),
             clock,
             rng: Arc::new(self.seed.map_or_else(SharedRng::unseeded, SharedRng::new)),
             rtt: Arc::new(
@@ -173,21 +163,23 @@ impl BalancerBuilder {
             .request_key()
             .map(|key| key.cookie_names())
             .unwrap_or_default();
-        Shared {
-            snapshot: ArcSwap::from_pointee(snapshot),
-            policy: self.policy,
-            counters,
-            learned: LearnedHomes::new(cookie_names).map(Arc::new),
-            retrying: self.retry.start(clock),
-            #[cfg(feature = "cookies")]
-            site_cookies: std::sync::OnceLock::new(),
-            writer: Mutex::new(()),
-            reads_session_header,
-            keyless: Default::default(),
-            warned_keyless: Default::default(),
-            discovery: Mutex::new(None),
-            dropped: tokio::sync::watch::channel(()).0,
-            discovery_task: Mutex::new(None),
-        }
+        Ok(Balancer {
+            shared: Arc::new(Shared {
+                snapshot: ArcSwap::from_pointee(snapshot),
+                policy: self.policy,
+                counters,
+                learned: LearnedHomes::new(cookie_names).map(Arc::new),
+                retrying: self.retry.start(clock),
+                #[cfg(feature = "cookies")]
+                site_cookies: std::sync::OnceLock::new(),
+                writer: Mutex::new(()),
+                reads_session_header,
+                keyless: Default::default(),
+                warned_keyless: Default::default(),
+                discovery: Mutex::new(None),
+                dropped: tokio::sync::watch::channel(()).0,
+                discovery_task: Mutex::new(None),
+            }),
+        })
     }
 }

@@ -342,13 +342,6 @@ impl Balancer {
         site.for_request(secure, base_path, request.path)
     }
 
-    /// The balancer `endpoint` belongs to, while any handle on it is alive:
-    /// how a retry finds its balancer (see [`Owner`](crate::endpoint::Owner)).
-    pub(crate) fn owning(endpoint: &EndpointCore) -> Option<Balancer> {
-        let shared = endpoint.owner.0.upgrade()?.downcast::<Shared>().ok()?;
-        Some(Balancer { shared })
-    }
-
     /// The learned affinity table, when the policy keys on cookies.
     pub(crate) fn learned(&self) -> Option<&Arc<LearnedHomes>> {
         self.shared.learned.as_ref()

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::member::Owner;
 use super::rtt::{RttEstimate, RttModel};
 use super::{Counters, EndpointUrl};
 use crate::clock::Clock;
@@ -30,8 +29,6 @@ pub(crate) struct EndpointCore {
     health_shared: Arc<HealthShared>,
     connect_failures: Arc<ConnectFailures>,
     pub(crate) clock: Clock,
-    /// The balancer the endpoint belongs to, for a retry to find.
-    pub(crate) owner: Owner,
 }
 
 impl EndpointCore {
@@ -46,7 +43,6 @@ impl EndpointCore {
             health_shared: counters.health.clone(),
             connect_failures: counters.connect_failures.clone(),
             clock: counters.clock,
-            owner: counters.owner.clone(),
         }
     }
 

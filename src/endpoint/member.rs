@@ -1,10 +1,8 @@
 //! An endpoint's place in the set (its weight) and the state every endpoint
 //! of one balancer shares.
 
-use std::any::Any;
-use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use super::{EndpointState, EndpointUrl, Labels, RttModel};
 use crate::clock::Clock;
@@ -38,28 +36,6 @@ pub(crate) struct Counters {
     pub(crate) health: Arc<HealthShared>,
     /// Connect failures since discovery last looked (a hint to look again).
     pub(crate) connect_failures: Arc<ConnectFailures>,
-    /// The balancer these endpoints belong to.
-    pub(crate) owner: Owner,
-}
-
-/// A handle on the balancer that owns an endpoint, which does not keep it
-/// alive: a retry finds its balancer through the endpoint it failed on, so
-/// that a request that may be retried need not hold one (a reference count
-/// that every core's requests would write). Opaque here, below the
-/// balancer; the balancer reads it back.
-#[derive(Clone)]
-pub(crate) struct Owner(pub(crate) Weak<dyn Any + Send + Sync>);
-
-impl Default for Owner {
-    fn default() -> Self {
-        Owner(Weak::<()>::new())
-    }
-}
-
-impl fmt::Debug for Owner {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Owner")
-    }
 }
 
 /// An endpoint, its weight and its labels.
