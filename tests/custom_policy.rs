@@ -179,3 +179,79 @@ async fn a_policy_that_delegates_to_maglev_reads_maglevs_keys_without_forwarding
     }
     assert_eq!(homes.len(), 3, "keys spread over every endpoint");
 }
+
+/// Delegates to Maglev when there are endpoints, and builds a picker that
+/// picks nothing for an empty set (so it delegates to nothing then).
+#[derive(Debug)]
+struct MaglevWhenAny;
+
+#[derive(Debug)]
+struct NoPick;
+
+impl Picker for NoPick {
+    fn pick(&self, _: &PickContext<'_>) -> Option<usize> {
+        None
+    }
+}
+
+impl SelectionPolicy for MaglevWhenAny {
+    fn build(&self, endpoints: &Candidates<'_>) -> Box<dyn Picker> {
+        if endpoints.is_empty() {
+            return Box::new(NoPick);
+        }
+        Policy::from(Policy::maglev()).build(endpoints)
+    }
+}
+
+#[tokio::test]
+async fn a_delegated_key_source_is_fixed_per_balancer_when_it_is_built() {
+    use tower::ServiceExt;
+    use tower_lb::SessionKey;
+    let servers = backends(3).await;
+    let policy = Policy::custom(MaglevWhenAny);
+    // Built with endpoints: it delegated to Maglev, so it reads session
+    // keys, sticks by them and removes their header.
+    let keyed = balancer_over(&servers, policy.clone());
+    // The same policy, built empty: it delegated to nothing then, so it
+    // reads no key, whatever the other balancer recorded, and leaves the
+    // header alone once endpoints arrive.
+    let keyless = Balancer::builder().policy(policy).build().unwrap();
+    for server in &servers {
+        keyless.add(&server.uri(), 1).unwrap();
+    }
+    let send = |balancer: &Balancer, user: usize| {
+        let client = client(balancer);
+        async move {
+            let mut request = get("/");
+            let key = SessionKey::new(format!("user-{user}"));
+            request
+                .headers_mut()
+                .insert(SessionKey::HEADER, key.header_value());
+            backend_name(&client.oneshot(request).await.unwrap())
+        }
+    };
+    for user in 0..10 {
+        let first = send(&keyed, user).await;
+        assert_eq!(send(&keyed, user).await, first, "user-{user} moved");
+    }
+    let mut with_header = 0;
+    for server in &servers {
+        for request in server.received_requests().await.unwrap() {
+            with_header += usize::from(request.headers.contains_key(SessionKey::HEADER));
+        }
+    }
+    assert_eq!(with_header, 0, "the keyed balancer let the header through");
+    for user in 0..10 {
+        send(&keyless, user).await;
+    }
+    let mut with_header = 0;
+    for server in &servers {
+        for request in server.received_requests().await.unwrap() {
+            with_header += usize::from(request.headers.contains_key(SessionKey::HEADER));
+        }
+    }
+    assert_eq!(
+        with_header, 10,
+        "the keyless balancer read a key it was not built with"
+    );
+}

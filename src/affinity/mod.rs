@@ -39,8 +39,10 @@ pub fn key_hash(key: &[u8]) -> u64 {
 /// Put it in an `http::Request`'s `Extensions` (or a `reqwest-middleware`
 /// request's, with `with_extension`). A `reqwest::Request` keeps its
 /// extensions private, so for one the key travels in the
-/// [`SessionKey::HEADER`] header instead ([`SessionKey::attach`]); the
-/// balancer reads it there and removes it before the request leaves.
+/// [`SessionKey::HEADER`] header instead ([`SessionKey::attach`]); a
+/// balancer whose policy reads session keys reads it there and removes it
+/// before the request leaves (one whose policy reads none leaves the
+/// request's headers as they are).
 ///
 /// Only the key's hash is kept, so the value cannot leak through `Debug`,
 /// logs, stats or that header.
@@ -62,7 +64,8 @@ impl SessionKey {
     /// The header that carries a session key on requests that have no
     /// extensions to hold it (`reqwest::Request`): its value is the key's
     /// hash in 16 hexadecimal digits. Read by [`RequestKey::session`] and
-    /// removed by the balancer before the request is sent.
+    /// removed before the request is sent by a balancer whose policy reads
+    /// it.
     pub const HEADER: &'static str = "x-tower-lb-session-key";
 
     /// The value of [`SessionKey::HEADER`] for this key.

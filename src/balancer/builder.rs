@@ -132,17 +132,18 @@ impl BalancerBuilder {
         if !self.endpoints.is_empty() && self.endpoints.iter().all(|(_, weight, _)| *weight == 0) {
             return Err(Error::ZeroTotalWeight);
         }
+        let policy = self.policy.for_one_balancer();
         let clock = Clock::default();
         let counters = Counters {
             clock,
             rng: Arc::new(self.seed.map_or_else(SharedRng::unseeded, SharedRng::new)),
             rtt: Arc::new(
-                self.policy
+                policy
                     .rtt_model_on(clock)
-                    .timing_every_request(self.policy.reads_latency()),
+                    .timing_every_request(policy.reads_latency()),
             ),
             health: Arc::new(HealthShared::new(self.outlier_detection, clock)),
-            in_flight: self.policy.counts_total_in_flight().then(Default::default),
+            in_flight: policy.counts_total_in_flight().then(Default::default),
             ..Counters::default()
         };
         let members = self
@@ -153,20 +154,22 @@ impl BalancerBuilder {
                 ..Member::new(url, weight, &counters)
             })
             .collect();
-        let snapshot = Snapshot::build(members, &self.policy, &counters);
-        let reads_session_header = self
-            .policy
-            .request_key()
+        let snapshot = Snapshot::build(members, &policy, &counters);
+        // Fixed now, after the first build: a custom policy's key source is
+        // the one it delegated to then (see `SelectionPolicy::request_key`).
+        let request_key = policy.request_key().cloned();
+        let reads_session_header = request_key
+            .as_ref()
             .is_some_and(|key| key.reads_session_header());
-        let cookie_names = self
-            .policy
-            .request_key()
+        let cookie_names = request_key
+            .as_ref()
             .map(|key| key.cookie_names())
             .unwrap_or_default();
         Ok(Balancer {
             shared: Arc::new(Shared {
                 snapshot: ArcSwap::from_pointee(snapshot),
-                policy: self.policy,
+                policy,
+                request_key,
                 counters,
                 learned: LearnedHomes::new(cookie_names).map(Arc::new),
                 retrying: self.retry.start(clock),

@@ -19,7 +19,7 @@ pub use builder::BalancerBuilder;
 
 #[cfg(feature = "cookies")]
 use crate::affinity::SiteCookies;
-use crate::affinity::{LearnedHomes, RequestInfo, SessionKey};
+use crate::affinity::{LearnedHomes, RequestInfo, RequestKey, SessionKey};
 use crate::endpoint::{Counters, DiscoveryStats, EndpointCore, EndpointState, Stats, Ticket};
 use crate::health::Retrying;
 use crate::membership::Snapshot;
@@ -64,6 +64,8 @@ struct Shared {
     site_cookies: std::sync::OnceLock<Arc<SiteCookies>>,
     /// Taken by updates only, never by requests.
     writer: Mutex<()>,
+    /// Where requests' keys come from, fixed when the balancer was built.
+    request_key: Option<RequestKey>,
     /// Whether the policy's key reads [`SessionKey::HEADER`].
     reads_session_header: bool,
     /// Requests a hashing policy found no key in (see `warn_keyless`).
@@ -262,7 +264,7 @@ impl Balancer {
         excluded: &[Arc<EndpointCore>],
         now: Option<Instant>,
     ) -> Option<Chosen<'s>> {
-        let Some(request_key) = self.shared.policy.request_key() else {
+        let Some(request_key) = self.shared.request_key.as_ref() else {
             return snapshot.pick(None, excluded, now).map(Chosen::Active);
         };
         #[cfg(feature = "cookies")]

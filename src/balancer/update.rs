@@ -165,7 +165,7 @@ impl Balancer {
     /// present. The first invalid change is returned and nothing is applied.
     ///
     /// ```
-    /// use tower::discover::{Change, Discover};
+    /// use tower::discover::Change;
     /// use tower_lb::Endpoint;
     /// # let balancer = tower_lb::Balancer::builder().build()?;
     /// balancer.apply([
@@ -200,9 +200,12 @@ impl Balancer {
     /// `warn` level, so one bad record cannot stall discovery. The stream's
     /// own error ends the loop and is returned.
     ///
+    /// The key may be any type that reads as the URL (`AsRef<str>`) and is
+    /// `Eq`, as tower's `Discover` requires (`String`, `&str`, `Arc<str>`).
+    ///
     /// ```no_run
     /// # async fn run(balancer: tower_lb::Balancer) {
-    /// use tower::discover::{Change, Discover};
+    /// use tower::discover::Change;
     /// let (tx, rx) = futures::channel::mpsc::unbounded::<Result<_, std::convert::Infallible>>();
     /// tokio::spawn({
     ///     let balancer = balancer.clone();

@@ -71,10 +71,12 @@ pub trait SelectionPolicy: Send + Sync + fmt::Debug + 'static {
     ///
     /// `None` by default, which means: the key source of the first
     /// built-in hashing policy that [`build`](SelectionPolicy::build)
-    /// delegates to when the balancer is built (a built-in [`Policy`]
-    /// reports its own as it builds), or no key if there is none. So a
-    /// policy that wraps `Policy::maglev()` reads Maglev's keys without
-    /// saying so; return `Some` to choose the source yourself.
+    /// delegates to when the balancer is built (over the endpoints it is
+    /// built with, possibly none; a built-in [`Policy`] reports its own as
+    /// it builds), or no key if there is none. So a policy that wraps
+    /// `Policy::maglev()` reads Maglev's keys without saying so. The source
+    /// is fixed then: return `Some` to choose it yourself, for instance
+    /// when `build` delegates to a hashing policy only for some sets.
     fn request_key(&self) -> Option<&RequestKey> {
         None
     }

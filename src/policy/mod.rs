@@ -306,6 +306,18 @@ impl Policy {
         }
     }
 
+    /// This policy for a balancer of its own: a custom policy gets a fresh
+    /// recorder of the key source it delegates to, so that two balancers
+    /// built from one `Policy` do not share what one of them recorded.
+    pub(crate) fn for_one_balancer(&self) -> Policy {
+        match &self.kind {
+            Kind::Custom(custom, _) => Policy {
+                kind: Kind::Custom(custom.clone(), Arc::default()),
+            },
+            _ => self.clone(),
+        }
+    }
+
     /// Where the policy takes request keys from, if it hashes.
     pub(crate) fn request_key(&self) -> Option<&RequestKey> {
         match &self.kind {
