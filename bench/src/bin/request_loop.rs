@@ -11,6 +11,12 @@
 //!   each thread with a balancer of its own over the same endpoints.
 //!
 //! Policies: `wrr`, `random`, `least_time`, `ring_header`, `maglev`.
+//! - `target/release/request_loop convert http` — `HttpToReqwest` turning
+//!   `http::Request`s into `reqwest::Request`s for a service that answers
+//!   at once (`http-extensions`: each request carries a session key;
+//!   `reqwest`: the same `reqwest::Request`s built directly from a URL, as
+//!   `client.get(url)` does).
+//!
 //! `ENDPOINTS` (default 10) and `COUNT` (default 5,000,000 per thread)
 //! set the size; `RETRIES=default` turns the default retries on (off
 //! otherwise). Prints ns per request (per thread, for `select`).
@@ -39,6 +45,60 @@ fn drive<S: Service<http::Request<()>>>(service: &mut S, request: http::Request<
     let mut cx = Context::from_waker(&waker);
     if let Poll::Ready(Ok(())) = service.poll_ready(&mut cx) {
         let _ = black_box(service.call(request).now_or_never());
+    }
+}
+
+/// A `reqwest` service that answers every request at once.
+#[derive(Clone, Copy)]
+struct Answer;
+
+impl Service<reqwest::Request> for Answer {
+    type Response = reqwest::Response;
+    type Error = reqwest::Error;
+    type Future = std::future::Ready<Result<reqwest::Response, reqwest::Error>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), reqwest::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: reqwest::Request) -> Self::Future {
+        black_box(&request);
+        std::future::ready(Ok(reqwest::Response::from(http::Response::new(""))))
+    }
+}
+
+/// `count` requests of `kind` (`http`, `http-extensions`, `reqwest`) to
+/// [`Answer`], through `HttpToReqwest` for the `http` kinds.
+fn convert(kind: &str, count: usize) {
+    let waker = futures::task::noop_waker();
+    let mut cx = Context::from_waker(&waker);
+    let url = "http://127.0.0.1:41234/item";
+    let mut adapter = tower_lb::HttpToReqwest::new(Answer);
+    let mut plain = Answer;
+    for n in 0..count {
+        if kind == "reqwest" {
+            let Ok(url) = reqwest::Url::parse(url) else {
+                return;
+            };
+            let request = reqwest::Request::new(http::Method::GET, url);
+            if let Poll::Ready(Ok(())) = plain.poll_ready(&mut cx) {
+                let _ = black_box(plain.call(request).now_or_never());
+            }
+            continue;
+        }
+        let Ok(mut request) = http::Request::get(url).body(reqwest::Body::from("")) else {
+            return;
+        };
+        if kind == "http-extensions" {
+            request
+                .extensions_mut()
+                .insert(SessionKey::new((n as u64).to_le_bytes()));
+        }
+        if let Poll::Ready(Ok(())) =
+            Service::<http::Request<reqwest::Body>>::poll_ready(&mut adapter, &mut cx)
+        {
+            let _ = black_box(adapter.call(request).now_or_never());
+        }
     }
 }
 
@@ -86,7 +146,9 @@ fn main() {
     let endpoints = env("ENDPOINTS", 10);
     let count = env("COUNT", 5_000_000);
     let started = Instant::now();
-    if mode == "select" {
+    if mode == "convert" {
+        convert(&name, count);
+    } else if mode == "select" {
         let threads: usize = arg(2, "1").parse().unwrap_or(1);
         let separate = arg(3, "") == "separate";
         let shared = balancer(endpoints, &name);
