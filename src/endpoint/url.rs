@@ -1,7 +1,9 @@
 //! Endpoint addresses: parsing, the canonical name, and the pieces a request
 //! rewrite needs.
 
+use std::borrow::Cow;
 use std::fmt;
+use std::net::Ipv6Addr;
 use std::sync::Arc;
 
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
@@ -120,7 +122,10 @@ impl EndpointUrl {
             .to_ascii_lowercase()
             .parse()
             .map_err(|_| invalid("invalid host"))?;
-        let canonical = format!("{scheme}://{}:{port}{base_path}", authority.host());
+        let canonical = format!(
+            "{scheme}://{}:{port}{base_path}",
+            canonical_host(authority.host())
+        );
         Ok(EndpointUrl {
             scheme,
             authority,
@@ -132,7 +137,8 @@ impl EndpointUrl {
         })
     }
 
-    /// The canonical form, `scheme://host:port/base`: the endpoint's name in
+    /// The canonical form, `scheme://host:port/base` (lowercase host, IPv6
+    /// in its shortest form, port always written): the endpoint's name in
     /// stats, errors and updates.
     pub fn as_str(&self) -> &str {
         &self.canonical
@@ -311,13 +317,25 @@ impl fmt::Display for EndpointUrl {
     }
 }
 
+/// `host` as the canonical name writes it: an IPv6 address in its
+/// shortest form (RFC 5952: `[0:0::1]` is `[::1]`), so that two spellings
+/// of one address name one endpoint; any other host as it is.
+fn canonical_host(host: &str) -> Cow<'_, str> {
+    host.strip_prefix('[')
+        .and_then(|inner| inner.strip_suffix(']'))
+        .and_then(|inner| inner.parse::<Ipv6Addr>().ok())
+        .map_or(Cow::Borrowed(host), |address| {
+            Cow::Owned(format!("[{address}]"))
+        })
+}
+
 /// `scheme://host:port/` of `endpoint` as a `reqwest` URL, if the url
 /// crate reads it back with the same host and port.
 #[cfg(feature = "reqwest")]
 fn reqwest_origin(endpoint: &EndpointUrl) -> Option<reqwest::Url> {
     let origin =
         reqwest::Url::parse(&format!("{}://{}/", endpoint.scheme, endpoint.authority)).ok()?;
-    let same = origin.host_str() == Some(endpoint.authority.host())
+    let same = origin.host_str() == Some(canonical_host(endpoint.authority.host()).as_ref())
         && origin.port_or_known_default() == Some(endpoint.port)
         && origin.scheme() == endpoint.scheme.as_str();
     same.then_some(origin)
@@ -337,6 +355,19 @@ mod tests {
         );
         let tls = EndpointUrl::parse("https://example.com").unwrap();
         assert_eq!(tls.as_str(), "https://example.com:443");
+        // One IPv6 address, however it is written, is one endpoint.
+        for spelling in [
+            "http://[::1]:9000",
+            "http://[0:0:0:0:0:0:0:1]:9000/",
+            "http://[0000::0001]:9000",
+        ] {
+            assert_eq!(
+                EndpointUrl::parse(spelling).unwrap().as_str(),
+                "http://[::1]:9000"
+            );
+        }
+        let mapped = EndpointUrl::parse("http://[::FFFF:10.0.0.1]").unwrap();
+        assert_eq!(mapped.as_str(), "http://[::ffff:10.0.0.1]:80");
     }
 
     #[test]
