@@ -67,7 +67,11 @@ fn url_of(uri: &Uri) -> Option<reqwest::Url> {
         _ => return None,
     };
     let authority = uri.authority()?.as_str();
-    if authority.contains('@') {
+    let path = uri.path();
+    // Userinfo, and the asterisk form (`*`, for `OPTIONS`) or any other
+    // path that is not absolute, go reqwest's way, which reads them
+    // differently.
+    if authority.contains('@') || !path.starts_with('/') {
         return None;
     }
     let mut url = ORIGINS
@@ -85,12 +89,6 @@ fn url_of(uri: &Uri) -> Option<reqwest::Url> {
             Some(origin)
         })
         .ok()??;
-    let path = uri.path();
-    // The asterisk form (`*`, for `OPTIONS`) and any other path that is not
-    // absolute goes reqwest's way, which reads it differently.
-    if !path.starts_with('/') {
-        return None;
-    }
     if path != "/" {
         url.set_path(path);
     }
