@@ -21,8 +21,11 @@
 //!   targets: weighted round robin with retries off and with the default
 //!   retries, least time, ring hash keyed on a header, ring hash keyed on a
 //!   cookie with the cookie jar attached (with the `cookies` feature:
-//!   `--features cookies`) against the same without a jar, and tower's
-//!   pending-requests balancer. Requests carry the key header and no cookie.
+//!   `--features cookies`) against the same without a jar, tower's
+//!   pending-requests balancer, and `floor_rewrite` (`_counted`): no
+//!   balancer, only a rotation and the URI rewrite (plus an in-flight
+//!   count), the least a balancer that rewrites URIs does (see
+//!   `tower_lb_bench::Floor`). Requests carry the key header and no cookie.
 
 use std::hint::black_box;
 use std::task::{Context, Poll};
@@ -37,7 +40,7 @@ use tower::discover::ServiceList;
 use tower::load::{CompleteOnResponse, PeakEwmaDiscover, PendingRequestsDiscover};
 use tower::{Layer, Service};
 use tower_lb::{Balancer, Policy, Retries, SessionKey};
-use tower_lb_bench::Trivial;
+use tower_lb_bench::{Floor, Trivial};
 
 const SIZES: [usize; 3] = [10, 100, 1_000];
 /// Distinct keys the requests cycle through (hash policies see new keys).
@@ -369,6 +372,15 @@ fn request_path(c: &mut Criterion) {
             b.iter(|| {
                 n = n.wrapping_add(1);
                 drive(&mut service, keyed_request(n % KEYS));
+            })
+        });
+    }
+    for (name, counted) in [("floor_rewrite", false), ("floor_rewrite_counted", true)] {
+        let mut floor = Floor::new(10, counted);
+        group.bench_function(BenchmarkId::new(name, 10), |b| {
+            b.iter(|| {
+                n = n.wrapping_add(1);
+                drive(&mut floor, keyed_request(n % KEYS));
             })
         });
     }

@@ -4,9 +4,14 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http::uri::{Authority, Scheme};
 use http_body_util::Full;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -34,6 +39,97 @@ impl tower::Service<http::Request<()>> for Trivial {
 
     fn call(&mut self, _: http::Request<()>) -> Self::Future {
         std::future::ready(Ok(http::Response::new(())))
+    }
+}
+
+/// What [`Floor`] sends to: scheme and authority per endpoint, and an
+/// in-flight count each.
+type Origins = Arc<[(Scheme, Authority, AtomicU64)]>;
+
+/// The least any balancer that rewrites URIs does, over [`Trivial`]: a
+/// rotation per service clone (no shared counter) and the request's URI
+/// set to the endpoint's scheme and authority through `http`'s own types;
+/// nothing else. [`Floor::new`]`(endpoints, true)` also counts requests in
+/// flight per endpoint, one shared atomic up when sent and down when
+/// answered. What the per-request figures of a real balancer compare to.
+#[derive(Clone)]
+pub struct Floor {
+    inner: Trivial,
+    origins: Origins,
+    next: usize,
+    counted: bool,
+}
+
+impl Floor {
+    /// `endpoints` endpoints; `counted`: count requests in flight.
+    pub fn new(endpoints: usize, counted: bool) -> Self {
+        let origins = (0..endpoints)
+            .map(|i| {
+                let authority = format!("10.0.{}.{}:8080", i / 200, i % 200 + 1);
+                match Authority::try_from(authority.as_str()) {
+                    Ok(authority) => (Scheme::HTTP, authority, AtomicU64::new(0)),
+                    Err(error) => panic!("the floor's authority is valid: {error}"),
+                }
+            })
+            .collect();
+        Floor {
+            inner: Trivial,
+            origins,
+            next: 0,
+            counted,
+        }
+    }
+}
+
+impl tower::Service<http::Request<()>> for Floor {
+    type Response = http::Response<()>;
+    type Error = Infallible;
+    type Future = Counted<<Trivial as tower::Service<http::Request<()>>>::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<()>) -> Self::Future {
+        let i = self.next;
+        self.next = if i + 1 == self.origins.len() {
+            0
+        } else {
+            i + 1
+        };
+        let (scheme, authority, in_flight) = &self.origins[i];
+        let mut parts = std::mem::take(request.uri_mut()).into_parts();
+        parts.scheme = Some(scheme.clone());
+        parts.authority = Some(authority.clone());
+        if let Ok(uri) = http::Uri::from_parts(parts) {
+            *request.uri_mut() = uri;
+        }
+        let release = self.counted.then(|| {
+            in_flight.fetch_add(1, Ordering::Relaxed);
+            (self.origins.clone(), i)
+        });
+        Counted {
+            inner: self.inner.call(request),
+            release,
+        }
+    }
+}
+
+/// [`Floor`]'s response future: releases the in-flight count when answered.
+pub struct Counted<F> {
+    inner: F,
+    release: Option<(Origins, usize)>,
+}
+
+impl<F: Future + Unpin> Future for Counted<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let output = std::task::ready!(Pin::new(&mut self.inner).poll(cx));
+        if let Some((origins, i)) = self.release.take() {
+            origins[i].2.fetch_sub(1, Ordering::Relaxed);
+        }
+        Poll::Ready(output)
     }
 }
 

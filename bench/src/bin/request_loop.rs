@@ -10,7 +10,12 @@
 //! - `target/release/request_loop select maglev 2 separate` — the same,
 //!   each thread with a balancer of its own over the same endpoints.
 //!
-//! Policies: `wrr`, `random`, `least_time`, `ring_header`, `maglev`.
+//! Policies: `wrr`, `random`, `least_time`, `ring_header`, `maglev`;
+//! `floor`: no balancer of ours, the least any balancer that rewrites URIs
+//! does (a rotation per service clone and the URI set to the endpoint's
+//! scheme and authority through `http`'s own types, nothing counted);
+//! `floor_counted`: the same plus an in-flight count per endpoint, up when
+//! sent and down when answered (one shared atomic each way).
 //! - `target/release/request_loop convert http` — `HttpToReqwest` turning
 //!   `http::Request`s into `reqwest::Request`s for a service that answers
 //!   at once (`http-extensions`: each request carries a session key;
@@ -28,7 +33,7 @@ use std::time::Instant;
 use futures::FutureExt;
 use tower::{Layer, Service};
 use tower_lb::{Balancer, Policy, RequestKey, Retries, SessionKey};
-use tower_lb_bench::Trivial;
+use tower_lb_bench::{Floor, Trivial};
 
 /// A request with the key header and a session key.
 fn request(n: usize) -> http::Request<()> {
@@ -178,15 +183,20 @@ fn main() {
         // Each thread sends through its own clone of the service, all over
         // one balancer, as tokio's workers do.
         let threads: usize = arg(2, "1").parse().unwrap_or(1);
-        let service = (name != "raw").then(|| balancer(endpoints, &name).layer().layer(Trivial));
+        let floor = name
+            .starts_with("floor")
+            .then(|| Floor::new(endpoints, name == "floor_counted"));
+        let service = (name != "raw" && floor.is_none())
+            .then(|| balancer(endpoints, &name).layer().layer(Trivial));
         std::thread::scope(|scope| {
             for _ in 0..threads {
-                let mut service = service.clone();
+                let (mut service, mut floor) = (service.clone(), floor.clone());
                 scope.spawn(move || {
                     for n in 0..count {
-                        match service.as_mut() {
-                            Some(service) => drive(service, request(n % 1024)),
-                            None => drive(&mut Trivial, request(n % 1024)),
+                        match (service.as_mut(), floor.as_mut()) {
+                            (Some(service), _) => drive(service, request(n % 1024)),
+                            (None, Some(floor)) => drive(floor, request(n % 1024)),
+                            (None, None) => drive(&mut Trivial, request(n % 1024)),
                         }
                     }
                 });
