@@ -65,7 +65,7 @@ impl Middleware for Balancer {
                 Err(error) => Answer::Failed(chain_of(error)),
             };
             let endpoint = result.is_err().then(|| attempt.url().clone());
-            match trip.end(attempt, answer, Some(extensions)) {
+            match trip.end(Some(self), attempt, answer, Some(extensions)) {
                 Step::Retry(retry, started) => (request, attempt) = (retry, started),
                 Step::Done(outcome) => {
                     return result.map_err(|source| {

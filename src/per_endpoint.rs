@@ -19,7 +19,7 @@ use futures::StreamExt;
 use tower::discover::{Change, Discover};
 use tower_service::Service;
 
-use crate::balancer::Balancer;
+use crate::balancer::{Balancer, LaneHandles};
 use crate::endpoint::{EndpointState, EndpointUrl};
 use crate::error::{BoxError, Error};
 use crate::pipeline::Trip;
@@ -42,6 +42,8 @@ use crate::response::{ResponseFuture, ServiceFor};
 /// `tower::util::BoxCloneSyncService` (`BoxCloneService` is not `Sync`).
 pub struct PerEndpointService<S> {
     balancer: Balancer,
+    /// What a request that may be retried holds the balancer by.
+    handles: Arc<LaneHandles<S>>,
     services: Arc<Services<S>>,
     /// `services` as the response future asks it.
     service_for: ServiceFor<S>,
@@ -51,6 +53,7 @@ impl<S> Clone for PerEndpointService<S> {
     fn clone(&self) -> Self {
         PerEndpointService {
             balancer: self.balancer.clone(),
+            handles: self.handles.clone(),
             services: self.services.clone(),
             service_for: self.service_for.clone(),
         }
@@ -84,7 +87,8 @@ where
         let mut trip = Trip::new(&self.balancer);
         match trip.start(&self.balancer, &mut request, None, true) {
             Ok(attempt) => {
-                ResponseFuture::readying(request, attempt, trip, self.service_for.clone())
+                let balancer = trip.may_retry().then(|| self.handles.hold());
+                ResponseFuture::readying(request, attempt, trip, self.service_for.clone(), balancer)
             }
             Err(error) => ResponseFuture::failed(error),
         }
@@ -161,6 +165,7 @@ where
         };
         PerEndpointService {
             balancer: balancer.clone(),
+            handles: Arc::new(LaneHandles::new(balancer, None)),
             services,
             service_for,
         }

@@ -103,9 +103,13 @@ fn classify(answer: Answer<'_>) -> (Outcome, Option<StatusCode>) {
 
 /// What one request needs beyond its current attempt: how many retries
 /// are left, the learned-affinity table when the policy learns cookies,
-/// and, only while a retry can happen, the replay state (kept out of line
-/// with its own handle on the balancer, so that a trip that cannot be
-/// retried stays small and touches no shared reference count).
+/// and, only while a retry can happen, the replay state (kept out of line,
+/// so that a trip that cannot be retried stays small).
+///
+/// The trip holds no balancer: whoever drives it passes one to
+/// [`Trip::end`], and a front end whose response future outlives the
+/// service keeps a hold on it while a retry may follow
+/// ([`LaneHandle`](crate::balancer::LaneHandle)).
 #[derive(Debug)]
 pub(crate) struct Trip<R> {
     retries_left: u32,
@@ -116,11 +120,10 @@ pub(crate) struct Trip<R> {
     replay: Option<Box<Replay<R>>>,
 }
 
-/// What a retry needs: the balancer, the endpoints tried, and an unrouted
-/// copy of the request while another attempt may follow.
+/// What a retry needs: the endpoints tried, and an unrouted copy of the
+/// request while another attempt may follow.
 #[derive(Debug)]
 struct Replay<R> {
-    balancer: Balancer,
     tried: Vec<Arc<EndpointCore>>,
     copy: Option<R>,
 }
@@ -180,7 +183,6 @@ impl<R: Route> Trip<R> {
             // and no replay state.
             self.replay = request.try_clone().map(|copy| {
                 Box::new(Replay {
-                    balancer: balancer.clone(),
                     tried: Vec::new(),
                     copy: Some(copy),
                 })
@@ -216,13 +218,16 @@ impl<R: Route> Trip<R> {
     }
 
     /// Ends `attempt` with `answer`: learns the session cookies of an
-    /// answer and records the outcome. Then decides on a retry: a copy was
-    /// kept, the outcome and method allow it, another endpoint is free and
-    /// the budget has room (only a retry that can happen draws on it).
+    /// answer and records the outcome. Then decides on a retry through
+    /// `balancer` (the one the trip started on; `None` when the caller
+    /// kept none, as when [`Trip::may_retry`] was false): a copy was kept,
+    /// the outcome and method allow it, another endpoint is free and the
+    /// budget has room (only a retry that can happen draws on it).
     /// Returns the next attempt with its request, or the outcome that
     /// stands.
     pub(crate) fn end(
         &mut self,
+        balancer: Option<&Balancer>,
         attempt: Attempt,
         answer: Answer<'_>,
         extensions: Option<&Extensions>,
@@ -235,17 +240,18 @@ impl<R: Route> Trip<R> {
         let (outcome, status) = classify(answer);
         // The endpoint's core is taken (a reference count other cores
         // write too) only for a retry, to leave it out of the next pick.
-        let retried = self.replay.as_ref().is_some_and(|replay| {
-            replay.copy.is_some()
-                && replay
-                    .balancer
+        let balancer = balancer.filter(|balancer| {
+            self.may_retry()
+                && balancer
                     .retrying()
                     .is_some_and(|retrying| retrying.retries(outcome, self.safe))
         });
-        let tried = retried.then(|| attempt.in_flight.core().clone());
+        let tried = balancer.map(|balancer| (balancer, attempt.in_flight.core().clone()));
         let keep = attempt.endpoint.is_some();
         attempt.end_as(outcome, status);
-        match tried.and_then(|tried| self.retry(tried, keep, outcome, extensions)) {
+        let next = tried
+            .and_then(|(balancer, tried)| self.retry(balancer, tried, keep, outcome, extensions));
+        match next {
             Some((request, attempt)) => Step::Retry(request, attempt),
             None => Step::Done(outcome),
         }
@@ -257,6 +263,7 @@ impl<R: Route> Trip<R> {
     /// handle if `keep`.
     fn retry(
         &mut self,
+        balancer: &Balancer,
         tried: Arc<EndpointCore>,
         keep: bool,
         outcome: Outcome,
@@ -264,21 +271,21 @@ impl<R: Route> Trip<R> {
     ) -> Option<(R, Attempt)> {
         let mut replay = self.replay.take()?;
         let mut request = replay.copy.take()?;
-        let retrying = replay.balancer.retrying()?;
+        let retrying = balancer.retrying()?;
         replay.tried.push(tried);
         let info = with_extensions(request.info(), extensions);
-        let next = replay.balancer.pick_for(&info, &replay.tried, keep)?;
+        let next = balancer.pick_for(&info, &replay.tried, keep)?;
         if !retrying.budget.withdraw() {
             return None;
         }
         self.retries_left = self.retries_left.saturating_sub(1);
-        if self.may_retry_on(&replay.balancer, replay.tried.len(), next.takers) {
+        if self.may_retry_on(balancer, replay.tried.len(), next.takers) {
             replay.copy = request.try_clone();
         }
         route(
             &mut request,
             &next.lane.core.url,
-            replay.balancer.reads_session_header(),
+            balancer.reads_session_header(),
         )
         .ok()?;
         tracing::debug!(?outcome, "retrying on another endpoint");

@@ -10,6 +10,7 @@ use std::task::{ready, Context, Poll};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
+use crate::balancer::LaneHandle;
 use crate::endpoint::EndpointState;
 use crate::error::{BoxError, Error};
 use crate::outcome::Outcome;
@@ -33,8 +34,8 @@ pin_project! {
         attempt: Option<Attempt>,
         trip: Option<Trip<R>>,
         // The service the next attempt goes through, while it gets ready:
-        // a clone of the shared inner service (kept for every retry), or
-        // the next endpoint's own.
+        // a clone of the shared inner service (made for the retry), or the
+        // next endpoint's own.
         ready: Option<S>,
         // Per-endpoint services: where the next attempt's service comes from.
         services: Option<ServiceFor<S>>,
@@ -42,6 +43,10 @@ pin_project! {
         // (boxed: rare with a shared service, and it would double the
         // future's size).
         next: Option<Box<(R, Attempt)>>,
+        // The balancer, and the shared inner service retries go through,
+        // kept while a retry may follow (through this thread's lane: see
+        // `balancer::handles`).
+        held: Option<Arc<LaneHandle<S>>>,
     }
 }
 
@@ -69,30 +74,34 @@ pin_project! {
 }
 
 impl<F, S, R> ResponseFuture<F, S, R> {
-    /// A request already sent through the shared inner service; `retry_with`
-    /// is a clone of it, kept when a retry may follow.
+    /// A request already sent through the shared inner service; `held`,
+    /// kept when a retry may follow, holds the balancer and the service a
+    /// retry goes through.
     pub(crate) fn calling(
         future: F,
         attempt: Attempt,
         trip: Trip<R>,
-        retry_with: Option<S>,
+        held: Option<Arc<LaneHandle<S>>>,
     ) -> Self {
         ResponseFuture {
             state: State::Calling { future },
             attempt: Some(attempt),
             trip: Some(trip),
-            ready: retry_with,
+            ready: None,
             services: None,
             next: None,
+            held,
         }
     }
 
-    /// A request to send through its endpoint's own service, once ready.
+    /// A request to send through its endpoint's own service, once ready;
+    /// `held` holds the balancer when a retry may follow.
     pub(crate) fn readying(
         request: R,
         attempt: Attempt,
         trip: Trip<R>,
         services: ServiceFor<S>,
+        held: Option<Arc<LaneHandle<S>>>,
     ) -> Self {
         ResponseFuture {
             state: State::Readying,
@@ -101,6 +110,7 @@ impl<F, S, R> ResponseFuture<F, S, R> {
             ready: None,
             services: Some(services),
             next: Some(Box::new((request, attempt))),
+            held,
         }
     }
 
@@ -113,6 +123,7 @@ impl<F, S, R> ResponseFuture<F, S, R> {
             ready: None,
             services: None,
             next: None,
+            held: None,
         }
     }
 }
@@ -158,17 +169,20 @@ where
                         },
                         Err(error) => Answer::Failed(error.as_ref()),
                     };
-                    let outcome = match trip.end(attempt, answer, None) {
-                        Step::Retry(request, attempt)
-                            if this.ready.is_some() || this.services.is_some() =>
-                        {
-                            *this.next = Some(Box::new((request, attempt)));
-                            this.state.set(State::Readying);
-                            continue;
-                        }
-                        Step::Retry(..) => Outcome::OtherError,
-                        Step::Done(outcome) => outcome,
-                    };
+                    let held = this.held.as_deref();
+                    let outcome =
+                        match trip.end(held.map(LaneHandle::balancer), attempt, answer, None) {
+                            Step::Retry(request, attempt)
+                                if this.services.is_some()
+                                    || held.is_some_and(LaneHandle::has_service) =>
+                            {
+                                *this.next = Some(Box::new((request, attempt)));
+                                this.state.set(State::Readying);
+                                continue;
+                            }
+                            Step::Retry(..) => Outcome::OtherError,
+                            Step::Done(outcome) => outcome,
+                        };
                     return Poll::Ready(result.map_err(|source| match endpoint {
                         Some(endpoint) => failure(outcome, &endpoint, source),
                         None => Error::NotReady(source),
@@ -179,15 +193,15 @@ where
                         return Poll::Pending;
                     };
                     if this.ready.is_none() {
-                        if let Some(services) = this.services.as_ref() {
-                            let service = next.1.endpoint().and_then(|e| services(e));
-                            let Some(service) = service else {
-                                let missing =
-                                    format!("no inner service for endpoint {}", next.1.url());
-                                return Poll::Ready(Err(Error::NotReady(missing.into())));
-                            };
-                            *this.ready = Some(service);
-                        }
+                        let service = match this.services.as_ref() {
+                            Some(services) => next.1.endpoint().and_then(|e| services(e)),
+                            None => this.held.as_deref().and_then(LaneHandle::clone_service),
+                        };
+                        let Some(service) = service else {
+                            let missing = format!("no inner service for endpoint {}", next.1.url());
+                            return Poll::Ready(Err(Error::NotReady(missing.into())));
+                        };
+                        *this.ready = Some(service);
                     }
                     let Some(service) = this.ready.as_mut() else {
                         return Poll::Pending;
@@ -202,11 +216,9 @@ where
                     let entered = attempt.span().enter();
                     let future = service.call(request);
                     drop(entered);
-                    // An endpoint's own service served its attempt; a retry
-                    // goes to another endpoint, through that one's.
-                    if this.services.is_some() {
-                        *this.ready = None;
-                    }
+                    // A retry goes through a service of its own: a new
+                    // clone of the shared one, or the next endpoint's.
+                    *this.ready = None;
                     *this.attempt = Some(attempt);
                     this.state.set(State::Calling { future });
                 }

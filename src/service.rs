@@ -3,11 +3,12 @@
 //! (`response`) drives the rest.
 
 use std::marker::PhantomData;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use tower_service::Service;
 
-use crate::balancer::Balancer;
+use crate::balancer::{Balancer, LaneHandle, LaneHandles};
 use crate::error::{BoxError, Error};
 use crate::pipeline::Trip;
 use crate::request::{BalanceRequest, BalanceResponse};
@@ -23,7 +24,10 @@ use crate::response::ResponseFuture;
 /// service's own stays reachable as [`Error::Upstream`]'s source.
 ///
 /// `S` is cloned for retries, which call it again, so it must be `Clone`
-/// (Tower clients are). For an inner service that is not, make the service
+/// (Tower clients are). A request that may be retried holds no clone of
+/// its own: the service keeps a copy of `S` per core, made at its first
+/// such request, and a retry that happens goes through a clone of that
+/// copy. For an inner service that is not `Clone`, make the service
 /// with [`BalanceLayer::without_retries`](crate::BalanceLayer::without_retries):
 /// the mode `M` is then [`NoRetries`] and requests are sent once.
 ///
@@ -48,6 +52,9 @@ use crate::response::ResponseFuture;
 pub struct BalanceService<S, M = WithRetries> {
     inner: S,
     balancer: Balancer,
+    /// What a request that may be retried holds: the balancer and a copy
+    /// of `inner` per lane, made at the first such request.
+    handles: Arc<OnceLock<LaneHandles<S>>>,
     mode: PhantomData<fn() -> M>,
 }
 
@@ -75,6 +82,7 @@ impl<S: Clone, M> Clone for BalanceService<S, M> {
         BalanceService {
             inner: self.inner.clone(),
             balancer: self.balancer.clone(),
+            handles: self.handles.clone(),
             mode: PhantomData,
         }
     }
@@ -95,6 +103,7 @@ impl<S> BalanceService<S> {
     pub fn new(inner: S, balancer: Balancer) -> Self {
         BalanceService {
             inner,
+            handles: Arc::default(),
             balancer,
             mode: PhantomData,
         }
@@ -106,6 +115,7 @@ impl<S> BalanceService<S, NoRetries> {
     pub fn without_retries(inner: S, balancer: Balancer) -> Self {
         BalanceService {
             inner,
+            handles: Arc::default(),
             balancer,
             mode: PhantomData,
         }
@@ -124,6 +134,10 @@ impl<S, M> BalanceService<S, M> {
     }
 
     /// The wrapped service, mutably.
+    ///
+    /// Retries go through copies of the service made at the first request
+    /// that could be retried: a change made here reaches them only if the
+    /// service's clones share it (a `reqwest::Client`'s do).
     pub fn get_mut(&mut self) -> &mut S {
         &mut self.inner
     }
@@ -146,13 +160,13 @@ impl<S, M> BalanceService<S, M> {
     }
 
     /// Starts `trip` for `request` and calls the inner service; when a
-    /// retry may follow, `clone` makes the service the retry goes through.
+    /// retry may follow, `hold` gives what the response future keeps for it.
     #[inline]
     fn send<R>(
         &mut self,
         mut trip: Trip<R>,
         mut request: R,
-        clone: impl FnOnce(&S) -> Option<S>,
+        hold: impl FnOnce(&Self) -> Option<Arc<LaneHandle<S>>>,
     ) -> ResponseFuture<S::Future, S, R>
     where
         R: BalanceRequest,
@@ -164,12 +178,8 @@ impl<S, M> BalanceService<S, M> {
                 let entered = attempt.span().enter();
                 let future = self.inner.call(request);
                 drop(entered);
-                let retry_with = if trip.may_retry() {
-                    clone(&self.inner)
-                } else {
-                    None
-                };
-                ResponseFuture::calling(future, attempt, trip, retry_with)
+                let held = if trip.may_retry() { hold(self) } else { None };
+                ResponseFuture::calling(future, attempt, trip, held)
             }
             Err(error) => ResponseFuture::failed(error),
         }
@@ -193,8 +203,12 @@ where
 
     fn call(&mut self, request: R) -> Self::Future {
         let trip = Trip::new(&self.balancer);
-        // The service is cloned only for a trip that may be retried.
-        self.send(trip, request, |inner| Some(inner.clone()))
+        self.send(trip, request, |service| {
+            let handles = service
+                .handles
+                .get_or_init(|| LaneHandles::new(&service.balancer, Some(&service.inner)));
+            Some(handles.hold())
+        })
     }
 }
 

@@ -154,6 +154,28 @@ async fn a_refused_connection_is_retried_through_the_next_endpoints_client() {
 }
 
 #[tokio::test]
+async fn a_retry_happens_after_the_service_and_the_balancer_are_dropped() {
+    let up = h2_server("up").await;
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let down = format!("http://{}", probe.local_addr().unwrap());
+    drop(probe);
+    for _ in 0..10 {
+        // The refusing endpoint takes most first attempts; the response
+        // future is all that is left when the retry is decided.
+        let balancer = Balancer::builder()
+            .endpoint_weighted(down.as_str(), 100)
+            .endpoint_weighted(up.url.as_str(), 1)
+            .build()
+            .unwrap();
+        let service = balancer.per_endpoint(|_: &str| h2_client());
+        drop(balancer);
+        let request = http::Request::get("/").body(Empty::new()).unwrap();
+        let response = service.oneshot(request).await.unwrap();
+        assert_eq!(body_text(response).await, "up HTTP/2.0");
+    }
+}
+
+#[tokio::test]
 async fn a_removed_endpoints_client_is_dropped_and_a_readded_one_gets_a_new_client() {
     let (a, b) = (h2_server("a").await, h2_server("b").await);
     let balancer = Balancer::builder().endpoint(&a.url).build().unwrap();

@@ -8,6 +8,7 @@
 //! a request in flight is never blocked or failed by an update.
 
 mod builder;
+mod handles;
 mod update;
 
 use std::sync::{Arc, Mutex};
@@ -16,6 +17,7 @@ use arc_swap::{ArcSwap, Guard};
 use tokio::time::Instant;
 
 pub use builder::BalancerBuilder;
+pub(crate) use handles::{LaneHandle, LaneHandles};
 
 #[cfg(feature = "cookies")]
 use crate::affinity::SiteCookies;
