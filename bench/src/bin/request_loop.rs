@@ -24,7 +24,8 @@
 //!
 //! `ENDPOINTS` (default 10) and `COUNT` (default 5,000,000 per thread)
 //! set the size; `RETRIES=default` turns the default retries on (off
-//! otherwise). Prints ns per request (per thread, for `select`).
+//! otherwise); `INNER=shared` makes the inner service one whose clones
+//! share a reference count, as a `reqwest::Client`'s do. Prints ns per request (per thread, for `select`).
 
 use std::hint::black_box;
 use std::task::{Context, Poll};
@@ -43,6 +44,27 @@ fn request(n: usize) -> http::Request<()> {
         .headers_mut()
         .insert("x-user-id", http::HeaderValue::from(n as u64));
     request
+}
+
+/// [`Trivial`] behind a shared reference count, cloned as a
+/// `reqwest::Client` is.
+#[derive(Clone)]
+struct SharedTrivial(std::sync::Arc<Trivial>);
+
+impl Service<http::Request<()>> for SharedTrivial {
+    type Response = <Trivial as Service<http::Request<()>>>::Response;
+    type Error = <Trivial as Service<http::Request<()>>>::Error;
+    type Future = <Trivial as Service<http::Request<()>>>::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        let mut inner = *self.0;
+        inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<()>) -> Self::Future {
+        let mut inner = *self.0;
+        inner.call(request)
+    }
 }
 
 fn drive<S: Service<http::Request<()>>>(service: &mut S, request: http::Request<()>) {
@@ -186,13 +208,24 @@ fn main() {
         let floor = name
             .starts_with("floor")
             .then(|| Floor::new(endpoints, name == "floor_counted"));
-        let service = (name != "raw" && floor.is_none())
+        let shared_inner = std::env::var("INNER").is_ok_and(|inner| inner == "shared");
+        let service = (name != "raw" && floor.is_none() && !shared_inner)
             .then(|| balancer(endpoints, &name).layer().layer(Trivial));
+        let shared = (name != "raw" && shared_inner).then(|| {
+            balancer(endpoints, &name)
+                .layer()
+                .layer(SharedTrivial(std::sync::Arc::new(Trivial)))
+        });
         std::thread::scope(|scope| {
             for _ in 0..threads {
                 let (mut service, mut floor) = (service.clone(), floor.clone());
+                let mut shared = shared.clone();
                 scope.spawn(move || {
                     for n in 0..count {
+                        if let Some(shared) = shared.as_mut() {
+                            drive(shared, request(n % 1024));
+                            continue;
+                        }
                         match (service.as_mut(), floor.as_mut()) {
                             (Some(service), _) => drive(service, request(n % 1024)),
                             (None, Some(floor)) => drive(floor, request(n % 1024)),
