@@ -289,10 +289,15 @@ fn request_path_section(
     let mut row = |label: &str, id: &str, limit: f64| -> Result<(), BoxError> {
         let above = at_10(id).zip(none).map(|(v, n)| v - n);
         let met = above.is_some_and(|a| a <= limit);
+        // Within a nanosecond of the limit, a whole number would hide
+        // which side it is on.
+        let shown = match above {
+            Some(a) if (a - limit).abs() < 1.0 => format!("{a:.1}"),
+            _ => ns(above),
+        };
         writeln!(
             md,
-            "| {label}: at most {limit:.0} ns above raw | {} ns ({} ns in all) | {} |",
-            ns(above),
+            "| {label}: at most {limit:.0} ns above raw | {shown} ns ({} ns in all) | {} |",
             ns(at_10(id)),
             yes_no(met)
         )?;
