@@ -87,7 +87,9 @@ where
         let mut trip = Trip::new(&self.balancer);
         match trip.start(&self.balancer, &mut request, None, true) {
             Ok(attempt) => {
-                let balancer = trip.may_retry().then(|| self.handles.hold());
+                let balancer = trip
+                    .may_retry()
+                    .then(|| self.handles.hold(&self.balancer, None));
                 ResponseFuture::readying(request, attempt, trip, self.service_for.clone(), balancer)
             }
             Err(error) => ResponseFuture::failed(error),
@@ -165,7 +167,7 @@ where
         };
         PerEndpointService {
             balancer: balancer.clone(),
-            handles: Arc::new(LaneHandles::new(balancer, None)),
+            handles: Arc::default(),
             services,
             service_for,
         }

@@ -3,7 +3,7 @@
 //! (`response`) drives the rest.
 
 use std::marker::PhantomData;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tower_service::Service;
@@ -25,8 +25,9 @@ use crate::response::ResponseFuture;
 ///
 /// `S` is cloned for retries, which call it again, so it must be `Clone`
 /// (Tower clients are). A request that may be retried holds no clone of
-/// its own: the service keeps a copy of `S` per core, made at its first
-/// such request, and a retry that happens goes through a clone of that
+/// its own: the service and its clones keep a copy of `S` per lane (a few
+/// per core; a lane's is made from the service that sends the lane's first
+/// such request), and a retry that happens goes through a clone of that
 /// copy. For an inner service that is not `Clone`, make the service
 /// with [`BalanceLayer::without_retries`](crate::BalanceLayer::without_retries):
 /// the mode `M` is then [`NoRetries`] and requests are sent once.
@@ -53,8 +54,8 @@ pub struct BalanceService<S, M = WithRetries> {
     inner: S,
     balancer: Balancer,
     /// What a request that may be retried holds: the balancer and a copy
-    /// of `inner` per lane, made at the first such request.
-    handles: Arc<OnceLock<LaneHandles<S>>>,
+    /// of `inner`, per lane, made at the lane's first such request.
+    handles: Arc<LaneHandles<S>>,
     mode: PhantomData<fn() -> M>,
 }
 
@@ -135,10 +136,11 @@ impl<S, M> BalanceService<S, M> {
 
     /// The wrapped service, mutably.
     ///
-    /// Retries go through copies of the service made at the first request
-    /// that could be retried: a change made here reaches them only if the
-    /// service's clones share it (a `reqwest::Client`'s do).
+    /// This service then stops sharing its clones' copies of the wrapped
+    /// service for retries (see the type's docs): its next requests that
+    /// may be retried make new ones from the changed service.
     pub fn get_mut(&mut self) -> &mut S {
+        self.handles = Arc::default();
         &mut self.inner
     }
 
@@ -204,10 +206,8 @@ where
     fn call(&mut self, request: R) -> Self::Future {
         let trip = Trip::new(&self.balancer);
         self.send(trip, request, |service| {
-            let handles = service
-                .handles
-                .get_or_init(|| LaneHandles::new(&service.balancer, Some(&service.inner)));
-            Some(handles.hold())
+            let inner = (&service.inner, S::clone as fn(&S) -> S);
+            Some(service.handles.hold(&service.balancer, Some(inner)))
         })
     }
 }
