@@ -1,7 +1,7 @@
 //! Nothing is lost: every request gets one answer or one error, failures are
 //! classified, cancelled requests release their slot, counters settle at zero.
 
-mod support;
+use crate::support;
 
 use std::error::Error as _;
 use std::time::Duration;

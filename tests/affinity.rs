@@ -2,7 +2,7 @@
 //! cookie keep a user on one backend, from any client instance, and never
 //! show up in clear.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 

@@ -2,7 +2,7 @@
 //! zone (a label), fall back to all. Loopback backends show the traffic;
 //! a property test holds the promise over random sets.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 

@@ -3,7 +3,7 @@
 //! set or a set the balancer refuses keeps the last good set and is
 //! counted; the task stops when the balancer goes.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

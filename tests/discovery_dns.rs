@@ -7,7 +7,7 @@
 //! fixed sleep, and print the figures (`-- --nocapture`).
 #![cfg(feature = "dns")]
 
-mod support;
+use crate::support;
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};

@@ -8,7 +8,7 @@
 //! with deadlines and print their figures (`-- --nocapture`).
 #![cfg(feature = "etcd")]
 
-mod support;
+use crate::support;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! ejected, get nothing while out, come back by themselves, and ejection
 //! never takes the whole fleet down.
 
-mod support;
+use crate::support;
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;

@@ -4,7 +4,7 @@
 //!
 //! `cargo test --test hostile_targets -- --nocapture` prints the table.
 
-mod support;
+use crate::support;
 
 use support::*;
 use tower::{Layer, ServiceExt};

@@ -2,7 +2,7 @@
 //! that stores it, through the balancer's cookie jar.
 #![cfg(feature = "cookies")]
 
-mod support;
+use crate::support;
 
 use support::*;
 use tower::{ServiceBuilder, ServiceExt};

@@ -2,7 +2,7 @@
 //! backends get little traffic, weights scale it, and a slow backend is
 //! still used when the fast ones are busy.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::time::Duration;

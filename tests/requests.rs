@@ -1,7 +1,7 @@
 //! What the balancer does to requests: rewriting, both request types,
 //! `poll_ready`, and the typed errors for bad configuration.
 
-mod support;
+use crate::support;
 
 use std::future::Ready;
 use std::sync::atomic::{AtomicBool, Ordering};

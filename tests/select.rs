@@ -1,7 +1,7 @@
 //! `Balancer::select`: picking by hand for requests sent without the layer,
 //! against wiremock backends on loopback.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 

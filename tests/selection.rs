@@ -1,7 +1,7 @@
 //! Which backend gets how many requests, for each policy, against real
 //! loopback servers.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 

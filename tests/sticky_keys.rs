@@ -1,7 +1,7 @@
 //! Consistent hashing end to end: keyed requests against real loopback
 //! servers land where the table says, stay there, and fall back when keyless.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 

@@ -1,6 +1,6 @@
 //! Changing the endpoint set at runtime, with requests in flight.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -1,0 +1,39 @@
+//! The integration tests, built as one binary: each file beside this one is
+//! a module of it. One binary links the dependencies (tokio, hyper, reqwest,
+//! hickory, etcd-client) once instead of once per file, which keeps a build
+//! from scratch to about a third of the disk and link time.
+//!
+//! privacy.rs is a binary of its own: it captures `tracing` output with a
+//! subscriber scoped to its thread, and other tests' threads race that.
+//!
+//! Run one file's tests by its module path:
+//! `cargo test --all-features --test integration health::`.
+
+mod support;
+
+mod accounting;
+mod affinity;
+mod bounded_loads;
+mod custom_policy;
+mod discovery;
+mod discovery_dns;
+mod discovery_etcd;
+mod golden;
+mod hash_quality;
+mod health;
+mod health_scenarios;
+mod hostile_targets;
+mod inflight_crash;
+mod learned_affinity;
+mod least_time;
+mod per_endpoint;
+mod properties_health;
+mod properties_inputs;
+mod properties_membership;
+mod properties_policies;
+mod requests;
+mod retry_services;
+mod select;
+mod selection;
+mod sticky_keys;
+mod updates;
