@@ -8,8 +8,10 @@
 //!
 //! ```no_run
 //! use tower::{ServiceBuilder, ServiceExt};
+//! # #[cfg(feature = "reqwest")]
 //! use tower_lb::{Balancer, HttpToReqwest, Policy};
 //!
+//! # #[cfg(feature = "reqwest")]
 //! # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 //! let balancer = Balancer::builder()
 //!     .endpoint("http://127.0.0.1:8081") // weight 1

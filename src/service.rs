@@ -35,6 +35,7 @@ use crate::response::ResponseFuture;
 /// ```no_run
 /// use tower::{ServiceBuilder, ServiceExt};
 ///
+/// # #[cfg(feature = "reqwest")]
 /// # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 /// let balancer = tower_lb::Balancer::builder()
 ///     .endpoint("http://127.0.0.1:8081")

@@ -1,6 +1,7 @@
 //! Session affinity end to end: keys from a typed value, a header or a
 //! cookie keep a user on one backend, from any client instance, and never
 //! show up in clear.
+#![cfg(feature = "reqwest-middleware")]
 
 use crate::support;
 

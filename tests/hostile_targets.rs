@@ -2,7 +2,9 @@
 //! whose endpoint URL has a base path: what the backend receives for each,
 //! or the error the caller gets. The same table is in docs/targets.md.
 //!
-//! `cargo test --test hostile_targets -- --nocapture` prints the table.
+//! `cargo test --all-features --test integration hostile_targets:: -- --nocapture`
+//! prints the table.
+#![cfg(feature = "reqwest-middleware")]
 
 use crate::support;
 

@@ -1,6 +1,7 @@
 //! Key values never appear in clear: not in logs, `Debug` output or stats.
 //! In a test binary of its own, so that no other test's threads race the
 //! scoped `tracing` subscriber.
+#![cfg(feature = "reqwest-middleware")]
 
 mod support;
 
