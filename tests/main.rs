@@ -1,7 +1,7 @@
 //! The integration tests, built as one binary: each file beside this one is
 //! a module of it. One binary links the dependencies (tokio, hyper, reqwest,
-//! hickory, etcd-client) once instead of once per file: 28 binaries of about
-//! 110 MB each before (docs/testing.md, "One test binary").
+//! hickory, etcd-client) once instead of once per file: 28 binaries of up to
+//! 120 MB each before (docs/testing.md, "One test binary").
 //!
 //! privacy.rs is a binary of its own: it captures `tracing` output with a
 //! subscriber scoped to its thread, and other tests' threads race that.
