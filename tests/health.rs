@@ -464,7 +464,7 @@ async fn failure_statuses_are_retried_only_when_opted_in_and_only_if_idempotent(
     );
 }
 
-#[cfg(feature = "reqwest-middleware")] // the tests run with --all-features
+#[cfg(feature = "reqwest-middleware")]
 #[tokio::test]
 async fn the_middleware_retries_refused_connections_too() {
     let servers = backends(2).await;

@@ -3,8 +3,8 @@
 //! hickory, etcd-client) once instead of once per file: 28 binaries of up to
 //! 120 MB each before (docs/testing.md, "One test binary").
 //!
-//! privacy.rs is a binary of its own: it captures `tracing` output with a
-//! subscriber scoped to its thread, and other tests' threads race that.
+//! Tests that capture `tracing` output are in their own binary, tests/logs.rs
+//! (privacy.rs is a module of that one).
 //!
 //! Run one file's tests by its module path:
 //! `cargo test --all-features --test integration health::`.

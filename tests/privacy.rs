@@ -1,47 +1,19 @@
 //! Key values never appear in clear: not in logs, `Debug` output or stats.
-//! In a test binary of its own, so that no other test's threads race the
-//! scoped `tracing` subscriber.
+//! In the `logs` test binary, beside the other tests that capture `tracing`
+//! output (tests/logs.rs says why).
 #![cfg(feature = "reqwest-middleware")]
 
-mod support;
+use crate::support;
 
-use std::io::Write;
 use std::sync::{Arc, Mutex};
 
+use crate::Captured;
 use support::*;
 use tower_lb::{Balancer, Policy, RequestKey, SessionKey};
 
-/// Collects everything `tracing` writes.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    /// Captures every `tracing` event and span of this thread until the
-    /// guard drops.
-    fn start() -> (Self, tracing::subscriber::DefaultGuard) {
-        let captured = Captured::default();
-        let writer = captured.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_writer(move || writer.clone())
-            .finish();
-        (captured, tracing::subscriber::set_default(subscriber))
-    }
-}
-
 #[tokio::test]
 async fn key_values_never_appear_in_logs_debug_output_or_stats() {
-    let (captured, _guard) = Captured::start();
+    let (captured, _guard) = Captured::start(tracing::Level::TRACE);
 
     let servers = backends(3).await;
     let urls: Vec<String> = servers.iter().map(|s| s.uri()).collect();
@@ -63,7 +35,7 @@ async fn key_values_never_appear_in_logs_debug_output_or_stats() {
         .unwrap();
     assert_eq!(response.status(), 200);
 
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = captured.text();
     assert!(
         logs.contains("tower_lb"),
         "the request should have been logged: {logs}"
@@ -88,7 +60,7 @@ async fn session_cookie_values_never_appear_in_logs_debug_output_errors_events_o
     use tower_lb::{HttpToReqwest, OutlierDetection};
     use wiremock::ResponseTemplate;
 
-    let (captured, _guard) = Captured::start();
+    let (captured, _guard) = Captured::start(tracing::Level::TRACE);
 
     let secret = "cookie-secret-91b2";
     let mut servers = Vec::new();
@@ -146,7 +118,7 @@ async fn session_cookie_values_never_appear_in_logs_debug_output_errors_events_o
         format!("{jar:?}").contains("holds_cookies: true"),
         "the jar should hold the session cookie: {jar:?}"
     );
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = captured.text();
     assert!(logs.contains("tower_lb"), "nothing was logged: {logs}");
     let mut shown = vec![
         logs,

@@ -96,62 +96,6 @@ async fn a_session_key_attached_to_a_reqwest_request_sticks_and_never_leaves_the
     }
 }
 
-#[test]
-fn a_hashing_policy_that_finds_no_key_in_most_requests_warns_once() {
-    #[derive(Clone, Default)]
-    struct Log(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-    impl std::io::Write for Log {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let log = Log::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::WARN)
-        .with_writer({
-            let log = log.clone();
-            move || log.clone()
-        })
-        .finish();
-    let balancer = Balancer::builder()
-        .endpoint("http://127.0.0.1:8081")
-        .endpoint("http://127.0.0.1:8082")
-        .policy(Policy::maglev())
-        .build()
-        .unwrap();
-    let keyless = http::Request::get("/").body(()).unwrap();
-    let mut keyed = http::Request::get("/").body(()).unwrap();
-    keyed.extensions_mut().insert(SessionKey::new("user-1"));
-    tracing::subscriber::with_default(subscriber, || {
-        // A few keyless requests among many keyed ones: no warning.
-        for i in 0..2_000 {
-            let request = if i % 20 == 0 { &keyless } else { &keyed };
-            balancer
-                .select(request)
-                .unwrap()
-                .finish(http::StatusCode::OK);
-        }
-        assert!(log.0.lock().unwrap().is_empty());
-        // Then mostly keyless: one warning, however many follow.
-        for _ in 0..20_000 {
-            balancer
-                .select(&keyless)
-                .unwrap()
-                .finish(http::StatusCode::OK);
-        }
-    });
-    let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
-    assert_eq!(
-        text.matches("found no key in most requests").count(),
-        1,
-        "{text}"
-    );
-}
-
 #[tokio::test]
 async fn requests_without_a_key_use_the_fallback_policy() {
     let (_servers, balancer, _) = setup(Policy::ring_hash().fallback(Policy::round_robin())).await;

@@ -1,0 +1,85 @@
+//! Tests that capture `tracing` output with a subscriber scoped to their
+//! thread: a binary of their own. In the shared test binary, a log callsite
+//! first reached on another thread while exactly one scoped subscriber
+//! exists is cached as "never" for every thread (tracing-core 0.1.36,
+//! `Dispatchers::rebuilder`), and a capture can come back empty
+//! (docs/testing.md, "One test binary").
+
+mod support;
+
+mod privacy;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use tower_lb::{Balancer, Policy, SessionKey};
+
+/// Collects everything `tracing` writes.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    /// Captures every `tracing` event and span of this thread at `level`
+    /// or above until the guard drops.
+    fn start(level: tracing::Level) -> (Self, tracing::subscriber::DefaultGuard) {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(level)
+            .with_writer(move || writer.clone())
+            .finish();
+        (captured, tracing::subscriber::set_default(subscriber))
+    }
+
+    /// Everything captured so far.
+    fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+}
+
+#[test]
+fn a_hashing_policy_that_finds_no_key_in_most_requests_warns_once() {
+    let balancer = Balancer::builder()
+        .endpoint("http://127.0.0.1:8081")
+        .endpoint("http://127.0.0.1:8082")
+        .policy(Policy::maglev())
+        .build()
+        .unwrap();
+    let keyless = http::Request::get("/").body(()).unwrap();
+    let mut keyed = http::Request::get("/").body(()).unwrap();
+    keyed.extensions_mut().insert(SessionKey::new("user-1"));
+    let (log, guard) = Captured::start(tracing::Level::WARN);
+    // A few keyless requests among many keyed ones: no warning.
+    for i in 0..2_000 {
+        let request = if i % 20 == 0 { &keyless } else { &keyed };
+        balancer
+            .select(request)
+            .unwrap()
+            .finish(http::StatusCode::OK);
+    }
+    assert!(log.text().is_empty());
+    // Then mostly keyless: one warning, however many follow.
+    for _ in 0..20_000 {
+        balancer
+            .select(&keyless)
+            .unwrap()
+            .finish(http::StatusCode::OK);
+    }
+    drop(guard);
+    let text = log.text();
+    assert_eq!(
+        text.matches("found no key in most requests").count(),
+        1,
+        "{text}"
+    );
+}
