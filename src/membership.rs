@@ -57,8 +57,33 @@ impl Snapshot {
         excluded: &[Arc<EndpointCore>],
         now: Option<Instant>,
     ) -> Option<&Arc<EndpointState>> {
+        let ctx = self.context(key, excluded, now);
+        // A custom picker's answer is checked as every built-in's is made:
+        // an endpoint out of range, ejected or already tried is no answer.
+        self.picker
+            .pick(&ctx)
+            .filter(|&i| ctx.available(i))
+            .and_then(|i| self.active.get(i))
+    }
+
+    /// Where a request with key hash `key` would go now, without sending
+    /// anything (the picker's [`Picker::locate`]).
+    pub(crate) fn locate(&self, key: u64) -> Option<&Arc<EndpointState>> {
+        let ctx = self.context(Some(key), &[], None);
+        self.picker
+            .locate(&ctx)
+            .filter(|&i| ctx.available(i))
+            .and_then(|i| self.active.get(i))
+    }
+
+    fn context<'a>(
+        &'a self,
+        key: Option<u64>,
+        excluded: &'a [Arc<EndpointCore>],
+        now: Option<Instant>,
+    ) -> PickContext<'a> {
         let counters = &self.counters;
-        let ctx = PickContext {
+        PickContext {
             key,
             endpoints: &self.active,
             in_flight: counters.in_flight.as_deref(),
@@ -66,8 +91,7 @@ impl Snapshot {
             skip_ejected_at: counters.health.filter_time(),
             rng: &counters.rng,
             now,
-        };
-        self.picker.pick(&ctx).and_then(|i| self.active.get(i))
+        }
     }
 
     /// How a request's cookies look on the wire, whichever endpoint it goes

@@ -173,8 +173,10 @@ async fn a_policy_that_delegates_to_maglev_reads_maglevs_keys_without_forwarding
             let again = balancer.select(&request).unwrap();
             assert_eq!(again.endpoint(), first, "user-{user} moved");
         }
-        // The same table as Maglev's own over the same endpoints.
+        // The same table as Maglev's own over the same endpoints, and the
+        // custom policy says where the key lives (it answered `None`).
         assert_eq!(Some(first.as_str()), plain_maglev.locate(&key).as_deref());
+        assert_eq!(Some(first.as_str()), balancer.locate(&key).as_deref());
         homes.insert(first);
     }
     assert_eq!(homes.len(), 3, "keys spread over every endpoint");

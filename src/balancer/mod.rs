@@ -179,9 +179,10 @@ impl Balancer {
     /// sending anything: for tests, dashboards and "which backend holds
     /// user 42?". A session cookie's value learned from a backend's
     /// `Set-Cookie` is located at that backend. `None` unless the policy
-    /// hashes (only hashing places keys),
-    /// or when no endpoint takes requests. With bounded loads the answer
-    /// depends on the loads of the moment.
+    /// reads keys (a hashing policy, or a custom policy that reads them:
+    /// its picker answers through [`Picker::locate`](crate::Picker::locate)),
+    /// or when no endpoint may take the request. With bounded loads the
+    /// answer depends on the loads of the moment.
     ///
     /// ```
     /// use tower_lb::{Balancer, Policy, SessionKey};
@@ -197,9 +198,7 @@ impl Balancer {
     /// # Ok::<(), tower_lb::Error>(())
     /// ```
     pub fn locate(&self, key: &SessionKey) -> Option<Arc<str>> {
-        if !self.shared.policy.is_hash() {
-            return None;
-        }
+        self.shared.request_key.as_ref()?;
         let snapshot = self.snapshot();
         let learned = self
             .shared
@@ -208,9 +207,7 @@ impl Balancer {
             .and_then(|l| l.home(key.digest()));
         match learned.filter(|home| snapshot.takes(home)) {
             Some(home) => Some(home.url.shared_name()),
-            None => snapshot
-                .pick(Some(key.digest()), &[], None)
-                .map(|e| e.url.shared_name()),
+            None => snapshot.locate(key.digest()).map(|e| e.url.shared_name()),
         }
     }
 

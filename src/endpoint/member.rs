@@ -2,7 +2,7 @@
 //! of one balancer shares.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use super::{EndpointState, EndpointUrl, Labels, RttModel};
 use crate::clock::Clock;
@@ -14,14 +14,10 @@ use crate::refresh::ConnectFailures;
 /// Counters that outlive snapshots.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Counters {
-    /// Position of the rotating policies, so a rebuild does not restart them.
-    /// One per lane: each thread walks the rotation on its own lane's, so
-    /// two cores picking at once write different cache lines.
-    pub(crate) sequence: Arc<PerLane<AtomicUsize>>,
-    /// Position of the rotating policies' spare turns: the turns of
-    /// unavailable endpoints, and retries, which must not shift the main
-    /// rotation.
-    pub(crate) spare_sequence: Arc<AtomicUsize>,
+    /// Positions of the rotations the policy builds (one for a plain
+    /// rotating policy, one per rotation a custom policy delegates to), so
+    /// a rebuild does not restart them.
+    pub(crate) rotations: Arc<RotationCursors>,
     /// The balancer's one clock.
     pub(crate) clock: Clock,
     /// The balancer's one random number generator.
@@ -55,4 +51,40 @@ impl Member {
             labels: Labels::default(),
         }
     }
+}
+
+/// The positions of every rotation one policy builds, numbered in the order
+/// a build of the selection state makes them. Building is deterministic (the
+/// same policy over a changed set makes its rotations in the same order), so
+/// rotation `k` of one snapshot continues where rotation `k` of the one
+/// before stopped; and two rotations of one build (a custom policy's
+/// "zone a first, else any") never share a position, which would make one
+/// walk the other's cycle in lockstep and pile its turns onto one endpoint.
+#[derive(Debug, Default)]
+pub(crate) struct RotationCursors {
+    /// Taken only while a snapshot is built, never per request.
+    cursors: Mutex<Vec<Arc<RotationCursor>>>,
+}
+
+impl RotationCursors {
+    /// The position of the `k`-th rotation a build makes.
+    pub(crate) fn nth(&self, k: usize) -> Arc<RotationCursor> {
+        let mut cursors = self.cursors.lock().unwrap_or_else(PoisonError::into_inner);
+        while cursors.len() <= k {
+            cursors.push(Arc::default());
+        }
+        cursors[k].clone()
+    }
+}
+
+/// Where one rotation stands.
+#[derive(Debug, Default)]
+pub(crate) struct RotationCursor {
+    /// Position in the cycle. One per lane: each thread walks the rotation
+    /// on its own lane's, so two cores picking at once write different
+    /// cache lines.
+    pub(crate) sequence: PerLane<AtomicUsize>,
+    /// Position of the spare turns: the turns of unavailable endpoints, and
+    /// retries, which must not shift the main rotation.
+    pub(crate) spare: AtomicUsize,
 }

@@ -13,7 +13,7 @@ mod url;
 
 pub(crate) use core::EndpointCore;
 pub(crate) use lane::Ticket;
-pub(crate) use member::{Counters, Member};
+pub(crate) use member::{Counters, Member, RotationCursor};
 pub(crate) use rtt::{RttModel, DEFAULT_DECAY, DEFAULT_PENALTY, DEFAULT_RTT};
 pub use spec::{Endpoint, IntoEndpoint, Labels};
 pub(crate) use state::{EndpointState, InFlight};

@@ -9,8 +9,7 @@ use std::sync::atomic::Ordering;
 
 use super::maglev::{self, Maglev, DEFAULT_TABLE_SIZE, MAX_TABLE_SIZE};
 use super::ring::Ring;
-use super::{PickContext, Picker, Policy};
-use crate::endpoint::{Counters, Member};
+use super::{Candidates, PickContext, Picker, Policy};
 use crate::{Error, RequestKey};
 
 /// Virtual nodes per endpoint of average weight on the ring, by default.
@@ -180,7 +179,8 @@ impl ConsistentHash {
         }
     }
 
-    pub(crate) fn picker(&self, members: &[Member], counters: &Counters) -> Box<dyn Picker> {
+    pub(crate) fn picker(&self, candidates: &Candidates<'_>) -> Box<dyn Picker> {
+        let members = candidates.members;
         let table = match self.table {
             TableKind::Ring { virtual_nodes } => Table::Ring(Ring::build(members, virtual_nodes)),
             TableKind::Maglev { size } => Table::Maglev(Maglev::build(members, size)),
@@ -193,7 +193,7 @@ impl ConsistentHash {
         Box::new(HashPicker {
             table,
             bound,
-            fallback: self.fallback.picker(members, counters),
+            fallback: self.fallback.picker_over(candidates),
         })
     }
 }
@@ -253,18 +253,24 @@ impl LoadBound {
         // endpoints out, the others' bounds must still add up to more than
         // all in flight, so that one fits and the walk ends early.
         let total_weight = if ctx.skip_ejected_at.is_some() || ctx.is_retry() {
-            (0..self.weights.len())
-                .filter(|&i| ctx.available(i))
-                .map(|i| f64::from(self.weights[i]))
+            (self.weights.iter().enumerate())
+                .filter(|&(i, _)| ctx.available(i))
+                .map(|(_, &weight)| f64::from(weight))
                 .sum::<f64>()
                 .max(1.0)
         } else {
             self.total_weight
         };
-        let fits = |i: usize| {
-            let share = f64::from(self.weights[i]) / total_weight;
-            let bound = (self.factor * share * all).ceil();
-            (ctx.endpoints[i].in_flight() + 1) as f64 <= bound
+        // Indices come from the table this bound was built with, and were
+        // checked available in `ctx`; `get` keeps a picker used over
+        // another set (a custom policy's mistake) from panicking.
+        let fits = |i: usize| match (self.weights.get(i), ctx.endpoints.get(i)) {
+            (Some(&weight), Some(endpoint)) => {
+                let share = f64::from(weight) / total_weight;
+                let bound = (self.factor * share * all).ceil();
+                (endpoint.in_flight() + 1) as f64 <= bound
+            }
+            _ => false,
         };
         if fits(home) {
             return Some(home);

@@ -2,11 +2,12 @@
 //! endpoint set when it builds its picker.
 
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use super::{PickContext, Picker, Policy};
 use crate::affinity::RequestKey;
-use crate::endpoint::{Counters, EndpointState, Labels, Member};
+use crate::endpoint::{Counters, EndpointState, Labels, Member, RotationCursor};
 
 /// A selection policy: for each version of the endpoint set (at build and
 /// after every change), it builds the [`Picker`] that every request then
@@ -119,6 +120,10 @@ pub struct Candidates<'a> {
     /// source, for the custom policy that delegated to it (see
     /// [`SelectionPolicy::request_key`]).
     delegated_key: Arc<OnceLock<RequestKey>>,
+    /// Rotations built so far in this build, subsets' included: the next
+    /// one continues the position of the same-numbered rotation of the
+    /// build before.
+    rotations_made: Arc<AtomicUsize>,
 }
 
 impl fmt::Debug for Candidates<'_> {
@@ -139,7 +144,14 @@ impl<'a> Candidates<'a> {
             members,
             counters,
             delegated_key,
+            rotations_made: Arc::default(),
         }
+    }
+
+    /// The position for the next rotation built in this build.
+    pub(crate) fn next_rotation(&self) -> Arc<RotationCursor> {
+        let k = self.rotations_made.fetch_add(1, Ordering::Relaxed);
+        self.counters.rotations.nth(k)
     }
 
     /// How many endpoints there are.
@@ -179,6 +191,7 @@ impl<'a> Candidates<'a> {
             indices,
             counters: self.counters.clone(),
             delegated_key: self.delegated_key.clone(),
+            rotations_made: self.rotations_made.clone(),
         }
     }
 }
@@ -193,6 +206,7 @@ pub struct Subset {
     indices: Vec<usize>,
     counters: Counters,
     delegated_key: Arc<OnceLock<RequestKey>>,
+    rotations_made: Arc<AtomicUsize>,
 }
 
 impl fmt::Debug for Subset {
@@ -206,7 +220,12 @@ impl fmt::Debug for Subset {
 impl Subset {
     /// The subset's endpoints as candidates, to build a picker over.
     pub fn candidates(&self) -> Candidates<'_> {
-        Candidates::new(&self.members, &self.counters, self.delegated_key.clone())
+        Candidates {
+            members: &self.members,
+            counters: &self.counters,
+            delegated_key: self.delegated_key.clone(),
+            rotations_made: self.rotations_made.clone(),
+        }
     }
 
     /// Picks with `picker` (built over [`Subset::candidates`]) among the

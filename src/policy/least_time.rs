@@ -176,12 +176,19 @@ struct LeastTimePicker {
 
 impl LeastTimePicker {
     fn cost(&self, ctx: &PickContext<'_>, now: u32, i: usize) -> f64 {
-        let endpoint = &ctx.endpoints[i];
+        // `i` is an available endpoint drawn from this picker's own set;
+        // one outside either set (a picker used over another set) costs
+        // the most, rather than panicking.
+        let (Some(endpoint), Some(&inverse_weight)) =
+            (ctx.endpoints.get(i), self.inverse_relative_weights.get(i))
+        else {
+            return f64::INFINITY;
+        };
         // The whole count, every core's lane: a view of one core's share
         // only makes an idle slow endpoint look as cheap as a busy fast one
         // too soon (measured: 1% of requests to a 10x slower backend and a
         // p99 of 20 ms, against 0.6% and 5 ms with the whole count).
-        let queue = endpoint.in_flight() as f64 * self.inverse_relative_weights[i];
+        let queue = endpoint.in_flight() as f64 * inverse_weight;
         endpoint.rtt_nanos_at(now) * (queue + 1.0)
     }
 }

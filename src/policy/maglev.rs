@@ -118,15 +118,19 @@ impl Maglev {
     /// unavailable endpoint over the others in proportion to their slots
     /// (neighbouring slots are not independent in a Maglev table), and
     /// every process computes the same order.
+    ///
+    /// An empty table (no endpoint takes requests) has no order: the walk
+    /// is empty.
     pub(crate) fn walk(&self, hash: u64) -> impl Iterator<Item = usize> + '_ {
         let len = self.slots.len();
+        let steps = if len == 0 { 0 } else { len + PROBES as usize };
         let probes = (0..=PROBES).map(move |k| self.slot(rehash(hash, k)));
         let last = self.slot(rehash(hash, PROBES));
         let rest = (1..len).map(move |k| (last + k) % len);
         probes
             .chain(rest)
-            .take(len + PROBES as usize)
-            .map(move |slot| self.slots[slot] as usize)
+            .take(steps)
+            .filter_map(move |slot| self.slots.get(slot).map(|&owner| owner as usize))
     }
 }
 

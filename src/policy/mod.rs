@@ -91,7 +91,7 @@ impl<'a> PickContext<'a> {
     /// panic mode) and not already tried by it. Every built-in policy
     /// makes this one check; a picker should too.
     pub fn is_available(&self, i: usize) -> bool {
-        i < self.endpoints.len() && self.available(i)
+        self.available(i)
     }
 
     /// Requests in flight on endpoint `i` now.
@@ -119,14 +119,19 @@ impl<'a> PickContext<'a> {
     }
 
     /// Whether endpoint `i` may take this request: the one check every
-    /// policy makes, so that all of them skip ejected endpoints alike.
+    /// policy makes, so that all of them skip ejected endpoints alike. An
+    /// index out of range (a picker built over another set, a custom
+    /// picker's mistake) is not available.
     pub(crate) fn available(&self, i: usize) -> bool {
-        if self.excluded.iter().any(|e| self.endpoints[i].has_core(e)) {
+        let Some(endpoint) = self.endpoints.get(i) else {
+            return false;
+        };
+        if self.excluded.iter().any(|e| endpoint.has_core(e)) {
             return false;
         }
         match self.skip_ejected_at {
             None => true,
-            Some(now) => !self.endpoints[i].is_ejected(now),
+            Some(now) => !endpoint.is_ejected(now),
         }
     }
 
@@ -183,6 +188,58 @@ pub trait Picker: Send + Sync + fmt::Debug {
     /// endpoint for this request, or `None` when none may take it. Return
     /// only endpoints that are [available](PickContext::is_available).
     fn pick(&self, ctx: &PickContext<'_>) -> Option<usize>;
+
+    /// Where a request with the key in `ctx` would go now, for
+    /// [`Balancer::locate`](crate::Balancer::locate): nothing is sent, and
+    /// nothing should change. By default the [`pick`](Picker::pick) itself,
+    /// which is right for a picker that places keys (a built-in hashing
+    /// picker, or one that delegates to it); a picker whose picks move
+    /// state it does not want a look-up to move (a rotation of its own)
+    /// answers here without moving it, or `None` if keys have no place.
+    ///
+    /// ```
+    /// use tower_lb::{Balancer, Candidates, PickContext, Picker, Policy, SelectionPolicy, SessionKey};
+    ///
+    /// /// Maglev, wrapped: picks and look-ups go to the inner picker.
+    /// #[derive(Debug)]
+    /// struct Wrapped;
+    ///
+    /// #[derive(Debug)]
+    /// struct WrappedPicker(Box<dyn Picker>);
+    ///
+    /// impl SelectionPolicy for Wrapped {
+    ///     fn build(&self, endpoints: &Candidates<'_>) -> Box<dyn Picker> {
+    ///         Box::new(WrappedPicker(Policy::from(Policy::maglev()).build(endpoints)))
+    ///     }
+    /// }
+    ///
+    /// impl Picker for WrappedPicker {
+    ///     fn pick(&self, ctx: &PickContext<'_>) -> Option<usize> {
+    ///         self.0.pick(ctx)
+    ///     }
+    ///     fn locate(&self, ctx: &PickContext<'_>) -> Option<usize> {
+    ///         self.0.locate(ctx)
+    ///     }
+    /// }
+    ///
+    /// let balancer = Balancer::builder()
+    ///     .endpoint("http://127.0.0.1:8081")
+    ///     .endpoint("http://127.0.0.1:8082")
+    ///     .policy(Policy::custom(Wrapped))
+    ///     .build()?;
+    /// let plain = Balancer::builder()
+    ///     .endpoint("http://127.0.0.1:8081")
+    ///     .endpoint("http://127.0.0.1:8082")
+    ///     .policy(Policy::maglev())
+    ///     .build()?;
+    /// let key = SessionKey::new("user-42");
+    /// assert!(balancer.locate(&key).is_some());
+    /// assert_eq!(balancer.locate(&key), plain.locate(&key));
+    /// # Ok::<(), tower_lb::Error>(())
+    /// ```
+    fn locate(&self, ctx: &PickContext<'_>) -> Option<usize> {
+        self.pick(ctx)
+    }
 }
 
 /// How the balancer chooses an endpoint for each request.
@@ -337,8 +394,9 @@ impl Policy {
     }
 
     /// Prepares the selection state for the active endpoints (weights all
-    /// above zero). The rotations' counters live in `counters`, shared
-    /// across snapshots so that a rebuild does not restart them.
+    /// above zero). The rotations' positions live in `counters`, shared
+    /// across snapshots so that a rebuild does not restart them: the
+    /// `k`-th rotation this build makes continues the `k`-th of the last.
     pub(crate) fn picker(&self, active: &[Member], counters: &Counters) -> Box<dyn Picker> {
         let delegated = match &self.kind {
             Kind::Custom(_, delegated) => delegated.clone(),
@@ -351,14 +409,20 @@ impl Policy {
     /// them as they are, so that what it delegates to reports its key
     /// source where the outermost custom policy finds it.
     fn picker_over(&self, candidates: &Candidates<'_>) -> Box<dyn Picker> {
-        let (active, counters) = (candidates.members, candidates.counters);
+        let active = candidates.members;
         let weights = || active.iter().map(|m| m.weight).collect::<Vec<_>>();
         match &self.kind {
-            Kind::RoundRobin => Box::new(Rotation::round_robin(active.len(), counters)),
-            Kind::WeightedRoundRobin => Box::new(Rotation::smooth_weighted(&weights(), counters)),
+            Kind::RoundRobin => Box::new(Rotation::round_robin(
+                active.len(),
+                candidates.next_rotation(),
+            )),
+            Kind::WeightedRoundRobin => Box::new(Rotation::smooth_weighted(
+                &weights(),
+                candidates.next_rotation(),
+            )),
             Kind::Random => Box::new(WeightedRandom::new(&weights())),
             Kind::LeastTime(least) => least.picker(active),
-            Kind::Hash(hash) => hash.picker(active, counters),
+            Kind::Hash(hash) => hash.picker(candidates),
             Kind::Custom(custom, _) => custom.build(candidates),
         }
     }
@@ -393,12 +457,27 @@ impl From<ConsistentHash> for Policy {
 pub(crate) mod test_support {
     use super::*;
 
+    /// Endpoints in [`no_key`]'s context.
+    pub(crate) const POOL: usize = 64;
+
     /// A context for a request without a key, with nothing in flight,
-    /// drawing from `rng`.
+    /// drawing from `rng`, over [`POOL`] idle endpoints (a picker over
+    /// fewer uses the first ones).
     pub(crate) fn no_key(rng: &SharedRng) -> PickContext<'_> {
+        static ENDPOINTS: OnceLock<Vec<Arc<EndpointState>>> = OnceLock::new();
+        let endpoints = ENDPOINTS.get_or_init(|| {
+            let counters = Counters::default();
+            (0..POOL)
+                .map(|i| {
+                    let url = format!("http://127.0.0.1:{}", 9000 + i);
+                    let url = crate::endpoint::EndpointUrl::parse(&url).unwrap();
+                    Arc::new(EndpointState::new(url, &counters))
+                })
+                .collect()
+        });
         PickContext {
             key: None,
-            endpoints: &[],
+            endpoints,
             in_flight: None,
             excluded: &[],
             skip_ejected_at: None,

@@ -16,33 +16,32 @@ use std::sync::Arc;
 
 use super::weighted::smooth_cycle;
 use super::{PickContext, Picker, QUICK_MISSES};
-use crate::endpoint::Counters;
-use crate::lanes::PerLane;
+use crate::endpoint::RotationCursor;
 
 #[derive(Debug)]
 pub(crate) struct Rotation {
     /// One whole cycle of picks, as indices of active endpoints.
     cycle: Box<[u32]>,
-    /// The balancer's rotation counter (survives rebuilds of the set).
-    sequence: Arc<PerLane<AtomicUsize>>,
-    /// The counter of spare turns.
-    spare: Arc<AtomicUsize>,
+    /// Where this rotation stands: its cycle position per lane and its
+    /// spare turns' counter (both survive rebuilds of the set, and belong
+    /// to this rotation alone).
+    cursor: Arc<RotationCursor>,
     /// Each endpoint's turns per cycle.
     weights: Box<[u64]>,
 }
 
 impl Rotation {
     /// Each of `len` endpoints in turn.
-    pub(crate) fn round_robin(len: usize, counters: &Counters) -> Self {
-        Self::with_cycle((0..len as u32).collect(), counters)
+    pub(crate) fn round_robin(len: usize, cursor: Arc<RotationCursor>) -> Self {
+        Self::with_cycle((0..len as u32).collect(), cursor)
     }
 
     /// NGINX's smooth weighted round robin over `weights`.
-    pub(crate) fn smooth_weighted(weights: &[u32], counters: &Counters) -> Self {
-        Self::with_cycle(smooth_cycle(weights), counters)
+    pub(crate) fn smooth_weighted(weights: &[u32], cursor: Arc<RotationCursor>) -> Self {
+        Self::with_cycle(smooth_cycle(weights), cursor)
     }
 
-    fn with_cycle(cycle: Vec<u32>, counters: &Counters) -> Self {
+    fn with_cycle(cycle: Vec<u32>, cursor: Arc<RotationCursor>) -> Self {
         let endpoints = cycle.iter().map(|&i| i as usize + 1).max().unwrap_or(0);
         let mut weights = vec![0u64; endpoints];
         for &i in &cycle {
@@ -50,8 +49,7 @@ impl Rotation {
         }
         Rotation {
             cycle: cycle.into_boxed_slice(),
-            sequence: counters.sequence.clone(),
-            spare: counters.spare_sequence.clone(),
+            cursor,
             weights: weights.into_boxed_slice(),
         }
     }
@@ -68,7 +66,7 @@ impl Rotation {
         let len = self.cycle.len();
         let mut position = 0;
         for _ in 0..QUICK_MISSES.min(len) {
-            position = self.spare.fetch_add(1, Ordering::Relaxed);
+            position = self.cursor.spare.fetch_add(1, Ordering::Relaxed);
             let i = self.cycle[position % len] as usize;
             if ctx.available(i) {
                 return Some(i);
@@ -103,7 +101,7 @@ impl Picker for Rotation {
         if ctx.is_retry() {
             return self.spare_turn(ctx);
         }
-        let i = self.cycle[next_slot(self.sequence.this_threads(), len)] as usize;
+        let i = self.cycle[next_slot(self.cursor.sequence.this_threads(), len)] as usize;
         if ctx.available(i) {
             return Some(i);
         }
@@ -129,28 +127,27 @@ fn next_slot(cursor: &AtomicUsize, len: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::endpoint::{EndpointState, EndpointUrl};
+    use crate::endpoint::{Counters, EndpointState, EndpointUrl};
     use crate::policy::test_support::no_key;
     use crate::random::SharedRng;
 
     #[test]
     fn visits_each_endpoint_in_turn() {
         let rng = SharedRng::new(0);
-        let counters = Counters::default();
-        let rr = Rotation::round_robin(3, &counters);
+        let rr = Rotation::round_robin(3, Arc::default());
         let picks: Vec<_> = (0..7).filter_map(|_| rr.pick(&no_key(&rng))).collect();
         assert_eq!(picks, [0, 1, 2, 0, 1, 2, 0]);
-        let empty = Rotation::round_robin(0, &counters);
+        let empty = Rotation::round_robin(0, Arc::default());
         assert_eq!(empty.pick(&no_key(&rng)), None);
     }
 
     #[test]
     fn the_counter_carries_across_rebuilds() {
         let rng = SharedRng::new(0);
-        let counters = Counters::default();
-        let first = Rotation::smooth_weighted(&[1, 1], &counters);
+        let cursor = Arc::<RotationCursor>::default();
+        let first = Rotation::smooth_weighted(&[1, 1], cursor.clone());
         assert_eq!(first.pick(&no_key(&rng)), Some(0));
-        let second = Rotation::smooth_weighted(&[1, 1], &counters);
+        let second = Rotation::smooth_weighted(&[1, 1], cursor);
         assert_eq!(second.pick(&no_key(&rng)), Some(1));
     }
 
@@ -164,7 +161,7 @@ mod tests {
                 Arc::new(EndpointState::new(url, &counters))
             })
             .collect();
-        let rr = Rotation::round_robin(2, &counters);
+        let rr = Rotation::round_robin(2, Arc::default());
         let mut first_attempts = Vec::new();
         for _ in 0..10 {
             let first = rr.pick(&PickContext {
