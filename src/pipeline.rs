@@ -49,7 +49,12 @@ impl Attempt {
     /// Counts a request in flight on the endpoint it was picked for, from
     /// the pick's clock reading.
     pub(crate) fn start(picked: Picked) -> Self {
-        let in_flight = InFlight::start_at(picked.lane, picked.at);
+        // "request finished" (in `end_as`, this module's target) carries
+        // the latency whenever a subscriber listens at debug: then the
+        // request is timed for it. When none listens this is a load of
+        // tracing's global level and no clock is read.
+        let logged = tracing::enabled!(tracing::Level::DEBUG);
+        let in_flight = InFlight::start_at(picked.lane, picked.at, logged);
         let span = tracing::debug_span!("tower_lb", endpoint = %in_flight.url());
         Attempt {
             in_flight,

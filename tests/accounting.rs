@@ -82,17 +82,10 @@ async fn aborted_tasks_release_their_in_flight_count() {
     assert_settled(&balancer);
 }
 
-/// A loopback port with nothing listening on it.
-fn closed_port_url() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    drop(listener);
-    format!("http://127.0.0.1:{port}")
-}
-
 #[tokio::test]
 async fn connect_errors_surface_with_the_reqwest_error_reachable() {
-    let down = closed_port_url();
+    let refusing = RefusingPort::new();
+    let down = refusing.url.clone();
     let balancer = Balancer::builder().endpoint(&down).build().unwrap();
     let err = send(&client(&balancer), "/").await.unwrap_err();
 
@@ -115,7 +108,8 @@ async fn connect_errors_surface_with_the_reqwest_error_reachable() {
 #[cfg(feature = "reqwest-middleware")]
 #[tokio::test]
 async fn the_middleware_returns_errors_in_the_layers_shape() {
-    let down = closed_port_url();
+    let refusing = RefusingPort::new();
+    let down = refusing.url.clone();
     let balancer = Balancer::builder().endpoint(&down).build().unwrap();
     let client = reqwest_middleware::ClientBuilder::new(plain_reqwest())
         .with(balancer.clone())

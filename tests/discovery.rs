@@ -8,9 +8,9 @@ use crate::support;
 use std::time::Duration;
 
 use futures::channel::mpsc;
-use futures::stream;
+use futures::stream::{self, BoxStream, StreamExt};
 use support::*;
-use tower_lb::{Balancer, Endpoint, Error};
+use tower_lb::{Balancer, BoxError, Endpoint, EndpointSource, Error, RefreshHints};
 
 type Sets = mpsc::UnboundedSender<Result<Vec<Endpoint>, std::io::Error>>;
 
@@ -194,4 +194,71 @@ async fn a_second_source_replaces_the_first() {
         .unwrap();
     eventually(|| urls(&balancer) == ["http://127.0.0.1:8082"]).await;
     assert_eq!(balancer.stats().discovery.unwrap().refreshes, 1);
+}
+
+/// A user's source with a bug: it hands out `set`, then panics when polled
+/// again (or at once in `into_sets`, with `panic_at_start`).
+struct Buggy {
+    set: Vec<Endpoint>,
+    panic_at_start: bool,
+}
+
+impl EndpointSource for Buggy {
+    fn into_sets(self, _: RefreshHints) -> BoxStream<'static, Result<Vec<Endpoint>, BoxError>> {
+        assert!(!self.panic_at_start, "the registry client is misconfigured");
+        let mut set = Some(self.set);
+        stream::poll_fn(move |_| match set.take() {
+            Some(set) => std::task::Poll::Ready(Some(Ok(set))),
+            None => panic!("registry answer out of range: {}", 7),
+        })
+        .boxed()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_source_that_panics_is_a_counted_error_and_the_last_good_set_keeps_serving() {
+    let backends = backends(2).await;
+    let url: Vec<String> = backends.iter().map(|b| b.uri()).collect();
+    let balancer = Balancer::builder().build().unwrap();
+    balancer
+        .discover(Buggy {
+            set: set(&url),
+            panic_at_start: false,
+        })
+        .unwrap();
+    eventually(|| balancer.stats().discovery.is_some_and(|d| d.ended)).await;
+    let discovery = balancer.stats().discovery.unwrap();
+    assert_eq!((discovery.refreshes, discovery.errors), (1, 1));
+    assert_eq!(
+        discovery.last_error.as_deref(),
+        Some("the discovery source panicked: registry answer out of range: 7")
+    );
+    assert!(discovery.last_error_at.is_some());
+    assert_eq!(urls(&balancer), url);
+    let client = client(&balancer);
+    for _ in 0..10 {
+        send(&client, "/").await.expect("the last good set serves");
+    }
+    assert_eq!(
+        (received(&backends[0]).await, received(&backends[1]).await),
+        (5, 5)
+    );
+
+    // A source that panics in `into_sets` itself: counted the same way,
+    // and the set it would have replaced stays.
+    balancer
+        .discover(Buggy {
+            set: Vec::new(),
+            panic_at_start: true,
+        })
+        .unwrap();
+    eventually(|| balancer.stats().discovery.is_some_and(|d| d.ended)).await;
+    let discovery = balancer.stats().discovery.unwrap();
+    assert_eq!((discovery.refreshes, discovery.errors), (0, 1));
+    assert!(discovery
+        .last_error
+        .as_deref()
+        .is_some_and(|e| e.contains("panicked: the registry client is misconfigured")));
+    assert_eq!(urls(&balancer), url);
+    send(&client, "/").await.expect("the last good set serves");
 }

@@ -235,3 +235,66 @@ async fn a_burst_of_connect_failures_brings_the_next_look_up_forward() {
     assert!(moved.elapsed() < Duration::from_secs(10));
     println!("set moved {took:?} after connect failures began (TTL 300 s)");
 }
+
+/// `Duration::MAX` is the usual way to write "never": as the ceiling, the
+/// TTL alone decides when to look again. It once overflowed an `Instant`
+/// addition after the first look-up: the task died before applying any
+/// set, and `stats().discovery` showed nothing wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_ceiling_of_duration_max_follows_the_ttl() {
+    let dns = DnsServer::start("test.").await;
+    let (port, _backends) = backends_on(&[2, 3]).await;
+    dns.set_addresses("never.test.", &[ip(2)], TTL).await;
+    let balancer = Balancer::builder().build().unwrap();
+    balancer
+        .discover(
+            DnsSource::addresses("never.test.", port)
+                .name_server(dns.addr)
+                .refresh_between(Duration::from_millis(200), Duration::MAX),
+        )
+        .unwrap();
+    within(Duration::from_secs(5), "first set", || {
+        sorted_urls(&balancer) == [url(2, port)]
+    })
+    .await;
+    // The record changes: the next look-up comes at the TTL (1 s).
+    dns.set_addresses("never.test.", &[ip(3)], TTL).await;
+    let took = within(Duration::from_secs(5), "the changed record", || {
+        sorted_urls(&balancer) == [url(3, port)]
+    })
+    .await;
+    let discovery = balancer.stats().discovery.unwrap();
+    assert_eq!(discovery.errors, 0, "{discovery:?}");
+    assert!(!discovery.ended);
+    assert!(discovery.refreshes >= 2);
+    println!("refresh ceiling Duration::MAX: the set followed a record change after {took:?} (TTL {TTL} s)");
+}
+
+/// A floor of `Duration::MAX` means "look up once, never again": the first
+/// set is applied and the task lives on, waiting, without a panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_floor_of_duration_max_looks_up_once_and_waits() {
+    let dns = DnsServer::start("test.").await;
+    let (port, _backends) = backends_on(&[4]).await;
+    dns.set_addresses("once.test.", &[ip(4)], TTL).await;
+    let balancer = Balancer::builder().build().unwrap();
+    balancer
+        .discover(
+            DnsSource::addresses("once.test.", port)
+                .name_server(dns.addr)
+                .refresh_between(Duration::MAX, Duration::MAX),
+        )
+        .unwrap();
+    within(Duration::from_secs(5), "first set", || {
+        sorted_urls(&balancer) == [url(4, port)]
+    })
+    .await;
+    let client = client(&balancer);
+    assert_eq!(send(&client, "/").await.unwrap(), "4");
+    let discovery = balancer.stats().discovery.unwrap();
+    assert_eq!(
+        (discovery.refreshes, discovery.errors, discovery.ended),
+        (1, 0, false),
+        "{discovery:?}"
+    );
+}

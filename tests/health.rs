@@ -139,11 +139,9 @@ async fn a_503_backend_is_ejected_gets_nothing_while_out_and_comes_back() {
 #[tokio::test(start_paused = true)]
 async fn a_refused_backend_is_ejected_and_readmitted_when_it_listens_again() {
     let servers = backends(3).await;
-    // A port with nothing listening, kept to listen on later.
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = probe.local_addr().unwrap();
-    drop(probe);
-    let down = format!("http://{addr}");
+    // A port that refuses, kept to listen on later.
+    let refusing = RefusingPort::new();
+    let down = refusing.url.clone();
     let mut urls: Vec<String> = servers.iter().map(|s| s.uri()).collect();
     urls.push(down.clone());
     let events = Events::default();
@@ -162,7 +160,7 @@ async fn a_refused_backend_is_ejected_and_readmitted_when_it_listens_again() {
     assert_eq!(e.failures.connect, 5);
 
     // A server comes up on that port; after the ejection time it is used.
-    let listener = std::net::TcpListener::bind(addr).unwrap();
+    let listener = refusing.listen();
     let revived = Server::from(MockServer::builder().listener(listener).start().await);
     answer(&revived, "revived", 200).await;
     tokio::time::advance(EJECTION).await;
@@ -178,13 +176,53 @@ async fn a_refused_backend_is_ejected_and_readmitted_when_it_listens_again() {
     assert_settled(&balancer);
 }
 
+#[tokio::test]
+async fn a_refusing_port_refuses_connects_and_no_server_can_take_it() {
+    let refusing = RefusingPort::new();
+    for _ in 0..3 {
+        let connect = tokio::net::TcpStream::connect(refusing.addr).await;
+        assert_eq!(
+            connect.map(drop).unwrap_err().kind(),
+            std::io::ErrorKind::ConnectionRefused
+        );
+    }
+    // Servers (std's and tokio's listeners set SO_REUSEADDR) cannot bind it.
+    let std_bind = std::net::TcpListener::bind(refusing.addr);
+    assert_eq!(
+        std_bind.map(drop).unwrap_err().kind(),
+        std::io::ErrorKind::AddrInUse
+    );
+    let tokio_bind = tokio::net::TcpListener::bind(refusing.addr).await;
+    assert_eq!(
+        tokio_bind.map(drop).unwrap_err().kind(),
+        std::io::ErrorKind::AddrInUse
+    );
+    // And through the balancer: a connect error, charged as one.
+    let balancer = Balancer::builder().endpoint(&refusing.url).build().unwrap();
+    assert!(send(&client(&balancer), "/").await.is_err());
+    assert_eq!(balancer.stats().endpoints[0].failures.connect, 1);
+    // Listening later serves on the same port.
+    let addr = refusing.addr;
+    let server = Server::from(
+        MockServer::builder()
+            .listener(refusing.listen())
+            .start()
+            .await,
+    );
+    answer(&server, "up", 200).await;
+    let balancer = Balancer::builder()
+        .endpoint(format!("http://{addr}"))
+        .build()
+        .unwrap();
+    assert_eq!(send(&client(&balancer), "/").await.unwrap(), "up");
+}
+
 /// One of five backends refuses connections; 200 requests. Errors the
 /// caller saw, and connection attempts the dead backend got.
 async fn one_hard_down_of_five(retry: Retries) -> (usize, u64) {
     let servers = backends(4).await;
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let down = format!("http://{}", probe.local_addr().unwrap());
-    drop(probe);
+    let refusing = RefusingPort::new();
+    let down = refusing.url.clone();
     let mut urls: Vec<String> = servers.iter().map(|s| s.uri()).collect();
     urls.insert(2, down.clone());
     let balancer = urls
@@ -228,11 +266,8 @@ async fn one_hard_down_backend_of_five_surfaces_no_errors_with_retry() {
 async fn retries_are_bounded_by_the_budget() {
     // Every backend refuses: each request fails; retries stop when the
     // budget (no reserve, 20% of requests) runs out.
-    let mut urls = Vec::new();
-    for _ in 0..3 {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        urls.push(format!("http://{}", probe.local_addr().unwrap()));
-    }
+    let refusing: Vec<RefusingPort> = (0..3).map(|_| RefusingPort::new()).collect();
+    let urls: Vec<String> = refusing.iter().map(|port| port.url.clone()).collect();
     let balancer = urls
         .iter()
         .fold(Balancer::builder(), |b, url| b.endpoint(url))
@@ -468,9 +503,8 @@ async fn failure_statuses_are_retried_only_when_opted_in_and_only_if_idempotent(
 #[tokio::test]
 async fn the_middleware_retries_refused_connections_too() {
     let servers = backends(2).await;
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let down = format!("http://{}", probe.local_addr().unwrap());
-    drop(probe);
+    let refusing = RefusingPort::new();
+    let down = refusing.url.clone();
     let urls = [servers[0].uri(), down, servers[1].uri()];
     let balancer = urls
         .iter()
@@ -516,10 +550,8 @@ async fn retries_do_not_take_turns_from_the_round_robin() {
 #[tokio::test]
 async fn a_retry_happens_after_the_last_balancer_handle_is_dropped() {
     let servers = backends(1).await;
-    let dead = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        format!("http://{}", listener.local_addr().unwrap())
-    };
+    let refusing = RefusingPort::new();
+    let dead = refusing.url.clone();
     for _ in 0..10 {
         // The refusing endpoint takes most first attempts.
         let balancer = Balancer::builder()

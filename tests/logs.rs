@@ -83,3 +83,53 @@ fn a_hashing_policy_that_finds_no_key_in_most_requests_warns_once() {
         "{text}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_discovery_source_that_panics_is_logged_at_error_with_its_message() {
+    let balancer = Balancer::builder().build().unwrap();
+    let (log, guard) = Captured::start(tracing::Level::ERROR);
+    // A stream that panics when first polled, on this thread's runtime.
+    let source = futures::stream::poll_fn(
+        |_| -> std::task::Poll<Option<Result<Vec<tower_lb::Endpoint>, std::io::Error>>> {
+            panic!("watcher state corrupted")
+        },
+    );
+    balancer.discover(source).unwrap();
+    for _ in 0..100 {
+        if balancer.stats().discovery.is_some_and(|d| d.ended) {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    drop(guard);
+    let text = log.text();
+    assert!(text.contains("ERROR"), "{text}");
+    assert!(text.contains("discovery source panicked"), "{text}");
+    assert!(text.contains("watcher state corrupted"), "{text}");
+}
+
+/// README, "Observability": each request's outcome and latency are a
+/// `debug` event. Under round robin only one request in 16 per endpoint
+/// feeds the estimate; with a debug subscriber listening, every request is
+/// timed for its event all the same.
+#[tokio::test]
+async fn with_debug_on_every_request_finished_event_carries_its_latency() {
+    let servers = support::backends(2).await;
+    let balancer = support::balancer_over(&servers, Policy::round_robin());
+    let client = support::client(&balancer);
+    let (log, guard) = Captured::start(tracing::Level::DEBUG);
+    for _ in 0..40 {
+        support::send(&client, "/").await.unwrap();
+    }
+    drop(guard);
+    let text = log.text();
+    let finished: Vec<&str> = text
+        .lines()
+        .filter(|line| line.contains("request finished"))
+        .collect();
+    assert_eq!(finished.len(), 40, "{text}");
+    for line in &finished {
+        assert!(line.contains("latency_us="), "no latency: {line}");
+        assert!(line.contains("outcome=Success"), "{line}");
+    }
+}

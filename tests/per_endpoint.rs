@@ -16,6 +16,8 @@ use tokio::net::TcpListener;
 use tower::ServiceExt;
 use tower_lb::{Balancer, PerEndpointService, Policy};
 
+use crate::support::RefusingPort;
+
 /// An HTTP/2 (prior knowledge) server on 127.0.0.1 that answers with its
 /// name; counts the connections it accepted. Stops with the test's runtime.
 struct H2Server {
@@ -130,16 +132,11 @@ async fn each_backend_gets_its_own_http2_client_and_one_connection() {
     assert_eq!(balancer.stats().in_flight(), 0);
 }
 
-/// The URL of a loopback port nothing listens on (bound, then released).
-fn refusing_url() -> String {
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    format!("http://{}", probe.local_addr().unwrap())
-}
-
 #[tokio::test]
 async fn a_refused_connection_is_retried_through_the_next_endpoints_client() {
     let up = h2_server("up").await;
-    let down = refusing_url();
+    let refusing = RefusingPort::new();
+    let down = refusing.url.clone();
     let balancer = Balancer::builder()
         .endpoint(&down)
         .endpoint(&up.url)
@@ -160,7 +157,8 @@ async fn a_refused_connection_is_retried_through_the_next_endpoints_client() {
 #[tokio::test]
 async fn a_retry_happens_after_the_service_and_the_balancer_are_dropped() {
     let up = h2_server("up").await;
-    let down = refusing_url();
+    let refusing = RefusingPort::new();
+    let down = refusing.url.clone();
     for _ in 0..10 {
         // The refusing endpoint takes most first attempts; the response
         // future is all that is left when the retry is decided.

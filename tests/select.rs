@@ -5,7 +5,7 @@ use crate::support;
 
 use std::collections::HashMap;
 
-use support::{assert_settled, backend, backends, balancer_over, received, BACKEND};
+use support::{assert_settled, backend, backends, balancer_over, received, RefusingPort, BACKEND};
 use tower_lb::{Balancer, Error, OutlierDetection, Policy, SessionKey};
 use wiremock::ResponseTemplate;
 
@@ -118,10 +118,8 @@ async fn reported_failures_eject_the_endpoint() {
 
 #[tokio::test]
 async fn a_connect_error_is_reported_as_one() {
-    // A port that was just free: nothing listens there.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", closed.local_addr().unwrap());
-    drop(closed);
+    let refusing = RefusingPort::new();
+    let url = refusing.url.clone();
     let balancer = Balancer::builder().endpoint(&url).build().unwrap();
     let error = send_by_hand(&balancer, &reqwest::Client::new(), None)
         .await

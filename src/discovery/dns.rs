@@ -15,6 +15,7 @@ use hickory_resolver::TokioResolver;
 use tokio::time::Instant;
 
 use super::{EndpointSource, RefreshHints};
+use crate::clock::{deadline, doubled_up_to};
 use crate::endpoint::Endpoint;
 use crate::error::BoxError;
 
@@ -115,8 +116,26 @@ impl DnsSource {
     }
 
     /// Waits between look-ups: the TTL, clamped to `[min, max]` (defaults
-    /// 1 s and 30 s). `min` is raised to 100 ms at least, and `max` to
-    /// `min`.
+    /// 1 s and 30 s); after a failed look-up, `min` doubling up to `max`.
+    ///
+    /// Out-of-range values have a fixed meaning, never a panic:
+    /// - `min` below 100 ms (zero included) is raised to 100 ms;
+    /// - `max` below `min` is raised to `min` (a fixed wait of `min`);
+    /// - `Duration::MAX` means never: as `max`, the TTL alone decides and
+    ///   failures back off without a ceiling; as `min`, the name is looked
+    ///   up once and never again (a burst of connect failures brings no
+    ///   look-up either). A wait too long for the clock becomes one of
+    ///   about 30 years.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_lb::DnsSource;
+    ///
+    /// // Follow the TTL however long it is; never sooner than every 5 s.
+    /// let source = DnsSource::addresses("api.internal", 8080)
+    ///     .refresh_between(Duration::from_secs(5), Duration::MAX);
+    /// # drop(source);
+    /// ```
     pub fn refresh_between(mut self, min: Duration, max: Duration) -> Self {
         self.min_refresh = min.max(Duration::from_millis(100));
         self.max_refresh = max.max(self.min_refresh);
@@ -220,6 +239,13 @@ impl DnsSource {
     }
 }
 
+/// When an answer that `expires` is looked up again: at its expiry, but
+/// not before `earliest` nor after `latest` (if `latest` came before
+/// `earliest`, at `earliest`: no panic, unlike `clamp`).
+fn due_by_ttl(expires: Instant, earliest: Instant, latest: Instant) -> Instant {
+    expires.min(latest).max(earliest)
+}
+
 /// The stream's state between look-ups.
 struct Looking {
     source: DnsSource,
@@ -245,7 +271,7 @@ impl Looking {
         }
         self.hints.refreshed();
         let looked_at = Instant::now();
-        let earliest = looked_at + self.source.min_refresh;
+        let earliest = deadline(looked_at, self.source.min_refresh);
         let answer = match &self.resolver {
             Some(resolver) => self.source.look_up(resolver).await,
             None => match self.source.resolver() {
@@ -260,13 +286,13 @@ impl Looking {
         match answer {
             Ok((set, expires)) if !set.is_empty() => {
                 self.backoff = self.source.min_refresh;
-                let due = expires.clamp(earliest, looked_at + self.source.max_refresh);
-                self.next = Some((due, earliest));
+                let latest = deadline(looked_at, self.source.max_refresh);
+                self.next = Some((due_by_ttl(expires, earliest, latest), earliest));
                 Ok(set)
             }
             other => {
-                let due = looked_at + self.backoff;
-                self.backoff = (self.backoff * 2).min(self.source.max_refresh);
+                let due = deadline(looked_at, self.backoff);
+                self.backoff = doubled_up_to(self.backoff, self.source.max_refresh);
                 self.next = Some((due, earliest));
                 other.map(|(set, _)| set)
             }
@@ -288,5 +314,44 @@ impl EndpointSource for DnsSource {
             Some((set, looking))
         })
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absurd_refresh_bounds_get_their_documented_meaning() {
+        let source = |min, max| DnsSource::addresses("a.test", 80).refresh_between(min, max);
+        let zero = source(Duration::ZERO, Duration::ZERO);
+        assert_eq!(
+            (zero.min_refresh, zero.max_refresh),
+            (Duration::from_millis(100), Duration::from_millis(100))
+        );
+        let crossed = source(Duration::from_secs(5), Duration::from_secs(1));
+        assert_eq!(
+            (crossed.min_refresh, crossed.max_refresh),
+            (Duration::from_secs(5), Duration::from_secs(5))
+        );
+        let never = source(Duration::MAX, Duration::ZERO);
+        assert_eq!(
+            (never.min_refresh, never.max_refresh),
+            (Duration::MAX, Duration::MAX)
+        );
+    }
+
+    #[test]
+    fn the_ttl_is_clamped_between_never_and_crossed_bounds_without_panicking() {
+        let now = Instant::now();
+        let never = deadline(now, Duration::MAX);
+        let ttl = now + Duration::from_secs(300);
+        let earliest = now + Duration::from_secs(1);
+        // A ceiling of "never": the TTL decides.
+        assert_eq!(due_by_ttl(ttl, earliest, never), ttl);
+        // A floor of "never" too: never again.
+        assert_eq!(due_by_ttl(ttl, never, never), never);
+        // Crossed bounds: the floor wins.
+        assert_eq!(due_by_ttl(ttl, never, earliest), never);
     }
 }

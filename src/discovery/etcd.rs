@@ -9,6 +9,7 @@ use futures::stream::{self, BoxStream, StreamExt};
 use serde::Deserialize;
 
 use super::{EndpointSource, RefreshHints};
+use crate::clock::doubled_up_to;
 use crate::endpoint::Endpoint;
 use crate::error::BoxError;
 
@@ -83,6 +84,22 @@ impl EtcdSource {
 
     /// Waits between attempts while etcd is unreachable: `min`, doubling
     /// up to `max` (defaults 200 ms and 5 s).
+    ///
+    /// Out-of-range values have a fixed meaning, never a panic: `min`
+    /// below 10 ms (zero included) is raised to 10 ms, `max` below `min`
+    /// is raised to `min`, and `Duration::MAX` means never (as `max`: no
+    /// ceiling on the doubling; as `min`: after the first failure, no
+    /// retry). A wait too long for the clock becomes one of about 30
+    /// years.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_lb::EtcdSource;
+    ///
+    /// let source = EtcdSource::new(["http://127.0.0.1:2379"], "/services/api/")
+    ///     .retry_between(Duration::from_millis(500), Duration::from_secs(60));
+    /// # drop(source);
+    /// ```
     pub fn retry_between(mut self, min: Duration, max: Duration) -> Self {
         self.min_retry = min.max(Duration::from_millis(10));
         self.max_retry = max.max(self.min_retry);
@@ -167,8 +184,9 @@ impl Watching {
                         Ok(self.current())
                     }
                     Err(error) => {
+                        // tokio caps a sleep at about 30 years itself.
                         tokio::time::sleep(self.retry).await;
-                        self.retry = (self.retry * 2).min(self.source.max_retry);
+                        self.retry = doubled_up_to(self.retry, self.source.max_retry);
                         Err(error)
                     }
                 };
@@ -225,6 +243,27 @@ impl EndpointSource for EtcdSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn absurd_retry_bounds_get_their_documented_meaning() {
+        let source =
+            |min, max| EtcdSource::new(["http://127.0.0.1:2379"], "/p/").retry_between(min, max);
+        let zero = source(Duration::ZERO, Duration::ZERO);
+        assert_eq!(
+            (zero.min_retry, zero.max_retry),
+            (Duration::from_millis(10), Duration::from_millis(10))
+        );
+        let crossed = source(Duration::from_secs(5), Duration::from_secs(1));
+        assert_eq!(
+            (crossed.min_retry, crossed.max_retry),
+            (Duration::from_secs(5), Duration::from_secs(5))
+        );
+        let never = source(Duration::MAX, Duration::ZERO);
+        assert_eq!(
+            (never.min_retry, never.max_retry),
+            (Duration::MAX, Duration::MAX)
+        );
+    }
 
     #[test]
     fn documents_give_url_weight_and_labels_and_bad_ones_say_why() {

@@ -15,6 +15,12 @@
 //! - **Never down to nothing by accident.** A source error, an empty set or
 //!   a set the balancer refuses (a bad URL) keeps the last good set; each
 //!   is logged at `warn` and counted in [`Stats::discovery`].
+//! - **A panic is a counted error, not silence.** A source that panics (in
+//!   `into_sets` or while its stream is polled) is stopped: the panic is
+//!   caught, logged at `error`, counted in [`Stats::discovery`] with its
+//!   message, and marked `ended`; the last good set keeps serving. It is
+//!   not restarted, since `into_sets` consumed it; calling
+//!   [`Balancer::discover`] again follows a new one.
 //!
 //! [`Stats::discovery`]: crate::Stats::discovery
 
@@ -23,11 +29,14 @@ mod dns;
 #[cfg(feature = "etcd")]
 mod etcd;
 
+use std::any::Any;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use futures::stream::BoxStream;
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 
 use crate::balancer::{Balancer, WeakBalancer};
 use crate::endpoint::{DiscoveryStats, Endpoint};
@@ -118,16 +127,61 @@ impl Balancer {
     /// One source at a time: calling `discover` again stops the previous
     /// source's task and follows the new one (its figures start again).
     ///
+    /// A source that panics, in [`EndpointSource::into_sets`] or in its
+    /// stream, is stopped rather than restarted (it was consumed): the
+    /// panic is caught, logged at `error` and counted in
+    /// [`Stats::discovery`](crate::Stats::discovery) (`errors` + 1,
+    /// `last_error` "the discovery source panicked: " and its message,
+    /// `ended`), and the last good set keeps serving. (Under
+    /// `panic = "abort"` no panic can be caught.)
+    ///
     /// Errors: [`Error::NoRuntime`] outside a tokio runtime.
     pub fn discover(&self, source: impl EndpointSource) -> Result<(), Error> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
-        let sets = source.into_sets(RefreshHints {
+        let hints = RefreshHints {
             failures: self.connect_failures().clone(),
-        });
+        };
         self.update_discovery(|stats| *stats = DiscoveryStats::default());
-        let task = runtime.spawn(follow(self.downgrade(), self.dropped(), sets));
+        let weak = self.downgrade();
+        let dropped = self.dropped();
+        // `into_sets` runs in the task too, so that its panic is caught
+        // with the stream's.
+        let following = async move { follow(weak, dropped, source.into_sets(hints)).await };
+        let task = runtime.spawn(survive_panics(self.downgrade(), following));
         self.replace_discovery_task(task.abort_handle());
         Ok(())
+    }
+}
+
+/// Runs `following` to its end; a panic in it (the source's code, or the
+/// task's) ends the task as a counted error instead of silently.
+async fn survive_panics(balancer: WeakBalancer, following: impl Future<Output = ()>) {
+    let Err(panic) = AssertUnwindSafe(following).catch_unwind().await else {
+        return;
+    };
+    let message = panic_message(panic.as_ref());
+    tracing::error!(
+        panic = %message,
+        "discovery source panicked; it is stopped and the last good set stays"
+    );
+    if let Some(balancer) = balancer.upgrade() {
+        balancer.update_discovery(|stats| {
+            stats.errors += 1;
+            stats.last_error = Some(format!("the discovery source panicked: {message}"));
+            stats.last_error_at = Some(SystemTime::now());
+            stats.ended = true;
+        });
+    }
+}
+
+/// The text a panic was raised with, when it has one.
+fn panic_message(panic: &(dyn Any + Send)) -> &str {
+    if let Some(text) = panic.downcast_ref::<&'static str>() {
+        text
+    } else if let Some(text) = panic.downcast_ref::<String>() {
+        text
+    } else {
+        "(a panic with no message)"
     }
 }
 

@@ -145,6 +145,10 @@ pub(crate) struct InFlight {
     lane: Ticket,
     /// When the request is timed, the clock reading it started at.
     started_at: Option<Instant>,
+    /// The timing feeds the response-time estimate (its turn came, or the
+    /// policy reads the estimate); a request timed only for the log does
+    /// not, so that turning logging on changes no estimate.
+    sampled: bool,
     /// The endpoint's health epoch when the request was sent.
     sent_in: u32,
     finished: bool,
@@ -154,24 +158,28 @@ impl InFlight {
     /// A request sent to `endpoint` now, from this thread.
     #[cfg(test)]
     pub(crate) fn start(endpoint: &EndpointState) -> Self {
-        Self::start_at(endpoint.ticket(), None)
+        Self::start_at(endpoint.ticket(), None, false)
     }
 
     /// A request counted in flight in the lane `lane` holds, `picked_at`
     /// if the pick read the clock. It is timed (from that reading, else
     /// from a new one) when the policy reads response times, else when its
     /// turn in the lane comes: one request in
-    /// [`TIMED_ONE_IN`](super::rtt::TIMED_ONE_IN), the first included.
-    pub(crate) fn start_at(lane: Ticket, picked_at: Option<Instant>) -> Self {
+    /// [`TIMED_ONE_IN`](super::rtt::TIMED_ONE_IN), the first included; and
+    /// whenever `logged` (its outcome event is enabled and will carry the
+    /// latency), without feeding the estimate then.
+    pub(crate) fn start_at(lane: Ticket, picked_at: Option<Instant>, logged: bool) -> Self {
         let endpoint = &lane.core;
         let model = endpoint.rtt_model();
-        let timed = model.times_every_request() || model.times_turn(lane.take_turn());
-        let started_at = timed.then(|| picked_at.unwrap_or_else(|| endpoint.clock.now()));
+        let sampled = model.times_every_request() || model.times_turn(lane.take_turn());
+        let started_at =
+            (sampled || logged).then(|| picked_at.unwrap_or_else(|| endpoint.clock.now()));
         if let Some(all) = &endpoint.balancer_in_flight {
             all.fetch_add(1, Ordering::Relaxed);
         }
         InFlight {
             started_at,
+            sampled,
             sent_in: endpoint.health_epoch(),
             lane,
             finished: false,
@@ -188,8 +196,8 @@ impl InFlight {
         &self.lane.core
     }
 
-    /// Records the outcome and, for a timed request, the time since it
-    /// started; returns that time.
+    /// Records the outcome and, for a sampled request, the time since it
+    /// started; returns that time for any timed request.
     pub(crate) fn finish(
         mut self,
         outcome: Outcome,
@@ -201,7 +209,8 @@ impl InFlight {
             (now.saturating_duration_since(started_at), now)
         });
         self.lane.count(outcome);
-        core.learn(outcome, status, timing, self.sent_in);
+        let sample = timing.filter(|_| self.sampled);
+        core.learn(outcome, status, sample, self.sent_in);
         self.finished = true;
         timing.map(|(latency, _)| latency)
     }
@@ -309,6 +318,38 @@ mod tests {
         assert!((0..40).all(|_| InFlight::start(&every)
             .finish(Outcome::Success, None)
             .is_some()));
+    }
+
+    /// With the outcome event enabled every request is timed for it, but
+    /// only the sampled ones feed the estimate: logging changes no figure.
+    #[tokio::test(start_paused = true)]
+    async fn a_logged_request_is_timed_without_feeding_the_estimate() {
+        let ep = sampled_endpoint();
+        let mut timed = 0;
+        for turn in 0..40 {
+            let request = InFlight::start_at(ep.ticket(), None, true);
+            // The sampled turns (0, 16, 32) answer in 10 ms, the others in 2 s.
+            let took = if turn % 16 == 0 { 10 } else { 2_000 };
+            tokio::time::advance(Duration::from_millis(took)).await;
+            let latency = request.finish(Outcome::Success, None);
+            assert_eq!(latency, Some(Duration::from_millis(took)), "turn {turn}");
+            timed += 1;
+        }
+        assert_eq!(timed, 40);
+        let estimate = ep.stats(1, &Labels::default()).latency_ewma.unwrap();
+        assert!(
+            estimate < Duration::from_millis(100),
+            "the 2 s answers, timed only for the log, moved the estimate to {estimate:?}"
+        );
+        // The turns went on as without logging: the next sampled one is 48.
+        let sampled: Vec<usize> = (40..70)
+            .filter(|_| {
+                InFlight::start(&ep)
+                    .finish(Outcome::Success, None)
+                    .is_some()
+            })
+            .collect();
+        assert_eq!(sampled, [48, 64]);
     }
 
     /// Requests started on many threads (so in several lanes, some shared)

@@ -110,8 +110,8 @@ pub struct EndpointStats {
 }
 
 /// What the discovery task did: sets applied, and the last failure (a
-/// source error, an empty set, a refused set), after which the last good
-/// set kept serving.
+/// source error, an empty set, a refused set, a panic), after which the
+/// last good set kept serving.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct DiscoveryStats {
@@ -121,13 +121,14 @@ pub struct DiscoveryStats {
     pub last_refresh: Option<std::time::SystemTime>,
     /// Endpoints in the last set applied.
     pub endpoints: usize,
-    /// Failures: source errors, empty sets, refused sets.
+    /// Failures: source errors, empty sets, refused sets, a panic.
     pub errors: u64,
     /// The last failure, in words.
     pub last_error: Option<String>,
     /// When the last failure happened.
     pub last_error_at: Option<std::time::SystemTime>,
-    /// The source ended: the set no longer follows it.
+    /// The source ended, or panicked and was stopped: the set no longer
+    /// follows it.
     pub ended: bool,
 }
 

@@ -63,6 +63,50 @@ impl Drop for Server {
     }
 }
 
+/// A loopback port that refuses every connection for as long as this guard
+/// lives: the one helper for a refusing endpoint.
+///
+/// The socket is bound but never listens, so a connect to it is refused
+/// (Linux answers a SYN to a bound, non-listening port with a reset), and
+/// no other test's server can take the port meanwhile: the socket is bound
+/// without `SO_REUSEADDR`, so even a server that sets it (std's and tokio's
+/// listeners do) cannot bind there. Binding port 0 and dropping the
+/// listener, as tests once did, freed the port for the next server to take,
+/// and a "refusing" endpoint then answered (seen).
+pub struct RefusingPort {
+    socket: tokio::net::TcpSocket,
+    /// The address that refuses.
+    pub addr: std::net::SocketAddr,
+    /// `http://` and the address.
+    pub url: String,
+}
+
+impl RefusingPort {
+    /// Reserves a free port on 127.0.0.1 that refuses connections.
+    pub fn new() -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
+        socket
+            .bind(std::net::SocketAddr::from((
+                std::net::Ipv4Addr::LOCALHOST,
+                0,
+            )))
+            .expect("a free loopback port");
+        let addr = socket.local_addr().expect("a bound socket's address");
+        RefusingPort {
+            socket,
+            addr,
+            url: format!("http://{addr}"),
+        }
+    }
+
+    /// Starts listening on the port, for a server that comes up there: the
+    /// port is never free in between. Needs a tokio runtime.
+    pub fn listen(self) -> std::net::TcpListener {
+        let listener = self.socket.listen(1024).expect("listening on the port");
+        listener.into_std().expect("a std listener")
+    }
+}
+
 /// Starts `n` wiremock servers on 127.0.0.1 answering 200 to everything,
 /// each naming itself ("a", "b", ...) in the `x-backend` header.
 pub async fn backends(n: usize) -> Vec<Server> {
