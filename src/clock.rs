@@ -35,6 +35,13 @@ pub(crate) fn doubled_up_to(wait: Duration, max: Duration) -> Duration {
     wait.saturating_mul(2).min(max)
 }
 
+/// `duration` in whole milliseconds, saturating at `u64::MAX` (about 585
+/// million years): `Duration::MAX` as an ejection time means "as long as
+/// can be", not a truncated remainder.
+pub(crate) fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// A balancer's clock: tokio's, with the moment the balancer was built as
 /// time zero, so that times fit in compact counters (milliseconds in a
 /// `u64`, or wrapping in a `u32` for the response-time estimate).

@@ -579,3 +579,34 @@ proptest! {
         })?;
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_ejection_time_too_long_for_milliseconds_means_as_long_as_can_be_not_a_wrapped_remainder(
+) {
+    // 2^62 s in milliseconds does not fit a u64: truncated, it was 0 (an
+    // ejection of 1 ms); saturated it is "for ever", as is Duration::MAX.
+    for long in [Duration::from_secs(1 << 62), Duration::MAX] {
+        let balancer = Balancer::builder()
+            .endpoint(A)
+            .endpoint(B)
+            .policy(Policy::round_robin())
+            .outlier_detection(
+                OutlierDetection::default()
+                    .consecutive_failures(1)
+                    .max_ejection_percent(50)
+                    .base_ejection_time(long)
+                    .max_ejection_time(long),
+            )
+            .build()
+            .unwrap();
+        eject(&balancer, B);
+        tokio::time::advance(Duration::from_secs(10 * 365 * 24 * 3_600)).await;
+        for _ in 0..4 {
+            let selection = balancer.select(&keyless()).unwrap();
+            assert_eq!(selection.endpoint(), A, "{long:?}");
+            selection.finish(http::StatusCode::OK);
+        }
+        let stats = balancer.stats();
+        assert_eq!(stats.endpoint(B).map(|e| e.ejected), Some(true), "{long:?}");
+    }
+}

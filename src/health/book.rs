@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard, TryLockError, Weak};
 use super::detector::{EndpointHealth, IN_ROTATION, RETIRED};
 use super::events::EventQueue;
 use super::{HealthEvent, OutlierDetection};
-use crate::clock::Clock;
+use crate::clock::{millis, Clock};
 
 /// Health settings and the ejections of one balancer.
 #[derive(Debug)]
@@ -208,7 +208,7 @@ impl HealthShared {
         }
         let config = &self.config;
         let returned = endpoint.returned_ms.load(Ordering::Relaxed);
-        let max_ms = config.max_ejection_time.as_millis() as u64;
+        let max_ms = millis(config.max_ejection_time);
         if returned > 0 && now.saturating_sub(returned) >= max_ms {
             endpoint.times_ejected.store(0, Ordering::Relaxed);
         }
@@ -220,9 +220,7 @@ impl HealthShared {
             .base_ejection_time
             .saturating_mul(times)
             .min(config.max_ejection_time);
-        let until = now
-            .saturating_add((duration.as_millis() as u64).max(1))
-            .min(RETIRED - 1);
+        let until = now.saturating_add(millis(duration).max(1)).min(RETIRED - 1);
         endpoint.ejected_until.store(until, Ordering::Relaxed);
         endpoint.start_new_epoch();
         book.push(Ejection {

@@ -149,7 +149,7 @@ impl EndpointHealth {
         min_requests: u32,
     ) -> bool {
         let start = self.window_start_ms.load(Ordering::Relaxed);
-        if now.saturating_sub(start) < interval.as_millis() as u64 {
+        if now.saturating_sub(start) < crate::clock::millis(interval) {
             return false;
         }
         if self

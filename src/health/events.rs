@@ -64,7 +64,7 @@ impl EventQueue {
                 times,
                 duration,
             } => {
-                tracing::warn!(%endpoint, times, duration_ms = duration.as_millis() as u64, "endpoint ejected")
+                tracing::warn!(%endpoint, times, duration_ms = crate::clock::millis(*duration), "endpoint ejected")
             }
             HealthEvent::Readmitted { endpoint } => {
                 tracing::info!(%endpoint, "endpoint readmitted")
