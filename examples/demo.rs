@@ -110,7 +110,7 @@ fn print_table(
     let stats = balancer.stats();
     let total_weight: u32 = backends
         .iter()
-        .filter_map(|b| stats.endpoint(&b.server.uri()))
+        .filter_map(|b| stats.endpoint(b.server.uri()))
         .map(|e| e.weight)
         .sum();
     println!("\n{title}");
@@ -124,7 +124,7 @@ fn print_table(
         "backend", "weight", "requests", "share", "expected", "p50", "p99", "ewma", "failures"
     );
     for backend in backends {
-        let Some(endpoint) = stats.endpoint(&backend.server.uri()) else {
+        let Some(endpoint) = stats.endpoint(backend.server.uri()) else {
             println!("{:<8} (removed)", backend.name);
             continue;
         };

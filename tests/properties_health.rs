@@ -361,12 +361,12 @@ fn check(balancer: &Balancer, model: &Model, now: u64) -> Result<(), TestCaseErr
     for (i, member) in model.members.iter().enumerate() {
         let Some((instance, weight)) = *member else {
             prop_assert!(
-                stats.endpoint(&url(i)).is_none(),
+                stats.endpoint(url(i)).is_none(),
                 "a removed endpoint is still listed"
             );
             continue;
         };
-        let seen = stats.endpoint(&url(i)).expect("listed");
+        let seen = stats.endpoint(url(i)).expect("listed");
         let expected = &model.instances[instance];
         let ejected = expected.until.is_some_and(|until| now < until);
         prop_assert_eq!(

@@ -110,7 +110,7 @@ async fn reported_failures_eject_the_endpoint() {
     assert_eq!(received(&bad).await, 5);
     assert_eq!(received(&good).await, 55);
     let stats = balancer.stats();
-    let bad_stats = stats.endpoint(&bad.uri()).unwrap();
+    let bad_stats = stats.endpoint(bad.uri()).unwrap();
     assert!(bad_stats.ejected);
     assert_eq!(bad_stats.failures.server_error, 5);
     assert_settled(&balancer);

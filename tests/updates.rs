@@ -43,7 +43,7 @@ async fn removed_endpoint_finishes_its_requests_and_gets_no_more() {
     eventually(|| balancer.stats().in_flight() == 8).await;
     balancer.add(&fast.uri(), 1).unwrap();
     balancer.remove(&slow.uri()).unwrap();
-    assert!(balancer.stats().endpoint(&slow.uri()).is_none());
+    assert!(balancer.stats().endpoint(slow.uri()).is_none());
 
     // The eight finish on the removed endpoint, successfully.
     assert_eq!(join_all(in_flight).await, vec!["a"; 8]);
@@ -68,7 +68,7 @@ async fn drained_endpoint_finishes_in_flight_requests_and_gets_no_new_ones() {
     let client = client(&balancer);
 
     let in_flight = spawn_requests(&client, 10);
-    eventually(|| balancer.stats().endpoint(&slow.uri()).unwrap().in_flight == 5).await;
+    eventually(|| balancer.stats().endpoint(slow.uri()).unwrap().in_flight == 5).await;
     balancer.drain(&slow.uri()).unwrap();
 
     for _ in 0..20 {
@@ -77,7 +77,7 @@ async fn drained_endpoint_finishes_in_flight_requests_and_gets_no_new_ones() {
     let names = join_all(in_flight).await;
     assert_eq!(names.iter().filter(|n| *n == "a").count(), 5);
 
-    let drained = balancer.stats().endpoint(&slow.uri()).cloned().unwrap();
+    let drained = balancer.stats().endpoint(slow.uri()).unwrap();
     assert_eq!(drained.weight, 0);
     assert_eq!(
         (drained.requests, drained.successes, drained.in_flight),
