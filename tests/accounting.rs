@@ -16,7 +16,7 @@ async fn ten_thousand_requests_at_concurrency_64_are_all_answered() {
     let servers = backends(5).await;
     let mut builder = Balancer::builder();
     for (i, server) in servers.iter().enumerate() {
-        builder = builder.endpoint_weighted(&server.uri(), i as u32 + 1);
+        builder = builder.endpoint_weighted(server.uri(), i as u32 + 1);
     }
     let balancer = builder.build().unwrap();
     let client = client(&balancer);
@@ -204,12 +204,12 @@ async fn a_fully_drained_set_fails_fast_with_no_endpoint_available() {
     let servers = backends(2).await;
     let balancer = balancer_over(&servers, Policy::default());
     let client = client(&balancer);
-    balancer.drain(&servers[0].uri()).unwrap();
-    balancer.drain(&servers[1].uri()).unwrap();
+    balancer.drain(servers[0].uri()).unwrap();
+    balancer.drain(servers[1].uri()).unwrap();
     let err = send(&client, "/").await.unwrap_err();
     assert!(matches!(err, Error::NoEndpointAvailable), "{err:?}");
     assert_eq!(balancer.stats().requests(), 0);
 
-    balancer.set_weight(&servers[1].uri(), 1).unwrap();
+    balancer.set_weight(servers[1].uri(), 1).unwrap();
     assert_eq!(send(&client, "/").await.unwrap(), "b");
 }

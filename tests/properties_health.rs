@@ -241,7 +241,7 @@ fn run(config: Config, initial: Vec<u32>, steps: Vec<Step>) -> Result<(), TestCa
             .iter()
             .enumerate()
             .fold(Balancer::builder(), |b, (i, &w)| {
-                b.endpoint_weighted(&url(i), w)
+                b.endpoint_weighted(url(i), w)
             })
             .policy(policy)
             .outlier_detection(detection)
@@ -312,7 +312,7 @@ fn run(config: Config, initial: Vec<u32>, steps: Vec<Step>) -> Result<(), TestCa
                 }
                 Step::Advance { ms } => tokio::time::advance(Duration::from_millis(ms)).await,
                 Step::Add { endpoint, weight } => {
-                    let added = balancer.add(&url(endpoint), weight);
+                    let added = balancer.add(url(endpoint), weight);
                     prop_assert_eq!(added.is_ok(), model.members[endpoint].is_none());
                     if added.is_ok() {
                         model.instances.push(Instance::default());
@@ -321,14 +321,14 @@ fn run(config: Config, initial: Vec<u32>, steps: Vec<Step>) -> Result<(), TestCa
                     }
                 }
                 Step::Remove { endpoint } => {
-                    let removed = balancer.remove(&url(endpoint));
+                    let removed = balancer.remove(url(endpoint));
                     prop_assert_eq!(removed.is_ok(), model.members[endpoint].is_some());
                     if let Some((instance, _)) = model.members[endpoint].take() {
                         model.after_update(Some(instance), now());
                     }
                 }
                 Step::SetWeight { endpoint, weight } => {
-                    let set = balancer.set_weight(&url(endpoint), weight);
+                    let set = balancer.set_weight(url(endpoint), weight);
                     prop_assert_eq!(set.is_ok(), model.members[endpoint].is_some());
                     if let Some((instance, _)) = model.members[endpoint] {
                         model.members[endpoint] = Some((instance, weight));

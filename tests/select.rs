@@ -52,7 +52,7 @@ async fn selections_follow_the_policy_and_are_counted() {
         .iter()
         .enumerate()
         .fold(Balancer::builder(), |b, (i, s)| {
-            b.endpoint_weighted(&s.uri(), i as u32 + 1)
+            b.endpoint_weighted(s.uri(), i as u32 + 1)
         })
         .build()
         .unwrap();

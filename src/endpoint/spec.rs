@@ -10,8 +10,9 @@ use crate::error::Error;
 /// An endpoint to put in the set: a URL, a weight (1 unless set) and labels
 /// such as zone or version, which policies and [`Stats`](crate::Stats) see.
 ///
-/// Anything that names a URL (`&str`, `String`) converts into one, so the
-/// builder and [`Balancer::insert`](crate::Balancer::insert) take either.
+/// Anything that names a URL (`&str`, `String`, `&String`, `Arc<str>`,
+/// `Box<str>`, `Cow<str>`) converts into one, so the builder and
+/// [`Balancer::insert`](crate::Balancer::insert) take any of them.
 ///
 /// ```
 /// use tower_lb::{Balancer, Endpoint};
@@ -39,11 +40,12 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// An endpoint at `url` with weight 1 and no labels. The URL is checked
-    /// when the endpoint is added.
-    pub fn new(url: impl Into<String>) -> Self {
+    /// An endpoint at `url` (`&str`, `String`, `Arc<str>`, anything that
+    /// reads as a URL) with weight 1 and no labels. The URL is checked when
+    /// the endpoint is added.
+    pub fn new(url: impl AsRef<str>) -> Self {
         Endpoint {
-            url: url.into(),
+            url: url.as_ref().to_owned(),
             weight: 1,
             labels: Labels::default(),
         }
@@ -56,9 +58,19 @@ impl Endpoint {
         self
     }
 
-    /// Sets the label `key` to `value`, replacing an earlier value.
+    /// Sets the label `key` to `value`, replacing an earlier value. Both
+    /// are anything that reads as text (`&str`, `String`, `Arc<str>`).
+    ///
+    /// ```
+    /// let zone = String::from("eu-west-1a");
+    /// let endpoint = tower_lb::Endpoint::new(String::from("http://10.0.0.1:80"))
+    ///     .with_label(String::from("zone"), &zone)
+    ///     .with_label("tier", zone);
+    /// assert_eq!(endpoint.labels().get("zone"), Some("eu-west-1a"));
+    /// ```
     #[must_use]
-    pub fn with_label(mut self, key: &str, value: &str) -> Self {
+    pub fn with_label(mut self, key: impl AsRef<str>, value: impl AsRef<str>) -> Self {
+        let (key, value) = (key.as_ref(), value.as_ref());
         let mut pairs: Vec<(Box<str>, Box<str>)> = self
             .labels
             .0
@@ -121,7 +133,31 @@ impl From<String> for Endpoint {
 
 impl From<&String> for Endpoint {
     fn from(url: &String) -> Self {
-        Endpoint::new(url.as_str())
+        Endpoint::new(url)
+    }
+}
+
+impl From<Arc<str>> for Endpoint {
+    fn from(url: Arc<str>) -> Self {
+        Endpoint::new(url)
+    }
+}
+
+impl From<&Arc<str>> for Endpoint {
+    fn from(url: &Arc<str>) -> Self {
+        Endpoint::new(url)
+    }
+}
+
+impl From<Box<str>> for Endpoint {
+    fn from(url: Box<str>) -> Self {
+        Endpoint::new(url)
+    }
+}
+
+impl From<std::borrow::Cow<'_, str>> for Endpoint {
+    fn from(url: std::borrow::Cow<'_, str>) -> Self {
+        Endpoint::new(url)
     }
 }
 
