@@ -94,6 +94,25 @@ impl Endpoint {
         self.weight
     }
 
+    /// Sets the labels, replacing any set before: anything that converts
+    /// into [`Labels`] (an array or a map of pairs, or a `Labels`).
+    ///
+    /// ```
+    /// use std::collections::HashMap;
+    ///
+    /// let from_discovery: HashMap<String, String> =
+    ///     HashMap::from([("zone".into(), "a".into()), ("version".into(), "2".into())]);
+    /// let endpoint = tower_lb::Endpoint::new("http://10.0.0.1:80").with_labels(from_discovery);
+    /// assert_eq!(endpoint.labels().len(), 2);
+    /// let endpoint = endpoint.with_labels([("zone", "b")]);
+    /// assert_eq!(endpoint.labels().iter().collect::<Vec<_>>(), [("zone", "b")]);
+    /// ```
+    #[must_use]
+    pub fn with_labels(mut self, labels: impl Into<Labels>) -> Self {
+        self.labels = labels.into();
+        self
+    }
+
     /// The labels.
     pub fn labels(&self) -> &Labels {
         &self.labels
@@ -161,15 +180,33 @@ impl From<std::borrow::Cow<'_, str>> for Endpoint {
     }
 }
 
-/// An endpoint's labels: key-value pairs in key order, cheap to clone.
+/// An endpoint's labels: key-value pairs in key order, one value per key,
+/// cheap to clone.
+///
+/// Built with [`Endpoint::with_label`], or from pairs of anything that reads
+/// as text: an array, a `HashMap`, a `BTreeMap` (`Labels::from`), or any
+/// iterator of pairs (`collect()`). When a key comes more than once, the
+/// last value wins, as with [`Endpoint::with_label`].
 ///
 /// ```
+/// use std::collections::{BTreeMap, HashMap};
+/// use tower_lb::Labels;
+///
 /// let endpoint = tower_lb::Endpoint::new("http://10.0.0.1:80")
 ///     .with_label("version", "2")
 ///     .with_label("zone", "a");
 /// let labels = endpoint.labels();
 /// assert_eq!(labels.get("zone"), Some("a"));
+/// assert_eq!(labels.len(), 2);
 /// assert_eq!(labels.iter().collect::<Vec<_>>(), [("version", "2"), ("zone", "a")]);
+///
+/// assert_eq!(Labels::from([("zone", "a"), ("version", "2")]), *labels);
+/// let map = HashMap::from([(String::from("zone"), String::from("a")), ("version".into(), "2".into())]);
+/// assert_eq!(Labels::from(map), *labels);
+/// assert_eq!(Labels::from(BTreeMap::from([("zone", "a"), ("version", "2")])), *labels);
+/// let collected: Labels = [("zone", "x"), ("version", "2"), ("zone", "a")].into_iter().collect();
+/// assert_eq!(collected, *labels);
+/// assert!(Labels::default().is_empty());
 /// ```
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct Labels(Arc<[(Box<str>, Box<str>)]>);
@@ -191,6 +228,57 @@ impl Labels {
     /// Whether there are no labels.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// How many labels there are.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl<K: AsRef<str>, V: AsRef<str>> FromIterator<(K, V)> for Labels {
+    /// The pairs in key order; of a key given more than once, the last
+    /// value.
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(pairs: I) -> Self {
+        let mut pairs: Vec<(Box<str>, Box<str>)> = pairs
+            .into_iter()
+            .map(|(k, v)| (k.as_ref().into(), v.as_ref().into()))
+            .collect();
+        // A stable sort keeps the pairs of one key in the order given; the
+        // last of them is kept.
+        pairs.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut kept: Vec<(Box<str>, Box<str>)> = Vec::with_capacity(pairs.len());
+        for pair in pairs {
+            match kept.last_mut() {
+                Some(last) if last.0 == pair.0 => *last = pair,
+                _ => kept.push(pair),
+            }
+        }
+        Labels(kept.into())
+    }
+}
+
+impl<K: AsRef<str>, V: AsRef<str>, const N: usize> From<[(K, V); N]> for Labels {
+    fn from(pairs: [(K, V); N]) -> Self {
+        pairs.into_iter().collect()
+    }
+}
+
+impl<K: AsRef<str>, V: AsRef<str>, S> From<std::collections::HashMap<K, V, S>> for Labels {
+    fn from(map: std::collections::HashMap<K, V, S>) -> Self {
+        map.into_iter().collect()
+    }
+}
+
+impl<K: AsRef<str>, V: AsRef<str>> From<std::collections::BTreeMap<K, V>> for Labels {
+    fn from(map: std::collections::BTreeMap<K, V>) -> Self {
+        map.into_iter().collect()
+    }
+}
+
+impl<K: AsRef<str>, V: AsRef<str>> From<Vec<(K, V)>> for Labels {
+    fn from(pairs: Vec<(K, V)>) -> Self {
+        pairs.into_iter().collect()
     }
 }
 
@@ -229,5 +317,30 @@ impl IntoEndpoint for Endpoint {
             });
         }
         Ok(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn labels_from_any_pairs_hold_each_key_once_in_key_order_with_its_last_value(
+            pairs in proptest::collection::vec(("[a-d]{0,2}", "[a-z]{0,3}"), 0..12)
+        ) {
+            let labels: Labels = pairs.iter().map(|(k, v)| (k, v)).collect();
+            let mut model = std::collections::BTreeMap::new();
+            for (k, v) in &pairs {
+                model.insert(k.as_str(), v.as_str());
+            }
+            prop_assert_eq!(labels.len(), model.len());
+            prop_assert_eq!(labels.iter().collect::<Vec<_>>(), model.into_iter().collect::<Vec<_>>());
+            let chained = pairs
+                .iter()
+                .fold(Endpoint::new("http://10.0.0.1:80"), |e, (k, v)| e.with_label(k, v));
+            prop_assert_eq!(chained.labels(), &labels);
+        }
     }
 }
