@@ -35,12 +35,32 @@ use crate::request::BalanceRequest;
 /// selection.finish(http::StatusCode::OK);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Debug)]
 #[must_use = "a selection counts its request in flight until finished or dropped"]
 pub struct Selection {
     attempt: Attempt,
     /// The balancer reads its session-key header, which must not leave.
     strip_session_header: bool,
+}
+
+/// A summary, as [`Balancer`]'s: the endpoint, never its counters or tables.
+///
+/// ```
+/// let balancer = tower_lb::Balancer::builder().endpoint("http://127.0.0.1:8081").build()?;
+/// let selection = balancer.select(&http::Request::get("/").body(())?)?;
+/// assert_eq!(
+///     format!("{selection:?}"),
+///     r#"Selection { endpoint: "http://127.0.0.1:8081", .. }"#
+/// );
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+impl std::fmt::Debug for Selection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // No "finished" flag: `finish` and `fail` consume the selection,
+        // so one that can be shown is still in flight.
+        f.debug_struct("Selection")
+            .field("endpoint", &self.endpoint())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Selection {
