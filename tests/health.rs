@@ -91,6 +91,7 @@ async fn a_503_backend_is_ejected_gets_nothing_while_out_and_comes_back() {
             endpoint,
             times: 1,
             duration,
+            ..
         }] => {
             assert_eq!(endpoint, &urls[2]);
             assert_eq!(*duration, EJECTION);
@@ -126,7 +127,7 @@ async fn a_503_backend_is_ejected_gets_nothing_while_out_and_comes_back() {
     assert_eq!(back, 2, "re-admitted, it takes its turns again");
     assert!(matches!(
         events.at_least(2)[1],
-        HealthEvent::Readmitted { ref endpoint } if *endpoint == urls[2]
+        HealthEvent::Readmitted { ref endpoint, .. } if *endpoint == urls[2]
     ));
     println!(
         "health: 503 backend ejected after 5 failures; {while_out} requests while out, 0 reached it; re-admitted at the first pick {} ms after ejection",
@@ -174,7 +175,7 @@ async fn a_refused_backend_is_ejected_and_readmitted_when_it_listens_again() {
     assert!(events
         .at_least(2)
         .iter()
-        .any(|e| matches!(e, HealthEvent::Readmitted { endpoint } if *endpoint == down)));
+        .any(|e| matches!(e, HealthEvent::Readmitted { endpoint, .. } if *endpoint == down)));
     assert_settled(&balancer);
 }
 
@@ -411,7 +412,7 @@ fn bad_retry_settings_get_a_typed_error_naming_the_setting() {
             .retry(retries.clone())
             .build();
         match result {
-            Err(tower_lb::Error::InvalidPolicy { reason }) => {
+            Err(tower_lb::Error::InvalidPolicy { reason, .. }) => {
                 assert!(reason.contains(setting), "{reason} ({retries:?})")
             }
             other => panic!("{retries:?} gave {other:?}"),

@@ -47,10 +47,25 @@ use events::EventSink;
 
 /// What happened to an endpoint's health, for [`OutlierDetection::on_event`]
 /// callbacks (also logged with `tracing`).
+///
+/// The enum and its variants are `#[non_exhaustive]`: match with a `_` arm
+/// and `..` in each variant's pattern.
+///
+/// ```
+/// use tower_lb::{HealthEvent, OutlierDetection};
+///
+/// let detection = OutlierDetection::default().on_event(|event| match event {
+///     HealthEvent::Ejected { endpoint, duration, .. } => eprintln!("{endpoint} out for {duration:?}"),
+///     HealthEvent::Readmitted { endpoint, .. } => eprintln!("{endpoint} back"),
+///     _ => {}
+/// });
+/// # let _ = detection;
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum HealthEvent {
     /// The endpoint gets no new requests for `duration`.
+    #[non_exhaustive]
     Ejected {
         /// The endpoint's canonical URL.
         endpoint: String,
@@ -60,6 +75,7 @@ pub enum HealthEvent {
         duration: Duration,
     },
     /// The endpoint takes requests again.
+    #[non_exhaustive]
     Readmitted {
         /// The endpoint's canonical URL.
         endpoint: String,
