@@ -65,6 +65,7 @@ mod membership;
 mod middleware;
 mod outcome;
 mod per_endpoint;
+mod percent;
 mod pipeline;
 mod policy;
 mod random;
@@ -95,6 +96,7 @@ pub use error::{BoxError, Error};
 pub use health::{HealthEvent, OutlierDetection, Retries, Retryable};
 pub use layer::BalanceLayer;
 pub use per_endpoint::PerEndpointService;
+pub use percent::Percent;
 pub use policy::{
     Candidates, ConsistentHash, LeastResponseTime, PickContext, Picker, Policy, SelectionPolicy,
     Subset, DEFAULT_LOAD_FACTOR, DEFAULT_VIRTUAL_NODES,
