@@ -90,7 +90,8 @@ pub use discovery::DnsSource;
 pub use discovery::EtcdSource;
 pub use discovery::{EndpointSource, RefreshHints};
 pub use endpoint::{
-    DiscoveryStats, Endpoint, EndpointStats, FailureCounts, IntoEndpoint, Labels, Stats, MAX_WEIGHT,
+    DiscoveryStats, Endpoint, EndpointStats, FailureCounts, IntoEndpoint, Labels, ServedBy, Stats,
+    MAX_WEIGHT,
 };
 pub use error::{BoxError, Error};
 pub use health::{HealthEvent, OutlierDetection, Retries, Retryable};

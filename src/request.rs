@@ -4,7 +4,7 @@
 use std::any::Any;
 
 use bytes::Bytes;
-use http::{HeaderMap, StatusCode};
+use http::{Extensions, HeaderMap, StatusCode};
 use http_body_util::{Empty, Full};
 
 use crate::endpoint::EndpointUrl;
@@ -49,6 +49,8 @@ pub(crate) mod sealed {
     pub trait Status {
         fn status(&self) -> StatusCode;
         fn headers(&self) -> &HeaderMap;
+        /// Where the balancer puts [`ServedBy`](crate::ServedBy).
+        fn extensions_mut(&mut self) -> &mut Extensions;
     }
 }
 
@@ -139,6 +141,10 @@ impl<B> sealed::Status for http::Response<B> {
     fn headers(&self) -> &HeaderMap {
         self.headers()
     }
+
+    fn extensions_mut(&mut self) -> &mut Extensions {
+        self.extensions_mut()
+    }
 }
 
 #[cfg(feature = "reqwest")]
@@ -181,5 +187,9 @@ impl sealed::Status for reqwest::Response {
 
     fn headers(&self) -> &HeaderMap {
         self.headers()
+    }
+
+    fn extensions_mut(&mut self) -> &mut Extensions {
+        self.extensions_mut()
     }
 }

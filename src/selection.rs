@@ -13,6 +13,7 @@ use std::error::Error as StdError;
 use http::{HeaderMap, StatusCode};
 
 use crate::balancer::Balancer;
+use crate::endpoint::ServedBy;
 use crate::error::Error;
 use crate::pipeline::{route, Answer, Attempt};
 use crate::request::BalanceRequest;
@@ -68,6 +69,26 @@ impl Selection {
     /// in [`Balancer::stats`](crate::Balancer::stats).
     pub fn endpoint(&self) -> &str {
         self.attempt.url().as_str()
+    }
+
+    /// The chosen endpoint with its labels, as the layer puts it in a
+    /// response's extensions: to attach to the response of a request sent
+    /// by hand, or to log.
+    ///
+    /// ```
+    /// use tower_lb::{Balancer, Endpoint};
+    ///
+    /// let balancer = Balancer::builder()
+    ///     .endpoint(Endpoint::new("http://127.0.0.1:8081").with_label("zone", "a"))
+    ///     .build()?;
+    /// let selection = balancer.select(&http::Request::get("/").body(())?)?;
+    /// let served_by = selection.served_by();
+    /// assert_eq!(served_by.url(), selection.endpoint());
+    /// assert_eq!(served_by.labels().get("zone"), Some("a"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn served_by(&self) -> ServedBy {
+        self.attempt.served_by()
     }
 
     /// Points `request` at the chosen endpoint as the layer does: its

@@ -169,7 +169,10 @@ impl BalancerBuilder {
                 labels,
                 ..Member::new(url, weight, &counters)
             })
-            .collect();
+            .collect::<Vec<Member>>();
+        for member in &members {
+            member.state.set_labels(&member.labels);
+        }
         let snapshot = Snapshot::build(members, &policy, &counters);
         // Fixed now, after the first build: a custom policy's key source is
         // the one it delegated to then (see `SelectionPolicy::request_key`).

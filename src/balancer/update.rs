@@ -311,6 +311,10 @@ impl Balancer {
         let before = shared.snapshot.load_full();
         let mut members = before.members().to_vec();
         edit(&mut members)?;
+        // What responses name as the endpoint follows its labels.
+        for member in &members {
+            member.state.set_labels(&member.labels);
+        }
         // A removed endpoint's health ends with its membership: it gives
         // back any ejection, and its late answers change nothing.
         for gone in before.members() {
