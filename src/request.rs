@@ -8,6 +8,7 @@ use http::{Extensions, HeaderMap, StatusCode};
 use http_body_util::{Empty, Full};
 
 use crate::endpoint::EndpointUrl;
+use crate::target::{authorize, basic_credentials};
 use crate::{Error, RequestInfo};
 
 /// A request the balancer can route: [`http::Request<B>`] for any body, and
@@ -79,8 +80,21 @@ impl<B: 'static> sealed::Route for http::Request<B> {
     }
 
     fn route_to(&mut self, endpoint: &EndpointUrl) -> Result<(), Error> {
+        // User info leaves with the authority; it becomes a header.
+        let credentials = self
+            .uri()
+            .authority()
+            .and_then(|authority| authority.as_str().rsplit_once('@'))
+            .and_then(|(info, _)| {
+                let (user, password) = match info.split_once(':') {
+                    Some((user, password)) => (user, Some(password)),
+                    None => (info, None),
+                };
+                basic_credentials(user, password)
+            });
         let uri = std::mem::take(self.uri_mut());
         *self.uri_mut() = endpoint.join(uri)?;
+        authorize(self.headers_mut(), credentials);
         Ok(())
     }
 
@@ -168,7 +182,11 @@ impl sealed::Route for reqwest::Request {
     }
 
     fn route_to(&mut self, endpoint: &EndpointUrl) -> Result<(), Error> {
-        endpoint.route_url(self.url_mut())
+        let url = self.url();
+        let credentials = basic_credentials(url.username(), url.password());
+        endpoint.route_url(self.url_mut())?;
+        authorize(self.headers_mut(), credentials);
+        Ok(())
     }
 
     fn headers_mut(&mut self) -> &mut HeaderMap {

@@ -96,7 +96,9 @@ impl Selection {
     /// (dot segments removed); query and headers are kept, except the
     /// balancer's own [`SessionKey::HEADER`](crate::SessionKey::HEADER),
     /// which is removed when the policy reads session keys, so that it
-    /// never leaves the process.
+    /// never leaves the process. User info in the URL becomes an
+    /// `Authorization: Basic` header unless the request has one
+    /// (docs/targets.md), as on every front end.
     ///
     /// Errors: [`Error::InvalidTarget`] when the target would leave the
     /// base path or has a form that is not routed (docs/targets.md);
