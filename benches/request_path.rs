@@ -16,7 +16,7 @@ use tower_lb::{Balancer, Policy, Retries as R};
 fn balancer(policy: impl Into<Policy>, retry: bool) -> Balancer {
     (0..10)
         .fold(Balancer::builder(), |b, i| {
-            b.endpoint_weighted(&format!("http://10.0.{i}.1:8080"), 1)
+            b.endpoint_weighted(format!("http://10.0.{i}.1:8080"), 1)
         })
         .policy(policy)
         .retry(if retry { R::default() } else { R::disabled() })

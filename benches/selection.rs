@@ -18,7 +18,7 @@ fn balancer(endpoints: usize, policy: impl Into<Policy>) -> Balancer {
     (0..endpoints)
         .fold(Balancer::builder(), |b, i| {
             b.endpoint_weighted(
-                &format!("http://10.{}.{}.1:8080", i / 250, i % 250),
+                format!("http://10.{}.{}.1:8080", i / 250, i % 250),
                 1 + (i % 3) as u32,
             )
         })

@@ -93,8 +93,8 @@ async fn main() -> Result<(), BoxError> {
         }
     };
     println!("all up:               {:?}", send(10).await?);
-    balancer.drain(&a.uri())?;
-    balancer.drain(&b.uri())?;
+    balancer.drain(a.uri())?;
+    balancer.drain(b.uri())?;
     println!("stable ones drained:  {:?}", send(10).await?);
     Ok(())
 }

@@ -110,7 +110,7 @@ fn print_table(
     let stats = balancer.stats();
     let total_weight: u32 = backends
         .iter()
-        .filter_map(|b| stats.endpoint(&b.server.uri()))
+        .filter_map(|b| stats.endpoint(b.server.uri()))
         .map(|e| e.weight)
         .sum();
     println!("\n{title}");
@@ -124,7 +124,7 @@ fn print_table(
         "backend", "weight", "requests", "share", "expected", "p50", "p99", "ewma", "failures"
     );
     for backend in backends {
-        let Some(endpoint) = stats.endpoint(&backend.server.uri()) else {
+        let Some(endpoint) = stats.endpoint(backend.server.uri()) else {
             println!("{:<8} (removed)", backend.name);
             continue;
         };
@@ -158,7 +158,7 @@ async fn main() -> Result<(), BoxError> {
     let balancer = backends
         .iter()
         .fold(Balancer::builder(), |b, backend| {
-            b.endpoint_weighted(&backend.server.uri(), backend.weight)
+            b.endpoint_weighted(backend.server.uri(), backend.weight)
         })
         .policy(Policy::weighted_round_robin())
         .build()?;
@@ -181,8 +181,8 @@ async fn main() -> Result<(), BoxError> {
 
     // Change the set at runtime: drain one backend, add another.
     let echo = Backend::start("echo", 2, Duration::from_millis(2)).await;
-    balancer.add(&echo.server.uri(), echo.weight)?;
-    balancer.drain(&backends[3].server.uri())?;
+    balancer.add(echo.server.uri(), echo.weight)?;
+    balancer.drain(backends[3].server.uri())?;
     backends.push(echo);
     let phase = send(&client, 2_000).await?;
     print_table(
@@ -250,7 +250,7 @@ async fn sticky_sessions(backends: &[Backend]) -> Result<(), BoxError> {
 
     let before = homes(client.clone()).await?;
     let drained = backends[0].name;
-    balancer.drain(&backends[0].server.uri())?;
+    balancer.drain(backends[0].server.uri())?;
     let after = homes(client).await?;
 
     println!("\n3. Sticky sessions: Maglev over the SessionKey, {USERS} users x {REQUESTS_PER_USER} requests");

@@ -14,12 +14,23 @@ pub use tower::BoxError;
 /// builder and the update methods) apart from per-request errors
 /// ([`Error::NoEndpointAvailable`], [`Error::Upstream`]).
 ///
+/// The enum and each variant with named fields are `#[non_exhaustive]`:
+/// variants and fields may be added in a minor release, so a `match` needs
+/// a `_` arm and a pattern on a variant's fields needs `..`.
+///
 /// ```
+/// use tower_lb::Error;
+///
 /// let err = tower_lb::Balancer::builder()
 ///     .endpoint("ftp://127.0.0.1:21")
 ///     .build()
 ///     .unwrap_err();
-/// assert!(matches!(err, tower_lb::Error::InvalidUrl { .. }));
+/// let shown = match &err {
+///     Error::InvalidUrl { url, reason, .. } => format!("{url}: {reason}"),
+///     Error::Upstream { endpoint, .. } => format!("{endpoint} failed"),
+///     other => other.to_string(),
+/// };
+/// assert!(shown.starts_with("ftp://127.0.0.1:21: "), "{shown}");
 /// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -34,6 +45,7 @@ pub enum Error {
 
     /// An endpoint URL that cannot be used.
     #[error("invalid endpoint URL {url:?}: {reason}")]
+    #[non_exhaustive]
     InvalidUrl {
         /// The URL as given.
         url: String,
@@ -46,6 +58,7 @@ pub enum Error {
 
     /// A weight above [`MAX_WEIGHT`](crate::MAX_WEIGHT).
     #[error("weight {weight} of endpoint {url} is above the maximum of {max}")]
+    #[non_exhaustive]
     InvalidWeight {
         /// The endpoint.
         url: String,
@@ -61,6 +74,7 @@ pub enum Error {
 
     /// The same endpoint was given twice.
     #[error("endpoint {url} is listed twice")]
+    #[non_exhaustive]
     DuplicateEndpoint {
         /// The endpoint, in canonical form.
         url: String,
@@ -68,6 +82,7 @@ pub enum Error {
 
     /// A policy option out of range, or options that do not go together.
     #[error("invalid policy: {reason}")]
+    #[non_exhaustive]
     InvalidPolicy {
         /// What is wrong.
         reason: String,
@@ -75,6 +90,7 @@ pub enum Error {
 
     /// An update named an endpoint that is not in the set.
     #[error("endpoint {url} is not in the set")]
+    #[non_exhaustive]
     UnknownEndpoint {
         /// The endpoint, in canonical form.
         url: String,
@@ -82,6 +98,7 @@ pub enum Error {
 
     /// The request's URI could not be pointed at the chosen endpoint.
     #[error("request cannot be routed to {endpoint}: {reason}")]
+    #[non_exhaustive]
     InvalidRequest {
         /// The chosen endpoint.
         endpoint: String,
@@ -94,6 +111,7 @@ pub enum Error {
     /// does not route (see [`TargetRefusal`](crate::TargetRefusal)). No
     /// endpoint is charged.
     #[error("request target {path:?} refused: {reason}")]
+    #[non_exhaustive]
     InvalidTarget {
         /// The request's path as given (without its query, which may carry
         /// tokens).
@@ -105,6 +123,7 @@ pub enum Error {
     /// The wrapped service failed while calling `endpoint`. The original
     /// error is the [`source`](std::error::Error::source).
     #[error("request to {endpoint} failed")]
+    #[non_exhaustive]
     Upstream {
         /// The endpoint the request was sent to.
         endpoint: String,
@@ -121,6 +140,7 @@ pub enum Error {
     #[error(
         "connection to {endpoint} closed before a response: the request may have been processed"
     )]
+    #[non_exhaustive]
     MayHaveBeenProcessed {
         /// The endpoint the request was sent to.
         endpoint: String,
@@ -133,6 +153,7 @@ pub enum Error {
     /// request it could not build, an error of the caller's own body
     /// stream). Not charged to `endpoint`: its health is untouched.
     #[error("the client failed the request to {endpoint} before it was sent whole")]
+    #[non_exhaustive]
     Client {
         /// The endpoint the request was meant for.
         endpoint: String,

@@ -65,6 +65,7 @@ mod membership;
 mod middleware;
 mod outcome;
 mod per_endpoint;
+mod percent;
 mod pipeline;
 mod policy;
 mod random;
@@ -89,12 +90,14 @@ pub use discovery::DnsSource;
 pub use discovery::EtcdSource;
 pub use discovery::{EndpointSource, RefreshHints};
 pub use endpoint::{
-    DiscoveryStats, Endpoint, EndpointStats, FailureCounts, IntoEndpoint, Labels, Stats, MAX_WEIGHT,
+    DiscoveryStats, Endpoint, EndpointStats, FailureCounts, IntoEndpoint, Labels, ServedBy, Stats,
+    MAX_WEIGHT,
 };
 pub use error::{BoxError, Error};
 pub use health::{HealthEvent, OutlierDetection, Retries, Retryable};
 pub use layer::BalanceLayer;
 pub use per_endpoint::PerEndpointService;
+pub use percent::Percent;
 pub use policy::{
     Candidates, ConsistentHash, LeastResponseTime, PickContext, Picker, Policy, SelectionPolicy,
     Subset, DEFAULT_LOAD_FACTOR, DEFAULT_VIRTUAL_NODES,

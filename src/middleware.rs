@@ -65,16 +65,21 @@ impl Middleware for Balancer {
                 Err(error) => Answer::Failed(chain_of(error)),
             };
             let endpoint = result.is_err().then(|| attempt.url().clone());
+            let served_by = result.is_ok().then(|| attempt.served_by());
             match trip.end(Some(self), attempt, answer, Some(extensions)) {
                 Step::Retry(retry, started) => (request, attempt) = (retry, started),
                 Step::Done(outcome) => {
+                    let mut result = result;
+                    if let (Ok(response), Some(served_by)) = (&mut result, served_by) {
+                        response.extensions_mut().insert(served_by);
+                    }
                     return result.map_err(|source| {
                         let source = unwrapped(source);
                         reqwest_middleware::Error::middleware(match &endpoint {
                             Some(endpoint) => failure(outcome, endpoint, source),
                             None => Error::NotReady(source),
                         })
-                    })
+                    });
                 }
             }
         }

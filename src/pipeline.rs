@@ -16,7 +16,7 @@ use http::{Extensions, HeaderMap, StatusCode};
 
 use crate::affinity::{LearnedHomes, RequestInfo, SessionKey};
 use crate::balancer::{Balancer, Picked};
-use crate::endpoint::{EndpointCore, EndpointState, EndpointUrl, InFlight};
+use crate::endpoint::{EndpointCore, EndpointState, EndpointUrl, InFlight, ServedBy};
 use crate::error::BoxError;
 use crate::health::safe_to_send_twice;
 use crate::outcome::Outcome;
@@ -66,6 +66,11 @@ impl Attempt {
     /// The address of the endpoint the request went to.
     pub(crate) fn url(&self) -> &EndpointUrl {
         self.in_flight.url()
+    }
+
+    /// The endpoint the request went to, as its response names it.
+    pub(crate) fn served_by(&self) -> ServedBy {
+        self.in_flight.core().served_by()
     }
 
     /// The endpoint the request went to, when the pick kept it.

@@ -4,10 +4,11 @@
 use std::any::Any;
 
 use bytes::Bytes;
-use http::{HeaderMap, StatusCode};
+use http::{Extensions, HeaderMap, StatusCode};
 use http_body_util::{Empty, Full};
 
 use crate::endpoint::EndpointUrl;
+use crate::target::{authorize, basic_credentials};
 use crate::{Error, RequestInfo};
 
 /// A request the balancer can route: [`http::Request<B>`] for any body, and
@@ -49,6 +50,8 @@ pub(crate) mod sealed {
     pub trait Status {
         fn status(&self) -> StatusCode;
         fn headers(&self) -> &HeaderMap;
+        /// Where the balancer puts [`ServedBy`](crate::ServedBy).
+        fn extensions_mut(&mut self) -> &mut Extensions;
     }
 }
 
@@ -77,8 +80,21 @@ impl<B: 'static> sealed::Route for http::Request<B> {
     }
 
     fn route_to(&mut self, endpoint: &EndpointUrl) -> Result<(), Error> {
+        // User info leaves with the authority; it becomes a header.
+        let credentials = self
+            .uri()
+            .authority()
+            .and_then(|authority| authority.as_str().rsplit_once('@'))
+            .and_then(|(info, _)| {
+                let (user, password) = match info.split_once(':') {
+                    Some((user, password)) => (user, Some(password)),
+                    None => (info, None),
+                };
+                basic_credentials(user, password)
+            });
         let uri = std::mem::take(self.uri_mut());
         *self.uri_mut() = endpoint.join(uri)?;
+        authorize(self.headers_mut(), credentials);
         Ok(())
     }
 
@@ -139,6 +155,10 @@ impl<B> sealed::Status for http::Response<B> {
     fn headers(&self) -> &HeaderMap {
         self.headers()
     }
+
+    fn extensions_mut(&mut self) -> &mut Extensions {
+        self.extensions_mut()
+    }
 }
 
 #[cfg(feature = "reqwest")]
@@ -162,7 +182,11 @@ impl sealed::Route for reqwest::Request {
     }
 
     fn route_to(&mut self, endpoint: &EndpointUrl) -> Result<(), Error> {
-        endpoint.route_url(self.url_mut())
+        let url = self.url();
+        let credentials = basic_credentials(url.username(), url.password());
+        endpoint.route_url(self.url_mut())?;
+        authorize(self.headers_mut(), credentials);
+        Ok(())
     }
 
     fn headers_mut(&mut self) -> &mut HeaderMap {
@@ -181,5 +205,9 @@ impl sealed::Status for reqwest::Response {
 
     fn headers(&self) -> &HeaderMap {
         self.headers()
+    }
+
+    fn extensions_mut(&mut self) -> &mut Extensions {
+        self.extensions_mut()
     }
 }

@@ -160,8 +160,9 @@ where
                     else {
                         return Poll::Pending;
                     };
-                    let result: Result<T, BoxError> = result.map_err(Into::into);
+                    let mut result: Result<T, BoxError> = result.map_err(Into::into);
                     let endpoint = result.is_err().then(|| attempt.url().clone());
+                    let served_by = result.is_ok().then(|| attempt.served_by());
                     let answer = match &result {
                         Ok(response) => Answer::Response {
                             status: response.status(),
@@ -183,6 +184,9 @@ where
                             Step::Retry(..) => Outcome::OtherError,
                             Step::Done(outcome) => outcome,
                         };
+                    if let (Ok(response), Some(served_by)) = (&mut result, served_by) {
+                        response.extensions_mut().insert(served_by);
+                    }
                     return Poll::Ready(result.map_err(|source| match endpoint {
                         Some(endpoint) => failure(outcome, &endpoint, source),
                         None => Error::NotReady(source),

@@ -13,6 +13,7 @@ use std::error::Error as StdError;
 use http::{HeaderMap, StatusCode};
 
 use crate::balancer::Balancer;
+use crate::endpoint::ServedBy;
 use crate::error::Error;
 use crate::pipeline::{route, Answer, Attempt};
 use crate::request::BalanceRequest;
@@ -35,12 +36,32 @@ use crate::request::BalanceRequest;
 /// selection.finish(http::StatusCode::OK);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Debug)]
 #[must_use = "a selection counts its request in flight until finished or dropped"]
 pub struct Selection {
     attempt: Attempt,
     /// The balancer reads its session-key header, which must not leave.
     strip_session_header: bool,
+}
+
+/// A summary, as [`Balancer`]'s: the endpoint, never its counters or tables.
+///
+/// ```
+/// let balancer = tower_lb::Balancer::builder().endpoint("http://127.0.0.1:8081").build()?;
+/// let selection = balancer.select(&http::Request::get("/").body(())?)?;
+/// assert_eq!(
+///     format!("{selection:?}"),
+///     r#"Selection { endpoint: "http://127.0.0.1:8081", .. }"#
+/// );
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+impl std::fmt::Debug for Selection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // No "finished" flag: `finish` and `fail` consume the selection,
+        // so one that can be shown is still in flight.
+        f.debug_struct("Selection")
+            .field("endpoint", &self.endpoint())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Selection {
@@ -50,12 +71,34 @@ impl Selection {
         self.attempt.url().as_str()
     }
 
+    /// The chosen endpoint with its labels, as the layer puts it in a
+    /// response's extensions: to attach to the response of a request sent
+    /// by hand, or to log.
+    ///
+    /// ```
+    /// use tower_lb::{Balancer, Endpoint};
+    ///
+    /// let balancer = Balancer::builder()
+    ///     .endpoint(Endpoint::new("http://127.0.0.1:8081").with_label("zone", "a"))
+    ///     .build()?;
+    /// let selection = balancer.select(&http::Request::get("/").body(())?)?;
+    /// let served_by = selection.served_by();
+    /// assert_eq!(served_by.url(), selection.endpoint());
+    /// assert_eq!(served_by.labels().get("zone"), Some("a"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn served_by(&self) -> ServedBy {
+        self.attempt.served_by()
+    }
+
     /// Points `request` at the chosen endpoint as the layer does: its
     /// scheme and authority, its base path in front of the request's path
     /// (dot segments removed); query and headers are kept, except the
     /// balancer's own [`SessionKey::HEADER`](crate::SessionKey::HEADER),
     /// which is removed when the policy reads session keys, so that it
-    /// never leaves the process.
+    /// never leaves the process. User info in the URL becomes an
+    /// `Authorization: Basic` header unless the request has one
+    /// (docs/targets.md), as on every front end.
     ///
     /// Errors: [`Error::InvalidTarget`] when the target would leave the
     /// base path or has a form that is not routed (docs/targets.md);

@@ -8,8 +8,13 @@
 //!   is resolved and goes under the endpoint's base path. An empty path is
 //!   `/`.
 //! - **absolute form** (`http://anything/users/42`): the scheme and
-//!   authority are replaced by the endpoint's, then as origin form. User
-//!   info (`user:pass@`) is refused: it would be dropped with the authority.
+//!   authority are replaced by the endpoint's, then as origin form.
+//! - **user info** (`http://user:pw@backend/x`): never sent in the URL. As
+//!   reqwest's own `RequestBuilder` does, the percent-decoded user and
+//!   password become an `Authorization: Basic` header, unless the request
+//!   already has an `Authorization` header, which wins (the URL's
+//!   credentials are then dropped). The same on every front end: through
+//!   reqwest's builder they arrive as that header already.
 //! - **authority form** (`host:port`, as `CONNECT` uses; `http::Uri` also
 //!   reads a bare word such as `x` this way) and **asterisk form** (`*`):
 //!   refused, since the balancer chooses the server and the base path.
@@ -22,6 +27,8 @@
 //!   reqwest does not send them).
 
 use std::fmt;
+
+use http::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 
 /// Why a request's target was refused before anything was sent; carried by
 /// [`Error::InvalidTarget`](crate::Error::InvalidTarget).
@@ -43,9 +50,6 @@ pub enum TargetRefusal {
     AsteriskForm,
     /// The path does not start with `/`.
     RelativePath,
-    /// The URL carries user info (`user:password@`), which would be lost
-    /// when the authority is replaced. Send credentials in a header.
-    UserInfo,
 }
 
 impl fmt::Display for TargetRefusal {
@@ -59,9 +63,6 @@ impl fmt::Display for TargetRefusal {
                 "an asterisk-form target (*) names no resource to balance"
             }
             TargetRefusal::RelativePath => "the path must start with /",
-            TargetRefusal::UserInfo => {
-                "user info in the URL would be dropped; send credentials in a header"
-            }
         })
     }
 }
@@ -197,9 +198,135 @@ fn climbs_out_when_decoded(rest: &str) -> bool {
     false
 }
 
+/// The `Authorization` value for the user info of a request URL, as
+/// reqwest's `RequestBuilder` makes it: `Basic` and the base64 of
+/// `user:password` (`user:` with no password), each percent-decoded; marked
+/// sensitive, so that it is left out of `Debug` output. `None` when the URL
+/// names no user and no password.
+pub(crate) fn basic_credentials(user: &str, password: Option<&str>) -> Option<HeaderValue> {
+    if user.is_empty() && password.is_none() {
+        return None;
+    }
+    let mut plain = percent_decoded(user);
+    plain.push(b':');
+    plain.extend(percent_decoded(password.unwrap_or("")));
+    let mut value = b"Basic ".to_vec();
+    base64_into(&plain, &mut value);
+    // Base64 and "Basic " are visible ASCII: always a valid value.
+    let mut value = HeaderValue::from_bytes(&value).ok()?;
+    value.set_sensitive(true);
+    Some(value)
+}
+
+/// Applies the user-info rule to a routed request's headers: `credentials`
+/// (from [`basic_credentials`]) become its `Authorization` header unless it
+/// has one already, which wins.
+pub(crate) fn authorize(headers: &mut HeaderMap, credentials: Option<HeaderValue>) {
+    if let Some(credentials) = credentials {
+        if !headers.contains_key(AUTHORIZATION) {
+            headers.insert(AUTHORIZATION, credentials);
+        }
+    }
+}
+
+/// The bytes `text` spells with `%XX` escapes decoded; a `%` not followed
+/// by two hex digits stays as it is (as the WHATWG URL standard decodes).
+fn percent_decoded(text: &str) -> Vec<u8> {
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&byte) = bytes.get(i) {
+        let escaped = match (byte, bytes.get(i + 1..i + 3)) {
+            (b'%', Some(&[high, low])) => hex(high).zip(hex(low)).map(|(h, l)| h << 4 | l),
+            _ => None,
+        };
+        match escaped {
+            Some(byte) => {
+                decoded.push(byte);
+                i += 3;
+            }
+            None => {
+                decoded.push(byte);
+                i += 1;
+            }
+        }
+    }
+    decoded
+}
+
+fn hex(digit: u8) -> Option<u8> {
+    char::from(digit).to_digit(16).map(|d| d as u8)
+}
+
+/// Appends the standard base64 of `bytes` (RFC 4648 §4, padded) to `out`.
+fn base64_into(bytes: &[u8], out: &mut Vec<u8>) {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let symbol = |index: u32| ALPHABET[(index & 63) as usize];
+    for chunk in bytes.chunks(3) {
+        let b = |i: usize| u32::from(chunk.get(i).copied().unwrap_or(0));
+        let group = b(0) << 16 | b(1) << 8 | b(2);
+        out.push(symbol(group >> 18));
+        out.push(symbol(group >> 12));
+        out.push(if chunk.len() > 1 {
+            symbol(group >> 6)
+        } else {
+            b'='
+        });
+        out.push(if chunk.len() > 2 { symbol(group) } else { b'=' });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn base64_matches_the_rfc_4648_test_vectors() {
+        for (plain, encoded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            let mut out = Vec::new();
+            base64_into(plain.as_bytes(), &mut out);
+            assert_eq!(out, encoded.as_bytes(), "{plain}");
+        }
+    }
+
+    #[test]
+    fn url_credentials_become_basic_credentials_percent_decoded() {
+        let value = |user, password| {
+            basic_credentials(user, password).map(|v| v.to_str().unwrap().to_owned())
+        };
+        // RFC 7617's example: Aladdin / open sesame.
+        assert_eq!(
+            value("Aladdin", Some("open%20sesame")).as_deref(),
+            Some("Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==")
+        );
+        assert_eq!(value("user", None).as_deref(), Some("Basic dXNlcjo="));
+        assert_eq!(value("", Some("pw")).as_deref(), Some("Basic OnB3"));
+        assert_eq!(value("", None), None);
+        // A stray `%` stays; non-UTF-8 bytes are sent as they are.
+        assert_eq!(percent_decoded("a%zz%4"), b"a%zz%4");
+        assert_eq!(percent_decoded("%FF%41"), [0xFF, b'A']);
+        assert!(basic_credentials("u", Some("p")).unwrap().is_sensitive());
+    }
+
+    #[test]
+    fn an_authorization_header_already_there_wins() {
+        let mut headers = HeaderMap::new();
+        headers.insert(AUTHORIZATION, HeaderValue::from_static("Bearer t"));
+        authorize(&mut headers, basic_credentials("u", Some("p")));
+        assert_eq!(headers.get_all(AUTHORIZATION).iter().count(), 1);
+        assert_eq!(headers[AUTHORIZATION], "Bearer t");
+        let mut headers = HeaderMap::new();
+        authorize(&mut headers, basic_credentials("u", Some("p")));
+        assert_eq!(headers[AUTHORIZATION], "Basic dTpw");
+    }
 
     fn resolved(path: &str) -> Result<String, TargetRefusal> {
         resolve_path(path).map(|resolved| resolved.unwrap_or_else(|| path.to_owned()))

@@ -78,8 +78,8 @@ async fn the_local_zone_takes_every_request_while_it_can_and_the_rest_after() {
     let seen = count(send_many(&client, 40, 4).await);
     assert_eq!(seen, HashMap::from([("a".into(), 20), ("b".into(), 20)]));
 
-    balancer.drain(&servers[0].uri()).unwrap();
-    balancer.drain(&servers[1].uri()).unwrap();
+    balancer.drain(servers[0].uri()).unwrap();
+    balancer.drain(servers[1].uri()).unwrap();
     let seen = count(send_many(&client, 40, 4).await);
     assert_eq!(seen, HashMap::from([("c".into(), 20), ("d".into(), 20)]));
     assert_settled(&balancer);
@@ -219,7 +219,7 @@ async fn a_delegated_key_source_is_fixed_per_balancer_when_it_is_built() {
     // header alone once endpoints arrive.
     let keyless = Balancer::builder().policy(policy).build().unwrap();
     for server in &servers {
-        keyless.add(&server.uri(), 1).unwrap();
+        keyless.add(server.uri(), 1).unwrap();
     }
     let send = |balancer: &Balancer, user: usize| {
         let client = client(balancer);

@@ -80,7 +80,7 @@ async fn the_set_follows_a_records_keeps_survivors_and_outlives_a_dns_outage() {
     for _ in 0..20 {
         send(&client, "/").await.unwrap();
     }
-    let survivor_before = balancer.stats().endpoint(&url(3, port)).unwrap().requests;
+    let survivor_before = balancer.stats().endpoint(url(3, port)).unwrap().requests;
     assert_eq!(survivor_before, 10);
 
     // A record change: traffic moves within TTL + the refresh interval.
@@ -106,7 +106,7 @@ async fn the_set_follows_a_records_keeps_survivors_and_outlives_a_dns_outage() {
     );
     assert_eq!(sorted_urls(&balancer), [url(3, port), url(4, port)]);
     // The survivor kept its counters across the refresh.
-    let survivor = balancer.stats().endpoint(&url(3, port)).unwrap().requests;
+    let survivor = balancer.stats().endpoint(url(3, port)).unwrap().requests;
     assert!(
         survivor > survivor_before,
         "{survivor} <= {survivor_before}"
@@ -179,7 +179,7 @@ async fn srv_records_give_ports_and_weights_of_the_lowest_priority_that_has_endp
     let stats = balancer.stats();
     let weight = |port: u16| {
         stats
-            .endpoint(&format!("http://127.0.0.1:{port}"))
+            .endpoint(format!("http://127.0.0.1:{port}"))
             .unwrap()
             .weight
     };

@@ -78,7 +78,7 @@ async fn puts_and_deletes_move_traffic_within_a_second_and_survivors_keep_their_
     .await;
     assert_eq!(sorted_urls(&balancer), sorted(vec![url(0), url(1)]));
     let stats = balancer.stats();
-    let b = stats.endpoint(&url(1)).unwrap();
+    let b = stats.endpoint(url(1)).unwrap();
     assert_eq!(b.weight, 2);
     assert_eq!(b.labels.get("zone"), Some("west"));
 
@@ -86,7 +86,7 @@ async fn puts_and_deletes_move_traffic_within_a_second_and_survivors_keep_their_
     for _ in 0..30 {
         send(&client, "/").await.unwrap();
     }
-    let survivor_before = balancer.stats().endpoint(&url(1)).unwrap().requests;
+    let survivor_before = balancer.stats().endpoint(url(1)).unwrap().requests;
 
     // A put: the first request reaches the new backend within 1 s.
     let put_at = Instant::now();
@@ -103,7 +103,7 @@ async fn puts_and_deletes_move_traffic_within_a_second_and_survivors_keep_their_
     };
     // The survivor kept its counters (a fresh entry would start at 0).
     assert!(survivor_before > 0);
-    let survivor = balancer.stats().endpoint(&url(1)).unwrap().requests;
+    let survivor = balancer.stats().endpoint(url(1)).unwrap().requests;
     assert!(
         survivor >= survivor_before,
         "{survivor} < {survivor_before}"

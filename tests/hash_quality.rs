@@ -25,7 +25,7 @@ fn balancer(policy: ConsistentHash, weights: &[u32]) -> Balancer {
         .iter()
         .enumerate()
         .fold(Balancer::builder(), |b, (i, &w)| {
-            b.endpoint_weighted(&url(i), w)
+            b.endpoint_weighted(url(i), w)
         })
         .policy(policy)
         .build()
@@ -80,7 +80,7 @@ fn an_eleventh_endpoint_takes_about_a_eleventh_of_the_keys_from_the_others() {
     for (name, policy) in tables() {
         let balancer = balancer(policy(), &[1; 10]);
         let before = placement(&balancer, &keys);
-        balancer.add(&url(10), 1).unwrap();
+        balancer.add(url(10), 1).unwrap();
         let after = placement(&balancer, &keys);
         let moved_keys = moved(&before, &after);
         let to_new = before
@@ -177,7 +177,7 @@ fn placement_ignores_the_order_endpoints_were_added_in() {
         let backward = (0..5)
             .rev()
             .fold(Balancer::builder(), |b, i| {
-                b.endpoint_weighted(&url(i), [1, 2, 3, 1, 1][i])
+                b.endpoint_weighted(url(i), [1, 2, 3, 1, 1][i])
             })
             .policy(policy())
             .build()

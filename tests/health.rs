@@ -10,7 +10,9 @@ use std::time::Duration;
 use support::*;
 use tokio::time::Instant;
 use tower::ServiceExt;
-use tower_lb::{Balancer, HealthEvent, OutlierDetection, Policy, RequestKey, Retries, SessionKey};
+use tower_lb::{
+    Balancer, HealthEvent, OutlierDetection, Percent, Policy, RequestKey, Retries, SessionKey,
+};
 use wiremock::matchers::any;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -91,6 +93,7 @@ async fn a_503_backend_is_ejected_gets_nothing_while_out_and_comes_back() {
             endpoint,
             times: 1,
             duration,
+            ..
         }] => {
             assert_eq!(endpoint, &urls[2]);
             assert_eq!(*duration, EJECTION);
@@ -126,7 +129,7 @@ async fn a_503_backend_is_ejected_gets_nothing_while_out_and_comes_back() {
     assert_eq!(back, 2, "re-admitted, it takes its turns again");
     assert!(matches!(
         events.at_least(2)[1],
-        HealthEvent::Readmitted { ref endpoint } if *endpoint == urls[2]
+        HealthEvent::Readmitted { ref endpoint, .. } if *endpoint == urls[2]
     ));
     println!(
         "health: 503 backend ejected after 5 failures; {while_out} requests while out, 0 reached it; re-admitted at the first pick {} ms after ejection",
@@ -172,7 +175,7 @@ async fn a_refused_backend_is_ejected_and_readmitted_when_it_listens_again() {
     assert!(events
         .at_least(2)
         .iter()
-        .any(|e| matches!(e, HealthEvent::Readmitted { endpoint } if *endpoint == down)));
+        .any(|e| matches!(e, HealthEvent::Readmitted { endpoint, .. } if *endpoint == down)));
     assert_settled(&balancer);
 }
 
@@ -272,7 +275,7 @@ async fn retries_are_bounded_by_the_budget() {
         .iter()
         .fold(Balancer::builder(), |b, url| b.endpoint(url))
         .outlier_detection(OutlierDetection::disabled())
-        .retry(Retries::default().budget(Duration::from_secs(10), 20.0, 0))
+        .retry(Retries::default().budget(Duration::from_secs(10), 20, 0))
         .build()
         .unwrap();
     let client = client(&balancer);
@@ -400,26 +403,46 @@ async fn a_key_walks_on_while_its_backend_is_ejected_and_comes_back() {
 }
 
 #[test]
-fn bad_outlier_settings_get_a_typed_error() {
+fn bad_outlier_settings_get_a_typed_error_naming_the_setting() {
     let bad = [
-        OutlierDetection::default().consecutive_failures(0),
-        OutlierDetection::default().failure_percentage(150, 10),
-        OutlierDetection::default().base_ejection_time(Duration::ZERO),
-        OutlierDetection::default()
-            .base_ejection_time(Duration::from_secs(60))
-            .max_ejection_time(Duration::from_secs(10)),
-        OutlierDetection::default().max_ejection_percent(101),
-        OutlierDetection::default().panic_threshold(200),
+        (
+            OutlierDetection::default().consecutive_failures(0),
+            "consecutive-failure",
+        ),
+        (
+            OutlierDetection::default().failure_percentage(150, 10),
+            "failure_percentage",
+        ),
+        (
+            OutlierDetection::default().base_ejection_time(Duration::ZERO),
+            "base ejection time",
+        ),
+        (
+            OutlierDetection::default()
+                .base_ejection_time(Duration::from_secs(60))
+                .max_ejection_time(Duration::from_secs(10)),
+            "maximum ejection time",
+        ),
+        (
+            OutlierDetection::default().max_ejection_percent(101),
+            "max_ejection_percent",
+        ),
+        (
+            OutlierDetection::default().panic_threshold(200),
+            "panic_threshold",
+        ),
     ];
-    for detection in bad {
+    for (detection, setting) in bad {
         let result = Balancer::builder()
             .endpoint("http://127.0.0.1:8081")
             .outlier_detection(detection.clone())
             .build();
-        assert!(
-            matches!(result, Err(tower_lb::Error::InvalidPolicy { .. })),
-            "{detection:?}"
-        );
+        match result {
+            Err(tower_lb::Error::InvalidPolicy { reason, .. }) => {
+                assert!(reason.contains(setting), "{reason} ({detection:?})")
+            }
+            other => panic!("{detection:?} gave {other:?}"),
+        }
     }
 }
 
@@ -427,17 +450,23 @@ fn bad_outlier_settings_get_a_typed_error() {
 fn bad_retry_settings_get_a_typed_error_naming_the_setting() {
     let ten_s = Duration::from_secs(10);
     let bad = [
+        (Retries::default().budget(Duration::ZERO, 20, 10), "window"),
         (
-            Retries::default().budget(Duration::ZERO, 20.0, 10),
+            Retries::default().budget(Duration::from_secs(61), 20, 10),
             "window",
         ),
         (
-            Retries::default().budget(Duration::from_secs(61), 20.0, 10),
-            "window",
+            Retries::default().budget(ten_s, Percent::new(-1.0), 10),
+            "budget's percent",
         ),
-        (Retries::default().budget(ten_s, -1.0, 10), "percent"),
-        (Retries::default().budget(ten_s, 1_000.5, 10), "percent"),
-        (Retries::default().budget(ten_s, f64::NAN, 10), "percent"),
+        (
+            Retries::default().budget(ten_s, 1_001, 10),
+            "budget's percent",
+        ),
+        (
+            Retries::default().budget(ten_s, Percent::new(1_000.5), 10),
+            "budget's percent",
+        ),
         (Retries::default().max_retries(11), "retries"),
     ];
     for (retries, setting) in bad {
@@ -446,17 +475,70 @@ fn bad_retry_settings_get_a_typed_error_naming_the_setting() {
             .retry(retries.clone())
             .build();
         match result {
-            Err(tower_lb::Error::InvalidPolicy { reason }) => {
+            Err(tower_lb::Error::InvalidPolicy { reason, .. }) => {
                 assert!(reason.contains(setting), "{reason} ({retries:?})")
             }
             other => panic!("{retries:?} gave {other:?}"),
         }
     }
     // The bounds themselves are fine: 0% (no retries beyond the reserve)
-    // and 1,000%.
-    for percent in [0.0, 20.0, 1_000.0] {
+    // and 1,000%, whole or fractional.
+    for percent in [0.into(), 20.into(), Percent::new(12.5), 1_000.into()] {
         let retries = Retries::default().budget(ten_s, percent, 0);
         assert!(Balancer::builder().retry(retries).build().is_ok());
+    }
+}
+
+/// Every percentage setting, given NaN, an infinity, a negative or an
+/// absurd value, and the largest value allowed: the bad ones are refused at
+/// `build()` with `InvalidPolicy` naming the setting, never a panic.
+#[test]
+fn nan_infinite_negative_and_absurd_percentages_are_refused_at_build_naming_the_setting() {
+    type Setter = fn(Percent) -> Result<Balancer, tower_lb::Error>;
+    let settings: [(&str, f64, Setter); 4] = [
+        ("budget's percent", 1_000.0, |p| {
+            Balancer::builder()
+                .endpoint("http://127.0.0.1:8081")
+                .retry(Retries::default().budget(Duration::from_secs(10), p, 10))
+                .build()
+        }),
+        ("failure_percentage", 100.0, |p| {
+            Balancer::builder()
+                .outlier_detection(OutlierDetection::default().failure_percentage(p, 10))
+                .build()
+        }),
+        ("max_ejection_percent", 100.0, |p| {
+            Balancer::builder()
+                .outlier_detection(OutlierDetection::default().max_ejection_percent(p))
+                .build()
+        }),
+        ("panic_threshold", 100.0, |p| {
+            Balancer::builder()
+                .outlier_detection(OutlierDetection::default().panic_threshold(p))
+                .build()
+        }),
+    ];
+    for (setting, max, set) in settings {
+        for bad in [
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            -0.5,
+            max + 0.001,
+            1e300,
+            f64::MAX,
+        ] {
+            match set(Percent::new(bad)) {
+                Err(tower_lb::Error::InvalidPolicy { reason, .. }) => {
+                    assert!(reason.contains(setting), "{bad}: {reason}");
+                    assert!(reason.contains(&Percent::new(bad).to_string()), "{reason}");
+                }
+                other => panic!("{setting} = {bad} gave {other:?}"),
+            }
+        }
+        for good in [0.0, 0.5, max] {
+            assert!(set(Percent::new(good)).is_ok(), "{setting} = {good}");
+        }
     }
 }
 

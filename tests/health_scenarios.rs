@@ -30,7 +30,7 @@ fn weighted_with_first_ejected(weights: &[u32], policy: Policy) -> Balancer {
         .iter()
         .enumerate()
         .fold(Balancer::builder(), |b, (i, &w)| {
-            b.endpoint_weighted(&url(i), w)
+            b.endpoint_weighted(url(i), w)
         })
         .policy(policy)
         .retry(Retries::disabled())
@@ -88,7 +88,7 @@ async fn an_endpoint_removed_with_failures_in_flight_leaves_its_slot_and_the_nex
     // 10% of 4 endpoints: one ejection slot.
     let balancer = balancer(4, OutlierDetection::default());
     let in_flight: Vec<Selection> = (0..8).map(|_| select_on(&balancer, 0)).collect();
-    balancer.remove(&url(0)).unwrap();
+    balancer.remove(url(0)).unwrap();
     // Its late failures land after it is gone: they change nothing.
     for selection in in_flight {
         selection.finish(StatusCode::SERVICE_UNAVAILABLE);
@@ -312,7 +312,7 @@ async fn with_every_endpoint_ejected_and_panic_mode_off_requests_fail_fast_until
             .base_ejection_time(Duration::from_secs(10));
         let balancer = (0..3)
             .fold(Balancer::builder(), |b, i| {
-                b.endpoint_weighted(&url(i), 10_000 - i as u32)
+                b.endpoint_weighted(url(i), 10_000 - i as u32)
             })
             .policy(policy.clone())
             .outlier_detection(detection)

@@ -171,7 +171,7 @@ async fn gets_held_by_a_crashing_backend_are_all_answered_by_the_others() {
     );
     let stats = balancer.stats();
     assert!(stats.endpoints.iter().all(|e| e.in_flight == 0));
-    let crashed = stats.endpoint(&backends[0].url()).unwrap();
+    let crashed = stats.endpoint(backends[0].url()).unwrap();
     assert_eq!(crashed.failures.closed, held as u64);
     assert_eq!(crashed.failures.connect, 0);
 }
@@ -199,7 +199,7 @@ async fn posts_held_by_a_crashing_backend_fail_as_may_have_been_processed_and_ar
     let stats = balancer.stats();
     assert!(stats.endpoints.iter().all(|e| e.in_flight == 0));
     assert_eq!(
-        stats.endpoint(&backends[0].url()).unwrap().failures.closed,
+        stats.endpoint(backends[0].url()).unwrap().failures.closed,
         held as u64
     );
 }

@@ -97,8 +97,8 @@ async fn weights_scale_the_share_of_equally_fast_backends() {
     let fast = ResponseTemplate::new(200).set_delay(Duration::from_millis(3));
     let servers = [backend("a", fast.clone()).await, backend("b", fast).await];
     let balancer = Balancer::builder()
-        .endpoint_weighted(&servers[0].uri(), 1)
-        .endpoint_weighted(&servers[1].uri(), 3)
+        .endpoint_weighted(servers[0].uri(), 1)
+        .endpoint_weighted(servers[1].uri(), 3)
         .policy(Policy::least_response_time())
         .build()
         .unwrap();

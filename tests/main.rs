@@ -37,5 +37,6 @@ mod requests;
 mod retry_services;
 mod select;
 mod selection;
+mod served_by;
 mod sticky_keys;
 mod updates;

@@ -241,7 +241,7 @@ fn run(config: Config, initial: Vec<u32>, steps: Vec<Step>) -> Result<(), TestCa
             .iter()
             .enumerate()
             .fold(Balancer::builder(), |b, (i, &w)| {
-                b.endpoint_weighted(&url(i), w)
+                b.endpoint_weighted(url(i), w)
             })
             .policy(policy)
             .outlier_detection(detection)
@@ -312,7 +312,7 @@ fn run(config: Config, initial: Vec<u32>, steps: Vec<Step>) -> Result<(), TestCa
                 }
                 Step::Advance { ms } => tokio::time::advance(Duration::from_millis(ms)).await,
                 Step::Add { endpoint, weight } => {
-                    let added = balancer.add(&url(endpoint), weight);
+                    let added = balancer.add(url(endpoint), weight);
                     prop_assert_eq!(added.is_ok(), model.members[endpoint].is_none());
                     if added.is_ok() {
                         model.instances.push(Instance::default());
@@ -321,14 +321,14 @@ fn run(config: Config, initial: Vec<u32>, steps: Vec<Step>) -> Result<(), TestCa
                     }
                 }
                 Step::Remove { endpoint } => {
-                    let removed = balancer.remove(&url(endpoint));
+                    let removed = balancer.remove(url(endpoint));
                     prop_assert_eq!(removed.is_ok(), model.members[endpoint].is_some());
                     if let Some((instance, _)) = model.members[endpoint].take() {
                         model.after_update(Some(instance), now());
                     }
                 }
                 Step::SetWeight { endpoint, weight } => {
-                    let set = balancer.set_weight(&url(endpoint), weight);
+                    let set = balancer.set_weight(url(endpoint), weight);
                     prop_assert_eq!(set.is_ok(), model.members[endpoint].is_some());
                     if let Some((instance, _)) = model.members[endpoint] {
                         model.members[endpoint] = Some((instance, weight));
@@ -361,12 +361,12 @@ fn check(balancer: &Balancer, model: &Model, now: u64) -> Result<(), TestCaseErr
     for (i, member) in model.members.iter().enumerate() {
         let Some((instance, weight)) = *member else {
             prop_assert!(
-                stats.endpoint(&url(i)).is_none(),
+                stats.endpoint(url(i)).is_none(),
                 "a removed endpoint is still listed"
             );
             continue;
         };
-        let seen = stats.endpoint(&url(i)).expect("listed");
+        let seen = stats.endpoint(url(i)).expect("listed");
         let expected = &model.instances[instance];
         let ejected = expected.until.is_some_and(|until| now < until);
         prop_assert_eq!(

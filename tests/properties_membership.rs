@@ -45,7 +45,7 @@ fn step() -> impl Strategy<Value = Step> {
 fn described((i, weight, zone): (usize, u32, u8)) -> Endpoint {
     Endpoint::new(url(i))
         .with_weight(weight)
-        .with_label("zone", &zone.to_string())
+        .with_label("zone", zone.to_string())
 }
 
 /// What the set should be: URL → (weight, zone, requests so far), in order.

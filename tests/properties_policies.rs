@@ -43,7 +43,7 @@ fn balancer(
         .iter()
         .enumerate()
         .fold(Balancer::builder(), |b, (i, &w)| {
-            b.endpoint_weighted(&url(i), w)
+            b.endpoint_weighted(url(i), w)
         })
         .policy(policy)
         .outlier_detection(detection)
@@ -493,8 +493,8 @@ proptest! {
         let mut shuffled: Vec<usize> = (0..weights.len()).collect();
         fastrand::Rng::with_seed(order).shuffle(&mut shuffled);
         let listed = Balancer::builder();
-        let listed = (0..weights.len()).fold(listed, |b, i| b.endpoint_weighted(&url(i), weights[i]));
-        let reordered = shuffled.iter().fold(Balancer::builder(), |b, &i| b.endpoint_weighted(&url(i), weights[i]));
+        let listed = (0..weights.len()).fold(listed, |b, i| b.endpoint_weighted(url(i), weights[i]));
+        let reordered = shuffled.iter().fold(Balancer::builder(), |b, &i| b.endpoint_weighted(url(i), weights[i]));
         let a = listed.policy(table(maglev)).build().unwrap();
         let b = reordered.policy(table(maglev)).build().unwrap();
         prop_assert_eq!(homes(&a, &keys), homes(&b, &keys));

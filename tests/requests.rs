@@ -149,7 +149,7 @@ fn bad_configuration_gets_a_typed_error() {
     ));
     // Two spellings of one endpoint are one endpoint.
     match build(&[("http://LocalHost", 1), ("http://localhost:80/", 2)]) {
-        Err(Error::DuplicateEndpoint { url }) => assert_eq!(url, "http://localhost:80"),
+        Err(Error::DuplicateEndpoint { url, .. }) => assert_eq!(url, "http://localhost:80"),
         other => panic!("expected a duplicate, got {other:?}"),
     }
     // An empty list is allowed, and a drained endpoint beside a live one.

@@ -52,7 +52,7 @@ async fn selections_follow_the_policy_and_are_counted() {
         .iter()
         .enumerate()
         .fold(Balancer::builder(), |b, (i, s)| {
-            b.endpoint_weighted(&s.uri(), i as u32 + 1)
+            b.endpoint_weighted(s.uri(), i as u32 + 1)
         })
         .build()
         .unwrap();
@@ -110,7 +110,7 @@ async fn reported_failures_eject_the_endpoint() {
     assert_eq!(received(&bad).await, 5);
     assert_eq!(received(&good).await, 55);
     let stats = balancer.stats();
-    let bad_stats = stats.endpoint(&bad.uri()).unwrap();
+    let bad_stats = stats.endpoint(bad.uri()).unwrap();
     assert!(bad_stats.ejected);
     assert_eq!(bad_stats.failures.server_error, 5);
     assert_settled(&balancer);
@@ -191,4 +191,22 @@ async fn a_selection_sticks_by_the_session_key_header_and_removes_it_before_send
         }
     }
     assert_settled(&balancer);
+}
+
+/// `{:?}` of a selection is a summary a log line can carry: the endpoint,
+/// not the endpoint's lanes, estimate table and locks (3.4 KB before).
+#[tokio::test]
+async fn a_selection_debugs_as_a_short_summary_naming_its_endpoint() {
+    let mut builder = Balancer::builder().policy(Policy::least_response_time());
+    for i in 0..10 {
+        builder = builder.endpoint(format!("http://127.0.0.{}:8080/api", i + 1));
+    }
+    let balancer = builder.build().unwrap();
+    let request = http::Request::get("/").body(()).unwrap();
+    let selection = balancer.select(&request).unwrap();
+    let shown = format!("{selection:?}");
+    assert!(shown.contains(selection.endpoint()), "{shown}");
+    assert!(shown.len() < 100, "{} bytes: {shown}", shown.len());
+    let pretty = format!("{selection:#?}");
+    assert!(pretty.len() < 100, "{} bytes: {pretty}", pretty.len());
 }

@@ -20,9 +20,9 @@ fn shares(names: &[String]) -> HashMap<&str, usize> {
 async fn weights_5_1_1_interleave_like_nginx() {
     let servers = backends(3).await;
     let balancer = Balancer::builder()
-        .endpoint_weighted(&servers[0].uri(), 5)
-        .endpoint_weighted(&servers[1].uri(), 1)
-        .endpoint_weighted(&servers[2].uri(), 1)
+        .endpoint_weighted(servers[0].uri(), 5)
+        .endpoint_weighted(servers[1].uri(), 1)
+        .endpoint_weighted(servers[2].uri(), 1)
         .build()
         .unwrap();
     let client = client(&balancer);
@@ -37,9 +37,9 @@ async fn weights_5_1_1_interleave_like_nginx() {
 async fn weighted_shares_are_exact_over_whole_cycles() {
     let servers = backends(3).await;
     let balancer = Balancer::builder()
-        .endpoint_weighted(&servers[0].uri(), 1)
-        .endpoint_weighted(&servers[1].uri(), 2)
-        .endpoint_weighted(&servers[2].uri(), 3)
+        .endpoint_weighted(servers[0].uri(), 1)
+        .endpoint_weighted(servers[1].uri(), 2)
+        .endpoint_weighted(servers[2].uri(), 3)
         .build()
         .unwrap();
     let client = client(&balancer);
@@ -65,7 +65,7 @@ async fn weighted_shares_hold_within_one_percent_over_10000_concurrent_requests(
     let servers = backends(weights.len()).await;
     let mut builder = Balancer::builder().policy(Policy::weighted_round_robin());
     for (server, &w) in servers.iter().zip(&weights) {
-        builder = builder.endpoint_weighted(&server.uri(), w);
+        builder = builder.endpoint_weighted(server.uri(), w);
     }
     let balancer = builder.build().unwrap();
     let client = client(&balancer);
@@ -98,9 +98,9 @@ async fn weighted_shares_hold_within_one_percent_over_10000_concurrent_requests(
 async fn round_robin_ignores_weights_but_not_drain() {
     let servers = backends(3).await;
     let balancer = Balancer::builder()
-        .endpoint_weighted(&servers[0].uri(), 9)
-        .endpoint_weighted(&servers[1].uri(), 1)
-        .endpoint_weighted(&servers[2].uri(), 0)
+        .endpoint_weighted(servers[0].uri(), 9)
+        .endpoint_weighted(servers[1].uri(), 1)
+        .endpoint_weighted(servers[2].uri(), 0)
         .policy(Policy::round_robin())
         .build()
         .unwrap();
@@ -117,8 +117,8 @@ async fn round_robin_ignores_weights_but_not_drain() {
 async fn random_follows_weights() {
     let servers = backends(2).await;
     let balancer = Balancer::builder()
-        .endpoint_weighted(&servers[0].uri(), 1)
-        .endpoint_weighted(&servers[1].uri(), 3)
+        .endpoint_weighted(servers[0].uri(), 1)
+        .endpoint_weighted(servers[1].uri(), 3)
         .policy(Policy::random())
         .build()
         .unwrap();

@@ -116,7 +116,7 @@ async fn a_drained_endpoint_hands_its_keys_on_and_gets_them_back() {
     for key in &keys {
         before.push(keyed_send(&client, key).await);
     }
-    balancer.drain(&servers[2].uri()).unwrap();
+    balancer.drain(servers[2].uri()).unwrap();
     let drained = names[&servers[2].uri()].clone();
     for (key, home) in keys.iter().zip(&before) {
         let now = keyed_send(&client, key).await;
@@ -126,7 +126,7 @@ async fn a_drained_endpoint_hands_its_keys_on_and_gets_them_back() {
             assert_eq!(&now, home, "{key} moved though its endpoint is fine");
         }
     }
-    balancer.set_weight(&servers[2].uri(), 1).unwrap();
+    balancer.set_weight(servers[2].uri(), 1).unwrap();
     for (key, home) in keys.iter().zip(&before) {
         assert_eq!(
             &keyed_send(&client, key).await,

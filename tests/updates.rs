@@ -41,9 +41,9 @@ async fn removed_endpoint_finishes_its_requests_and_gets_no_more() {
 
     let in_flight = spawn_requests(&client, 8);
     eventually(|| balancer.stats().in_flight() == 8).await;
-    balancer.add(&fast.uri(), 1).unwrap();
-    balancer.remove(&slow.uri()).unwrap();
-    assert!(balancer.stats().endpoint(&slow.uri()).is_none());
+    balancer.add(fast.uri(), 1).unwrap();
+    balancer.remove(slow.uri()).unwrap();
+    assert!(balancer.stats().endpoint(slow.uri()).is_none());
 
     // The eight finish on the removed endpoint, successfully.
     assert_eq!(join_all(in_flight).await, vec!["a"; 8]);
@@ -68,8 +68,8 @@ async fn drained_endpoint_finishes_in_flight_requests_and_gets_no_new_ones() {
     let client = client(&balancer);
 
     let in_flight = spawn_requests(&client, 10);
-    eventually(|| balancer.stats().endpoint(&slow.uri()).unwrap().in_flight == 5).await;
-    balancer.drain(&slow.uri()).unwrap();
+    eventually(|| balancer.stats().endpoint(slow.uri()).unwrap().in_flight == 5).await;
+    balancer.drain(slow.uri()).unwrap();
 
     for _ in 0..20 {
         assert_eq!(send(&client, "/").await.unwrap(), "b");
@@ -77,7 +77,7 @@ async fn drained_endpoint_finishes_in_flight_requests_and_gets_no_new_ones() {
     let names = join_all(in_flight).await;
     assert_eq!(names.iter().filter(|n| *n == "a").count(), 5);
 
-    let drained = balancer.stats().endpoint(&slow.uri()).cloned().unwrap();
+    let drained = balancer.stats().endpoint(slow.uri()).unwrap();
     assert_eq!(drained.weight, 0);
     assert_eq!(
         (drained.requests, drained.successes, drained.in_flight),
@@ -86,7 +86,7 @@ async fn drained_endpoint_finishes_in_flight_requests_and_gets_no_new_ones() {
     assert_eq!(received(&slow).await, 5);
 
     // Given a weight again, it is back in the rotation.
-    balancer.set_weight(&slow.uri(), 1).unwrap();
+    balancer.set_weight(slow.uri(), 1).unwrap();
     let mut back = 0;
     for _ in 0..4 {
         back += usize::from(send(&client, "/").await.unwrap() == "a");
@@ -112,7 +112,7 @@ async fn reweight_and_add_change_the_shares_exactly() {
         [50, 50]
     );
 
-    balancer.set_weight(&servers[1].uri(), 3).unwrap();
+    balancer.set_weight(servers[1].uri(), 3).unwrap();
     for _ in 0..400 {
         send(&client, "/").await.unwrap();
     }
@@ -121,7 +121,7 @@ async fn reweight_and_add_change_the_shares_exactly() {
         [150, 350]
     );
 
-    balancer.add(&servers[2].uri(), 4).unwrap();
+    balancer.add(servers[2].uri(), 4).unwrap();
     for _ in 0..800 {
         send(&client, "/").await.unwrap();
     }

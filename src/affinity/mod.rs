@@ -227,7 +227,8 @@ impl RequestKey {
 
     /// The value of a header (the first, if it appears more than once).
     /// An invalid header name is reported by the balancer's `build()`.
-    pub fn header(name: &str) -> Self {
+    pub fn header(name: impl AsRef<str>) -> Self {
+        let name = name.as_ref();
         match HeaderName::from_bytes(name.as_bytes()) {
             Ok(name) => Self::from_source(Source::Header(name)),
             Err(_) => Self::invalid(format!("{name:?} is not a valid header name")),
@@ -238,7 +239,8 @@ impl RequestKey {
     /// `JSESSIONID`: the first non-empty one of that name, without quotes.
     /// Malformed pairs are skipped; headers need not be UTF-8. An invalid
     /// cookie name is reported by the balancer's `build()`.
-    pub fn cookie(name: &str) -> Self {
+    pub fn cookie(name: impl AsRef<str>) -> Self {
+        let name = name.as_ref();
         if name.is_empty() || !name.bytes().all(is_token_byte) {
             return Self::invalid(format!("{name:?} is not a valid cookie name"));
         }
@@ -247,7 +249,8 @@ impl RequestKey {
 
     /// The value of a query parameter, as sent (still percent-encoded): the
     /// first non-empty one of that name.
-    pub fn query(name: &str) -> Self {
+    pub fn query(name: impl AsRef<str>) -> Self {
+        let name = name.as_ref();
         if name.is_empty() {
             return Self::invalid("the query parameter name is empty".into());
         }

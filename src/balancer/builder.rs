@@ -56,7 +56,23 @@ impl BalancerBuilder {
 
     /// Adds an endpoint with a weight between 0 (drained) and
     /// [`MAX_WEIGHT`](crate::MAX_WEIGHT).
-    pub fn endpoint_weighted(self, url: &str, weight: u32) -> Self {
+    ///
+    /// Every method that takes a URL takes anything that reads as one
+    /// (`impl AsRef<str>`): `&str`, `String`, `&String`, `Arc<str>`.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    ///
+    /// let url = String::from("http://127.0.0.1:8082");
+    /// let balancer = tower_lb::Balancer::builder()
+    ///     .endpoint_weighted(String::from("http://127.0.0.1:8081"), 2)
+    ///     .endpoint_weighted(&url, 3)
+    ///     .endpoint_weighted(Arc::<str>::from("http://127.0.0.1:8083"), 1)
+    ///     .build()?;
+    /// assert_eq!(balancer.stats().endpoint(url).map(|e| e.weight), Some(3));
+    /// # Ok::<(), tower_lb::Error>(())
+    /// ```
+    pub fn endpoint_weighted(self, url: impl AsRef<str>, weight: u32) -> Self {
         self.endpoint(Endpoint::new(url).with_weight(weight))
     }
 
@@ -153,7 +169,10 @@ impl BalancerBuilder {
                 labels,
                 ..Member::new(url, weight, &counters)
             })
-            .collect();
+            .collect::<Vec<Member>>();
+        for member in &members {
+            member.state.set_labels(&member.labels);
+        }
         let snapshot = Snapshot::build(members, &policy, &counters);
         // Fixed now, after the first build: a custom policy's key source is
         // the one it delegated to then (see `SelectionPolicy::request_key`).

@@ -22,8 +22,26 @@ impl Balancer {
     ///
     /// Errors: [`Error::InvalidUrl`], [`Error::InvalidWeight`],
     /// [`Error::DuplicateEndpoint`] if it is already in the set.
-    pub fn add(&self, url: &str, weight: u32) -> Result<(), Error> {
-        let url = EndpointUrl::parse(url)?;
+    ///
+    /// `add`, [`remove`](Balancer::remove),
+    /// [`set_weight`](Balancer::set_weight) and [`drain`](Balancer::drain)
+    /// take the URL as anything that reads as one (`impl AsRef<str>`):
+    /// `&str`, `String`, `&String`, `Arc<str>`.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    ///
+    /// let balancer = tower_lb::Balancer::builder().build()?;
+    /// let url: String = String::from("http://127.0.0.1:8081");
+    /// balancer.add(url.clone(), 2)?;
+    /// balancer.set_weight(&url, 3)?;
+    /// balancer.drain(url.clone())?;
+    /// balancer.remove(Arc::<str>::from(url))?;
+    /// assert!(balancer.stats().endpoints.is_empty());
+    /// # Ok::<(), tower_lb::Error>(())
+    /// ```
+    pub fn add(&self, url: impl AsRef<str>, weight: u32) -> Result<(), Error> {
+        let url = EndpointUrl::parse(url.as_ref())?;
         check_weight(&url, weight)?;
         let counters = &self.shared.counters;
         self.update(|members| {
@@ -125,8 +143,8 @@ impl Balancer {
     /// counters leave [`Balancer::stats`].
     ///
     /// Errors: [`Error::InvalidUrl`], [`Error::UnknownEndpoint`].
-    pub fn remove(&self, url: &str) -> Result<(), Error> {
-        let url = EndpointUrl::parse(url)?;
+    pub fn remove(&self, url: impl AsRef<str>) -> Result<(), Error> {
+        let url = EndpointUrl::parse(url.as_ref())?;
         self.update(|members| {
             let index = position(members, &url).ok_or_else(|| unknown(&url))?;
             members.remove(index);
@@ -138,8 +156,8 @@ impl Balancer {
     ///
     /// Errors: [`Error::InvalidUrl`], [`Error::InvalidWeight`],
     /// [`Error::UnknownEndpoint`].
-    pub fn set_weight(&self, url: &str, weight: u32) -> Result<(), Error> {
-        let url = EndpointUrl::parse(url)?;
+    pub fn set_weight(&self, url: impl AsRef<str>, weight: u32) -> Result<(), Error> {
+        let url = EndpointUrl::parse(url.as_ref())?;
         check_weight(&url, weight)?;
         self.update(|members| {
             let index = position(members, &url).ok_or_else(|| unknown(&url))?;
@@ -151,7 +169,7 @@ impl Balancer {
     /// Drains an endpoint: it gets no new requests, and the ones in flight
     /// finish. Same as `set_weight(url, 0)`; give it a weight again to
     /// bring it back.
-    pub fn drain(&self, url: &str) -> Result<(), Error> {
+    pub fn drain(&self, url: impl AsRef<str>) -> Result<(), Error> {
         self.set_weight(url, 0)
     }
 
@@ -293,6 +311,10 @@ impl Balancer {
         let before = shared.snapshot.load_full();
         let mut members = before.members().to_vec();
         edit(&mut members)?;
+        // What responses name as the endpoint follows its labels.
+        for member in &members {
+            member.state.set_labels(&member.labels);
+        }
         // A removed endpoint's health ends with its membership: it gives
         // back any ejection, and its late answers change nothing.
         for gone in before.members() {

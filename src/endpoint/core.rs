@@ -9,7 +9,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::rtt::{RttEstimate, RttModel};
-use super::{Counters, EndpointUrl};
+use super::served::{ServedBy, ServedSlot};
+use super::{Counters, EndpointUrl, Labels};
 use crate::clock::Clock;
 use crate::health::{EndpointHealth, HealthShared};
 use crate::outcome::Outcome;
@@ -29,12 +30,15 @@ pub(crate) struct EndpointCore {
     health_shared: Arc<HealthShared>,
     connect_failures: Arc<ConnectFailures>,
     pub(crate) clock: Clock,
+    /// What a response names as its endpoint: the URL and current labels.
+    served: ServedSlot,
 }
 
 impl EndpointCore {
     pub(crate) fn new(url: EndpointUrl, counters: &Counters) -> Self {
         let health = Arc::new(EndpointHealth::new(url.shared_name()));
         EndpointCore {
+            served: ServedSlot::new(url.shared_name()),
             url,
             balancer_in_flight: counters.in_flight.clone(),
             rtt: RttEstimate::new(&counters.rtt),
@@ -44,6 +48,17 @@ impl EndpointCore {
             connect_failures: counters.connect_failures.clone(),
             clock: counters.clock,
         }
+    }
+
+    /// The endpoint as a response names it (one reference count).
+    pub(crate) fn served_by(&self) -> ServedBy {
+        self.served.get()
+    }
+
+    /// Keeps what responses name in step with the endpoint's labels in the
+    /// set; called by the set's writers.
+    pub(crate) fn set_labels(&self, labels: &Labels) {
+        self.served.set_labels(labels);
     }
 
     /// Whether the endpoint is ejected at `now` (milliseconds of the

@@ -10,8 +10,9 @@ use crate::error::Error;
 /// An endpoint to put in the set: a URL, a weight (1 unless set) and labels
 /// such as zone or version, which policies and [`Stats`](crate::Stats) see.
 ///
-/// Anything that names a URL (`&str`, `String`) converts into one, so the
-/// builder and [`Balancer::insert`](crate::Balancer::insert) take either.
+/// Anything that names a URL (`&str`, `String`, `&String`, `Arc<str>`,
+/// `Box<str>`, `Cow<str>`) converts into one, so the builder and
+/// [`Balancer::insert`](crate::Balancer::insert) take any of them.
 ///
 /// ```
 /// use tower_lb::{Balancer, Endpoint};
@@ -39,11 +40,12 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// An endpoint at `url` with weight 1 and no labels. The URL is checked
-    /// when the endpoint is added.
-    pub fn new(url: impl Into<String>) -> Self {
+    /// An endpoint at `url` (`&str`, `String`, `Arc<str>`, anything that
+    /// reads as a URL) with weight 1 and no labels. The URL is checked when
+    /// the endpoint is added.
+    pub fn new(url: impl AsRef<str>) -> Self {
         Endpoint {
-            url: url.into(),
+            url: url.as_ref().to_owned(),
             weight: 1,
             labels: Labels::default(),
         }
@@ -56,9 +58,19 @@ impl Endpoint {
         self
     }
 
-    /// Sets the label `key` to `value`, replacing an earlier value.
+    /// Sets the label `key` to `value`, replacing an earlier value. Both
+    /// are anything that reads as text (`&str`, `String`, `Arc<str>`).
+    ///
+    /// ```
+    /// let zone = String::from("eu-west-1a");
+    /// let endpoint = tower_lb::Endpoint::new(String::from("http://10.0.0.1:80"))
+    ///     .with_label(String::from("zone"), &zone)
+    ///     .with_label("tier", zone);
+    /// assert_eq!(endpoint.labels().get("zone"), Some("eu-west-1a"));
+    /// ```
     #[must_use]
-    pub fn with_label(mut self, key: &str, value: &str) -> Self {
+    pub fn with_label(mut self, key: impl AsRef<str>, value: impl AsRef<str>) -> Self {
+        let (key, value) = (key.as_ref(), value.as_ref());
         let mut pairs: Vec<(Box<str>, Box<str>)> = self
             .labels
             .0
@@ -80,6 +92,25 @@ impl Endpoint {
     /// The weight.
     pub fn weight(&self) -> u32 {
         self.weight
+    }
+
+    /// Sets the labels, replacing any set before: anything that converts
+    /// into [`Labels`] (an array or a map of pairs, or a `Labels`).
+    ///
+    /// ```
+    /// use std::collections::HashMap;
+    ///
+    /// let from_discovery: HashMap<String, String> =
+    ///     HashMap::from([("zone".into(), "a".into()), ("version".into(), "2".into())]);
+    /// let endpoint = tower_lb::Endpoint::new("http://10.0.0.1:80").with_labels(from_discovery);
+    /// assert_eq!(endpoint.labels().len(), 2);
+    /// let endpoint = endpoint.with_labels([("zone", "b")]);
+    /// assert_eq!(endpoint.labels().iter().collect::<Vec<_>>(), [("zone", "b")]);
+    /// ```
+    #[must_use]
+    pub fn with_labels(mut self, labels: impl Into<Labels>) -> Self {
+        self.labels = labels.into();
+        self
     }
 
     /// The labels.
@@ -121,19 +152,61 @@ impl From<String> for Endpoint {
 
 impl From<&String> for Endpoint {
     fn from(url: &String) -> Self {
-        Endpoint::new(url.as_str())
+        Endpoint::new(url)
     }
 }
 
-/// An endpoint's labels: key-value pairs in key order, cheap to clone.
+impl From<Arc<str>> for Endpoint {
+    fn from(url: Arc<str>) -> Self {
+        Endpoint::new(url)
+    }
+}
+
+impl From<&Arc<str>> for Endpoint {
+    fn from(url: &Arc<str>) -> Self {
+        Endpoint::new(url)
+    }
+}
+
+impl From<Box<str>> for Endpoint {
+    fn from(url: Box<str>) -> Self {
+        Endpoint::new(url)
+    }
+}
+
+impl From<std::borrow::Cow<'_, str>> for Endpoint {
+    fn from(url: std::borrow::Cow<'_, str>) -> Self {
+        Endpoint::new(url)
+    }
+}
+
+/// An endpoint's labels: key-value pairs in key order, one value per key,
+/// cheap to clone.
+///
+/// Built with [`Endpoint::with_label`], or from pairs of anything that reads
+/// as text: an array, a `HashMap`, a `BTreeMap` (`Labels::from`), or any
+/// iterator of pairs (`collect()`). When a key comes more than once, the
+/// last value wins, as with [`Endpoint::with_label`].
 ///
 /// ```
+/// use std::collections::{BTreeMap, HashMap};
+/// use tower_lb::Labels;
+///
 /// let endpoint = tower_lb::Endpoint::new("http://10.0.0.1:80")
 ///     .with_label("version", "2")
 ///     .with_label("zone", "a");
 /// let labels = endpoint.labels();
 /// assert_eq!(labels.get("zone"), Some("a"));
+/// assert_eq!(labels.len(), 2);
 /// assert_eq!(labels.iter().collect::<Vec<_>>(), [("version", "2"), ("zone", "a")]);
+///
+/// assert_eq!(Labels::from([("zone", "a"), ("version", "2")]), *labels);
+/// let map = HashMap::from([(String::from("zone"), String::from("a")), ("version".into(), "2".into())]);
+/// assert_eq!(Labels::from(map), *labels);
+/// assert_eq!(Labels::from(BTreeMap::from([("zone", "a"), ("version", "2")])), *labels);
+/// let collected: Labels = [("zone", "x"), ("version", "2"), ("zone", "a")].into_iter().collect();
+/// assert_eq!(collected, *labels);
+/// assert!(Labels::default().is_empty());
 /// ```
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct Labels(Arc<[(Box<str>, Box<str>)]>);
@@ -155,6 +228,57 @@ impl Labels {
     /// Whether there are no labels.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// How many labels there are.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl<K: AsRef<str>, V: AsRef<str>> FromIterator<(K, V)> for Labels {
+    /// The pairs in key order; of a key given more than once, the last
+    /// value.
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(pairs: I) -> Self {
+        let mut pairs: Vec<(Box<str>, Box<str>)> = pairs
+            .into_iter()
+            .map(|(k, v)| (k.as_ref().into(), v.as_ref().into()))
+            .collect();
+        // A stable sort keeps the pairs of one key in the order given; the
+        // last of them is kept.
+        pairs.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut kept: Vec<(Box<str>, Box<str>)> = Vec::with_capacity(pairs.len());
+        for pair in pairs {
+            match kept.last_mut() {
+                Some(last) if last.0 == pair.0 => *last = pair,
+                _ => kept.push(pair),
+            }
+        }
+        Labels(kept.into())
+    }
+}
+
+impl<K: AsRef<str>, V: AsRef<str>, const N: usize> From<[(K, V); N]> for Labels {
+    fn from(pairs: [(K, V); N]) -> Self {
+        pairs.into_iter().collect()
+    }
+}
+
+impl<K: AsRef<str>, V: AsRef<str>, S> From<std::collections::HashMap<K, V, S>> for Labels {
+    fn from(map: std::collections::HashMap<K, V, S>) -> Self {
+        map.into_iter().collect()
+    }
+}
+
+impl<K: AsRef<str>, V: AsRef<str>> From<std::collections::BTreeMap<K, V>> for Labels {
+    fn from(map: std::collections::BTreeMap<K, V>) -> Self {
+        map.into_iter().collect()
+    }
+}
+
+impl<K: AsRef<str>, V: AsRef<str>> From<Vec<(K, V)>> for Labels {
+    fn from(pairs: Vec<(K, V)>) -> Self {
+        pairs.into_iter().collect()
     }
 }
 
@@ -193,5 +317,30 @@ impl IntoEndpoint for Endpoint {
             });
         }
         Ok(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn labels_from_any_pairs_hold_each_key_once_in_key_order_with_its_last_value(
+            pairs in proptest::collection::vec(("[a-d]{0,2}", "[a-z]{0,3}"), 0..12)
+        ) {
+            let labels: Labels = pairs.iter().map(|(k, v)| (k, v)).collect();
+            let mut model = std::collections::BTreeMap::new();
+            for (k, v) in &pairs {
+                model.insert(k.as_str(), v.as_str());
+            }
+            prop_assert_eq!(labels.len(), model.len());
+            prop_assert_eq!(labels.iter().collect::<Vec<_>>(), model.into_iter().collect::<Vec<_>>());
+            let chained = pairs
+                .iter()
+                .fold(Endpoint::new("http://10.0.0.1:80"), |e, (k, v)| e.with_label(k, v));
+            prop_assert_eq!(chained.labels(), &labels);
+        }
     }
 }

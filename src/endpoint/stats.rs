@@ -34,25 +34,34 @@ pub struct Stats {
 }
 
 impl Stats {
-    /// The entry of the endpoint at `url`, spelled any way
+    /// A copy of the entry of the endpoint at `url`, spelled any way
     /// [`Balancer::add`](crate::Balancer::add) accepts (`HTTP://Host:80/`
     /// finds `http://host:80`); `None` for an unknown or invalid URL.
+    ///
+    /// The entry is a copy, not a borrow, so it can be taken straight from
+    /// a temporary: `balancer.stats().endpoint(&url)`.
     ///
     /// ```
     /// let balancer = tower_lb::Balancer::builder()
     ///     .endpoint("http://LocalHost:8081/api/")
     ///     .build()?;
-    /// let stats = balancer.stats();
-    /// assert!(stats.endpoint("http://localhost:8081/api").is_some());
-    /// assert!(stats.endpoint("not a url").is_none());
-    /// # Ok::<(), tower_lb::Error>(())
+    /// let url = String::from("http://localhost:8081/api");
+    /// // One line, from the temporary `Stats`; `&url`, `url` or a `&str`.
+    /// let entry = balancer.stats().endpoint(&url).ok_or("listed")?;
+    /// assert_eq!(entry.requests, 0);
+    /// assert!(balancer.stats().endpoint(url).is_some());
+    /// assert!(balancer.stats().endpoint("not a url").is_none());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn endpoint(&self, url: &str) -> Option<&EndpointStats> {
+    pub fn endpoint(&self, url: impl AsRef<str>) -> Option<EndpointStats> {
+        let url = url.as_ref();
         let exact = self.endpoints.iter().find(|e| e.url == url);
-        exact.or_else(|| {
-            let canonical = EndpointUrl::parse(url).ok()?;
-            self.endpoints.iter().find(|e| e.url == canonical.as_str())
-        })
+        exact
+            .or_else(|| {
+                let canonical = EndpointUrl::parse(url).ok()?;
+                self.endpoints.iter().find(|e| e.url == canonical.as_str())
+            })
+            .cloned()
     }
 
     /// Requests in flight over all endpoints.

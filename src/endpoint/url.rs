@@ -155,13 +155,12 @@ impl EndpointUrl {
     /// the path is moved, not copied, when it needs no change.
     pub(crate) fn join(&self, request: Uri) -> Result<Uri, Error> {
         let mut parts = request.into_parts();
-        if let Some(authority) = &parts.authority {
+        if parts.authority.is_some() {
             let target = parts.path_and_query.as_ref();
+            // User info goes with the authority: the front end moved it
+            // to a header first (see `crate::target`).
             if parts.scheme.is_none() {
                 return Err(refused(target, TargetRefusal::AuthorityForm));
-            }
-            if authority.as_str().contains('@') {
-                return Err(refused(target, TargetRefusal::UserInfo));
             }
         }
         let path = parts.path_and_query.as_ref().map_or("", PathAndQuery::path);
@@ -194,13 +193,10 @@ impl EndpointUrl {
     /// host and port on the request's URL took about 550 (the url crate
     /// parses a host it is given, and rewrites the whole URL at each step).
     #[cfg(feature = "reqwest")]
+    ///
+    /// The routed URL never keeps user info: the front end took it first
+    /// (see `crate::target`).
     pub(crate) fn route_url(&self, url: &mut reqwest::Url) -> Result<(), Error> {
-        if !url.username().is_empty() || url.password().is_some() {
-            return Err(Error::InvalidTarget {
-                path: url.path().to_owned(),
-                reason: TargetRefusal::UserInfo,
-            });
-        }
         let resolved = resolve_path(url.path()).map_err(|reason| Error::InvalidTarget {
             path: url.path().to_owned(),
             reason,
@@ -257,6 +253,9 @@ impl EndpointUrl {
         url.set_port(port)
             .map_err(|()| self.invalid_request("port cannot be set"))?;
         url.set_fragment(None);
+        // Fails only for a URL that cannot hold user info, so has none.
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
         if let Some(path) = path {
             url.set_path(&path);
         }

@@ -100,7 +100,10 @@ impl HealthShared {
 
     /// How many endpoints of `active` may be ejected at once.
     fn allowed(&self, active: usize) -> usize {
-        (active * self.config.max_ejection_percent as usize / 100).max(1)
+        // Exact for whole percentages: `active × percent` is a whole number
+        // and the quotient's rounding never crosses an integer.
+        let allowed = (active as f64 * self.config.max_ejection_percent.get() / 100.0).floor();
+        (allowed as usize).max(1)
     }
 
     /// Whether too few endpoints are healthy, so ejections are ignored.
@@ -112,7 +115,7 @@ impl HealthShared {
         let active = self.active.load(Ordering::Relaxed);
         ejected > 0
             && (active.saturating_sub(ejected) as f64)
-                < f64::from(self.config.panic_threshold) / 100.0 * active as f64
+                < self.config.panic_threshold.fraction() * active as f64
     }
 
     /// Whether the balancer is in panic mode at `now`, counting only

@@ -123,7 +123,7 @@ impl EndpointHealth {
         let mut now = None;
         if let Some((threshold, min_requests)) = config.failure_percentage {
             let at = *now.get_or_insert_with(|| shared.now_ms());
-            let share = f64::from(threshold) / 100.0;
+            let share = threshold.fraction();
             fire |= self.close_window(at, config.interval, share, min_requests);
             self.window_requests.fetch_add(1, Ordering::Relaxed);
             if failed {

@@ -42,15 +42,31 @@ pub(crate) use detector::EndpointHealth;
 pub(crate) use retry::{safe_to_send_twice, Retrying};
 pub use retry::{Retries, Retryable};
 
+use crate::percent::Percent;
 use crate::Error;
 use events::EventSink;
 
 /// What happened to an endpoint's health, for [`OutlierDetection::on_event`]
 /// callbacks (also logged with `tracing`).
+///
+/// The enum and its variants are `#[non_exhaustive]`: match with a `_` arm
+/// and `..` in each variant's pattern.
+///
+/// ```
+/// use tower_lb::{HealthEvent, OutlierDetection};
+///
+/// let detection = OutlierDetection::default().on_event(|event| match event {
+///     HealthEvent::Ejected { endpoint, duration, .. } => eprintln!("{endpoint} out for {duration:?}"),
+///     HealthEvent::Readmitted { endpoint, .. } => eprintln!("{endpoint} back"),
+///     _ => {}
+/// });
+/// # let _ = detection;
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum HealthEvent {
     /// The endpoint gets no new requests for `duration`.
+    #[non_exhaustive]
     Ejected {
         /// The endpoint's canonical URL.
         endpoint: String,
@@ -60,6 +76,7 @@ pub enum HealthEvent {
         duration: Duration,
     },
     /// The endpoint takes requests again.
+    #[non_exhaustive]
     Readmitted {
         /// The endpoint's canonical URL.
         endpoint: String,
@@ -93,12 +110,12 @@ type StatusFilter = dyn Fn(StatusCode) -> bool + Send + Sync;
 pub struct OutlierDetection {
     pub(crate) consecutive_failures: Option<u32>,
     pub(crate) consecutive_gateway_failures: Option<u32>,
-    pub(crate) failure_percentage: Option<(u32, u32)>,
+    pub(crate) failure_percentage: Option<(Percent, u32)>,
     pub(crate) interval: Duration,
     pub(crate) base_ejection_time: Duration,
     pub(crate) max_ejection_time: Duration,
-    pub(crate) max_ejection_percent: u32,
-    pub(crate) panic_threshold: u32,
+    pub(crate) max_ejection_percent: Percent,
+    pub(crate) panic_threshold: Percent,
     failure_status: Option<Arc<StatusFilter>>,
     pub(crate) on_event: Option<Arc<EventSink>>,
 }
@@ -115,8 +132,8 @@ impl Default for OutlierDetection {
             interval: Duration::from_secs(10),
             base_ejection_time: Duration::from_secs(30),
             max_ejection_time: Duration::from_secs(300),
-            max_ejection_percent: 10,
-            panic_threshold: 50,
+            max_ejection_percent: Percent::new(10.0),
+            panic_threshold: Percent::new(50.0),
             failure_status: None,
             on_event: None,
         }
@@ -146,11 +163,11 @@ impl OutlierDetection {
         self
     }
 
-    /// Eject when more than `percent` (0 to 100) of an endpoint's requests
-    /// in one interval failed, if it had at least `min_requests` in it. Off
-    /// by default.
-    pub fn failure_percentage(mut self, percent: u32, min_requests: u32) -> Self {
-        self.failure_percentage = Some((percent, min_requests));
+    /// Eject when more than `percent` (a [`Percent`], 0 to 100) of an
+    /// endpoint's requests in one interval failed, if it had at least
+    /// `min_requests` in it. Off by default.
+    pub fn failure_percentage(mut self, percent: impl Into<Percent>, min_requests: u32) -> Self {
+        self.failure_percentage = Some((percent.into(), min_requests));
         self
     }
 
@@ -173,18 +190,18 @@ impl OutlierDetection {
         self
     }
 
-    /// At most this percentage of the active endpoints is ejected at once;
-    /// one endpoint always may be. Default 10.
-    pub fn max_ejection_percent(mut self, percent: u32) -> Self {
-        self.max_ejection_percent = percent;
+    /// At most this percentage (a [`Percent`], 0 to 100) of the active
+    /// endpoints is ejected at once; one endpoint always may be. Default 10.
+    pub fn max_ejection_percent(mut self, percent: impl Into<Percent>) -> Self {
+        self.max_ejection_percent = percent.into();
         self
     }
 
-    /// Below this percentage (0 to 100) of healthy active endpoints,
-    /// ejections are ignored and requests spread over all. Default 50; 0
-    /// turns panic mode off.
-    pub fn panic_threshold(mut self, percent: u32) -> Self {
-        self.panic_threshold = percent;
+    /// Below this percentage (a [`Percent`], 0 to 100) of healthy active
+    /// endpoints, ejections are ignored and requests spread over all.
+    /// Default 50; 0 turns panic mode off.
+    pub fn panic_threshold(mut self, percent: impl Into<Percent>) -> Self {
+        self.panic_threshold = percent.into();
         self
     }
 
@@ -231,20 +248,18 @@ impl OutlierDetection {
         if self.consecutive_failures == Some(0) || self.consecutive_gateway_failures == Some(0) {
             return invalid("a consecutive-failure threshold must be at least 1");
         }
-        if self
-            .failure_percentage
-            .is_some_and(|(percent, _)| percent > 100)
-        {
-            return invalid("the failure percentage must be between 0 and 100");
+        if let Some((percent, _)) = self.failure_percentage {
+            percent.check("outlier detection: failure_percentage", 100.0)?;
         }
+        self.max_ejection_percent
+            .check("outlier detection: max_ejection_percent", 100.0)?;
+        self.panic_threshold
+            .check("outlier detection: panic_threshold", 100.0)?;
         if self.interval.is_zero() || self.base_ejection_time.is_zero() {
             return invalid("the interval and the base ejection time must be above zero");
         }
         if self.max_ejection_time < self.base_ejection_time {
             return invalid("the maximum ejection time is below the base ejection time");
-        }
-        if self.max_ejection_percent > 100 || self.panic_threshold > 100 {
-            return invalid("the ejection and panic percentages must be between 0 and 100");
         }
         Ok(())
     }

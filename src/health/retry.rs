@@ -8,6 +8,7 @@ use http::{Extensions, HeaderMap, Method};
 use super::budget::RetryBudget;
 use crate::clock::Clock;
 use crate::outcome::Outcome;
+use crate::percent::Percent;
 use crate::Error;
 
 /// When a failed request is sent again to another endpoint; given to
@@ -57,7 +58,7 @@ pub struct Retries {
     pub(crate) idempotent_failures: bool,
     pub(crate) max_retries: u32,
     budget_window: Duration,
-    budget_percent: f64,
+    budget_percent: Percent,
     budget_reserve: u32,
 }
 
@@ -69,7 +70,7 @@ impl Default for Retries {
             idempotent_failures: false,
             max_retries: 2,
             budget_window: Duration::from_secs(10),
-            budget_percent: 20.0,
+            budget_percent: Percent::new(20.0),
             budget_reserve: 10,
         }
     }
@@ -106,26 +107,33 @@ impl Retries {
         self
     }
 
-    /// The budget: retries may be `percent` (0 to 1,000) of the requests
-    /// of the last `window` (1 to 60 s), plus `reserve_per_second`. The
-    /// default is `budget(Duration::from_secs(10), 20.0, 10)`: 20%, on the
-    /// same 0-100 scale as the outlier detector's percentages.
+    /// The budget: retries may be `percent` (a [`Percent`], 0 to 1,000) of
+    /// the requests of the last `window` (1 to 60 s), plus
+    /// `reserve_per_second`. The default is
+    /// `budget(Duration::from_secs(10), 20, 10)`: 20%.
     ///
     /// ```
     /// use std::time::Duration;
-    /// use tower_lb::{Balancer, Error, Retries};
+    /// use tower_lb::{Balancer, Error, Percent, Retries};
     ///
-    /// let strict = Retries::default().budget(Duration::from_secs(10), 5.0, 0);
+    /// let strict = Retries::default().budget(Duration::from_secs(10), 5, 0);
     /// assert!(Balancer::builder().retry(strict).build().is_ok());
-    /// let absurd = Retries::default().budget(Duration::from_secs(10), 5_000.0, 0);
+    /// let finer = Retries::default().budget(Duration::from_secs(10), Percent::new(2.5), 0);
+    /// assert!(Balancer::builder().retry(finer).build().is_ok());
+    /// let absurd = Retries::default().budget(Duration::from_secs(10), 5_000, 0);
     /// assert!(matches!(
     ///     Balancer::builder().retry(absurd).build(),
     ///     Err(Error::InvalidPolicy { .. })
     /// ));
     /// ```
-    pub fn budget(mut self, window: Duration, percent: f64, reserve_per_second: u32) -> Self {
+    pub fn budget(
+        mut self,
+        window: Duration,
+        percent: impl Into<Percent>,
+        reserve_per_second: u32,
+    ) -> Self {
         self.budget_window = window;
-        self.budget_percent = percent;
+        self.budget_percent = percent.into();
         self.budget_reserve = reserve_per_second;
         self
     }
@@ -137,13 +145,10 @@ impl Retries {
 
     pub(crate) fn validate(&self) -> Result<(), Error> {
         let window = self.budget_window;
+        self.budget_percent
+            .check("retry: the budget's percent of recent requests", 1_000.0)?;
         let reason = if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&window) {
             format!("retry: the budget window must be 1 to 60 s, not {window:?}")
-        } else if !(0.0..=1_000.0).contains(&self.budget_percent) {
-            format!(
-                "retry: the budget must be 0 to 1,000 percent of recent requests, not {}",
-                self.budget_percent
-            )
         } else if self.max_retries > 10 {
             format!(
                 "retry: at most 10 retries per request, not {}",
@@ -162,7 +167,7 @@ impl Retries {
                 budget: RetryBudget::new(
                     clock,
                     self.budget_window,
-                    self.budget_percent / 100.0,
+                    self.budget_percent.fraction(),
                     self.budget_reserve,
                 ),
                 policy: self,
