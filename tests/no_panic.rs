@@ -518,13 +518,13 @@ proptest! {
             let mut held = Vec::new();
             for step in steps {
                 match step {
-                    Step::Add(n, w) => drop(balancer.add(&url(n), w)),
-                    Step::Remove(n) => drop(balancer.remove(&url(n))),
+                    Step::Add(n, w) => drop(balancer.add(url(n), w)),
+                    Step::Remove(n) => drop(balancer.remove(url(n))),
                     Step::Replace(list) => {
                         drop(balancer.replace(list.iter().map(|&(n, w)| endpoint(n, w))))
                     }
-                    Step::Drain(n) => drop(balancer.drain(&url(n))),
-                    Step::SetWeight(n, w) => drop(balancer.set_weight(&url(n), w)),
+                    Step::Drain(n) => drop(balancer.drain(url(n))),
+                    Step::SetWeight(n, w) => drop(balancer.set_weight(url(n), w)),
                     Step::Apply(list) => drop(balancer.apply(changes(&list))),
                     Step::Follow(list) => {
                         let stream = futures::stream::iter(
