@@ -30,6 +30,9 @@ impl Snapshot {
     pub(crate) fn build(members: Vec<Member>, policy: &Policy, counters: &Counters) -> Self {
         let active_members: Vec<Member> =
             members.iter().filter(|m| m.weight > 0).cloned().collect();
+        // The picker first: a custom policy that panics as it builds leaves
+        // the endpoints' states as they were.
+        let picker = policy.picker(&active_members, counters);
         // A drained endpoint holds no ejection and counts nothing; it comes
         // back with clean counts.
         for member in &members {
@@ -40,7 +43,6 @@ impl Snapshot {
             }
         }
         counters.health.set_active(active_members.len());
-        let picker = policy.picker(&active_members, counters);
         Snapshot {
             active: active_members.into_iter().map(|m| m.state).collect(),
             members,

@@ -11,6 +11,7 @@
 
 mod support;
 
+mod acceptance;
 mod accounting;
 mod affinity;
 mod bounded_loads;

@@ -142,13 +142,27 @@ impl BalancerBuilder {
         if let Some(error) = self.error {
             return Err(error);
         }
-        self.policy.validate()?;
+        let policy = self.policy.for_one_balancer();
+        if policy.is_custom() {
+            // A trial build over the endpoints (on counters of its own, so
+            // no rotation moves) records what the built-in policies it
+            // delegates to need of the balancer, and their mistakes.
+            let trial = Counters::default();
+            let members: Vec<Member> = (self.endpoints.iter())
+                .filter(|(_, weight, _)| *weight > 0)
+                .map(|(url, weight, labels)| Member {
+                    labels: labels.clone(),
+                    ..Member::new(url.clone(), *weight, &trial)
+                })
+                .collect();
+            drop(policy.picker(&members, &trial));
+        }
+        policy.validate()?;
         self.outlier_detection.validate()?;
         self.retry.validate()?;
         if !self.endpoints.is_empty() && self.endpoints.iter().all(|(_, weight, _)| *weight == 0) {
             return Err(Error::ZeroTotalWeight);
         }
-        let policy = self.policy.for_one_balancer();
         let clock = Clock::default();
         let counters = Counters {
             clock,
@@ -175,7 +189,8 @@ impl BalancerBuilder {
         }
         let snapshot = Snapshot::build(members, &policy, &counters);
         // Fixed now, after the first build: a custom policy's key source is
-        // the one it delegated to then (see `SelectionPolicy::request_key`).
+        // the one it delegated to then (see `SelectionPolicy::request_key`),
+        // as are the in-flight count and the estimates' settings above.
         let request_key = policy.request_key().cloned();
         let reads_session_header = request_key
             .as_ref()

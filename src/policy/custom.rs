@@ -3,9 +3,9 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
-use super::{PickContext, Picker, Policy};
+use super::{Delegated, PickContext, Picker, Policy};
 use crate::affinity::RequestKey;
 use crate::endpoint::{Counters, EndpointState, Labels, Member, RotationCursor};
 
@@ -17,6 +17,18 @@ use crate::endpoint::{Counters, EndpointState, Labels, Member, RotationCursor};
 /// The built-in [`Policy`] implements this trait too, so a policy of your
 /// own can delegate to one, over all the endpoints or over a [`Subset`].
 /// Give yours to the balancer with [`Policy::custom`].
+///
+/// A built-in policy keeps all of its behaviour inside yours. When the
+/// balancer is built it builds your policy once over its endpoints, and
+/// what the built-ins it delegated to need of the whole balancer is fixed
+/// then: their key source (see [`request_key`](SelectionPolicy::request_key)),
+/// the count of requests in flight that bounded loads read, least time's
+/// settings (the first least-time policy's), and their configuration
+/// mistakes, which `build()` refuses with
+/// [`Error::InvalidPolicy`](crate::Error::InvalidPolicy). Bounded loads
+/// over a [`Subset`] compare an endpoint's load with its share of the
+/// subset's weight times all requests in flight on the balancer, so the
+/// bound is looser while requests also go outside the subset.
 ///
 /// ```
 /// use tower_lb::{Balancer, Candidates, Endpoint, PickContext, Picker, Policy, SelectionPolicy, Subset};
@@ -95,10 +107,7 @@ pub trait SelectionPolicy: Send + Sync + fmt::Debug + 'static {
 
 impl SelectionPolicy for Policy {
     fn build(&self, endpoints: &Candidates<'_>) -> Box<dyn Picker> {
-        if let Some(key) = self.request_key() {
-            // The first wins; a later one is another delegate's.
-            let _ = endpoints.delegated_key.set(key.clone());
-        }
+        endpoints.delegated.record(self);
         self.picker_over(endpoints)
     }
 
@@ -116,10 +125,10 @@ impl SelectionPolicy for Policy {
 pub struct Candidates<'a> {
     pub(crate) members: &'a [Member],
     pub(crate) counters: &'a Counters,
-    /// Where a built-in policy built over these candidates reports its key
-    /// source, for the custom policy that delegated to it (see
-    /// [`SelectionPolicy::request_key`]).
-    delegated_key: Arc<OnceLock<RequestKey>>,
+    /// Where a built-in policy built over these candidates records what it
+    /// needs of the balancer (its key source, the in-flight total, least
+    /// time's settings), for the custom policy that delegated to it.
+    delegated: Arc<Delegated>,
     /// Rotations built so far in this build, subsets' included: the next
     /// one continues the position of the same-numbered rotation of the
     /// build before.
@@ -138,12 +147,12 @@ impl<'a> Candidates<'a> {
     pub(crate) fn new(
         members: &'a [Member],
         counters: &'a Counters,
-        delegated_key: Arc<OnceLock<RequestKey>>,
+        delegated: Arc<Delegated>,
     ) -> Self {
         Candidates {
             members,
             counters,
-            delegated_key,
+            delegated,
             rotations_made: Arc::default(),
         }
     }
@@ -190,7 +199,7 @@ impl<'a> Candidates<'a> {
             members,
             indices,
             counters: self.counters.clone(),
-            delegated_key: self.delegated_key.clone(),
+            delegated: self.delegated.clone(),
             rotations_made: self.rotations_made.clone(),
         }
     }
@@ -205,7 +214,7 @@ pub struct Subset {
     /// For each endpoint here, its number in the whole set.
     indices: Vec<usize>,
     counters: Counters,
-    delegated_key: Arc<OnceLock<RequestKey>>,
+    delegated: Arc<Delegated>,
     rotations_made: Arc<AtomicUsize>,
 }
 
@@ -223,7 +232,7 @@ impl Subset {
         Candidates {
             members: &self.members,
             counters: &self.counters,
-            delegated_key: self.delegated_key.clone(),
+            delegated: self.delegated.clone(),
             rotations_made: self.rotations_made.clone(),
         }
     }

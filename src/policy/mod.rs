@@ -267,10 +267,44 @@ enum Kind {
     Random,
     LeastTime(LeastResponseTime),
     Hash(Box<ConsistentHash>),
-    /// A user's policy, and the key source of the built-in hashing policy
-    /// it delegates to, once it has built (see
-    /// [`SelectionPolicy::request_key`]).
-    Custom(Arc<dyn SelectionPolicy>, Arc<OnceLock<RequestKey>>),
+    /// A user's policy, and what the built-in policies it delegates to
+    /// need of the balancer, recorded as it builds (see [`Delegated`]).
+    Custom(Arc<dyn SelectionPolicy>, Arc<Delegated>),
+}
+
+/// What the built-in policies a custom policy delegates to need of the
+/// whole balancer, recorded when they build (the first of each wins), so
+/// that a built-in keeps all of its behaviour inside a custom policy: the
+/// key source it hashes on ([`SelectionPolicy::request_key`]), the count of
+/// requests in flight that bounded loads read, least time's estimate
+/// settings, and any mistake in its configuration.
+///
+/// The balancer reads it once, after building the custom policy over its
+/// first endpoints, and keeps what it found.
+#[derive(Debug, Default)]
+pub(crate) struct Delegated {
+    key: OnceLock<RequestKey>,
+    counts_total_in_flight: OnceLock<()>,
+    least_time: OnceLock<LeastResponseTime>,
+    mistake: OnceLock<String>,
+}
+
+impl Delegated {
+    /// Records what `policy`, built as a delegate, needs.
+    fn record(&self, policy: &Policy) {
+        if let Some(key) = policy.request_key() {
+            let _ = self.key.set(key.clone());
+        }
+        if policy.counts_total_in_flight() {
+            let _ = self.counts_total_in_flight.set(());
+        }
+        if let Some(least) = policy.least_time() {
+            let _ = self.least_time.set(least.clone());
+        }
+        if let Err(Error::InvalidPolicy { reason, .. }) = policy.validate() {
+            let _ = self.mistake.set(reason);
+        }
+    }
 }
 
 impl Policy {
@@ -348,7 +382,28 @@ impl Policy {
     /// Whether picks read the balancer's total of requests in flight
     /// (hashing with bounded loads), so that it must be counted.
     pub(crate) fn counts_total_in_flight(&self) -> bool {
-        matches!(&self.kind, Kind::Hash(hash) if hash.bounds_loads())
+        match &self.kind {
+            Kind::Hash(hash) => hash.bounds_loads(),
+            Kind::Custom(_, delegated) => delegated.counts_total_in_flight.get().is_some(),
+            _ => false,
+        }
+    }
+
+    /// The least-time settings the picks follow: least time's own, a
+    /// hashing policy's least-time fallback's, or those of the least-time
+    /// policy a custom policy delegated to.
+    fn least_time(&self) -> Option<&LeastResponseTime> {
+        match &self.kind {
+            Kind::LeastTime(least) => Some(least),
+            Kind::Hash(hash) => hash.fallback_policy().least_time(),
+            Kind::Custom(_, delegated) => delegated.least_time.get(),
+            _ => None,
+        }
+    }
+
+    /// Whether this is a policy of the user's own.
+    pub(crate) fn is_custom(&self) -> bool {
+        matches!(self.kind, Kind::Custom(..))
     }
 
     /// Whether picks read the endpoints' response-time estimates (least
@@ -379,16 +434,24 @@ impl Policy {
     pub(crate) fn request_key(&self) -> Option<&RequestKey> {
         match &self.kind {
             Kind::Hash(hash) => Some(hash.request_key()),
-            Kind::Custom(custom, delegated) => custom.request_key().or_else(|| delegated.get()),
+            Kind::Custom(custom, delegated) => custom.request_key().or_else(|| delegated.key.get()),
             _ => None,
         }
     }
 
-    /// Reports configuration mistakes, at `build()`.
+    /// Reports configuration mistakes, at `build()`: a custom policy's are
+    /// those of the built-in policies it delegated to when it was first
+    /// built.
     pub(crate) fn validate(&self) -> Result<(), Error> {
         match &self.kind {
             Kind::Hash(hash) => hash.validate(),
             Kind::LeastTime(least) => least.validate(),
+            Kind::Custom(_, delegated) => match delegated.mistake.get() {
+                Some(reason) => Err(Error::InvalidPolicy {
+                    reason: format!("a policy the custom policy delegates to: {reason}"),
+                }),
+                None => Ok(()),
+            },
             _ => Ok(()),
         }
     }
@@ -429,10 +492,9 @@ impl Policy {
 
     /// The settings of the endpoints' response-time estimates, on `clock`.
     pub(crate) fn rtt_model_on(&self, clock: Clock) -> RttModel {
-        match &self.kind {
-            Kind::LeastTime(least) => least.rtt_model(clock),
-            Kind::Hash(hash) => hash.fallback_policy().rtt_model_on(clock),
-            _ => LeastResponseTime::default().rtt_model(clock),
+        match self.least_time() {
+            Some(least) => least.rtt_model(clock),
+            None => LeastResponseTime::default().rtt_model(clock),
         }
     }
 }
