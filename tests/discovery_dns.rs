@@ -198,6 +198,47 @@ async fn srv_records_give_ports_and_weights_of_the_lowest_priority_that_has_endp
     .await;
 }
 
+/// SRV weights go up to 65,535 and endpoint weights to 10,000: heavier
+/// records are scaled down together, not refused (they once refused the
+/// whole answer as a bad weight, so no set was ever applied).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn srv_weights_above_the_endpoint_maximum_are_scaled_keeping_their_ratios() {
+    let dns = DnsServer::start("test.").await;
+    let backends = backends(2).await;
+    let ports: Vec<u16> = backends.iter().map(|b| b.address().port()).collect();
+    dns.set_addresses("host.test.", &[ip(1)], TTL).await;
+    dns.set_service(
+        "_http._tcp.heavy.test.",
+        &[
+            (10, 60_000, ports[0], "host.test."),
+            (10, 15_000, ports[1], "host.test."),
+        ],
+        TTL,
+    )
+    .await;
+    let balancer = Balancer::builder().build().unwrap();
+    balancer
+        .discover(
+            DnsSource::service("_http._tcp.heavy.test.")
+                .name_server(dns.addr)
+                .refresh_between(Duration::from_millis(200), Duration::from_secs(2)),
+        )
+        .unwrap();
+    within(Duration::from_secs(5), "the SRV set", || {
+        sorted_urls(&balancer).len() == 2
+    })
+    .await;
+    let stats = balancer.stats();
+    let weight = |port: u16| {
+        stats
+            .endpoint(&format!("http://127.0.0.1:{port}"))
+            .unwrap()
+            .weight
+    };
+    assert_eq!((weight(ports[0]), weight(ports[1])), (10_000, 2_500));
+    assert_eq!(stats.discovery.unwrap().skipped, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_connect_failures_brings_the_next_look_up_forward() {
     let dns = DnsServer::start("test.").await;

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use super::{EndpointSource, RefreshHints};
 use crate::clock::{deadline, doubled_up_to};
-use crate::endpoint::Endpoint;
+use crate::endpoint::{Endpoint, MAX_WEIGHT};
 use crate::error::BoxError;
 
 /// The shortest wait between two look-ups, by default.
@@ -43,7 +43,9 @@ enum Query {
 ///   endpoint on the given port, weight 1.
 /// - [`DnsSource::service`]: the SRV records of a name (as
 ///   `_http._tcp.api.internal`); each target's addresses on the record's
-///   port, with the record's weight (0 counts as 1). Only the lowest
+///   port, with the record's weight (0 counts as 1; weights above
+///   [`MAX_WEIGHT`](crate::MAX_WEIGHT) are scaled down together, keeping
+///   their ratios). Only the lowest
 ///   priority that has endpoints is used, as RFC 2782 says.
 ///
 /// The name is looked up again when the answer's TTL runs out, but never
@@ -214,6 +216,10 @@ impl DnsSource {
                     })
                     .collect();
                 records.sort_by_key(|srv| srv.priority);
+                // SRV weights go up to 65,535, endpoint weights to
+                // MAX_WEIGHT: scale them down together, keeping their ratios.
+                let heaviest = records.iter().map(|srv| u32::from(srv.weight)).max();
+                let scale = |weight: u16| srv_weight(weight, heaviest.unwrap_or(0));
                 // The lowest priority whose targets resolve.
                 let mut set = Vec::new();
                 let mut priority = None;
@@ -226,7 +232,7 @@ impl DnsSource {
                         continue;
                     };
                     expires = expires.min(Instant::from_std(addresses.valid_until()));
-                    let weight = u32::from(srv.weight.max(1));
+                    let weight = scale(srv.weight);
                     set.extend(
                         addresses
                             .iter()
@@ -237,6 +243,20 @@ impl DnsSource {
             }
         }
     }
+}
+
+/// The endpoint weight of an SRV record's `weight`, when the heaviest
+/// record of the answer weighs `heaviest`: the same number up to
+/// [`MAX_WEIGHT`], else scaled so that the heaviest gets `MAX_WEIGHT`
+/// (rounded up, so no record falls to 0); 0 counts as 1, since 0 would
+/// drain the endpoint.
+fn srv_weight(weight: u16, heaviest: u32) -> u32 {
+    let weight = u32::from(weight.max(1));
+    if heaviest <= MAX_WEIGHT {
+        return weight;
+    }
+    // Both factors are below 2^16 and 2^14: no overflow in a u32.
+    (weight * MAX_WEIGHT).div_ceil(heaviest).max(1)
 }
 
 /// When an answer that `expires` is looked up again: at its expiry, but
@@ -320,6 +340,16 @@ impl EndpointSource for DnsSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn srv_weights_above_the_maximum_are_scaled_down_keeping_their_ratios() {
+        assert_eq!(srv_weight(0, 10), 1);
+        assert_eq!(srv_weight(7, MAX_WEIGHT), 7);
+        assert_eq!(srv_weight(u16::MAX, u32::from(u16::MAX)), MAX_WEIGHT);
+        assert_eq!(srv_weight(20_000, 40_000), MAX_WEIGHT / 2);
+        assert_eq!(srv_weight(1, 40_000), 1);
+        assert_eq!(srv_weight(0, 40_000), 1);
+    }
 
     #[test]
     fn absurd_refresh_bounds_get_their_documented_meaning() {

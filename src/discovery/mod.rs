@@ -12,9 +12,13 @@
 //!   [`Balancer::replace`]: endpoints still listed keep their counters,
 //!   response-time estimate, health and hash positions; new ones start
 //!   fresh; the others leave, their requests in flight finishing.
+//! - **One bad endpoint never blocks the set.** Each endpoint of a set is
+//!   checked on its own: one with a bad URL or weight, or an address listed
+//!   again, is skipped (logged at `warn`, counted as `skipped`) and the
+//!   rest is applied; a repeated address keeps its first listing.
 //! - **Never down to nothing by accident.** A source error, an empty set or
-//!   a set the balancer refuses (a bad URL) keeps the last good set; each
-//!   is logged at `warn` and counted in [`Stats::discovery`].
+//!   a set with no valid endpoint keeps the last good set; each is logged
+//!   at `warn` and counted in [`Stats::discovery`].
 //! - **A panic is a counted error, not silence.** A source that panics (in
 //!   `into_sets` or while its stream is polled) is stopped: the panic is
 //!   caught, logged at `error`, counted in [`Stats::discovery`] with its
@@ -30,6 +34,7 @@ mod dns;
 mod etcd;
 
 use std::any::Any;
+use std::collections::HashSet;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -39,7 +44,7 @@ use futures::stream::BoxStream;
 use futures::{FutureExt, Stream, StreamExt};
 
 use crate::balancer::{Balancer, WeakBalancer};
-use crate::endpoint::{DiscoveryStats, Endpoint};
+use crate::endpoint::{DiscoveryStats, Endpoint, EndpointUrl, Labels};
 use crate::error::{BoxError, Error};
 use crate::refresh::ConnectFailures;
 
@@ -118,9 +123,12 @@ impl RefreshHints {
 impl Balancer {
     /// Follows `source` in a task of its own on the current tokio runtime:
     /// each full set it yields replaces the endpoint set as
-    /// [`Balancer::replace`] does (survivors keep their state). An error,
-    /// an empty set or a set with an invalid endpoint keeps the last good
-    /// set, and is logged at `warn` and counted in
+    /// [`Balancer::replace`] does (survivors keep their state), except
+    /// that each endpoint stands alone: one with a bad URL or weight, or an
+    /// address listed again (the first listing wins), is skipped, logged at
+    /// `warn` and counted as `skipped`, and the others are applied. An
+    /// error, an empty set or a set with no valid endpoint keeps the last
+    /// good set, and is logged at `warn` and counted in
     /// [`Stats::discovery`](crate::Stats::discovery). The task stops when
     /// the source ends or the last handle to the balancer is dropped.
     ///
@@ -208,17 +216,25 @@ async fn follow(
         let failure = match next {
             Ok(set) if set.is_empty() => Some("the source answered with no endpoint".to_owned()),
             Ok(set) => {
-                let count = set.len();
-                match balancer.replace(set) {
-                    Ok(()) => {
-                        balancer.update_discovery(|stats| {
-                            stats.refreshes += 1;
-                            stats.last_refresh = Some(SystemTime::now());
-                            stats.endpoints = count;
-                        });
-                        None
-                    }
-                    Err(error) => Some(format!("the set was refused: {error}")),
+                let listed = set.len();
+                let admitted = admit(set);
+                let skipped = (listed - admitted.len()) as u64;
+                if skipped > 0 {
+                    balancer.update_discovery(|stats| stats.skipped += skipped);
+                }
+                if admitted.is_empty() {
+                    Some(format!(
+                        "every endpoint of the set was refused ({listed} skipped)"
+                    ))
+                } else {
+                    let count = admitted.len();
+                    balancer.replace_parsed(admitted);
+                    balancer.update_discovery(|stats| {
+                        stats.refreshes += 1;
+                        stats.last_refresh = Some(SystemTime::now());
+                        stats.endpoints = count;
+                    });
+                    None
                 }
             }
             Err(error) => Some(format!("source error: {error}")),
@@ -232,4 +248,36 @@ async fn follow(
             });
         }
     }
+}
+
+/// The endpoints of `set` the balancer can take, each checked on its own:
+/// one with a bad URL or weight is skipped, and an address listed again
+/// (the same canonical URL) is skipped in favour of its first listing,
+/// whose weight and labels stay. Each skip is logged at `warn` with the
+/// endpoint and the reason.
+fn admit(set: Vec<Endpoint>) -> Vec<(EndpointUrl, u32, Labels)> {
+    let mut admitted = Vec::with_capacity(set.len());
+    let mut seen: HashSet<Arc<str>> = HashSet::with_capacity(set.len());
+    for endpoint in set {
+        let listed = endpoint.url().to_owned();
+        match endpoint.parse() {
+            Ok((url, weight, labels)) => {
+                if seen.insert(url.shared_name()) {
+                    admitted.push((url, weight, labels));
+                } else {
+                    tracing::warn!(
+                        endpoint = %listed,
+                        reason = "the address is listed more than once: the first listing is used",
+                        "discovery: endpoint skipped; the others are applied"
+                    );
+                }
+            }
+            Err(error) => tracing::warn!(
+                endpoint = %listed,
+                reason = %error,
+                "discovery: endpoint skipped; the others are applied"
+            ),
+        }
+    }
+    admitted
 }
