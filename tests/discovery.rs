@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures::channel::mpsc;
 use futures::stream::{self, BoxStream, StreamExt};
 use support::*;
-use tower_lb::{Balancer, BoxError, Endpoint, EndpointSource, Error, RefreshHints};
+use tower_lb::{Balancer, BoxError, Endpoint, EndpointSource, Error, NotReadyReason, RefreshHints};
 
 type Sets = mpsc::UnboundedSender<Result<Vec<Endpoint>, std::io::Error>>;
 
@@ -350,4 +350,100 @@ async fn a_source_that_panics_is_a_counted_error_and_the_last_good_set_keeps_ser
         .is_some_and(|e| e.contains("panicked: the registry client is misconfigured")));
     assert_eq!(urls(&balancer), url);
     send(&client, "/").await.expect("the last good set serves");
+}
+
+/// `ready` waits for the first applied set: not after an error, nor after
+/// a set with no valid endpoint; then at once, on every clone.
+#[tokio::test(start_paused = true)]
+async fn ready_resolves_with_the_first_applied_set_and_a_time_limit_gives_the_last_error() {
+    let backends = backends(1).await;
+    let balancer = Balancer::builder().build().unwrap();
+    let (sets, source): (Sets, _) = mpsc::unbounded();
+    let discovery = balancer.discover(source).unwrap();
+    assert!(!discovery.is_ready());
+    sets.unbounded_send(Err(std::io::Error::other("registry unreachable")))
+        .unwrap();
+    sets.unbounded_send(Ok(vec![Endpoint::new("ftp://127.0.0.1:21")]))
+        .unwrap();
+    let waited = discovery.ready_within(Duration::from_secs(2)).await;
+    let Err(Error::DiscoveryNotReady { reason, last_error }) = waited else {
+        panic!("no set was applied: {waited:?}");
+    };
+    assert_eq!(reason, NotReadyReason::TimedOut(Duration::from_secs(2)));
+    assert_eq!(
+        last_error.as_deref(),
+        Some("every endpoint of the set was refused (1 skipped)")
+    );
+    let error = balancer.stats().discovery.unwrap().last_error;
+    assert_eq!(error, last_error);
+
+    let waiting = tokio::spawn({
+        let discovery = discovery.clone();
+        async move { discovery.ready().await }
+    });
+    sets.unbounded_send(Ok(vec![Endpoint::new(backends[0].uri())]))
+        .unwrap();
+    waiting
+        .await
+        .unwrap()
+        .expect("ready once the set is applied");
+    // No polling: the set is there when `ready` resolves.
+    let client = client(&balancer);
+    send(&client, "/").await.expect("the first set serves");
+    // Later failures change nothing: ready stays ready.
+    sets.unbounded_send(Err(std::io::Error::other("down")))
+        .unwrap();
+    eventually(|| balancer.stats().discovery.unwrap().errors == 2).await;
+    discovery.ready().await.unwrap();
+    assert!(discovery.is_ready());
+}
+
+/// A source that ends, or panics, before any set it yields could be applied:
+/// `ready` fails at once with its last error instead of waiting forever; a
+/// task replaced by another source's says so.
+#[tokio::test(start_paused = true)]
+async fn ready_fails_when_the_source_ends_panics_or_is_replaced_before_a_set() {
+    let balancer = Balancer::builder().build().unwrap();
+    let empty = stream::iter([Ok::<_, std::io::Error>(Vec::new())]);
+    let waited = balancer.discover(empty).unwrap().ready().await;
+    let Err(Error::DiscoveryNotReady { reason, last_error }) = waited else {
+        panic!("the source ended empty: {waited:?}");
+    };
+    assert_eq!(reason, NotReadyReason::SourceEnded);
+    assert_eq!(
+        last_error.as_deref(),
+        Some("the source answered with no endpoint")
+    );
+
+    let waited = balancer
+        .discover(Buggy {
+            set: Vec::new(),
+            panic_at_start: true,
+        })
+        .unwrap()
+        .ready()
+        .await;
+    let Err(Error::DiscoveryNotReady { reason, last_error }) = waited else {
+        panic!("the source panicked: {waited:?}");
+    };
+    assert_eq!(reason, NotReadyReason::SourceEnded);
+    assert!(last_error
+        .as_deref()
+        .is_some_and(|e| e.contains("the registry client is misconfigured")));
+
+    let (_first, source): (Sets, _) = mpsc::unbounded();
+    let first = balancer.discover(source).unwrap();
+    let (_second, source): (Sets, _) = mpsc::unbounded();
+    let _second = balancer.discover(source).unwrap();
+    let waited = first.ready().await;
+    assert!(
+        matches!(
+            waited,
+            Err(Error::DiscoveryNotReady {
+                reason: NotReadyReason::Stopped,
+                ..
+            })
+        ),
+        "{waited:?}"
+    );
 }

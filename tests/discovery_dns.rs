@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use support::dns_server::DnsServer;
 use support::*;
-use tower_lb::{Balancer, DnsSource, Policy};
+use tower_lb::{Balancer, DnsSource, Error, NotReadyReason, Policy};
 use wiremock::matchers::any;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -338,4 +338,54 @@ async fn a_refresh_floor_of_duration_max_looks_up_once_and_waits() {
         (1, 0, false),
         "{discovery:?}"
     );
+}
+
+/// A service waits for DNS's first answer instead of failing its first
+/// requests; a name that does not resolve ends the wait at its limit with
+/// the failed look-up's words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_resolves_after_the_first_answer_and_times_out_with_the_look_up_error() {
+    let dns = DnsServer::start("test.").await;
+    let (port, _backends) = backends_on(&[2, 3]).await;
+    dns.set_addresses("ready.test.", &[ip(2), ip(3)], TTL).await;
+    let balancer = Balancer::builder().build().unwrap();
+    let started = Instant::now();
+    balancer
+        .discover(
+            DnsSource::addresses("ready.test.", port)
+                .name_server(dns.addr)
+                .refresh_between(Duration::from_millis(200), Duration::from_secs(2)),
+        )
+        .unwrap()
+        .ready_within(Duration::from_secs(5))
+        .await
+        .expect("the first answer is applied");
+    let took = started.elapsed();
+    // No polling: the first request after `ready` has somewhere to go.
+    assert_eq!(sorted_urls(&balancer), [url(2, port), url(3, port)]);
+    let client = client(&balancer);
+    send(&client, "/").await.expect("served at once");
+
+    let missing = Balancer::builder().build().unwrap();
+    let started = Instant::now();
+    let waited = missing
+        .discover(
+            DnsSource::addresses("missing.test.", port)
+                .name_server(dns.addr)
+                .refresh_between(Duration::from_millis(200), Duration::from_secs(2)),
+        )
+        .unwrap()
+        .ready_within(Duration::from_secs(1))
+        .await;
+    let Err(Error::DiscoveryNotReady { reason, last_error }) = waited else {
+        panic!("the name does not resolve: {waited:?}");
+    };
+    assert_eq!(reason, NotReadyReason::TimedOut(Duration::from_secs(1)));
+    let last_error = last_error.expect("the look-up's error");
+    assert!(
+        last_error.contains("missing.test"),
+        "the error names the name: {last_error}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    println!("ready after {took:?}; a missing name: {last_error}");
 }
