@@ -277,6 +277,95 @@ async fn a_burst_of_connect_failures_brings_the_next_look_up_forward() {
     println!("set moved {took:?} after connect failures began (TTL 300 s)");
 }
 
+/// An instance dies and its replacement is published only after the dead
+/// address was ejected (TTL 300 s). Connect failures bring one look-up
+/// forward, but DNS still lists the dead address then, and an ejected
+/// endpoint brings no more failures: the replacement waited for the
+/// refresh ceiling. Now, while an endpoint is ejected after connect
+/// failures, the name is looked up again at the minimum interval,
+/// doubling, until the address leaves the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_ejected_for_connect_failures_is_looked_up_again_until_it_leaves_the_answer() {
+    let dns = DnsServer::start("test.").await;
+    // Live instances on .7 and .9, a dead one on .8, all on one port.
+    let (port, _backends, _dead) = loop {
+        let (port, backends) = backends_on(&[7, 9]).await;
+        if let Ok(dead) = RefusingPort::at((ip(8), port).into()) {
+            break (port, backends, dead);
+        }
+    };
+    dns.set_addresses("moved.test.", &[ip(7), ip(8)], 300).await;
+    let min = Duration::from_millis(100);
+    let ceiling = Duration::from_secs(10);
+    let balancer = Balancer::builder()
+        .policy(Policy::round_robin())
+        .build()
+        .unwrap();
+    balancer
+        .discover(
+            DnsSource::addresses("moved.test.", port)
+                .name_server(dns.addr)
+                .refresh_between(min, ceiling),
+        )
+        .unwrap()
+        .ready_within(Duration::from_secs(5))
+        .await
+        .unwrap();
+    let client = client(&balancer);
+    let sending = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sender = tokio::spawn({
+        let sending = sending.clone();
+        async move {
+            let mut failed = 0;
+            while sending.load(std::sync::atomic::Ordering::Relaxed) {
+                failed += usize::from(send(&client, "/").await.is_err());
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            failed
+        }
+    });
+    // The failures brought a look-up forward (a second set), DNS still
+    // lists .8, and it is ejected: no more failures come from it. The
+    // source keeps looking (0.1 s, 0.2 s, 0.4 s, 0.8 s after each other).
+    let ejected = within(Duration::from_secs(5), "the dead address ejected", || {
+        let stats = balancer.stats();
+        stats.endpoint(&url(8, port)).is_some_and(|e| e.ejected)
+            && stats.discovery.is_some_and(|d| d.refreshes >= 2)
+    })
+    .await;
+    let chased = within(Duration::from_secs(5), "look-ups while ejected", || {
+        balancer.stats().discovery.is_some_and(|d| d.refreshes >= 6)
+    })
+    .await;
+    // The replacement is published, after four look-ups that still listed
+    // the dead address.
+    dns.set_addresses("moved.test.", &[ip(7), ip(9)], 300).await;
+    let followed = within(ceiling / 2, "the replacement address", || {
+        sorted_urls(&balancer) == [url(7, port), url(9, port)]
+    })
+    .await;
+    // The dead address left the answer: the chase stops, and the TTL's
+    // schedule (here the 10 s ceiling) is back.
+    let refreshes = balancer.stats().discovery.unwrap().refreshes;
+    let quiet = Instant::now();
+    while quiet.elapsed() < 20 * min {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let looked_again = balancer.stats().discovery.unwrap().refreshes - refreshes;
+    sending.store(false, std::sync::atomic::Ordering::Relaxed);
+    let failed = sender.await.unwrap();
+    assert!(
+        looked_again <= 1,
+        "{looked_again} look-ups after the set moved"
+    );
+    println!(
+        "TTL 300 s, refresh {min:?} to {ceiling:?}: dead address ejected after {ejected:?}, \
+         replacement published {chased:?} later, set followed {followed:?} after that; \
+         {looked_again} look-up(s) in the {:?} after; {failed} requests failed",
+        20 * min
+    );
+}
+
 /// `Duration::MAX` is the usual way to write "never": as the ceiling, the
 /// TTL alone decides when to look again. It once overflowed an `Instant`
 /// addition after the first look-up: the task died before applying any

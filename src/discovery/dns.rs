@@ -55,9 +55,12 @@ enum Query {
 /// TTL must not hide a change for minutes; gRPC's 30 s floor is the
 /// complaint this answers). After a burst of connect failures (three since
 /// the last look-up) the name is looked up again at once, if the minimum
-/// refresh allows. A failed look-up, or one with no records, keeps the last
-/// good set and is tried again after the minimum refresh, doubling up to
-/// the maximum while it keeps failing.
+/// refresh allows; and while an endpoint stays ejected after connect
+/// failures (no more failures come from it to say the set is stale), it is
+/// looked up again at the minimum, doubling up to the maximum, until the
+/// address leaves the answer or comes back. A failed look-up, or one with
+/// no records, keeps the last good set and is tried again after the
+/// minimum refresh, doubling up to the maximum while it keeps failing.
 ///
 /// The resolver reads the system's configuration (`/etc/resolv.conf`)
 /// unless [`DnsSource::name_server`] names a server. Each query waits 2 s
@@ -275,20 +278,59 @@ struct Looking {
     next: Option<(Instant, Instant)>,
     /// The wait after a failure, doubled while failures go on.
     backoff: Duration,
+    /// While endpoints fail to connect: when to check again whether they
+    /// still do, and look up if so.
+    chase_at: Option<Instant>,
+    /// The wait between those checks, doubled from the minimum up to the
+    /// maximum while endpoints keep failing.
+    chase_step: Duration,
+}
+
+/// What ended a wait for the next look-up.
+enum Woken {
+    /// The next look-up is due (its time, or a burst of failures).
+    Due,
+    /// Time to check whether endpoints still fail to connect.
+    Chase,
 }
 
 impl Looking {
-    /// Waits until the next look-up is due (or a burst of connect failures
-    /// brings it forward), then looks up.
-    async fn next_set(&mut self) -> Result<Vec<Endpoint>, BoxError> {
-        if let Some((due, earliest)) = self.next {
-            tokio::select! {
-                _ = tokio::time::sleep_until(due) => {}
+    /// Waits until the next look-up is due: its time, a burst of connect
+    /// failures (not before the minimum after the last look-up), or, while
+    /// an endpoint is ejected after connect failures, the next step of the
+    /// chase.
+    async fn wait(&mut self) -> bool {
+        let Some((due, earliest)) = self.next else {
+            return false;
+        };
+        loop {
+            let chase_at = self.chase_at;
+            let woken = tokio::select! {
+                _ = tokio::time::sleep_until(due) => Woken::Due,
                 _ = self.hints.connect_failures() => {
                     tokio::time::sleep_until(earliest).await;
+                    return true;
+                }
+                _ = tokio::time::sleep_until(chase_at.unwrap_or(due)), if chase_at.is_some() => {
+                    Woken::Chase
+                }
+            };
+            match woken {
+                Woken::Due => return false,
+                Woken::Chase if self.hints.connect_failing() => return true,
+                Woken::Chase => {
+                    // Nothing fails any more (the address left the set, or
+                    // came back): the TTL's schedule again.
+                    self.chase_at = None;
+                    self.chase_step = self.source.min_refresh;
                 }
             }
         }
+    }
+
+    /// Waits until the next look-up is due, then looks up.
+    async fn next_set(&mut self) -> Result<Vec<Endpoint>, BoxError> {
+        let brought_forward = self.wait().await;
         self.hints.refreshed();
         let looked_at = Instant::now();
         let earliest = deadline(looked_at, self.source.min_refresh);
@@ -308,12 +350,24 @@ impl Looking {
                 self.backoff = self.source.min_refresh;
                 let latest = deadline(looked_at, self.source.max_refresh);
                 self.next = Some((due_by_ttl(expires, earliest, latest), earliest));
+                // Connect failures brought this look-up (or endpoints still
+                // fail): the answer may still list a dead address, and once
+                // it is ejected no failure will come to say so. Look again
+                // at the minimum, doubling, while that lasts.
+                if brought_forward || self.hints.connect_failing() {
+                    self.chase_at = Some(deadline(looked_at, self.chase_step));
+                    self.chase_step = doubled_up_to(self.chase_step, self.source.max_refresh);
+                } else {
+                    self.chase_at = None;
+                    self.chase_step = self.source.min_refresh;
+                }
                 Ok(set)
             }
             other => {
                 let due = deadline(looked_at, self.backoff);
                 self.backoff = doubled_up_to(self.backoff, self.source.max_refresh);
                 self.next = Some((due, earliest));
+                self.chase_at = None;
                 other.map(|(set, _)| set)
             }
         }
@@ -324,6 +378,8 @@ impl EndpointSource for DnsSource {
     fn into_sets(self, hints: RefreshHints) -> BoxStream<'static, Result<Vec<Endpoint>, BoxError>> {
         let looking = Looking {
             backoff: self.min_refresh,
+            chase_at: None,
+            chase_step: self.min_refresh,
             source: self,
             resolver: None,
             hints,

@@ -99,10 +99,14 @@ where
 }
 
 /// What the request path tells discovery: a burst of connect failures
-/// (three since the source last looked) suggests the set is stale.
+/// (three since the source last looked) suggests the set is stale, and so
+/// does an endpoint ejected after connect failures, from which no more
+/// failures come while it is out.
 #[derive(Clone, Debug)]
 pub struct RefreshHints {
     failures: Arc<ConnectFailures>,
+    /// The balancer, to ask about ejections; `None` when detached.
+    balancer: Option<WeakBalancer>,
 }
 
 impl RefreshHints {
@@ -111,6 +115,27 @@ impl RefreshHints {
     /// meanwhile.
     pub async fn connect_failures(&self) {
         self.failures.burst().await;
+    }
+
+    /// Whether the set looks stale now: an endpoint is ejected after
+    /// connect failures (its last failure was one), or a connect failure
+    /// came since the last [`RefreshHints::refreshed`]. A polling source
+    /// keeps looking up again at its minimum interval (with back-off) while
+    /// this holds, since an ejected endpoint brings no more failures to
+    /// wake it. A few atomic reads per endpoint; call it between look-ups,
+    /// not per request.
+    ///
+    /// ```
+    /// let hints = tower_lb::RefreshHints::detached();
+    /// assert!(!hints.connect_failing());
+    /// ```
+    pub fn connect_failing(&self) -> bool {
+        self.failures.any_since_refresh()
+            || self
+                .balancer
+                .as_ref()
+                .and_then(WeakBalancer::upgrade)
+                .is_some_and(|balancer| balancer.ejected_after_connect_failures())
     }
 
     /// Tells the hints the source just looked the set up.
@@ -122,6 +147,7 @@ impl RefreshHints {
     pub fn detached() -> Self {
         RefreshHints {
             failures: Arc::default(),
+            balancer: None,
         }
     }
 }
@@ -158,6 +184,7 @@ impl Balancer {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
         let hints = RefreshHints {
             failures: self.connect_failures().clone(),
+            balancer: Some(self.downgrade()),
         };
         self.update_discovery(|stats| *stats = DiscoveryStats::default());
         let (progress, watched) = watch::channel(Progress::default());
