@@ -478,3 +478,120 @@ async fn ready_resolves_after_the_first_answer_and_times_out_with_the_look_up_er
     assert!(started.elapsed() < Duration::from_secs(2));
     println!("ready after {took:?}; a missing name: {last_error}");
 }
+
+/// What one look-up costs the name server: A and AAAA for each name by
+/// default, A only with `ipv4_only`, AAAA only with `ipv6_only`; an SRV
+/// look-up adds its own query and one per target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_look_up_asks_the_documented_queries_and_ipv4_only_asks_only_a_records() {
+    let dns = DnsServer::start("test.").await;
+    for name in [
+        "both.test.",
+        "four.test.",
+        "six.test.",
+        "t1.test.",
+        "t2.test.",
+    ] {
+        dns.set_addresses(name, &[ip(1)], TTL).await;
+    }
+    let backends = backends(2).await;
+    let ports: Vec<u16> = backends.iter().map(|b| b.address().port()).collect();
+    for srv in ["_http._tcp.srv.test.", "_http._tcp.srv4.test."] {
+        dns.set_service(
+            srv,
+            &[(10, 1, ports[0], "t1.test."), (10, 1, ports[1], "t2.test.")],
+            TTL,
+        )
+        .await;
+    }
+    // Look up once, never again: each balancer's queries are one look-up's.
+    let once = |source: DnsSource| {
+        source
+            .name_server(dns.addr)
+            .refresh_between(Duration::MAX, Duration::MAX)
+    };
+    let sources = [
+        once(DnsSource::addresses("both.test.", 80)),
+        once(DnsSource::addresses("four.test.", 80).ipv4_only()),
+        once(DnsSource::addresses("six.test.", 80).ipv6_only()),
+        once(DnsSource::service("_http._tcp.srv.test.")),
+        once(DnsSource::service("_http._tcp.srv4.test.").ipv4_only()),
+    ];
+    let mut balancers = Vec::new();
+    for source in sources {
+        let balancer = Balancer::builder().build().unwrap();
+        let discovery = balancer.discover(source).unwrap();
+        balancers.push((balancer, discovery));
+    }
+    for (_, discovery) in &balancers[..2] {
+        discovery
+            .ready_within(Duration::from_secs(5))
+            .await
+            .unwrap();
+    }
+    // The IPv6-only source finds no address (the zone has none): a failed
+    // look-up, counted.
+    within(Duration::from_secs(5), "the AAAA-only look-up", || {
+        balancers[2]
+            .0
+            .stats()
+            .discovery
+            .is_some_and(|d| d.errors == 1)
+    })
+    .await;
+    for (_, discovery) in &balancers[3..] {
+        discovery
+            .ready_within(Duration::from_secs(5))
+            .await
+            .unwrap();
+    }
+    let sorted = |name: &str| {
+        let mut asked = dns.queries_for(name);
+        asked.sort();
+        asked
+    };
+    assert_eq!(sorted("both.test."), ["A", "AAAA"]);
+    assert_eq!(sorted("four.test."), ["A"]);
+    assert_eq!(sorted("six.test."), ["AAAA"]);
+    assert_eq!(sorted("_http._tcp.srv.test."), ["SRV"]);
+    // Both SRV sources asked for the two targets: 2 × 2 and 2 × 1.
+    assert_eq!(sorted("t1.test."), ["A", "A", "AAAA"]);
+    assert_eq!(sorted("t2.test."), ["A", "A", "AAAA"]);
+    assert_eq!(sorted("_http._tcp.srv4.test."), ["SRV"]);
+}
+
+/// A stopped name server is noticed after the query timeout × (retries +
+/// 1): with 300 ms and one retry, after 0.6 s (the defaults, 2 s and two
+/// retries: 6.0 s, measured the same way). `ready_within` reports it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_name_server_is_noticed_after_the_query_timeout_times_the_tries() {
+    let mut dns = DnsServer::start("test.").await;
+    dns.stop().await;
+    let balancer = Balancer::builder().build().unwrap();
+    let started = Instant::now();
+    let discovery = balancer
+        .discover(
+            DnsSource::addresses("stopped.test.", 80)
+                .name_server(dns.addr)
+                .query_timeout(Duration::from_millis(300), 1),
+        )
+        .unwrap();
+    within(Duration::from_secs(3), "the failed look-up", || {
+        balancer.stats().discovery.is_some_and(|d| d.errors >= 1)
+    })
+    .await;
+    let noticed = started.elapsed();
+    assert!(
+        noticed >= Duration::from_millis(550) && noticed < Duration::from_millis(1500),
+        "noticed after {noticed:?}"
+    );
+    let waited = discovery.ready_within(Duration::from_millis(100)).await;
+    let Err(Error::DiscoveryNotReady { last_error, .. }) = waited else {
+        panic!("no set: {waited:?}");
+    };
+    assert_eq!(
+        last_error.as_deref(),
+        Some("source error: request timed out")
+    );
+    println!("a stopped name server noticed after {noticed:?} (query timeout 300 ms, 1 retry)");
+}
