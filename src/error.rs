@@ -167,10 +167,50 @@ pub enum Error {
     #[error("discovery needs a tokio runtime: call discover() from within one")]
     NoRuntime,
 
+    /// A wait for discovery's first set ([`Discovery::ready`]) ended
+    /// without one: the wait timed out, or the source ended, panicked or
+    /// was replaced first. `last_error` is the source's last failure (as
+    /// [`DiscoveryStats::last_error`] shows it), if it had one.
+    ///
+    /// [`Discovery::ready`]: crate::Discovery::ready
+    /// [`DiscoveryStats::last_error`]: crate::DiscoveryStats::last_error
+    #[error("discovery applied no set: {reason}; the source's last error: {}", last_error.as_deref().unwrap_or("none"))]
+    DiscoveryNotReady {
+        /// Why the wait ended.
+        reason: NotReadyReason,
+        /// The source's last failure, in words.
+        last_error: Option<String>,
+    },
+
     /// The wrapped service failed in `poll_ready`, before any endpoint was
     /// chosen.
     #[error("the wrapped service is not ready")]
     NotReady(#[source] BoxError),
+}
+
+/// Why a wait for discovery's first set ended without one
+/// ([`Error::DiscoveryNotReady`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NotReadyReason {
+    /// No set was applied within this time.
+    TimedOut(std::time::Duration),
+    /// The source ended (or panicked and was stopped) before yielding a
+    /// set the balancer could apply.
+    SourceEnded,
+    /// The discovery task was stopped: another source replaced it, or the
+    /// balancer was dropped.
+    Stopped,
+}
+
+impl std::fmt::Display for NotReadyReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotReadyReason::TimedOut(waited) => write!(f, "none within {waited:?}"),
+            NotReadyReason::SourceEnded => f.write_str("the source ended first"),
+            NotReadyReason::Stopped => f.write_str("the discovery task was stopped first"),
+        }
+    }
 }
 
 impl Error {

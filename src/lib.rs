@@ -88,12 +88,12 @@ pub use cookie_jar::BalancedCookieJar;
 pub use discovery::DnsSource;
 #[cfg(feature = "etcd")]
 pub use discovery::EtcdSource;
-pub use discovery::{EndpointSource, RefreshHints};
+pub use discovery::{Discovery, EndpointSource, RefreshHints};
 pub use endpoint::{
     DiscoveryStats, Endpoint, EndpointStats, FailureCounts, IntoEndpoint, Labels, ServedBy, Stats,
     MAX_WEIGHT,
 };
-pub use error::{BoxError, Error};
+pub use error::{BoxError, Error, NotReadyReason};
 pub use health::{HealthEvent, OutlierDetection, Retries, Retryable};
 pub use layer::BalanceLayer;
 pub use per_endpoint::PerEndpointService;

@@ -32,6 +32,11 @@ impl ConnectFailures {
         self.since_refresh.store(0, Ordering::Relaxed);
     }
 
+    /// Whether any connect failure came since the last refresh.
+    pub(crate) fn any_since_refresh(&self) -> bool {
+        self.since_refresh.load(Ordering::Relaxed) > 0
+    }
+
     /// Waits for a burst of connect failures (returns at once if one came
     /// since the last wait).
     pub(crate) async fn burst(&self) {

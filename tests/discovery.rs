@@ -1,7 +1,8 @@
 //! What `Balancer::discover` promises for any source: each full set
-//! replaces the endpoint set with survivors' state kept; an error, an empty
-//! set or a set the balancer refuses keeps the last good set and is
-//! counted; the task stops when the balancer goes.
+//! replaces the endpoint set with survivors' state kept; an invalid
+//! endpoint is skipped and the rest applied; an error, an empty set or a
+//! set with no valid endpoint keeps the last good set and is counted; the
+//! task stops when the balancer goes.
 
 use crate::support;
 
@@ -10,7 +11,7 @@ use std::time::Duration;
 use futures::channel::mpsc;
 use futures::stream::{self, BoxStream, StreamExt};
 use support::*;
-use tower_lb::{Balancer, BoxError, Endpoint, EndpointSource, Error, RefreshHints};
+use tower_lb::{Balancer, BoxError, Endpoint, EndpointSource, Error, NotReadyReason, RefreshHints};
 
 type Sets = mpsc::UnboundedSender<Result<Vec<Endpoint>, std::io::Error>>;
 
@@ -110,30 +111,45 @@ fn discover_outside_a_tokio_runtime_is_a_typed_error() {
     assert!(balancer.stats().discovery.is_none());
 }
 
-/// One answer of a source, for the property below.
+/// One answer of a source, for the property below: a set of entries (a
+/// port of a good endpoint, or `None` for an invalid one), no endpoint at
+/// all, or an error.
 #[derive(Clone, Debug)]
 enum Answer {
-    Set(Vec<u8>),
+    Set(Vec<Option<u8>>),
     Empty,
     Error,
-    Refused,
 }
 
 fn answer() -> impl proptest::strategy::Strategy<Value = Answer> {
     use proptest::prelude::*;
+    let entry = prop_oneof![4 => (0u8..6).prop_map(Some), 1 => Just(None)];
     prop_oneof![
-        4 => proptest::collection::vec(0u8..6, 1..5).prop_map(Answer::Set),
+        5 => proptest::collection::vec(entry, 1..6).prop_map(Answer::Set),
         1 => Just(Answer::Empty),
         1 => Just(Answer::Error),
-        1 => Just(Answer::Refused),
     ]
+}
+
+/// The invalid endpoints a source may list, in turn.
+fn invalid(turn: usize) -> Endpoint {
+    match turn % 4 {
+        0 => Endpoint::new("ftp://127.0.0.1:21"),
+        1 => Endpoint::new("http://127.0.0.1:0"),
+        2 => Endpoint::new("http://127.0.0.1:9000/?q=1"),
+        _ => Endpoint::new("http://127.0.0.1:9001").with_weight(tower_lb::MAX_WEIGHT + 1),
+    }
 }
 
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
 
+    /// Each endpoint stands alone: a set's valid endpoints are applied
+    /// (a repeated address once, with its first listing's weight), its
+    /// invalid ones and repeats are counted as skipped, and a set with no
+    /// valid endpoint, an empty set or an error leaves the set as it was.
     #[test]
-    fn any_sequence_of_answers_leaves_exactly_the_last_good_set(
+    fn any_sequence_of_answers_leaves_exactly_the_valid_endpoints_of_the_last_good_set(
         answers in proptest::collection::vec(answer(), 1..12),
     ) {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -145,23 +161,36 @@ proptest::proptest! {
             let balancer = Balancer::builder().build().unwrap();
             let (sets, source): (Sets, _) = mpsc::unbounded();
             balancer.discover(source).unwrap();
-            let mut expected: Vec<String> = Vec::new();
+            let mut expected: Vec<(String, u32)> = Vec::new();
+            let mut skipped = 0;
             for (seen, answer) in answers.iter().enumerate() {
                 let sent = match answer {
-                    Answer::Set(ports) => {
-                        let mut good: Vec<String> = Vec::new();
-                        for port in ports {
+                    Answer::Set(entries) => {
+                        let mut good: Vec<(String, u32)> = Vec::new();
+                        let mut listed = Vec::new();
+                        for (turn, entry) in entries.iter().enumerate() {
+                            let Some(port) = entry else {
+                                listed.push(invalid(seen + turn));
+                                skipped += 1;
+                                continue;
+                            };
                             let url = format!("http://127.0.0.1:{}", 9000 + u16::from(*port));
-                            if !good.contains(&url) {
-                                good.push(url);
+                            // Each listing its own weight: the first one's stays.
+                            let weight = turn as u32 + 1;
+                            if good.iter().any(|(known, _)| *known == url) {
+                                skipped += 1;
+                            } else {
+                                good.push((url.clone(), weight));
                             }
+                            listed.push(Endpoint::new(url).with_weight(weight));
                         }
-                        expected = good.clone();
-                        Ok(set(&good))
+                        if !good.is_empty() {
+                            expected = good;
+                        }
+                        Ok(listed)
                     }
                     Answer::Empty => Ok(Vec::new()),
                     Answer::Error => Err(std::io::Error::other("down")),
-                    Answer::Refused => Ok(vec![Endpoint::new("http://127.0.0.1:0")]),
                 };
                 sets.unbounded_send(sent).unwrap();
                 eventually(|| {
@@ -170,10 +199,70 @@ proptest::proptest! {
                     })
                 })
                 .await;
-                assert_eq!(urls(&balancer), expected, "after {:?}", &answers[..=seen]);
+                let stats = balancer.stats();
+                let now: Vec<(String, u32)> =
+                    stats.endpoints.iter().map(|e| (e.url.clone(), e.weight)).collect();
+                assert_eq!(now, expected, "after {:?}", &answers[..=seen]);
+                assert_eq!(stats.discovery.unwrap().skipped, skipped);
             }
         });
     }
+}
+
+/// A user source lists two good endpoints and one bad one of each kind:
+/// the good ones are applied and take requests, the others are skipped
+/// and counted. Before each endpoint stood alone, the whole set was
+/// refused and no request could be sent.
+#[tokio::test(start_paused = true)]
+async fn one_bad_endpoint_of_any_kind_never_blocks_the_good_ones_of_its_set() {
+    let backends = backends(2).await;
+    let url: Vec<String> = backends.iter().map(|b| b.uri()).collect();
+    let balancer = Balancer::builder().build().unwrap();
+    let (sets, source): (Sets, _) = mpsc::unbounded();
+    balancer.discover(source).unwrap();
+    sets.unbounded_send(Ok(vec![
+        Endpoint::new(url[0].as_str()).with_label("listing", "first"),
+        Endpoint::new("ftp://127.0.0.1:21"),
+        Endpoint::new(format!("{}/?version=2", url[1])),
+        Endpoint::new(url[1].as_str()).with_weight(tower_lb::MAX_WEIGHT + 1),
+        Endpoint::new(url[1].as_str()).with_weight(2),
+        // The same address again (a registration left behind): the first
+        // listing's weight and labels stay.
+        Endpoint::new(url[0].as_str())
+            .with_weight(5)
+            .with_label("listing", "second"),
+    ]))
+    .unwrap();
+    eventually(|| balancer.stats().discovery.is_some_and(|d| d.refreshes == 1)).await;
+    let stats = balancer.stats();
+    let discovery = stats.discovery.clone().unwrap();
+    assert_eq!(
+        (discovery.skipped, discovery.errors),
+        (4, 0),
+        "{discovery:?}"
+    );
+    assert_eq!(urls(&balancer), url);
+    let first = stats.endpoint(&url[0]).unwrap();
+    assert_eq!(
+        (first.weight, first.labels.get("listing")),
+        (1, Some("first"))
+    );
+    assert_eq!(stats.endpoint(&url[1]).unwrap().weight, 2);
+    let client = client(&balancer);
+    for _ in 0..30 {
+        send(&client, "/").await.expect("the good endpoints serve");
+    }
+    assert_eq!(
+        (received(&backends[0]).await, received(&backends[1]).await),
+        (10, 20)
+    );
+
+    // A set with no valid endpoint at all keeps the last good set.
+    sets.unbounded_send(Ok(vec![Endpoint::new("ftp://127.0.0.1:21")]))
+        .unwrap();
+    eventually(|| balancer.stats().discovery.is_some_and(|d| d.errors == 1)).await;
+    assert_eq!(urls(&balancer), url);
+    assert_eq!(balancer.stats().discovery.unwrap().skipped, 5);
 }
 
 #[tokio::test(start_paused = true)]
@@ -261,4 +350,100 @@ async fn a_source_that_panics_is_a_counted_error_and_the_last_good_set_keeps_ser
         .is_some_and(|e| e.contains("panicked: the registry client is misconfigured")));
     assert_eq!(urls(&balancer), url);
     send(&client, "/").await.expect("the last good set serves");
+}
+
+/// `ready` waits for the first applied set: not after an error, nor after
+/// a set with no valid endpoint; then at once, on every clone.
+#[tokio::test(start_paused = true)]
+async fn ready_resolves_with_the_first_applied_set_and_a_time_limit_gives_the_last_error() {
+    let backends = backends(1).await;
+    let balancer = Balancer::builder().build().unwrap();
+    let (sets, source): (Sets, _) = mpsc::unbounded();
+    let discovery = balancer.discover(source).unwrap();
+    assert!(!discovery.is_ready());
+    sets.unbounded_send(Err(std::io::Error::other("registry unreachable")))
+        .unwrap();
+    sets.unbounded_send(Ok(vec![Endpoint::new("ftp://127.0.0.1:21")]))
+        .unwrap();
+    let waited = discovery.ready_within(Duration::from_secs(2)).await;
+    let Err(Error::DiscoveryNotReady { reason, last_error }) = waited else {
+        panic!("no set was applied: {waited:?}");
+    };
+    assert_eq!(reason, NotReadyReason::TimedOut(Duration::from_secs(2)));
+    assert_eq!(
+        last_error.as_deref(),
+        Some("every endpoint of the set was refused (1 skipped)")
+    );
+    let error = balancer.stats().discovery.unwrap().last_error;
+    assert_eq!(error, last_error);
+
+    let waiting = tokio::spawn({
+        let discovery = discovery.clone();
+        async move { discovery.ready().await }
+    });
+    sets.unbounded_send(Ok(vec![Endpoint::new(backends[0].uri())]))
+        .unwrap();
+    waiting
+        .await
+        .unwrap()
+        .expect("ready once the set is applied");
+    // No polling: the set is there when `ready` resolves.
+    let client = client(&balancer);
+    send(&client, "/").await.expect("the first set serves");
+    // Later failures change nothing: ready stays ready.
+    sets.unbounded_send(Err(std::io::Error::other("down")))
+        .unwrap();
+    eventually(|| balancer.stats().discovery.unwrap().errors == 2).await;
+    discovery.ready().await.unwrap();
+    assert!(discovery.is_ready());
+}
+
+/// A source that ends, or panics, before any set it yields could be applied:
+/// `ready` fails at once with its last error instead of waiting forever; a
+/// task replaced by another source's says so.
+#[tokio::test(start_paused = true)]
+async fn ready_fails_when_the_source_ends_panics_or_is_replaced_before_a_set() {
+    let balancer = Balancer::builder().build().unwrap();
+    let empty = stream::iter([Ok::<_, std::io::Error>(Vec::new())]);
+    let waited = balancer.discover(empty).unwrap().ready().await;
+    let Err(Error::DiscoveryNotReady { reason, last_error }) = waited else {
+        panic!("the source ended empty: {waited:?}");
+    };
+    assert_eq!(reason, NotReadyReason::SourceEnded);
+    assert_eq!(
+        last_error.as_deref(),
+        Some("the source answered with no endpoint")
+    );
+
+    let waited = balancer
+        .discover(Buggy {
+            set: Vec::new(),
+            panic_at_start: true,
+        })
+        .unwrap()
+        .ready()
+        .await;
+    let Err(Error::DiscoveryNotReady { reason, last_error }) = waited else {
+        panic!("the source panicked: {waited:?}");
+    };
+    assert_eq!(reason, NotReadyReason::SourceEnded);
+    assert!(last_error
+        .as_deref()
+        .is_some_and(|e| e.contains("the registry client is misconfigured")));
+
+    let (_first, source): (Sets, _) = mpsc::unbounded();
+    let first = balancer.discover(source).unwrap();
+    let (_second, source): (Sets, _) = mpsc::unbounded();
+    let _second = balancer.discover(source).unwrap();
+    let waited = first.ready().await;
+    assert!(
+        matches!(
+            waited,
+            Err(Error::DiscoveryNotReady {
+                reason: NotReadyReason::Stopped,
+                ..
+            })
+        ),
+        "{waited:?}"
+    );
 }

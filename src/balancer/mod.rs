@@ -84,7 +84,7 @@ struct Shared {
 }
 
 /// A reference to a balancer that does not keep it alive.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct WeakBalancer(std::sync::Weak<Shared>);
 
 impl WeakBalancer {
@@ -168,6 +168,15 @@ impl Balancer {
     /// Resolves when the balancer is dropped (its last handle).
     pub(crate) fn dropped(&self) -> tokio::sync::watch::Receiver<()> {
         self.shared.dropped.subscribe()
+    }
+
+    /// Whether an endpoint of the set is ejected after connect failures
+    /// (its last failure was one): a hint that the set may be stale.
+    pub(crate) fn ejected_after_connect_failures(&self) -> bool {
+        self.snapshot()
+            .members()
+            .iter()
+            .any(|member| member.state.ejected_after_connect_failures())
     }
 
     /// Connect failures since discovery last looked.

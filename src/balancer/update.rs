@@ -116,8 +116,15 @@ impl Balancer {
             }
             next.push((url, weight, labels));
         }
+        self.replace_parsed(next);
+        Ok(())
+    }
+
+    /// Replaces the whole set with endpoints already checked (valid URLs
+    /// and weights, no duplicates), as [`Balancer::replace`] does.
+    pub(crate) fn replace_parsed(&self, next: Vec<(EndpointUrl, u32, Labels)>) {
         let counters = &self.shared.counters;
-        self.update::<Error>(|members| {
+        self.update::<Infallible>(|members| {
             let survivors = std::mem::take(members);
             *members = next
                 .into_iter()
@@ -137,6 +144,7 @@ impl Balancer {
                 .collect();
             Ok(())
         })
+        .unwrap_or_else(|never: Infallible| match never {})
     }
 
     /// Removes an endpoint. Requests already sent to it finish normally; its

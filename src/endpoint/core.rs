@@ -2,7 +2,7 @@
 //! address, its response-time estimate and its health. Shared (`Arc`) by
 //! the endpoint's entry in the set and by each of its counter lanes.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +29,10 @@ pub(crate) struct EndpointCore {
     health: Arc<EndpointHealth>,
     health_shared: Arc<HealthShared>,
     connect_failures: Arc<ConnectFailures>,
+    /// Whether its last failure was a connect failure (written on failures
+    /// only): an endpoint ejected after refusing connections may be gone
+    /// from its registry, which discovery should look up again.
+    refused: AtomicBool,
     pub(crate) clock: Clock,
     /// What a response names as its endpoint: the URL and current labels.
     served: ServedSlot,
@@ -46,6 +50,7 @@ impl EndpointCore {
             health,
             health_shared: counters.health.clone(),
             connect_failures: counters.connect_failures.clone(),
+            refused: AtomicBool::new(false),
             clock: counters.clock,
         }
     }
@@ -65,6 +70,12 @@ impl EndpointCore {
     /// balancer's clock). A pure read.
     pub(crate) fn is_ejected(&self, now: u64) -> bool {
         self.health.is_ejected(now)
+    }
+
+    /// Whether it is ejected now and its last failure was a connect
+    /// failure: the address may have left its registry.
+    pub(crate) fn ejected_after_connect_failures(&self) -> bool {
+        self.refused.load(Ordering::Relaxed) && self.health_status().0
     }
 
     /// Whether it is ejected now, and how many times it has been.
@@ -123,6 +134,9 @@ impl EndpointCore {
         }
         if outcome == Outcome::ConnectError {
             self.connect_failures.record();
+            self.refused.store(true, Ordering::Relaxed);
+        } else if outcome != Outcome::Success {
+            self.refused.store(false, Ordering::Relaxed);
         }
         if let Some((latency, now)) = timing {
             let failed = outcome != Outcome::Success;

@@ -118,9 +118,9 @@ pub struct EndpointStats {
     pub times_ejected: u32,
 }
 
-/// What the discovery task did: sets applied, and the last failure (a
-/// source error, an empty set, a refused set, a panic), after which the
-/// last good set kept serving.
+/// What the discovery task did: sets applied, endpoints skipped as
+/// invalid, and the last failure (a source error, an empty set, a set with
+/// no valid endpoint, a panic), after which the last good set kept serving.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct DiscoveryStats {
@@ -130,7 +130,11 @@ pub struct DiscoveryStats {
     pub last_refresh: Option<std::time::SystemTime>,
     /// Endpoints in the last set applied.
     pub endpoints: usize,
-    /// Failures: source errors, empty sets, refused sets, a panic.
+    /// Endpoints a source listed that were skipped as invalid (a bad URL or
+    /// weight, a duplicate address): the others were applied.
+    pub skipped: u64,
+    /// Failures: source errors, empty sets, sets with no valid endpoint, a
+    /// panic.
     pub errors: u64,
     /// The last failure, in words.
     pub last_error: Option<String>,

@@ -3,13 +3,17 @@
 //! and TCP on one port. Its records can be replaced while it runs, and it
 //! can be stopped and started again on the same port.
 
+use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::pin::Pin;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use hickory_server::net::runtime::Time;
 use hickory_server::proto::rr::rdata::{A, SOA, SRV};
 use hickory_server::proto::rr::{LowerName, Name, RData, Record, RecordSet, RecordType, RrKey};
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::store::in_memory::InMemoryZoneHandler;
 use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
 use hickory_server::Server;
@@ -17,12 +21,50 @@ use tokio::net::{TcpListener, UdpSocket};
 
 const SERIAL: u32 = 1;
 
+/// The questions a server was asked: name and record type ("A", "AAAA",
+/// "SRV"), in the order they came.
+pub type Queries = Arc<Mutex<Vec<(String, String)>>>;
+
+/// The zone's catalog, noting each question before answering it.
+struct Counting {
+    catalog: Catalog,
+    queries: Queries,
+}
+
+// The trait is an `async_trait`: its method written out by hand, since
+// the tests do not depend on that crate.
+impl RequestHandler for Counting {
+    fn handle_request<'this, 'request, 'call, R, T>(
+        &'this self,
+        request: &'request Request,
+        response_handle: R,
+    ) -> Pin<Box<dyn Future<Output = ResponseInfo> + Send + 'call>>
+    where
+        R: ResponseHandler + 'call,
+        T: Time + 'call,
+        'this: 'call,
+        'request: 'call,
+        Self: 'call,
+    {
+        if let Ok(info) = request.request_info() {
+            let query = info.query.original();
+            self.queries
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((query.name().to_string(), query.query_type().to_string()));
+        }
+        self.catalog
+            .handle_request::<R, T>(request, response_handle)
+    }
+}
+
 /// A DNS server for one zone (such as `test.`), on 127.0.0.1.
 pub struct DnsServer {
     pub addr: SocketAddr,
     zone: Arc<InMemoryZoneHandler>,
     origin: Name,
-    server: Option<Server<Catalog>>,
+    server: Option<Server<Counting>>,
+    queries: Queries,
 }
 
 impl DnsServer {
@@ -49,6 +91,7 @@ impl DnsServer {
             zone: Arc::new(zone),
             origin,
             server: None,
+            queries: Queries::default(),
         };
         server.listen().await;
         server
@@ -58,7 +101,10 @@ impl DnsServer {
     async fn listen(&mut self) {
         let mut catalog = Catalog::new();
         catalog.upsert(LowerName::new(&self.origin), vec![self.zone.clone()]);
-        let mut server = Server::new(catalog);
+        let mut server = Server::new(Counting {
+            catalog,
+            queries: self.queries.clone(),
+        });
         for _ in 0..50 {
             let Ok(udp) = UdpSocket::bind(self.addr).await else {
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -79,6 +125,18 @@ impl DnsServer {
             }
         }
         panic!("could not listen on {}", self.addr);
+    }
+
+    /// The questions asked of `name` so far (its record types, in order).
+    #[allow(dead_code)] // the example does not count
+    pub fn queries_for(&self, name: &str) -> Vec<String> {
+        self.queries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(asked, _)| asked.eq_ignore_ascii_case(name))
+            .map(|(_, record_type)| record_type.clone())
+            .collect()
     }
 
     /// Stops answering (the port is closed).

@@ -99,6 +99,19 @@ impl RefusingPort {
         }
     }
 
+    /// Reserves `addr` (a loopback address and port) to refuse connections,
+    /// for an address that must share a port with other servers (A records
+    /// carry no port). Fails if the address is taken.
+    pub fn at(addr: std::net::SocketAddr) -> std::io::Result<Self> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(addr)?;
+        Ok(RefusingPort {
+            socket,
+            addr,
+            url: format!("http://{addr}"),
+        })
+    }
+
     /// Starts listening on the port, for a server that comes up there: the
     /// port is never free in between. Needs a tokio runtime.
     pub fn listen(self) -> std::net::TcpListener {
