@@ -188,3 +188,95 @@ async fn etcd_killed_and_restarted_mid_run_loses_no_request_and_the_watch_resume
         put_at.elapsed()
     );
 }
+
+fn key(name: &str) -> String {
+    format!("{PREFIX}{name}")
+}
+
+/// Defect: a value whose JSON parsed but whose endpoint the balancer
+/// refused (a query, a fragment, a scheme other than http(s), a weight over
+/// `MAX_WEIGHT`, an address another key holds too) made the whole set be
+/// refused: at start no set at all, later every good key put after it
+/// ignored. Each key now stands alone; a duplicate address is one endpoint,
+/// with the weight and labels of the newest registration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_bad_key_is_skipped_alone_at_start_and_good_keys_put_after_one_are_applied() {
+    let Some(etcd) = EtcdServer::start().await else {
+        return;
+    };
+    let backends = backends(3).await;
+    let url = |i: usize| backends[i].uri();
+    // An older registration of a's address (spelled with a trailing slash):
+    // the newer key "a" wins it.
+    etcd.put(&key("a-old"), &document(&format!("{}/", url(0)), 5, "old"))
+        .await;
+    etcd.put(&key("a"), &document(&url(0), 1, "east")).await;
+    etcd.put(&key("b"), &document(&url(1), 2, "west")).await;
+    for (name, value) in [
+        ("query", document(&format!("{}/?x=1", url(2)), 1, "east")),
+        ("fragment", document(&format!("{}/#top", url(2)), 1, "east")),
+        ("scheme", document("ftp://127.0.0.1:21", 1, "east")),
+        ("weight", document(&url(2), 10_001, "east")),
+    ] {
+        etcd.put(&key(name), &value).await;
+    }
+    let balancer = Balancer::builder().build().unwrap();
+    balancer
+        .discover(EtcdSource::new([etcd.url.clone()], PREFIX))
+        .unwrap();
+    within(
+        Duration::from_secs(5),
+        "the first set, beside bad keys",
+        || sorted_urls(&balancer).len() == 2,
+    )
+    .await;
+    assert_eq!(sorted_urls(&balancer), sorted(vec![url(0), url(1)]));
+    let stats = balancer.stats();
+    let a = stats.endpoint(&url(0)).unwrap();
+    assert_eq!((a.weight, a.labels.get("zone")), (1, Some("east")));
+    let discovery = stats.discovery.unwrap();
+    assert_eq!(discovery.skipped, 5, "four bad keys and one shadowed");
+    assert_eq!(discovery.errors, 0);
+    let client = client(&balancer);
+    for _ in 0..20 {
+        send(&client, "/").await.unwrap();
+    }
+
+    // On a running balancer: a bad key, then a good one.
+    etcd.put(
+        &key("late-bad"),
+        &document("http://127.0.0.1:9/?q", 1, "east"),
+    )
+    .await;
+    etcd.put(&key("c"), &document(&url(2), 1, "east")).await;
+    within(
+        Duration::from_secs(1),
+        "a good key put after a bad one",
+        || sorted_urls(&balancer).len() == 3,
+    )
+    .await;
+    assert_eq!(balancer.stats().discovery.unwrap().skipped, 6);
+    let reached = send_many(&client, 30, 3).await;
+    assert!(reached.iter().all(Result::is_ok), "{reached:?}");
+    assert!(reached.iter().any(|r| matches!(r.as_deref(), Ok("c"))));
+
+    // A newer registration of a's address takes its weight and labels;
+    // deleted, the address goes back to the newest key left.
+    etcd.put(&key("a-new"), &document(&url(0), 3, "new")).await;
+    let weight_and_zone = |balancer: &Balancer| {
+        let stats = balancer.stats();
+        let a = stats.endpoint(&url(0)).unwrap();
+        (a.weight, a.labels.get("zone").map(str::to_owned))
+    };
+    within(Duration::from_secs(1), "the newest registration", || {
+        weight_and_zone(&balancer) == (3, Some("new".to_owned()))
+    })
+    .await;
+    etcd.delete(&key("a-new")).await;
+    within(Duration::from_secs(1), "the registration before", || {
+        weight_and_zone(&balancer) == (1, Some("east".to_owned()))
+    })
+    .await;
+    assert_eq!(sorted_urls(&balancer).len(), 3);
+    assert_eq!(balancer.stats().discovery.unwrap().errors, 0);
+}

@@ -1,7 +1,7 @@
 //! Endpoints from etcd: one key per endpoint under a prefix, each value a
 //! small JSON document; read whole, then watched from the read's revision.
 
-use std::collections::BTreeMap;
+use std::collections::{btree_map, BTreeMap};
 use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions, EventType, GetOptions, WatchOptions, WatchStream};
@@ -23,8 +23,17 @@ use crate::error::BoxError;
 /// ```
 ///
 /// `weight` defaults to 1; `metadata` (string values) becomes the
-/// endpoint's labels. A value that is not such a document is skipped and
-/// logged at `warn`, so one bad key cannot hold the others back.
+/// endpoint's labels. Each key stands alone: a value that is not such a
+/// document, or whose endpoint the balancer would refuse (a URL it cannot
+/// route to, such as one with a query, a fragment or a scheme other than
+/// `http`/`https`; a weight above [`MAX_WEIGHT`](crate::MAX_WEIGHT)), is
+/// skipped, logged at `warn` with the key and the reason, and counted in
+/// [`DiscoveryStats::skipped`](crate::DiscoveryStats::skipped); the other
+/// keys are used. An address under two keys (an instance that registered
+/// again before its old key expired) is one endpoint, with the weight and
+/// labels of the key written last (the highest `mod_revision`; within one
+/// transaction, the key first in key order); the other key counts as
+/// skipped, and takes over when the winner is deleted.
 ///
 /// The source reads every key under the prefix, then watches the prefix
 /// from the revision of that read, so no change between the two is missed;
@@ -115,42 +124,114 @@ impl EtcdSource {
     }
 }
 
-/// The endpoint a key's value describes, or why it does not.
-fn parse(value: &[u8]) -> Result<Endpoint, String> {
+/// The endpoint a key's value describes, with its canonical address, or
+/// why the balancer would refuse it: the balancer's own check of the URL
+/// and the weight, so that a key that passes here is never refused there.
+fn parse(value: &[u8]) -> Result<(String, Endpoint), String> {
     let document: Document =
         serde_json::from_slice(value).map_err(|e| format!("not an endpoint document: {e}"))?;
-    Ok(document.metadata.into_iter().fold(
+    let endpoint = document.metadata.into_iter().fold(
         Endpoint::new(document.url).with_weight(document.weight),
         |endpoint, (k, v)| endpoint.with_label(&k, &v),
-    ))
+    );
+    let (url, ..) = endpoint.clone().parse().map_err(|e| e.to_string())?;
+    Ok((url.as_str().to_owned(), endpoint))
 }
 
-/// The stream's state: the set as etcd holds it, and the watch that keeps
-/// it current.
+/// One key as the source holds it.
+#[derive(Debug)]
+struct Registration {
+    /// The key's `mod_revision`: when it was last written.
+    revision: i64,
+    /// The endpoint with its canonical address, or why the key is skipped.
+    endpoint: Result<(String, Endpoint), String>,
+}
+
+impl Registration {
+    fn new(revision: i64, value: &[u8]) -> Self {
+        Registration {
+            revision,
+            endpoint: parse(value),
+        }
+    }
+}
+
+/// A key left out of the set: its revision and why.
+type Skipped = BTreeMap<Vec<u8>, (i64, String)>;
+
+/// The set the keys describe, in key order, and the keys left out: those
+/// with a bad value, and those whose address a key written later holds
+/// (within one revision, the first key in key order wins).
+fn resolve(keys: &BTreeMap<Vec<u8>, Registration>) -> (Vec<Endpoint>, Skipped) {
+    let mut owners: BTreeMap<&str, (&[u8], i64)> = BTreeMap::new();
+    for (key, registration) in keys {
+        let Ok((url, _)) = &registration.endpoint else {
+            continue;
+        };
+        match owners.entry(url) {
+            btree_map::Entry::Vacant(entry) => {
+                entry.insert((key, registration.revision));
+            }
+            btree_map::Entry::Occupied(mut entry) => {
+                if registration.revision > entry.get().1 {
+                    entry.insert((key, registration.revision));
+                }
+            }
+        }
+    }
+    let mut set = Vec::new();
+    let mut skipped = Skipped::new();
+    for (key, registration) in keys {
+        let reason = match &registration.endpoint {
+            Err(reason) => reason.clone(),
+            Ok((url, endpoint)) => match owners.get(url.as_str()) {
+                Some((owner, _)) if *owner != key.as_slice() => format!(
+                    "its address {url} is also under key {}, written later, whose weight and \
+                     labels are used",
+                    String::from_utf8_lossy(owner)
+                ),
+                _ => {
+                    set.push(endpoint.clone());
+                    continue;
+                }
+            },
+        };
+        skipped.insert(key.clone(), (registration.revision, reason));
+    }
+    (set, skipped)
+}
+
+/// The stream's state: the keys as etcd holds them, and the watch that
+/// keeps them current.
 struct Watching {
     source: EtcdSource,
-    set: BTreeMap<Vec<u8>, Endpoint>,
+    hints: RefreshHints,
+    keys: BTreeMap<Vec<u8>, Registration>,
+    /// The keys left out of the last set, with their revisions: a key is
+    /// logged and counted when it becomes skipped, not on every set.
+    skipped: Skipped,
     watch: Option<(Client, WatchStream)>,
     retry: Duration,
 }
 
 impl Watching {
-    /// Puts (or, for a bad value, removes) the key's endpoint.
-    fn put(&mut self, key: &[u8], value: &[u8]) {
-        match parse(value) {
-            Ok(endpoint) => {
-                self.set.insert(key.to_vec(), endpoint);
-            }
-            Err(error) => {
+    /// The set the keys describe. Keys skipped since the last set are
+    /// logged at `warn` and counted.
+    fn current(&mut self) -> Vec<Endpoint> {
+        let (set, skipped) = resolve(&self.keys);
+        let mut newly = 0;
+        for (key, (revision, reason)) in &skipped {
+            if self.skipped.get(key).map(|(r, _)| r) != Some(revision) {
+                newly += 1;
                 let key = String::from_utf8_lossy(key);
-                tracing::warn!(%key, %error, "etcd discovery: key skipped");
-                self.set.remove(key.as_bytes());
+                tracing::warn!(%key, %reason, "etcd discovery: key skipped; the other keys are used");
             }
         }
-    }
-
-    fn current(&self) -> Vec<Endpoint> {
-        self.set.values().cloned().collect()
+        if newly > 0 {
+            self.hints.skipped(newly);
+        }
+        self.skipped = skipped;
+        set
     }
 
     /// Reads every key under the prefix and starts a watch from that
@@ -162,10 +243,14 @@ impl Watching {
             .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
             .await?;
         let revision = answer.header().map_or(0, |h| h.revision());
-        self.set.clear();
-        for kv in answer.kvs() {
-            self.put(kv.key(), kv.value());
-        }
+        self.keys = answer
+            .kvs()
+            .iter()
+            .map(|kv| {
+                let registration = Registration::new(kv.mod_revision(), kv.value());
+                (kv.key().to_vec(), registration)
+            })
+            .collect();
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(revision + 1);
@@ -213,9 +298,12 @@ impl Watching {
             for event in answer.events() {
                 let Some(kv) = event.kv() else { continue };
                 match event.event_type() {
-                    EventType::Put => self.put(kv.key(), kv.value()),
+                    EventType::Put => {
+                        let registration = Registration::new(kv.mod_revision(), kv.value());
+                        self.keys.insert(kv.key().to_vec(), registration);
+                    }
                     EventType::Delete => {
-                        self.set.remove(kv.key());
+                        self.keys.remove(kv.key());
                     }
                 }
             }
@@ -225,11 +313,13 @@ impl Watching {
 }
 
 impl EndpointSource for EtcdSource {
-    fn into_sets(self, _: RefreshHints) -> BoxStream<'static, Result<Vec<Endpoint>, BoxError>> {
+    fn into_sets(self, hints: RefreshHints) -> BoxStream<'static, Result<Vec<Endpoint>, BoxError>> {
         let watching = Watching {
             retry: self.min_retry,
             source: self,
-            set: BTreeMap::new(),
+            hints,
+            keys: BTreeMap::new(),
+            skipped: Skipped::new(),
             watch: None,
         };
         stream::unfold(watching, |mut watching| async move {
@@ -267,10 +357,11 @@ mod tests {
 
     #[test]
     fn documents_give_url_weight_and_labels_and_bad_ones_say_why() {
-        let endpoint =
-            parse(br#"{"url": "http://10.0.0.7:8080", "weight": 2, "metadata": {"zone": "a"}}"#)
+        let (url, endpoint) =
+            parse(br#"{"url": "HTTP://10.0.0.7:8080/", "weight": 2, "metadata": {"zone": "a"}}"#)
                 .unwrap();
-        assert_eq!(endpoint.url(), "http://10.0.0.7:8080");
+        assert_eq!(url, "http://10.0.0.7:8080");
+        assert_eq!(endpoint.url(), "HTTP://10.0.0.7:8080/");
         assert_eq!(endpoint.weight(), 2);
         assert_eq!(endpoint.labels().get("zone"), Some("a"));
         assert!(parse(br#"{"url": "http://10.0.0.7:8080"}"#).is_ok());
@@ -279,8 +370,50 @@ mod tests {
             br#"{"weight": 2}"#,
             br#"{"url": 7}"#,
             br#"{"url": "http://a:1", "extra": 1}"#,
+            br#"{"url": "http://a:1/?q=1"}"#,
+            br#"{"url": "http://a:1/#top"}"#,
+            br#"{"url": "ftp://a:21"}"#,
+            br#"{"url": "http://a:1", "weight": 10001}"#,
         ] {
             assert!(parse(bad).is_err(), "{}", String::from_utf8_lossy(bad));
         }
+        assert!(parse(br#"{"url": "http://a:1", "weight": 10000}"#).is_ok());
+    }
+
+    #[test]
+    fn an_address_under_two_keys_is_one_endpoint_with_the_newest_keys_weight() {
+        let keys = |entries: &[(&str, i64, &str)]| -> BTreeMap<Vec<u8>, Registration> {
+            entries
+                .iter()
+                .map(|(key, revision, value)| {
+                    (
+                        key.as_bytes().to_vec(),
+                        Registration::new(*revision, value.as_bytes()),
+                    )
+                })
+                .collect()
+        };
+        let old = r#"{"url": "http://a:1/", "weight": 5}"#;
+        let new = r#"{"url": "http://A:1", "weight": 3}"#;
+        let other = r#"{"url": "http://b:1"}"#;
+        // The newer key wins whatever the key order.
+        for (first, second) in [("k1", "k2"), ("k2", "k1")] {
+            let (set, skipped) =
+                resolve(&keys(&[(first, 7, old), (second, 9, new), ("z", 8, other)]));
+            assert_eq!(
+                set.iter()
+                    .map(|e| (e.url(), e.weight()))
+                    .collect::<Vec<_>>(),
+                [("http://A:1", 3), ("http://b:1", 1)]
+            );
+            assert_eq!(skipped.keys().collect::<Vec<_>>(), [first.as_bytes()]);
+        }
+        // Within one revision, the first key in key order.
+        let (set, skipped) = resolve(&keys(&[("k1", 7, old), ("k2", 7, new), ("bad", 7, "{}")]));
+        assert_eq!(set.iter().map(Endpoint::weight).collect::<Vec<_>>(), [5]);
+        assert_eq!(
+            skipped.keys().collect::<Vec<_>>(),
+            [&b"bad"[..], &b"k2"[..]]
+        );
     }
 }

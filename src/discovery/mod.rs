@@ -88,10 +88,13 @@ where
 }
 
 /// What the request path tells discovery: a burst of connect failures
-/// (three since the source last looked) suggests the set is stale.
+/// (three since the source last looked) suggests the set is stale. It also
+/// carries one figure back: the endpoints a source skipped.
 #[derive(Clone, Debug)]
 pub struct RefreshHints {
     failures: Arc<ConnectFailures>,
+    /// Where [`RefreshHints::skipped`] counts; `None` when detached.
+    balancer: Option<Arc<WeakBalancer>>,
 }
 
 impl RefreshHints {
@@ -107,10 +110,26 @@ impl RefreshHints {
         self.failures.refreshed();
     }
 
+    /// Tells the balancer the source left `count` endpoints it listed out
+    /// of the sets it yields, as invalid (a bad URL or weight, a duplicate
+    /// address): added to [`DiscoveryStats::skipped`]. A source that skips
+    /// on its own (as the etcd source does, to name the key in its log)
+    /// reports here; detached hints count nowhere.
+    ///
+    /// ```
+    /// tower_lb::RefreshHints::detached().skipped(1);
+    /// ```
+    pub fn skipped(&self, count: u64) {
+        if let Some(balancer) = self.balancer.as_ref().and_then(|b| b.upgrade()) {
+            balancer.update_discovery(|stats| stats.skipped += count);
+        }
+    }
+
     /// Hints no balancer feeds, for driving a source by hand (in a test).
     pub fn detached() -> Self {
         RefreshHints {
             failures: Arc::default(),
+            balancer: None,
         }
     }
 }
@@ -140,6 +159,7 @@ impl Balancer {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
         let hints = RefreshHints {
             failures: self.connect_failures().clone(),
+            balancer: Some(Arc::new(self.downgrade())),
         };
         self.update_discovery(|stats| *stats = DiscoveryStats::default());
         let weak = self.downgrade();

@@ -121,6 +121,9 @@ pub struct DiscoveryStats {
     pub last_refresh: Option<std::time::SystemTime>,
     /// Endpoints in the last set applied.
     pub endpoints: usize,
+    /// Endpoints a source listed that were skipped as invalid (a bad URL or
+    /// weight, a duplicate address): the others were applied.
+    pub skipped: u64,
     /// Failures: source errors, empty sets, refused sets, a panic.
     pub errors: u64,
     /// The last failure, in words.

@@ -142,6 +142,22 @@ impl EtcdServer {
         client.put(key, value, None).await.expect("put");
     }
 
+    /// Puts every pair, a hundred to a transaction (etcd's default limit
+    /// is 128 operations and 1.5 MiB per request).
+    pub async fn put_all(&self, pairs: &[(String, String)]) {
+        let mut client = self.client().await.expect("etcd answers");
+        for chunk in pairs.chunks(100) {
+            let puts: Vec<etcd_client::TxnOp> = chunk
+                .iter()
+                .map(|(key, value)| etcd_client::TxnOp::put(key.as_str(), value.as_str(), None))
+                .collect();
+            client
+                .txn(etcd_client::Txn::new().and_then(puts))
+                .await
+                .expect("a transaction of puts");
+        }
+    }
+
     /// Deletes `key`.
     pub async fn delete(&self, key: &str) {
         let mut client = self.client().await.expect("etcd answers");
