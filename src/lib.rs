@@ -92,6 +92,10 @@ pub use endpoint::{
     DiscoveryStats, Endpoint, EndpointStats, FailureCounts, IntoEndpoint, Labels, Stats, MAX_WEIGHT,
 };
 pub use error::{BoxError, Error};
+/// The etcd client [`EtcdSource`] uses, for its
+/// [`ConnectOptions`](etcd_client::ConnectOptions) (feature `etcd`).
+#[cfg(feature = "etcd")]
+pub use etcd_client;
 pub use health::{HealthEvent, OutlierDetection, Retries, Retryable};
 pub use layer::BalanceLayer;
 pub use per_endpoint::PerEndpointService;

@@ -280,3 +280,64 @@ async fn each_bad_key_is_skipped_alone_at_start_and_good_keys_put_after_one_are_
     assert_eq!(sorted_urls(&balancer).len(), 3);
     assert_eq!(balancer.stats().discovery.unwrap().errors, 0);
 }
+
+/// Defect: with 1,000 keys of 5 KB under the prefix, the one read answered
+/// more than gRPC's 4 MiB limit and failed forever. The read is paged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefix_over_four_mebibytes_is_read_whole_and_then_followed() {
+    let Some(etcd) = EtcdServer::start().await else {
+        return;
+    };
+    let padding = "x".repeat(5_000);
+    let pairs: Vec<(String, String)> = (0..1_000)
+        .map(|i| {
+            let url = format!("http://127.0.0.1:{}", 20_000 + i);
+            let value = format!(
+                r#"{{"url": "{url}", "metadata": {{"zone": "a", "padding": "{padding}"}}}}"#
+            );
+            (key(&format!("{i:04}")), value)
+        })
+        .collect();
+    assert!(pairs.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() > 5_000_000);
+    etcd.put_all(&pairs).await;
+    let balancer = Balancer::builder().build().unwrap();
+    balancer
+        .discover(EtcdSource::new([etcd.url.clone()], PREFIX))
+        .unwrap();
+    let read = within(Duration::from_secs(10), "1,000 keys of 5 KB", || {
+        balancer.stats().endpoints.len() == 1_000
+    })
+    .await;
+    let stats = balancer.stats();
+    assert!(stats.endpoint("http://127.0.0.1:20999").is_some());
+    assert_eq!(stats.discovery.unwrap().errors, 0);
+    // The watch starts after the paged read.
+    etcd.put(&key("new"), &document("http://127.0.0.1:21000", 1, "a"))
+        .await;
+    within(Duration::from_secs(2), "a put after the paged read", || {
+        balancer.stats().endpoints.len() == 1_001
+    })
+    .await;
+    // A limit under one page's size: the pages are asked for in halves.
+    let small = Balancer::builder().build().unwrap();
+    let options = tower_lb::etcd_client::ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(1))
+        .with_keep_alive(Duration::from_secs(1), Duration::from_secs(1));
+    small
+        .discover(
+            EtcdSource::new([etcd.url.clone()], PREFIX)
+                .connect_options(options)
+                .max_message_size(64 << 10),
+        )
+        .unwrap();
+    let halved = within(
+        Duration::from_secs(10),
+        "pages under a 64 KiB limit",
+        || small.stats().endpoints.len() == 1_001,
+    )
+    .await;
+    assert_eq!(small.stats().discovery.unwrap().errors, 0);
+    println!(
+        "1,000 keys of 5 KB read and applied in {read:?}; under a 64 KiB message limit {halved:?}"
+    );
+}

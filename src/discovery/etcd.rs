@@ -4,7 +4,9 @@
 use std::collections::{btree_map, BTreeMap};
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions, EventType, GetOptions, WatchOptions, WatchStream};
+use etcd_client::{
+    Client, ConnectOptions, EventType, GetOptions, KvClient, WatchOptions, WatchStream,
+};
 use futures::stream::{self, BoxStream, StreamExt};
 use serde::Deserialize;
 
@@ -59,6 +61,25 @@ pub struct EtcdSource {
     prefix: String,
     min_retry: Duration,
     max_retry: Duration,
+    /// The user's connect options; `None`: [`default_options`].
+    options: Option<ConnectOptions>,
+    /// The largest message taken from etcd; `None`: gRPC's 4 MiB.
+    max_message_size: Option<usize>,
+}
+
+/// Keys per range request of a read: a page of 100 values of the 5 KB an
+/// endpoint document hardly exceeds is 0.5 MB, well under gRPC's 4 MiB. A
+/// page that is still too large (values near etcd's 1.5 MiB limit) is asked
+/// for again in halves.
+const PAGE: i64 = 100;
+
+/// The connect options used unless [`EtcdSource::connect_options`] says
+/// otherwise.
+fn default_options() -> ConnectOptions {
+    ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_keep_alive(Duration::from_secs(1), Duration::from_secs(1))
+        .with_keep_alive_while_idle(true)
 }
 
 /// One endpoint's value.
@@ -88,7 +109,54 @@ impl EtcdSource {
             prefix: prefix.into(),
             min_retry: Duration::from_millis(200),
             max_retry: Duration::from_secs(5),
+            options: None,
+            max_message_size: None,
         }
+    }
+
+    /// Connects with `options` (etcd-client's, re-exported as
+    /// [`tower_lb::etcd_client`](crate::etcd_client)): user and password,
+    /// TLS, timeouts, keep-alive, `require_leader`. They replace the
+    /// defaults as a whole: a 2 s connect timeout and keep-alive pings every
+    /// second with 1 s to answer, also while idle (which is how a frozen
+    /// etcd is noticed in about 2 s); set those again if you want them.
+    /// For TLS, enable etcd-client's `tls` feature in your own
+    /// `Cargo.toml` (`etcd-client = { version = "0.21", features = ["tls"] }`):
+    /// Cargo builds one etcd-client for both.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_lb::{etcd_client::ConnectOptions, EtcdSource};
+    ///
+    /// let options = ConnectOptions::new()
+    ///     .with_user("discovery", "secret")
+    ///     .with_connect_timeout(Duration::from_secs(1))
+    ///     .with_keep_alive(Duration::from_secs(1), Duration::from_secs(1))
+    ///     .with_keep_alive_while_idle(true);
+    /// let source = EtcdSource::new(["http://127.0.0.1:2379"], "/services/api/")
+    ///     .connect_options(options);
+    /// # drop(source);
+    /// ```
+    pub fn connect_options(mut self, options: ConnectOptions) -> Self {
+        self.options = Some(options);
+        self
+    }
+
+    /// The largest message taken from etcd, in bytes (default: gRPC's
+    /// 4 MiB). Reads are paged (100 keys a request, fewer when a page is
+    /// too large), so a large prefix needs no larger limit; one watch
+    /// answer holds the changes of one revision, and a transaction that
+    /// writes more than 4 MiB under the prefix at once needs one (without
+    /// it, the watch fails and the source reads the prefix again, paged).
+    ///
+    /// ```
+    /// let source = tower_lb::EtcdSource::new(["http://127.0.0.1:2379"], "/services/api/")
+    ///     .max_message_size(16 << 20);
+    /// # drop(source);
+    /// ```
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = Some(bytes);
+        self
     }
 
     /// Waits between attempts while etcd is unreachable: `min`, doubling
@@ -116,11 +184,93 @@ impl EtcdSource {
     }
 
     async fn connect(&self) -> Result<Client, BoxError> {
-        let options = ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(2))
-            .with_keep_alive(Duration::from_secs(1), Duration::from_secs(1))
-            .with_keep_alive_while_idle(true);
+        let options = self.options.clone().unwrap_or_else(default_options);
         Ok(Client::connect(&self.endpoints, Some(options)).await?)
+    }
+
+    /// The client's key-value half, with the message limit.
+    fn kv(&self, client: &Client) -> KvClient {
+        match self.max_message_size {
+            Some(bytes) => client.kv_client().max_decoding_message_size(bytes),
+            None => client.kv_client(),
+        }
+    }
+
+    /// Watches the prefix from `revision`.
+    async fn watch(&self, client: &Client, revision: i64) -> Result<WatchStream, BoxError> {
+        let mut watch = match self.max_message_size {
+            Some(bytes) => client.watch_client().max_decoding_message_size(bytes),
+            None => client.watch_client(),
+        };
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(revision + 1);
+        Ok(watch.watch(self.prefix.as_str(), Some(options)).await?)
+    }
+}
+
+/// The first key after every key that starts with `prefix`, as etcd's
+/// prefix ranges end (`\0`, every key, when there is none).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// Whether `error` is gRPC's "decoded message length too large" (tonic's
+/// words; etcd's own out-of-range answers, such as a compacted revision,
+/// say other things).
+fn too_large(error: &etcd_client::Error) -> bool {
+    matches!(error, etcd_client::Error::GRpcStatus(status)
+        if status.message().contains("message length too large"))
+}
+
+/// Every key under `prefix`, read in pages at one revision (the first
+/// page's, so the keys are one consistent set), and that revision.
+async fn read_prefix(
+    kv: &mut KvClient,
+    prefix: &[u8],
+) -> Result<(i64, BTreeMap<Vec<u8>, Registration>), BoxError> {
+    let end = prefix_end(prefix);
+    // etcd takes no empty key: the whole key space starts at `\0`.
+    let mut from = if prefix.is_empty() {
+        vec![0]
+    } else {
+        prefix.to_vec()
+    };
+    let mut revision = None;
+    let mut limit = PAGE;
+    let mut keys = BTreeMap::new();
+    loop {
+        let mut options = GetOptions::new().with_range(end.clone()).with_limit(limit);
+        if let Some(revision) = revision {
+            options = options.with_revision(revision);
+        }
+        let page = match kv.get(from.clone(), Some(options)).await {
+            Ok(page) => page,
+            Err(error) if limit > 1 && too_large(&error) => {
+                limit /= 2;
+                continue;
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let at = *revision.get_or_insert_with(|| page.header().map_or(0, |h| h.revision()));
+        for kv in page.kvs() {
+            let registration = Registration::new(kv.mod_revision(), kv.value());
+            keys.insert(kv.key().to_vec(), registration);
+        }
+        match page.kvs().last() {
+            Some(last) if page.more() => {
+                from = last.key().to_vec();
+                from.push(0);
+            }
+            _ => return Ok((at, keys)),
+        }
     }
 }
 
@@ -234,27 +384,14 @@ impl Watching {
         set
     }
 
-    /// Reads every key under the prefix and starts a watch from that
-    /// revision.
+    /// Reads every key under the prefix (in pages, at one revision) and
+    /// starts a watch from that revision.
     async fn read_all(&mut self) -> Result<(), BoxError> {
-        let mut client = self.source.connect().await?;
-        let prefix = self.source.prefix.clone();
-        let answer = client
-            .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
-            .await?;
-        let revision = answer.header().map_or(0, |h| h.revision());
-        self.keys = answer
-            .kvs()
-            .iter()
-            .map(|kv| {
-                let registration = Registration::new(kv.mod_revision(), kv.value());
-                (kv.key().to_vec(), registration)
-            })
-            .collect();
-        let options = WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(revision + 1);
-        let watch = client.watch(prefix.as_str(), Some(options)).await?;
+        let client = self.source.connect().await?;
+        let mut kv = self.source.kv(&client);
+        let (revision, keys) = read_prefix(&mut kv, self.source.prefix.as_bytes()).await?;
+        let watch = self.source.watch(&client, revision).await?;
+        self.keys = keys;
         self.watch = Some((client, watch));
         Ok(())
     }
@@ -333,6 +470,14 @@ impl EndpointSource for EtcdSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_prefix_range_ends_after_every_key_that_starts_with_it() {
+        assert_eq!(prefix_end(b"/a/"), b"/a0");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff\xff"), [0]);
+        assert_eq!(prefix_end(b""), [0]);
+    }
 
     #[test]
     fn absurd_retry_bounds_get_their_documented_meaning() {
