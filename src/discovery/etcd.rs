@@ -7,7 +7,7 @@ use std::time::Duration;
 use etcd_client::{
     Client, ConnectOptions, EventType, GetOptions, KvClient, WatchOptions, WatchStream,
 };
-use futures::stream::{self, BoxStream, StreamExt};
+use futures::stream::{self, BoxStream, FuturesUnordered, StreamExt};
 use serde::Deserialize;
 
 use super::{EndpointSource, RefreshHints};
@@ -37,14 +37,18 @@ use crate::error::BoxError;
 /// transaction, the key first in key order); the other key counts as
 /// skipped, and takes over when the winner is deleted.
 ///
-/// The source reads every key under the prefix, then watches the prefix
-/// from the revision of that read, so no change between the two is missed;
-/// each change gives a new full set. When the watch fails (etcd restarted,
-/// unreachable) or is cancelled (its revision was compacted), the source
-/// reads everything again and watches from there, retrying after 200 ms,
-/// doubling up to 5 s while etcd stays away; meanwhile the last good set
-/// keeps serving. The connection checks the server with keep-alive pings
-/// every second (1 s to answer), so a frozen etcd is noticed in about 2 s.
+/// The source reads every key under the prefix (in pages, at one
+/// revision), then watches the prefix from the revision of that read, so
+/// no change between the two is missed; each change gives a new full set.
+/// It asks every member in `endpoints` at once and uses the first that
+/// answers (within 2 s), so a dead or frozen member delays nothing. When
+/// the watch fails (etcd restarted, unreachable, the member gone) or is
+/// cancelled (its revision was compacted), the source asks the members
+/// again at once, reads everything again and watches from there; while
+/// none answers it retries after 200 ms, doubling up to 5 s, and the last
+/// good set keeps serving. The connection checks the member with
+/// keep-alive pings every second (1 s to answer), so a frozen etcd is
+/// noticed in about 2 s.
 ///
 /// ```no_run
 /// use tower_lb::{Balancer, EtcdSource};
@@ -72,6 +76,10 @@ pub struct EtcdSource {
 /// page that is still too large (values near etcd's 1.5 MiB limit) is asked
 /// for again in halves.
 const PAGE: i64 = 100;
+
+/// How long one attempt waits for a member's first answer (connect, log
+/// in, one small read) before it counts that member as failed.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The connect options used unless [`EtcdSource::connect_options`] says
 /// otherwise.
@@ -183,9 +191,49 @@ impl EtcdSource {
         self
     }
 
-    async fn connect(&self) -> Result<Client, BoxError> {
+    /// A client of the first member that answers: every member is asked
+    /// at once (connect, log in, a one-key read of the prefix, within
+    /// [`ATTEMPT_TIMEOUT`]), so a dead or frozen member costs one attempt
+    /// beside the others, never a wait before them. The losers' attempts
+    /// are dropped.
+    async fn connect(&self) -> Result<(Client, KvClient), BoxError> {
         let options = self.options.clone().unwrap_or_else(default_options);
-        Ok(Client::connect(&self.endpoints, Some(options)).await?)
+        let prefix = self.prefix.as_bytes();
+        let mut attempts: FuturesUnordered<_> = self
+            .endpoints
+            .iter()
+            .map(|member| {
+                let options = options.clone();
+                let attempt = async move {
+                    let client = Client::connect([member.as_str()], Some(options)).await?;
+                    let mut kv = self.kv(&client);
+                    let probe = GetOptions::new()
+                        .with_range(prefix_end(prefix))
+                        .with_limit(1)
+                        .with_keys_only();
+                    kv.get(first_key(prefix), Some(probe)).await?;
+                    Ok::<_, etcd_client::Error>((client, kv))
+                };
+                async move {
+                    match tokio::time::timeout(ATTEMPT_TIMEOUT, attempt).await {
+                        Ok(Ok(found)) => Ok(found),
+                        Ok(Err(error)) => Err(format!("{member}: {error}")),
+                        Err(_) => Err(format!("{member}: no answer within {ATTEMPT_TIMEOUT:?}")),
+                    }
+                }
+            })
+            .collect();
+        let mut failures = Vec::new();
+        while let Some(attempt) = attempts.next().await {
+            match attempt {
+                Ok(found) => return Ok(found),
+                Err(failure) => failures.push(failure),
+            }
+        }
+        if failures.is_empty() {
+            return Err("no etcd endpoint was given".into());
+        }
+        Err(format!("no etcd member answered: {}", failures.join("; ")).into())
     }
 
     /// The client's key-value half, with the message limit.
@@ -222,6 +270,16 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
+/// The first key of a prefix range: the prefix itself, or `\0` for the
+/// whole key space (etcd takes no empty key).
+fn first_key(prefix: &[u8]) -> Vec<u8> {
+    if prefix.is_empty() {
+        vec![0]
+    } else {
+        prefix.to_vec()
+    }
+}
+
 /// Whether `error` is gRPC's "decoded message length too large" (tonic's
 /// words; etcd's own out-of-range answers, such as a compacted revision,
 /// say other things).
@@ -237,12 +295,7 @@ async fn read_prefix(
     prefix: &[u8],
 ) -> Result<(i64, BTreeMap<Vec<u8>, Registration>), BoxError> {
     let end = prefix_end(prefix);
-    // etcd takes no empty key: the whole key space starts at `\0`.
-    let mut from = if prefix.is_empty() {
-        vec![0]
-    } else {
-        prefix.to_vec()
-    };
+    let mut from = first_key(prefix);
     let mut revision = None;
     let mut limit = PAGE;
     let mut keys = BTreeMap::new();
@@ -387,8 +440,7 @@ impl Watching {
     /// Reads every key under the prefix (in pages, at one revision) and
     /// starts a watch from that revision.
     async fn read_all(&mut self) -> Result<(), BoxError> {
-        let client = self.source.connect().await?;
-        let mut kv = self.source.kv(&client);
+        let (client, mut kv) = self.source.connect().await?;
         let (revision, keys) = read_prefix(&mut kv, self.source.prefix.as_bytes()).await?;
         let watch = self.source.watch(&client, revision).await?;
         self.keys = keys;
