@@ -45,8 +45,8 @@ use crate::error::BoxError;
 /// the watch fails (etcd restarted, unreachable, the member gone) or is
 /// cancelled (its revision was compacted), the source asks the members
 /// again at once, reads everything again and watches from there; while
-/// none answers it retries after 200 ms, doubling up to 5 s, and the last
-/// good set keeps serving. The connection checks the member with
+/// none answers it retries after 100 ms, doubling up to 1 s (±20% at
+/// random), and the last good set keeps serving. The connection checks the member with
 /// keep-alive pings every second (1 s to answer), so a frozen etcd is
 /// noticed in about 2 s.
 ///
@@ -115,8 +115,8 @@ impl EtcdSource {
         EtcdSource {
             endpoints: endpoints.into_iter().map(Into::into).collect(),
             prefix: prefix.into(),
-            min_retry: Duration::from_millis(200),
-            max_retry: Duration::from_secs(5),
+            min_retry: Duration::from_millis(100),
+            max_retry: Duration::from_secs(1),
             options: None,
             max_message_size: None,
         }
@@ -168,7 +168,10 @@ impl EtcdSource {
     }
 
     /// Waits between attempts while etcd is unreachable: `min`, doubling
-    /// up to `max` (defaults 200 ms and 5 s).
+    /// up to `max` (defaults 100 ms and 1 s), each wait drawn at random
+    /// within ±20% so that clients that lost etcd together do not come
+    /// back in step. The ceiling bounds how long a restarted etcd waits
+    /// for the source: at most `max` + 20% after it answers again.
     ///
     /// Out-of-range values have a fixed meaning, never a panic: `min`
     /// below 10 ms (zero included) is raised to 10 ms, `max` below `min`
@@ -268,6 +271,14 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
         }
     }
     vec![0]
+}
+
+/// `wait` ±20%, at random: clients that lost etcd at the same moment
+/// spread their retries instead of arriving together. A wait too long to
+/// scale (`Duration::MAX`, "never") stays as it is.
+fn jittered(wait: Duration) -> Duration {
+    let factor = 0.8 + 0.4 * fastrand::f64();
+    Duration::try_from_secs_f64(wait.as_secs_f64() * factor).unwrap_or(wait)
 }
 
 /// The first key of a prefix range: the prefix itself, or `\0` for the
@@ -459,7 +470,7 @@ impl Watching {
                     }
                     Err(error) => {
                         // tokio caps a sleep at about 30 years itself.
-                        tokio::time::sleep(self.retry).await;
+                        tokio::time::sleep(jittered(self.retry)).await;
                         self.retry = doubled_up_to(self.retry, self.source.max_retry);
                         Err(error)
                     }
@@ -529,6 +540,19 @@ mod tests {
         assert_eq!(prefix_end(b"a\xff"), b"b");
         assert_eq!(prefix_end(b"\xff\xff"), [0]);
         assert_eq!(prefix_end(b""), [0]);
+    }
+
+    #[test]
+    fn retries_are_spread_twenty_percent_either_way_and_never_is_kept() {
+        let wait = Duration::from_secs(1);
+        let draws: Vec<Duration> = (0..1_000).map(|_| jittered(wait)).collect();
+        assert!(draws
+            .iter()
+            .all(|d| (Duration::from_millis(800)..=Duration::from_millis(1_200)).contains(d)));
+        assert!(draws.iter().any(|d| *d < Duration::from_millis(850)));
+        assert!(draws.iter().any(|d| *d > Duration::from_millis(1_150)));
+        assert!(jittered(Duration::MAX) >= Duration::from_secs(u64::MAX / 2));
+        assert_eq!(jittered(Duration::ZERO), Duration::ZERO);
     }
 
     #[test]

@@ -115,6 +115,11 @@ impl EtcdServer {
         etcd_client::Client::connect([self.url.as_str()], Some(options)).await
     }
 
+    /// The port clients connect to.
+    pub fn client_port(&self) -> u16 {
+        self.client_port
+    }
+
     /// Kills the process (SIGKILL), as a crash would.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
