@@ -499,3 +499,103 @@ async fn etcd_recovery_figures_at_several_restart_moments() {
         println!("etcd away {outage} ms: put after the restart applied in {figures:?}");
     }
 }
+
+/// Defect: every watch event rebuilt the whole set (999 puts, 999
+/// rebuilds; the full set 2.1 to 3.7 s after the last put). Events that
+/// arrive together are one set, and only changed sets count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_puts_is_applied_in_far_fewer_sets_and_the_last_set_is_whole() {
+    let Some(etcd) = EtcdServer::start().await else {
+        return;
+    };
+    etcd.put(&key("0000"), &document("http://127.0.0.1:20000", 1, "a"))
+        .await;
+    let balancer = Balancer::builder().build().unwrap();
+    balancer
+        .discover(EtcdSource::new([etcd.url.clone()], PREFIX))
+        .unwrap();
+    within(Duration::from_secs(5), "first set", || {
+        balancer.stats().endpoints.len() == 1
+    })
+    .await;
+    let before = balancer.stats().discovery.unwrap().refreshes;
+    // Ten writers registering 30 instances each at once, as a fleet does.
+    let mut writers = Vec::new();
+    for w in 0..10 {
+        let mut client = etcd.client().await.expect("etcd answers");
+        writers.push(tokio::spawn(async move {
+            for i in 1..=30 {
+                let n = w * 30 + i;
+                let url = format!("http://127.0.0.1:{}", 20_000 + n);
+                client
+                    .put(key(&format!("{n:04}")), document(&url, 1, "a"), None)
+                    .await
+                    .expect("put");
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let whole = within(Duration::from_secs(10), "all 301 endpoints", || {
+        balancer.stats().endpoints.len() == 301
+    })
+    .await;
+    let burst = balancer.stats().discovery.unwrap().refreshes - before;
+    // The same value again changes nothing, and is no refresh.
+    etcd.put(&key("0000"), &document("http://127.0.0.1:20000", 1, "a"))
+        .await;
+    etcd.put(&key("0301"), &document("http://127.0.0.1:20301", 1, "a"))
+        .await;
+    within(Duration::from_secs(1), "one more", || {
+        balancer.stats().endpoints.len() == 302
+    })
+    .await;
+    let refreshes = balancer.stats().discovery.unwrap().refreshes - before;
+    println!("300 puts from 10 writers: {burst} sets; whole {whole:?} after the last put");
+    assert!(burst <= 60, "{burst} sets for 300 puts");
+    assert_eq!(
+        refreshes,
+        burst + 1,
+        "an unchanged value counted as a refresh"
+    );
+}
+
+/// The figure of docs/discovery.md: 999 puts one after the other, and the
+/// time from the last to the whole set.
+/// `cargo test -j 2 --all-features --test integration figures_of_999 -- --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn figures_of_999_single_puts_sets_and_time_to_the_whole_set() {
+    let Some(etcd) = EtcdServer::start().await else {
+        return;
+    };
+    etcd.put(&key("0000"), &document("http://127.0.0.1:20000", 1, "a"))
+        .await;
+    let balancer = Balancer::builder().build().unwrap();
+    balancer
+        .discover(EtcdSource::new([etcd.url.clone()], PREFIX))
+        .unwrap();
+    within(Duration::from_secs(5), "first set", || {
+        balancer.stats().endpoints.len() == 1
+    })
+    .await;
+    let mut client = etcd.client().await.unwrap();
+    let started = Instant::now();
+    for n in 1..=999 {
+        let url = format!("http://127.0.0.1:{}", 20_000 + n);
+        client
+            .put(key(&format!("{n:04}")), document(&url, 1, "a"), None)
+            .await
+            .unwrap();
+    }
+    let puts = started.elapsed();
+    let whole = within(Duration::from_secs(20), "all 1,000 endpoints", || {
+        balancer.stats().endpoints.len() == 1_000
+    })
+    .await;
+    let refreshes = balancer.stats().discovery.unwrap().refreshes;
+    println!(
+        "999 single puts in {puts:?}: {refreshes} sets in all; whole set {whole:?} after the last"
+    );
+    assert!(refreshes < 999, "{refreshes} sets for 999 puts");
+}

@@ -5,10 +5,12 @@ use std::collections::{btree_map, BTreeMap};
 use std::time::Duration;
 
 use etcd_client::{
-    Client, ConnectOptions, EventType, GetOptions, KvClient, WatchOptions, WatchStream,
+    Client, ConnectOptions, EventType, GetOptions, KvClient, WatchOptions, WatchResponse,
+    WatchStream,
 };
 use futures::stream::{self, BoxStream, FuturesUnordered, StreamExt};
 use serde::Deserialize;
+use tokio::time::Instant;
 
 use super::{EndpointSource, RefreshHints};
 use crate::clock::doubled_up_to;
@@ -39,7 +41,9 @@ use crate::error::BoxError;
 ///
 /// The source reads every key under the prefix (in pages, at one
 /// revision), then watches the prefix from the revision of that read, so
-/// no change between the two is missed; each change gives a new full set.
+/// no change between the two is missed. Changes that arrive together
+/// (each within 5 ms of the one before, for at most 50 ms) give one new
+/// full set, and a set equal to the last one is not handed out.
 /// It asks every member in `endpoints` at once and uses the first that
 /// answers (within 2 s), so a dead or frozen member delays nothing. When
 /// the watch fails (etcd restarted, unreachable, the member gone) or is
@@ -76,6 +80,15 @@ pub struct EtcdSource {
 /// page that is still too large (values near etcd's 1.5 MiB limit) is asked
 /// for again in halves.
 const PAGE: i64 = 100;
+
+/// Changes are gathered into one set while each follows the one before
+/// within this (a burst of registrations, or what queued while the
+/// balancer applied the last set)...
+const BATCH_QUIET: Duration = Duration::from_millis(5);
+
+/// ... for at most this long after the first, so that a steady stream of
+/// changes still gives a set this often.
+const BATCH_MAX: Duration = Duration::from_millis(50);
 
 /// How long one attempt waits for a member's first answer (connect, log
 /// in, one small read) before it counts that member as failed.
@@ -426,6 +439,8 @@ struct Watching {
     skipped: Skipped,
     watch: Option<(Client, WatchStream)>,
     retry: Duration,
+    /// The last set handed out.
+    last: Option<Vec<Endpoint>>,
 }
 
 impl Watching {
@@ -459,56 +474,95 @@ impl Watching {
         Ok(())
     }
 
-    /// The next full set: after a (re)read, or after a change.
+    /// The next full set that differs from the last one handed out: after
+    /// a (re)read, or after changes. Changes that follow one another
+    /// closely (each within [`BATCH_QUIET`] of the one before, for at most
+    /// [`BATCH_MAX`]) are one set.
     async fn next_set(&mut self) -> Result<Vec<Endpoint>, BoxError> {
         loop {
             let Some((_, watch)) = self.watch.as_mut() else {
-                return match self.read_all().await {
+                match self.read_all().await {
                     Ok(()) => {
                         self.retry = self.source.min_retry;
-                        Ok(self.current())
+                        match self.changed() {
+                            Some(set) => return Ok(set),
+                            None => continue,
+                        }
                     }
                     Err(error) => {
                         // tokio caps a sleep at about 30 years itself.
                         tokio::time::sleep(jittered(self.retry)).await;
                         self.retry = doubled_up_to(self.retry, self.source.max_retry);
-                        Err(error)
+                        return Err(error);
                     }
+                }
+            };
+            let answer = watch.message().await;
+            if !self.apply(answer) {
+                continue;
+            }
+            let first = Instant::now();
+            let mut last = first;
+            while let Some((_, watch)) = self.watch.as_mut() {
+                let until = (last + BATCH_QUIET).min(first + BATCH_MAX);
+                let Ok(answer) = tokio::time::timeout_at(until, watch.message()).await else {
+                    break;
                 };
-            };
-            let answer = match watch.message().await {
-                Ok(Some(answer)) => answer,
-                Ok(None) | Err(_) => {
-                    tracing::debug!("etcd discovery: watch ended; reading again");
-                    self.watch = None;
-                    continue;
-                }
-            };
-            if answer.canceled() {
-                tracing::debug!(
-                    compacted = answer.compact_revision(),
-                    "etcd discovery: watch cancelled; reading again"
-                );
-                self.watch = None;
-                continue;
-            }
-            if answer.events().is_empty() {
-                continue;
-            }
-            for event in answer.events() {
-                let Some(kv) = event.kv() else { continue };
-                match event.event_type() {
-                    EventType::Put => {
-                        let registration = Registration::new(kv.mod_revision(), kv.value());
-                        self.keys.insert(kv.key().to_vec(), registration);
-                    }
-                    EventType::Delete => {
-                        self.keys.remove(kv.key());
-                    }
+                if self.apply(answer) {
+                    last = Instant::now();
                 }
             }
-            return Ok(self.current());
+            if let Some(set) = self.changed() {
+                return Ok(set);
+            }
         }
+    }
+
+    /// Applies one watch answer's changes to the keys; false if it held
+    /// none. A watch that failed, ended or was cancelled (its revision
+    /// compacted) is dropped, and the next turn reads everything again.
+    fn apply(&mut self, answer: Result<Option<WatchResponse>, etcd_client::Error>) -> bool {
+        let answer = match answer {
+            Ok(Some(answer)) => answer,
+            Ok(None) | Err(_) => {
+                tracing::debug!("etcd discovery: watch ended; reading again");
+                self.watch = None;
+                return false;
+            }
+        };
+        if answer.canceled() {
+            tracing::debug!(
+                compacted = answer.compact_revision(),
+                "etcd discovery: watch cancelled; reading again"
+            );
+            self.watch = None;
+            return false;
+        }
+        for event in answer.events() {
+            let Some(kv) = event.kv() else { continue };
+            match event.event_type() {
+                EventType::Put => {
+                    let registration = Registration::new(kv.mod_revision(), kv.value());
+                    self.keys.insert(kv.key().to_vec(), registration);
+                }
+                EventType::Delete => {
+                    self.keys.remove(kv.key());
+                }
+            }
+        }
+        !answer.events().is_empty()
+    }
+
+    /// The set the keys describe, if it differs from the last one handed
+    /// out: a put of the same value, or changes that undo each other, give
+    /// no set (and no refresh).
+    fn changed(&mut self) -> Option<Vec<Endpoint>> {
+        let set = self.current();
+        if self.last.as_ref() == Some(&set) {
+            return None;
+        }
+        self.last = Some(set.clone());
+        Some(set)
     }
 }
 
@@ -521,6 +575,7 @@ impl EndpointSource for EtcdSource {
             keys: BTreeMap::new(),
             skipped: Skipped::new(),
             watch: None,
+            last: None,
         };
         stream::unfold(watching, |mut watching| async move {
             let set = watching.next_set().await;
