@@ -94,6 +94,10 @@ pub use endpoint::{
     MAX_WEIGHT,
 };
 pub use error::{BoxError, Error, NotReadyReason};
+/// The etcd client [`EtcdSource`] uses, for its
+/// [`ConnectOptions`](etcd_client::ConnectOptions) (feature `etcd`).
+#[cfg(feature = "etcd")]
+pub use etcd_client;
 pub use health::{HealthEvent, OutlierDetection, Retries, Retryable};
 pub use layer::BalanceLayer;
 pub use per_endpoint::PerEndpointService;

@@ -231,7 +231,7 @@ async fn srv_weights_above_the_endpoint_maximum_are_scaled_keeping_their_ratios(
     let stats = balancer.stats();
     let weight = |port: u16| {
         stats
-            .endpoint(&format!("http://127.0.0.1:{port}"))
+            .endpoint(format!("http://127.0.0.1:{port}"))
             .unwrap()
             .weight
     };
@@ -329,7 +329,7 @@ async fn an_address_ejected_for_connect_failures_is_looked_up_again_until_it_lea
     // source keeps looking (0.1 s, 0.2 s, 0.4 s, 0.8 s after each other).
     let ejected = within(Duration::from_secs(5), "the dead address ejected", || {
         let stats = balancer.stats();
-        stats.endpoint(&url(8, port)).is_some_and(|e| e.ejected)
+        stats.endpoint(url(8, port)).is_some_and(|e| e.ejected)
             && stats.discovery.is_some_and(|d| d.refreshes >= 2)
     })
     .await;

@@ -101,7 +101,8 @@ where
 /// What the request path tells discovery: a burst of connect failures
 /// (three since the source last looked) suggests the set is stale, and so
 /// does an endpoint ejected after connect failures, from which no more
-/// failures come while it is out.
+/// failures come while it is out. It also carries one figure back: the
+/// endpoints a source skipped.
 #[derive(Clone, Debug)]
 pub struct RefreshHints {
     failures: Arc<ConnectFailures>,
@@ -141,6 +142,21 @@ impl RefreshHints {
     /// Tells the hints the source just looked the set up.
     pub fn refreshed(&self) {
         self.failures.refreshed();
+    }
+
+    /// Tells the balancer the source left `count` endpoints it listed out
+    /// of the sets it yields, as invalid (a bad URL or weight, a duplicate
+    /// address): added to [`DiscoveryStats::skipped`]. A source that skips
+    /// on its own (as the etcd source does, to name the key in its log)
+    /// reports here; detached hints count nowhere.
+    ///
+    /// ```
+    /// tower_lb::RefreshHints::detached().skipped(1);
+    /// ```
+    pub fn skipped(&self, count: u64) {
+        if let Some(balancer) = self.balancer.as_ref().and_then(|b| b.upgrade()) {
+            balancer.update_discovery(|stats| stats.skipped += count);
+        }
     }
 
     /// Hints no balancer feeds, for driving a source by hand (in a test).

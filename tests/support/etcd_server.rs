@@ -115,6 +115,11 @@ impl EtcdServer {
         etcd_client::Client::connect([self.url.as_str()], Some(options)).await
     }
 
+    /// The port clients connect to.
+    pub fn client_port(&self) -> u16 {
+        self.client_port
+    }
+
     /// Kills the process (SIGKILL), as a crash would.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -140,6 +145,22 @@ impl EtcdServer {
     pub async fn put(&self, key: &str, value: &str) {
         let mut client = self.client().await.expect("etcd answers");
         client.put(key, value, None).await.expect("put");
+    }
+
+    /// Puts every pair, a hundred to a transaction (etcd's default limit
+    /// is 128 operations and 1.5 MiB per request).
+    pub async fn put_all(&self, pairs: &[(String, String)]) {
+        let mut client = self.client().await.expect("etcd answers");
+        for chunk in pairs.chunks(100) {
+            let puts: Vec<etcd_client::TxnOp> = chunk
+                .iter()
+                .map(|(key, value)| etcd_client::TxnOp::put(key.as_str(), value.as_str(), None))
+                .collect();
+            client
+                .txn(etcd_client::Txn::new().and_then(puts))
+                .await
+                .expect("a transaction of puts");
+        }
     }
 
     /// Deletes `key`.
