@@ -2,12 +2,20 @@
 //! 64-bit circle, and a key belongs to the first point at or after its hash.
 //!
 //! Construction, fixed for compatibility between processes and versions:
-//! endpoint `i` gets `max(1, round(V × n × wᵢ / Σw))` points (`V` virtual
-//! nodes for an endpoint of average weight, fewer for all when the ring would
-//! exceed [`MAX_RING_POINTS`]); point `j` of an endpoint is
-//! `XXH3-64(canonical URL, seed = j)`. Points are independent of the order
-//! endpoints were added in, and raising a weight only adds points, so only
-//! the keys the new points take move.
+//! endpoint `i` gets `⌈P × wᵢ / s⌉` points, `P` points per unit of weight
+//! (`virtual_nodes`) and `s` the ring's scale: 1 while `P × Σw` is at most
+//! [`MAX_RING_POINTS`], else the smallest power of two that brings
+//! `P × Σw / s` within it. Point `j` of an endpoint is
+//! `XXH3-64(canonical URL, seed = j)`.
+//!
+//! So an endpoint's points depend on its own weight and, through `s`, on the
+//! total weight only: while `s` stays (always, while `P × Σw` fits), adding
+//! or removing an endpoint moves only its keys, and raising a weight only
+//! adds points. (NGINX lays 160 points per unit of weight the same way.)
+//! The scale bounds memory when weights or sets are large; it changes only
+//! when a change takes `P × Σw` across `2²⁰ × 2ᵏ`, and then every endpoint
+//! keeps a prefix of its points (`⌈⌈x⌉ / 2⌉ = ⌈x / 2⌉`). Points are
+//! independent of the order endpoints were added in.
 //!
 //! Lookup is a binary search narrowed by a prefix index: the top bits of a
 //! hash name a bucket that holds about one point, so a lookup touches two or
@@ -17,7 +25,8 @@ use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use crate::endpoint::Member;
 
-/// The most points a ring holds (about 20 MiB).
+/// The most points a ring holds at scale 1, and (plus one per endpoint) at
+/// any scale: about 16 MiB with the prefix index.
 pub(crate) const MAX_RING_POINTS: u64 = 1 << 20;
 
 #[derive(Debug)]
@@ -33,8 +42,8 @@ pub(crate) struct Ring {
 }
 
 impl Ring {
-    pub(crate) fn build(members: &[Member], virtual_nodes: u32) -> Ring {
-        let counts = point_counts(members, virtual_nodes);
+    pub(crate) fn build(members: &[Member], points_per_weight: u32) -> Ring {
+        let counts = point_counts(members, points_per_weight);
         let mut entries: Vec<(u64, u32)> = Vec::with_capacity(counts.iter().sum::<u64>() as usize);
         for (owner, (member, &count)) in members.iter().zip(&counts).enumerate() {
             let name = member.state.url.as_str().as_bytes();
@@ -96,22 +105,39 @@ impl Ring {
     }
 }
 
-/// Points per endpoint: proportional to weight, `virtual_nodes` for an
-/// endpoint of average weight, scaled down to fit [`MAX_RING_POINTS`].
-fn point_counts(members: &[Member], virtual_nodes: u32) -> Vec<u64> {
-    let n = members.len() as u64;
-    let total_weight: u64 = members.iter().map(|m| u64::from(m.weight)).sum();
-    if n == 0 || total_weight == 0 {
-        return vec![0; members.len()];
+/// Points per endpoint: `⌈points_per_weight × w / scale⌉` each, the
+/// scale from the total weight alone (see [`scale`]). A weight of 0 (not
+/// expected here: drained endpoints are not members) gets no point.
+fn point_counts(members: &[Member], points_per_weight: u32) -> Vec<u64> {
+    let per_weight = u64::from(points_per_weight);
+    // At most 2³² endpoints × 10⁴ weight × 2¹⁶ points: no overflow in u64.
+    let total: u64 = members.iter().map(|m| u64::from(m.weight)).sum();
+    let scale = scale(per_weight.saturating_mul(total));
+    members
+        .iter()
+        .map(|m| (per_weight * u64::from(m.weight)).div_ceil(scale))
+        .collect()
+}
+
+/// The ring's scale for `points` (points per weight × total weight): 1
+/// while they fit in [`MAX_RING_POINTS`], else the smallest power of two
+/// that brings them within it.
+fn scale(points: u64) -> u64 {
+    points.div_ceil(MAX_RING_POINTS).max(1).next_power_of_two()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_scale_is_1_until_the_points_pass_the_cap_then_the_next_power_of_two() {
+        assert_eq!(scale(0), 1);
+        assert_eq!(scale(MAX_RING_POINTS), 1);
+        assert_eq!(scale(MAX_RING_POINTS + 1), 2);
+        assert_eq!(scale(2 * MAX_RING_POINTS), 2);
+        assert_eq!(scale(2 * MAX_RING_POINTS + 1), 4);
+        // Saturated: every endpoint still gets a point.
+        assert_eq!(scale(u64::MAX), 1 << 44);
     }
-    let per_average = u64::from(virtual_nodes).min(MAX_RING_POINTS / n).max(1);
-    let count = |w: u32| (per_average * n * u64::from(w) + total_weight / 2) / total_weight;
-    let mut counts: Vec<u64> = members.iter().map(|m| count(m.weight).max(1)).collect();
-    let sum: u64 = counts.iter().sum();
-    if sum > MAX_RING_POINTS {
-        for c in &mut counts {
-            *c = (*c * MAX_RING_POINTS / sum).max(1);
-        }
-    }
-    counts
 }
