@@ -17,10 +17,10 @@ const ENDPOINTS: [(&str, u32); 5] = [
 
 /// Index into ENDPOINTS of the home of `user-0` ... `user-15`.
 const RING_HOMES: [usize; 16] = [3, 3, 1, 1, 1, 3, 1, 3, 0, 1, 3, 3, 4, 3, 2, 0];
-/// The same endpoints with weights 1,000 times as large: the ring at scale
-/// 16 (2,048 × 8,000 points do not fit in 2²⁰; 2,048 × 1,000 / 16 = 128,000
-/// points per 1,000 of weight).
-const RING_HOMES_SCALED: [usize; 16] = [4, 4, 3, 1, 3, 3, 2, 3, 1, 1, 3, 4, 2, 3, 3, 3];
+/// The same endpoints with weights 1,000 times as large: 2,048 × 8,000
+/// points do not fit in 2²⁰, so the ring holds 2²⁰ shared by weight
+/// (⌈2²⁰ × 1,000 / 8,000⌉ = 131,072 per 1,000 of weight).
+const RING_HOMES_FULL: [usize; 16] = [4, 4, 3, 1, 3, 3, 2, 3, 1, 1, 3, 4, 3, 3, 3, 3];
 const MAGLEV_HOMES: [usize; 16] = [2, 3, 1, 4, 0, 3, 3, 3, 0, 1, 1, 3, 2, 1, 4, 3];
 
 fn homes(
@@ -83,9 +83,9 @@ fn ring_placement_is_pinned() {
 }
 
 #[test]
-fn ring_placement_at_a_scale_above_1_is_pinned() {
+fn ring_placement_beyond_2_20_points_is_pinned() {
     let heavy = ENDPOINTS.into_iter().map(|(url, w)| (url, w * 1_000));
-    assert_eq!(homes(Policy::ring_hash(), heavy), RING_HOMES_SCALED);
+    assert_eq!(homes(Policy::ring_hash(), heavy), RING_HOMES_FULL);
 }
 
 #[test]
@@ -99,8 +99,5 @@ fn pinned_placement_does_not_depend_on_listing_order() {
     assert_eq!(homes(Policy::ring_hash(), reversed.clone()), RING_HOMES);
     assert_eq!(homes(Policy::maglev(), reversed), MAGLEV_HOMES);
     let heavy_reversed = ENDPOINTS.into_iter().rev().map(|(url, w)| (url, w * 1_000));
-    assert_eq!(
-        homes(Policy::ring_hash(), heavy_reversed),
-        RING_HOMES_SCALED
-    );
+    assert_eq!(homes(Policy::ring_hash(), heavy_reversed), RING_HOMES_FULL);
 }

@@ -447,9 +447,9 @@ proptest! {
     #[test]
     fn ring_and_maglev_move_only_the_keys_of_the_added_or_removed_endpoint(
         maglev in any::<bool>(),
-        // Up to 12, so that the ring stays at scale 1 at its default
-        // (2,048 × 40 × 12 points fit in 2²⁰); tests/properties_ring.rs
-        // covers weights up to MAX_WEIGHT and the ring's scale.
+        // Up to 12, so that the ring holds every point at its default
+        // (2,048 × 40 × 12 fit in 2²⁰); tests/properties_ring.rs covers
+        // weights up to MAX_WEIGHT and rings beyond 2²⁰ points.
         weights in prop::collection::vec(1u32..=12, 2..=40),
         changed in any::<prop::sample::Index>(),
         add in any::<bool>(),
@@ -484,7 +484,7 @@ proptest! {
         maglev in any::<bool>(),
         // Rings of up to 2²⁰ points take half a second to build in a debug
         // build: weights up to 12 keep them within 983,040 (tests/golden.rs
-        // pins a ring at a larger scale listed both ways).
+        // pins a ring beyond 2²⁰ points listed both ways).
         weights in prop::collection::vec(1u32..=12, 1..=40),
         order in any::<u64>(),
     ) {

@@ -1,8 +1,9 @@
-//! The ring's promise for weighted sets: an endpoint's points depend on its
-//! own weight (and the ring's scale, which depends on the total weight
-//! alone), so removing an endpoint moves only its keys and adding one moves
-//! keys only onto it, whatever the weights of the others
-//! (docs/consistent-hashing.md, "Construction").
+//! The ring's promise for weighted sets: while the ring holds every point
+//! (`virtual_nodes × total weight` within 2²⁰), an endpoint's points depend
+//! on its own weight alone, so removing an endpoint moves only its keys and
+//! adding one moves keys only onto it, whatever the weights of the others;
+//! beyond, others' keys move about in proportion to the change of the total
+//! weight (docs/consistent-hashing.md, "Construction").
 //!
 //! `cargo test --all-features --test integration properties_ring::`
 
@@ -73,26 +74,56 @@ fn removing_the_heavy_endpoint_of_1_1_100_moves_none_of_the_keys_of_the_two_othe
 }
 
 #[test]
-fn weights_1_and_max_weight_side_by_side_at_the_default_keep_the_others_keys_when_one_leaves() {
-    // 2,048 × 10,002 points do not fit in 2²⁰: the ring runs at scale 32,
-    // and losing a weight of 1 keeps it there.
+fn weights_1_and_max_weight_side_by_side_keep_each_others_keys_when_either_leaves() {
+    // 10 × 10,002 points: the ring holds them all.
     let keys = keys(20_000);
-    let balancer = ring_over(&[1, MAX_WEIGHT, 1], DEFAULT_VIRTUAL_NODES);
+    let balancer = ring_over(&[1, MAX_WEIGHT, 1], 10);
     let before = homes(&balancer, &keys);
-    let light = url(0);
-    let on_light = before
-        .iter()
-        .filter(|h| h.as_deref() == Some(&*light))
-        .count();
-    assert!(on_light > 0, "a weight of 1 still holds keys beside 10,000");
+    for (i, weight) in [(1, MAX_WEIGHT), (0, 1)] {
+        let leaving = url(i);
+        let on_it = before
+            .iter()
+            .filter(|h| h.as_deref() == Some(&*leaving))
+            .count();
+        assert!(on_it > 0, "{leaving} (weight {weight}) holds keys");
+        balancer.drain(&leaving).unwrap();
+        let after = homes(&balancer, &keys);
+        assert!(after.iter().all(|h| h.as_deref() != Some(&*leaving)));
+        assert_eq!(
+            foreign_moves(&before, &after, &leaving),
+            0,
+            "{leaving} left"
+        );
+        balancer.set_weight(&leaving, weight).unwrap();
+        assert_eq!(homes(&balancer, &keys), before, "{leaving} is back");
+    }
+}
 
-    balancer.drain(&light).unwrap();
-    let after = homes(&balancer, &keys);
-    assert!(after.iter().all(|h| h.as_deref() != Some(&*light)));
-    assert_eq!(foreign_moves(&before, &after, &light), 0);
-
-    balancer.set_weight(&light, 1).unwrap();
-    assert_eq!(homes(&balancer, &keys), before);
+#[test]
+fn beyond_2_20_points_removing_one_of_ten_moves_fewer_other_keys_than_its_own_and_none_within() {
+    // Ten endpoints of weight 100: 2,048 points per unit of weight make
+    // 2,048,000, so the ring holds 2²⁰ shared by weight; 200 per unit fit.
+    let keys = keys(20_000);
+    let gone = url(3);
+    for (points, other_keys_may_move) in [(DEFAULT_VIRTUAL_NODES, true), (200, false)] {
+        let balancer = ring_over(&[100; 10], points);
+        let before = homes(&balancer, &keys);
+        balancer.remove(&gone).unwrap();
+        let after = homes(&balancer, &keys);
+        let its_keys = before
+            .iter()
+            .filter(|h| h.as_deref() == Some(&*gone))
+            .count();
+        let others = foreign_moves(&before, &after, &gone);
+        if other_keys_may_move {
+            assert!(
+                others > 0 && others < its_keys,
+                "{points} points per weight: {others} other keys moved, {its_keys} of its own"
+            );
+        } else {
+            assert_eq!(others, 0, "{points} points per weight");
+        }
+    }
 }
 
 /// Weights as deployments have them, and the edges: 1 and [`MAX_WEIGHT`]
@@ -118,8 +149,9 @@ fn weights() -> impl Strategy<Value = Vec<u32>> {
 /// The points per unit of weight for a ring of at most `2^log2_points`
 /// points over `weights` (or one per unit of weight): settings from 1 to
 /// 65,536 with rings small enough to build a few hundred times in a debug
-/// build (a ring of 2²⁰ points takes about half a second there), all at
-/// scale 1. The two tests above and tests/golden.rs cover larger scales.
+/// build (a ring of 2²⁰ points takes about half a second there), all
+/// within 2²⁰ points. The tests above and tests/golden.rs cover rings
+/// beyond.
 fn points_per_weight(weights: &[u32], log2_points: u32) -> u32 {
     let total: u64 = weights.iter().map(|&w| u64::from(w)).sum();
     let per_weight = (1u64 << log2_points) / total.max(1);

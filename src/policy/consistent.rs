@@ -141,13 +141,12 @@ impl ConsistentHash {
     /// and cost memory, 16 to 20 bytes each.
     ///
     /// The ring holds at most 2²⁰ points: when `points × total weight`
-    /// exceeds that, every endpoint's count is divided by the same power of
-    /// two (rounded up), the smallest that fits. That scale depends on the
-    /// total weight alone, and while it stays, so does the promise above; a
-    /// change that takes `points × total weight` across `2²⁰ × 2ᵏ` moves
-    /// keys between the other endpoints too. At the default that is above a
-    /// total weight of 512: with larger weights (a DNS SRV weight of 100, say)
-    /// lower `points` so that `points × total weight` stays within 2²⁰.
+    /// exceeds that, it holds 2²⁰ shared by weight, and then a change of the
+    /// total weight moves keys between the other endpoints too, about in
+    /// proportion (removing one endpoint moves its keys and about as many
+    /// again). At the default that is above a total weight of 512: with
+    /// larger weights (a DNS SRV weight of 100, say) lower `points` so that
+    /// `points × total weight` stays within 2²⁰.
     ///
     /// ```
     /// use tower_lb::{Balancer, Policy};

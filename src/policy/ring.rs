@@ -2,20 +2,19 @@
 //! 64-bit circle, and a key belongs to the first point at or after its hash.
 //!
 //! Construction, fixed for compatibility between processes and versions:
-//! endpoint `i` gets `⌈P × wᵢ / s⌉` points, `P` points per unit of weight
-//! (`virtual_nodes`) and `s` the ring's scale: 1 while `P × Σw` is at most
-//! [`MAX_RING_POINTS`], else the smallest power of two that brings
-//! `P × Σw / s` within it. Point `j` of an endpoint is
-//! `XXH3-64(canonical URL, seed = j)`.
+//! endpoint `i` gets `P × wᵢ` points, `P` points per unit of weight
+//! (`virtual_nodes`), while `P × Σw` is at most [`MAX_RING_POINTS`];
+//! beyond, the ring holds that many points shared by weight, `⌈2²⁰ × wᵢ /
+//! Σw⌉` each. Point `j` of an endpoint is `XXH3-64(canonical URL, seed =
+//! j)`. (NGINX lays 160 points per unit of weight the same way.)
 //!
-//! So an endpoint's points depend on its own weight and, through `s`, on the
-//! total weight only: while `s` stays (always, while `P × Σw` fits), adding
-//! or removing an endpoint moves only its keys, and raising a weight only
-//! adds points. (NGINX lays 160 points per unit of weight the same way.)
-//! The scale bounds memory when weights or sets are large; it changes only
-//! when a change takes `P × Σw` across `2²⁰ × 2ᵏ`, and then every endpoint
-//! keeps a prefix of its points (`⌈⌈x⌉ / 2⌉ = ⌈x / 2⌉`). Points are
-//! independent of the order endpoints were added in.
+//! So, while the ring fits, an endpoint's points depend on its own weight
+//! alone: adding or removing an endpoint moves only its keys, and raising a
+//! weight only adds points. Beyond, a change of the total weight changes
+//! every endpoint's count a little, always keeping a prefix of its points:
+//! keys of others move about in proportion to the change of the total
+//! weight, the price of bounded memory for large sets and weights. Points
+//! are independent of the order endpoints were added in.
 //!
 //! Lookup is a binary search narrowed by a prefix index: the top bits of a
 //! hash name a bucket that holds about one point, so a lookup touches two or
@@ -25,8 +24,8 @@ use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use crate::endpoint::Member;
 
-/// The most points a ring holds at scale 1, and (plus one per endpoint) at
-/// any scale: about 16 MiB with the prefix index.
+/// The most points a ring holds (plus up to one per endpoint for rounding
+/// up): about 16 MiB with the prefix index.
 pub(crate) const MAX_RING_POINTS: u64 = 1 << 20;
 
 #[derive(Debug)]
@@ -105,39 +104,67 @@ impl Ring {
     }
 }
 
-/// Points per endpoint: `⌈points_per_weight × w / scale⌉` each, the
-/// scale from the total weight alone (see [`scale`]). A weight of 0 (not
-/// expected here: drained endpoints are not members) gets no point.
+/// Points per endpoint: `points_per_weight × w` while they all fit in
+/// [`MAX_RING_POINTS`], else `⌈MAX_RING_POINTS × w / Σw⌉`. A weight of 0
+/// (not expected here: drained endpoints are not members) gets no point.
 fn point_counts(members: &[Member], points_per_weight: u32) -> Vec<u64> {
     let per_weight = u64::from(points_per_weight);
-    // At most 2³² endpoints × 10⁴ weight × 2¹⁶ points: no overflow in u64.
-    let total: u64 = members.iter().map(|m| u64::from(m.weight)).sum();
-    let scale = scale(per_weight.saturating_mul(total));
+    let total_weight: u64 = members.iter().map(|m| u64::from(m.weight)).sum();
+    // Weights are at most 10⁴ and points per weight 2¹⁶, so the products
+    // stay far below 2⁶⁴ for any number of endpoints a process can hold.
+    let fits = per_weight.saturating_mul(total_weight) <= MAX_RING_POINTS;
     members
         .iter()
-        .map(|m| (per_weight * u64::from(m.weight)).div_ceil(scale))
+        .map(|m| {
+            let weight = u64::from(m.weight);
+            if fits {
+                per_weight * weight
+            } else {
+                (MAX_RING_POINTS * weight).div_ceil(total_weight)
+            }
+        })
         .collect()
-}
-
-/// The ring's scale for `points` (points per weight × total weight): 1
-/// while they fit in [`MAX_RING_POINTS`], else the smallest power of two
-/// that brings them within it.
-fn scale(points: u64) -> u64 {
-    points.div_ceil(MAX_RING_POINTS).max(1).next_power_of_two()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::endpoint::{Counters, EndpointUrl};
+
+    fn members(weights: &[u32]) -> Vec<Member> {
+        let counters = Counters::default();
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| {
+                let url = EndpointUrl::parse(&format!("http://10.0.0.{i}:80")).unwrap();
+                Member::new(url, w, &counters)
+            })
+            .collect()
+    }
 
     #[test]
-    fn the_scale_is_1_until_the_points_pass_the_cap_then_the_next_power_of_two() {
-        assert_eq!(scale(0), 1);
-        assert_eq!(scale(MAX_RING_POINTS), 1);
-        assert_eq!(scale(MAX_RING_POINTS + 1), 2);
-        assert_eq!(scale(2 * MAX_RING_POINTS), 2);
-        assert_eq!(scale(2 * MAX_RING_POINTS + 1), 4);
-        // Saturated: every endpoint still gets a point.
-        assert_eq!(scale(u64::MAX), 1 << 44);
+    fn points_follow_each_weight_until_the_ring_is_full_then_are_shared_by_weight() {
+        assert_eq!(
+            point_counts(&members(&[1, 1, 100]), 2_048),
+            [2_048, 2_048, 204_800]
+        );
+        // 2,048 × 512 = 2²⁰: still fits.
+        assert_eq!(
+            point_counts(&members(&[256, 256]), 2_048),
+            [1 << 19, 1 << 19]
+        );
+        // One more unit of weight: 2²⁰ points shared, rounded up.
+        assert_eq!(
+            point_counts(&members(&[256, 257]), 2_048),
+            [523_266, 525_311]
+        );
+        assert_eq!(
+            point_counts(&members(&[1, 10_000]), 2_048),
+            [105, 1_048_472]
+        );
+        assert_eq!(point_counts(&members(&[1, 10_000]), 104), [104, 1_040_000]);
+        assert_eq!(point_counts(&members(&[0, 3]), 2_048), [0, 6_144]);
+        assert!(point_counts(&members(&[]), 2_048).is_empty());
     }
 }
