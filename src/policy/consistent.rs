@@ -19,12 +19,16 @@ use crate::{Error, RequestKey};
 /// [`ConsistentHash::virtual_nodes`]).
 ///
 /// ```
-/// use tower_lb::{Policy, DEFAULT_VIRTUAL_NODES};
+/// use tower_lb::{Balancer, Policy, DEFAULT_VIRTUAL_NODES};
 ///
 /// // Weights in the hundreds: a tenth of the default per unit of weight
-/// // still gives every endpoint of weight 100 more than 20,000 points.
-/// let ring = Policy::ring_hash().virtual_nodes(DEFAULT_VIRTUAL_NODES / 10);
-/// # let _ = ring;
+/// // still gives an endpoint of weight 100 more than 20,000 points.
+/// let balancer = Balancer::builder()
+///     .endpoint_weighted("http://10.0.0.1:8080", 100)
+///     .endpoint_weighted("http://10.0.0.2:8080", 300)
+///     .policy(Policy::ring_hash().virtual_nodes(DEFAULT_VIRTUAL_NODES / 10))
+///     .build()?;
+/// # Ok::<(), tower_lb::Error>(())
 /// ```
 pub const DEFAULT_VIRTUAL_NODES: u32 = 2_048;
 /// The usual balance factor for bounded loads: no endpoint takes more than
@@ -143,10 +147,10 @@ impl ConsistentHash {
     /// The ring holds at most 2²⁰ points: when `points × total weight`
     /// exceeds that, it holds 2²⁰ shared by weight, and then a change of the
     /// total weight moves keys between the other endpoints too, about in
-    /// proportion (removing one endpoint moves its keys and about as many
-    /// again). At the default that is above a total weight of 512: with
-    /// larger weights (a DNS SRV weight of 100, say) lower `points` so that
-    /// `points × total weight` stays within 2²⁰.
+    /// proportion (removing one of ten equal endpoints moves its keys and
+    /// three quarters as many of the others'). At the default that is above
+    /// a total weight of 512: with larger weights (a DNS SRV weight of 100,
+    /// say) lower `points` so that `points × total weight` stays within 2²⁰.
     ///
     /// ```
     /// use tower_lb::{Balancer, Policy};
