@@ -99,33 +99,6 @@ fn weights_1_and_max_weight_side_by_side_keep_each_others_keys_when_either_leave
     }
 }
 
-#[test]
-fn beyond_2_20_points_removing_one_of_ten_moves_fewer_other_keys_than_its_own_and_none_within() {
-    // Ten endpoints of weight 100: 2,048 points per unit of weight make
-    // 2,048,000, so the ring holds 2²⁰ shared by weight; 200 per unit fit.
-    let keys = keys(20_000);
-    let gone = url(3);
-    for (points, other_keys_may_move) in [(DEFAULT_VIRTUAL_NODES, true), (200, false)] {
-        let balancer = ring_over(&[100; 10], points);
-        let before = homes(&balancer, &keys);
-        balancer.remove(&gone).unwrap();
-        let after = homes(&balancer, &keys);
-        let its_keys = before
-            .iter()
-            .filter(|h| h.as_deref() == Some(&*gone))
-            .count();
-        let others = foreign_moves(&before, &after, &gone);
-        if other_keys_may_move {
-            assert!(
-                others > 0 && others < its_keys,
-                "{points} points per weight: {others} other keys moved, {its_keys} of its own"
-            );
-        } else {
-            assert_eq!(others, 0, "{points} points per weight");
-        }
-    }
-}
-
 /// Weights as deployments have them, and the edges: 1 and [`MAX_WEIGHT`]
 /// side by side.
 fn weight() -> impl Strategy<Value = u32> {
@@ -150,8 +123,8 @@ fn weights() -> impl Strategy<Value = Vec<u32>> {
 /// points over `weights` (or one per unit of weight): settings from 1 to
 /// 65,536 with rings small enough to build a few hundred times in a debug
 /// build (a ring of 2²⁰ points takes about half a second there), all
-/// within 2²⁰ points. The tests above and tests/golden.rs cover rings
-/// beyond.
+/// within 2²⁰ points. Rings beyond: tests/golden.rs and
+/// `hash_quality::beyond_2_20_points_removing_an_endpoint_moves_others_keys_in_proportion`.
 fn points_per_weight(weights: &[u32], log2_points: u32) -> u32 {
     let total: u64 = weights.iter().map(|&w| u64::from(w)).sum();
     let per_weight = (1u64 << log2_points) / total.max(1);
