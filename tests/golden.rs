@@ -1,7 +1,9 @@
 //! Golden vectors: these keys live on these endpoints, in this version and
 //! every later one, so that services running different releases of this
 //! crate agree on where a key lives. A failure here is a compatibility
-//! break, not a test to update.
+//! break, not a test to update. (The ring's vectors changed once, before
+//! the first release, when its points came to follow each endpoint's own
+//! weight: CHANGELOG.md.)
 
 use tower_lb::{key_hash, Balancer, ConsistentHash, Policy, SessionKey};
 
@@ -14,7 +16,11 @@ const ENDPOINTS: [(&str, u32); 5] = [
 ];
 
 /// Index into ENDPOINTS of the home of `user-0` ... `user-15`.
-const RING_HOMES: [usize; 16] = [3, 3, 1, 2, 1, 3, 1, 3, 0, 4, 0, 2, 4, 3, 2, 0];
+const RING_HOMES: [usize; 16] = [3, 3, 1, 1, 1, 3, 1, 3, 0, 1, 3, 3, 4, 3, 2, 0];
+/// The same endpoints with weights 1,000 times as large: 2,048 × 8,000
+/// points do not fit in 2²⁰, so the ring holds 2²⁰ shared by weight
+/// (⌈2²⁰ × 1,000 / 8,000⌉ = 131,072 per 1,000 of weight).
+const RING_HOMES_FULL: [usize; 16] = [4, 4, 3, 1, 3, 3, 2, 3, 1, 1, 3, 4, 3, 3, 3, 3];
 const MAGLEV_HOMES: [usize; 16] = [2, 3, 1, 4, 0, 3, 3, 3, 0, 1, 1, 3, 2, 1, 4, 3];
 
 fn homes(
@@ -77,6 +83,12 @@ fn ring_placement_is_pinned() {
 }
 
 #[test]
+fn ring_placement_beyond_2_20_points_is_pinned() {
+    let heavy = ENDPOINTS.into_iter().map(|(url, w)| (url, w * 1_000));
+    assert_eq!(homes(Policy::ring_hash(), heavy), RING_HOMES_FULL);
+}
+
+#[test]
 fn maglev_placement_is_pinned() {
     assert_eq!(homes(Policy::maglev(), ENDPOINTS.into_iter()), MAGLEV_HOMES);
 }
@@ -86,4 +98,6 @@ fn pinned_placement_does_not_depend_on_listing_order() {
     let reversed = ENDPOINTS.into_iter().rev();
     assert_eq!(homes(Policy::ring_hash(), reversed.clone()), RING_HOMES);
     assert_eq!(homes(Policy::maglev(), reversed), MAGLEV_HOMES);
+    let heavy_reversed = ENDPOINTS.into_iter().rev().map(|(url, w)| (url, w * 1_000));
+    assert_eq!(homes(Policy::ring_hash(), heavy_reversed), RING_HOMES_FULL);
 }

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use tower_lb::{Balancer, ConsistentHash, Policy, SessionKey};
+use tower_lb::{Balancer, ConsistentHash, Policy, SessionKey, DEFAULT_VIRTUAL_NODES};
 
 const KEYS: usize = 1_000_000;
 
@@ -250,5 +250,60 @@ fn balance_and_disruption_over_random_fleets_stay_within_the_documented_ranges()
         };
         assert!(worst_ratio <= ratio_limit, "{name}: {worst_ratio}");
         assert!(worst_excess <= excess_limit, "{name}: {worst_excess}");
+    }
+}
+
+#[test]
+fn weights_from_1_to_max_weight_side_by_side_get_their_shares() {
+    let keys = keys();
+    let weights = [1, 3, 10, 30, 100, 300, 1_000, 3_000, 10_000];
+    let total: u32 = weights.iter().sum();
+    let balancer = balancer(Policy::ring_hash(), &weights);
+    let placed = placement(&balancer, &keys);
+    let loads = loads(&placed);
+    let mut worst_relative = 0.0f64;
+    for (i, &w) in weights.iter().enumerate() {
+        let share = loads.get(url(i).as_str()).copied().unwrap_or(0) as f64 / KEYS as f64;
+        let ideal = f64::from(w) / f64::from(total);
+        println!("ring: weight {w:>6}: share {share:.6} (ideal {ideal:.6})");
+        assert!((share - ideal).abs() < 0.01, "weight {w}: share {share}");
+        // Relative error, where the ideal count of keys is large enough
+        // to measure it (sampling alone: ±3% at 10,000 keys).
+        if ideal * KEYS as f64 >= 10_000.0 {
+            worst_relative = worst_relative.max((share / ideal - 1.0).abs());
+        }
+    }
+    println!("ring: weights 1 to 10,000: worst relative share error {worst_relative:.3} (endpoints with 1% of the keys or more)");
+    assert!(worst_relative < 0.10, "{worst_relative}");
+}
+
+#[test]
+fn beyond_2_20_points_removing_an_endpoint_moves_others_keys_in_proportion() {
+    let keys = keys();
+    for points in [DEFAULT_VIRTUAL_NODES, 200] {
+        let balancer = balancer(Policy::ring_hash().virtual_nodes(points), &[100; 10]);
+        let before = placement(&balancer, &keys);
+        let gone = url(3);
+        balancer.remove(&gone).unwrap();
+        let after = placement(&balancer, &keys);
+        let its_keys = before.iter().filter(|h| ***h == *gone).count();
+        let others_moved = before
+            .iter()
+            .zip(&after)
+            .filter(|(a, b)| ***a != *gone && a != b)
+            .count();
+        println!(
+            "ring: 10 endpoints of weight 100, {points} points per unit of weight: removing one moved its {:.2}% and {:.2}% of the others' keys",
+            its_keys as f64 / KEYS as f64 * 100.0,
+            others_moved as f64 / KEYS as f64 * 100.0
+        );
+        if points == 200 {
+            assert_eq!(others_moved, 0, "within 2²⁰ points only its keys move");
+        } else {
+            assert!(
+                others_moved < its_keys,
+                "{others_moved} others, {its_keys} its own"
+            );
+        }
     }
 }

@@ -34,6 +34,7 @@ mod properties_health;
 mod properties_inputs;
 mod properties_membership;
 mod properties_policies;
+mod properties_ring;
 mod requests;
 mod retry_services;
 mod select;

@@ -447,7 +447,11 @@ proptest! {
     #[test]
     fn ring_and_maglev_move_only_the_keys_of_the_added_or_removed_endpoint(
         maglev in any::<bool>(),
-        weights in prop::collection::vec(1u32..=100, 2..=40),
+        // Up to 6, so that the ring holds every point at its default
+        // (2,048 × 40 × 6 fit in 2²⁰) and builds fast enough in a debug
+        // build; tests/properties_ring.rs covers weights up to MAX_WEIGHT
+        // and rings beyond 2²⁰ points.
+        weights in prop::collection::vec(1u32..=6, 2..=40),
         changed in any::<prop::sample::Index>(),
         add in any::<bool>(),
     ) {
@@ -466,27 +470,23 @@ proptest! {
                 excess += 1;
             }
         }
-        let share = excess as f64 / keys.len() as f64;
-        // The ring keeps its points per endpoint of average weight, so a
-        // change of the mean weight rescales the others' points and moves
-        // about that share of keys between them: none when weights are equal.
-        let mean = |w: &[u32]| {
-            let live: Vec<f64> = w.iter().filter(|&&w| w > 0).map(|&w| f64::from(w)).collect();
-            live.iter().sum::<f64>() / live.len() as f64
-        };
-        let (m_full, m_less) = (mean(&weights), mean(&without));
-        let rescale = 1.0 - m_full.min(m_less) / m_full.max(m_less);
-        let allowed = if maglev { MAGLEV_MAX_EXCESS } else { rescale + 0.01 };
-        prop_assert!(share <= allowed, "{share} of the keys moved between others (allowed {allowed})");
-        if !maglev && weights.iter().all(|&w| w == weights[0]) {
-            prop_assert_eq!(excess, 0, "equal weights: the ring moved keys between others");
+        if maglev {
+            let share = excess as f64 / keys.len() as f64;
+            prop_assert!(share <= MAGLEV_MAX_EXCESS, "{share} of the keys moved between others");
+        } else {
+            // Each endpoint's points follow its own weight: not one key
+            // moves between the others, whatever the weights.
+            prop_assert_eq!(excess, 0, "the ring moved keys between others");
         }
     }
 
     #[test]
     fn two_balancers_listing_the_same_endpoints_in_any_order_agree_on_every_key(
         maglev in any::<bool>(),
-        weights in prop::collection::vec(1u32..=100, 1..=40),
+        // Rings of 2²⁰ points take half a second to build in a debug build:
+        // weights up to 6 keep them within 491,520 (tests/golden.rs pins a
+        // ring beyond 2²⁰ points listed both ways).
+        weights in prop::collection::vec(1u32..=6, 1..=40),
         order in any::<u64>(),
     ) {
         let keys: Vec<SessionKey> = (0..5_000u32).map(|k| SessionKey::new(k.to_le_bytes())).collect();

@@ -12,7 +12,23 @@ use super::ring::Ring;
 use super::{Candidates, PickContext, Picker, Policy};
 use crate::{Error, RequestKey};
 
-/// Virtual nodes per endpoint of average weight on the ring, by default.
+/// Points on the ring per unit of an endpoint's weight, by default: an
+/// endpoint of weight 1 gets 2,048, one of weight 3 gets 6,144, as long as
+/// the ring holds them all (2²⁰ points; see
+/// [`ConsistentHash::virtual_nodes`]).
+///
+/// ```
+/// use tower_lb::{Balancer, Policy, DEFAULT_VIRTUAL_NODES};
+///
+/// // Weights in the hundreds: a tenth of the default per unit of weight
+/// // still gives an endpoint of weight 100 more than 20,000 points.
+/// let balancer = Balancer::builder()
+///     .endpoint_weighted("http://10.0.0.1:8080", 100)
+///     .endpoint_weighted("http://10.0.0.2:8080", 300)
+///     .policy(Policy::ring_hash().virtual_nodes(DEFAULT_VIRTUAL_NODES / 10))
+///     .build()?;
+/// # Ok::<(), tower_lb::Error>(())
+/// ```
 pub const DEFAULT_VIRTUAL_NODES: u32 = 2_048;
 /// The usual balance factor for bounded loads: no endpoint takes more than
 /// 1.25 × its fair share of the requests in flight.
@@ -50,14 +66,19 @@ pub struct ConsistentHash {
 
 #[derive(Clone, Copy, Debug)]
 enum TableKind {
-    Ring { virtual_nodes: u32 },
-    Maglev { size: u64 },
+    /// `points_per_weight`: points per unit of weight.
+    Ring {
+        points_per_weight: u32,
+    },
+    Maglev {
+        size: u64,
+    },
 }
 
 impl ConsistentHash {
     pub(crate) fn ring() -> Self {
         Self::with_table(TableKind::Ring {
-            virtual_nodes: DEFAULT_VIRTUAL_NODES,
+            points_per_weight: DEFAULT_VIRTUAL_NODES,
         })
     }
 
@@ -116,14 +137,35 @@ impl ConsistentHash {
         self
     }
 
-    /// Ring only: points per endpoint of average weight (1 to 65,536;
-    /// default [`DEFAULT_VIRTUAL_NODES`]). More points balance better and
-    /// cost memory: about 20 bytes each. The ring holds at most 2²⁰ points
-    /// in all, so very large sets get fewer per endpoint.
+    /// Ring only: points per unit of weight (1 to 65,536; default
+    /// [`DEFAULT_VIRTUAL_NODES`], 2,048). An endpoint of weight `w` gets
+    /// `points × w` points, whatever the weights of the others, so adding or
+    /// removing an endpoint moves only its keys. More points balance better
+    /// and cost memory, 16 to 20 bytes each.
+    ///
+    /// The ring holds at most 2²⁰ points: when `points × total weight`
+    /// exceeds that, it holds 2²⁰ shared by weight, and then a change of the
+    /// total weight moves keys between the other endpoints too, about in
+    /// proportion (removing one of ten equal endpoints moves its keys and
+    /// three quarters as many of the others'). At the default that is above
+    /// a total weight of 512: with larger weights (a DNS SRV weight of 100,
+    /// say) lower `points` so that `points × total weight` stays within 2²⁰.
+    ///
+    /// ```
+    /// use tower_lb::{Balancer, Policy};
+    ///
+    /// // Weights around 100, up to 50 endpoints: 200 × 100 × 50 ≤ 2²⁰.
+    /// let balancer = Balancer::builder()
+    ///     .endpoint_weighted("http://10.0.0.1:8080", 100)
+    ///     .endpoint_weighted("http://10.0.0.2:8080", 150)
+    ///     .policy(Policy::ring_hash().virtual_nodes(200))
+    ///     .build()?;
+    /// # Ok::<(), tower_lb::Error>(())
+    /// ```
     pub fn virtual_nodes(mut self, points: u32) -> Self {
         match &mut self.table {
-            TableKind::Ring { virtual_nodes } if (1..=65_536).contains(&points) => {
-                *virtual_nodes = points
+            TableKind::Ring { points_per_weight } if (1..=65_536).contains(&points) => {
+                *points_per_weight = points
             }
             TableKind::Ring { .. } => {
                 self.note_error(format!("virtual nodes must be 1 to 65536, not {points}"))
@@ -182,7 +224,9 @@ impl ConsistentHash {
     pub(crate) fn picker(&self, candidates: &Candidates<'_>) -> Box<dyn Picker> {
         let members = candidates.members;
         let table = match self.table {
-            TableKind::Ring { virtual_nodes } => Table::Ring(Ring::build(members, virtual_nodes)),
+            TableKind::Ring { points_per_weight } => {
+                Table::Ring(Ring::build(members, points_per_weight))
+            }
             TableKind::Maglev { size } => Table::Maglev(Maglev::build(members, size)),
         };
         let bound = self.load_factor.map(|factor| LoadBound {

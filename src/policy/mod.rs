@@ -352,9 +352,11 @@ impl Policy {
         LeastResponseTime::default()
     }
 
-    /// Consistent hashing on a hash ring (ketama style): virtual nodes in
-    /// proportion to weight, binary-search lookup. Configure it with the
-    /// [`ConsistentHash`] methods.
+    /// Consistent hashing on a hash ring (ketama style): points in
+    /// proportion to each endpoint's own weight (2,048 per unit by default,
+    /// [`ConsistentHash::virtual_nodes`]), so a change of the set moves only
+    /// the changed endpoint's keys; binary-search lookup. Configure it with
+    /// the [`ConsistentHash`] methods.
     pub fn ring_hash() -> ConsistentHash {
         ConsistentHash::ring()
     }

@@ -2,12 +2,19 @@
 //! 64-bit circle, and a key belongs to the first point at or after its hash.
 //!
 //! Construction, fixed for compatibility between processes and versions:
-//! endpoint `i` gets `max(1, round(V × n × wᵢ / Σw))` points (`V` virtual
-//! nodes for an endpoint of average weight, fewer for all when the ring would
-//! exceed [`MAX_RING_POINTS`]); point `j` of an endpoint is
-//! `XXH3-64(canonical URL, seed = j)`. Points are independent of the order
-//! endpoints were added in, and raising a weight only adds points, so only
-//! the keys the new points take move.
+//! endpoint `i` gets `P × wᵢ` points, `P` points per unit of weight
+//! (`virtual_nodes`), while `P × Σw` is at most [`MAX_RING_POINTS`];
+//! beyond, the ring holds that many points shared by weight, `⌈2²⁰ × wᵢ /
+//! Σw⌉` each. Point `j` of an endpoint is `XXH3-64(canonical URL, seed =
+//! j)`. (NGINX lays 160 points per unit of weight the same way.)
+//!
+//! So, while the ring fits, an endpoint's points depend on its own weight
+//! alone: adding or removing an endpoint moves only its keys, and raising a
+//! weight only adds points. Beyond, a change of the total weight changes
+//! every endpoint's count a little, always keeping a prefix of its points:
+//! keys of others move about in proportion to the change of the total
+//! weight, the price of bounded memory for large sets and weights. Points
+//! are independent of the order endpoints were added in.
 //!
 //! Lookup is a binary search narrowed by a prefix index: the top bits of a
 //! hash name a bucket that holds about one point, so a lookup touches two or
@@ -17,7 +24,8 @@ use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use crate::endpoint::Member;
 
-/// The most points a ring holds (about 20 MiB).
+/// The most points a ring holds (plus up to one per endpoint for rounding
+/// up): about 16 MiB with the prefix index.
 pub(crate) const MAX_RING_POINTS: u64 = 1 << 20;
 
 #[derive(Debug)]
@@ -33,8 +41,8 @@ pub(crate) struct Ring {
 }
 
 impl Ring {
-    pub(crate) fn build(members: &[Member], virtual_nodes: u32) -> Ring {
-        let counts = point_counts(members, virtual_nodes);
+    pub(crate) fn build(members: &[Member], points_per_weight: u32) -> Ring {
+        let counts = point_counts(members, points_per_weight);
         let mut entries: Vec<(u64, u32)> = Vec::with_capacity(counts.iter().sum::<u64>() as usize);
         for (owner, (member, &count)) in members.iter().zip(&counts).enumerate() {
             let name = member.state.url.as_str().as_bytes();
@@ -96,22 +104,67 @@ impl Ring {
     }
 }
 
-/// Points per endpoint: proportional to weight, `virtual_nodes` for an
-/// endpoint of average weight, scaled down to fit [`MAX_RING_POINTS`].
-fn point_counts(members: &[Member], virtual_nodes: u32) -> Vec<u64> {
-    let n = members.len() as u64;
+/// Points per endpoint: `points_per_weight × w` while they all fit in
+/// [`MAX_RING_POINTS`], else `⌈MAX_RING_POINTS × w / Σw⌉`. A weight of 0
+/// (not expected here: drained endpoints are not members) gets no point.
+fn point_counts(members: &[Member], points_per_weight: u32) -> Vec<u64> {
+    let per_weight = u64::from(points_per_weight);
     let total_weight: u64 = members.iter().map(|m| u64::from(m.weight)).sum();
-    if n == 0 || total_weight == 0 {
-        return vec![0; members.len()];
+    // Weights are at most 10⁴ and points per weight 2¹⁶, so the products
+    // stay far below 2⁶⁴ for any number of endpoints a process can hold.
+    let fits = per_weight.saturating_mul(total_weight) <= MAX_RING_POINTS;
+    members
+        .iter()
+        .map(|m| {
+            let weight = u64::from(m.weight);
+            if fits {
+                per_weight * weight
+            } else {
+                (MAX_RING_POINTS * weight).div_ceil(total_weight)
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::endpoint::{Counters, EndpointUrl};
+
+    fn members(weights: &[u32]) -> Vec<Member> {
+        let counters = Counters::default();
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| {
+                let url = EndpointUrl::parse(&format!("http://10.0.0.{i}:80")).unwrap();
+                Member::new(url, w, &counters)
+            })
+            .collect()
     }
-    let per_average = u64::from(virtual_nodes).min(MAX_RING_POINTS / n).max(1);
-    let count = |w: u32| (per_average * n * u64::from(w) + total_weight / 2) / total_weight;
-    let mut counts: Vec<u64> = members.iter().map(|m| count(m.weight).max(1)).collect();
-    let sum: u64 = counts.iter().sum();
-    if sum > MAX_RING_POINTS {
-        for c in &mut counts {
-            *c = (*c * MAX_RING_POINTS / sum).max(1);
-        }
+
+    #[test]
+    fn points_follow_each_weight_until_the_ring_is_full_then_are_shared_by_weight() {
+        assert_eq!(
+            point_counts(&members(&[1, 1, 100]), 2_048),
+            [2_048, 2_048, 204_800]
+        );
+        // 2,048 × 512 = 2²⁰: still fits.
+        assert_eq!(
+            point_counts(&members(&[256, 256]), 2_048),
+            [1 << 19, 1 << 19]
+        );
+        // One more unit of weight: 2²⁰ points shared, rounded up.
+        assert_eq!(
+            point_counts(&members(&[256, 257]), 2_048),
+            [523_266, 525_311]
+        );
+        assert_eq!(
+            point_counts(&members(&[1, 10_000]), 2_048),
+            [105, 1_048_472]
+        );
+        assert_eq!(point_counts(&members(&[1, 10_000]), 104), [104, 1_040_000]);
+        assert_eq!(point_counts(&members(&[0, 3]), 2_048), [0, 6_144]);
+        assert!(point_counts(&members(&[]), 2_048).is_empty());
     }
-    counts
 }
