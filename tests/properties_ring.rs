@@ -24,7 +24,7 @@ fn ring_over(weights: &[u32], points_per_weight: u32) -> Balancer {
         .iter()
         .enumerate()
         .fold(Balancer::builder(), |b, (i, &w)| {
-            b.endpoint_weighted(&url(i), w)
+            b.endpoint_weighted(url(i), w)
         })
         .policy(Policy::ring_hash().virtual_nodes(points_per_weight))
         .build()
@@ -157,9 +157,9 @@ proptest! {
         for &i in &leaving {
             let before = trail.last().expect("the first placement");
             if drain {
-                balancer.drain(&url(i)).unwrap();
+                balancer.drain(url(i)).unwrap();
             } else {
-                balancer.remove(&url(i)).unwrap();
+                balancer.remove(url(i)).unwrap();
             }
             let after = homes(&balancer, &keys);
             prop_assert!(after.iter().all(|h| h.as_deref() != Some(&*url(i))));
@@ -172,9 +172,9 @@ proptest! {
         for &i in leaving.iter().rev() {
             let before = trail.pop().expect("a placement per departure");
             if drain {
-                balancer.set_weight(&url(i), weights[i]).unwrap();
+                balancer.set_weight(url(i), weights[i]).unwrap();
             } else {
-                balancer.add(&url(i), weights[i]).unwrap();
+                balancer.add(url(i), weights[i]).unwrap();
             }
             let after = homes(&balancer, &keys);
             prop_assert_eq!(
