@@ -131,7 +131,11 @@ pub struct DiscoveryStats {
     /// Endpoints in the last set applied.
     pub endpoints: usize,
     /// Endpoints a source listed that were skipped as invalid (a bad URL or
-    /// weight, a duplicate address): the others were applied.
+    /// weight, a duplicate address): the others were applied. A source of
+    /// whole sets (DNS, your own) counts each listing skipped in each set
+    /// it hands over, so a bad record that stays counts at every look-up;
+    /// etcd counts a bad key once, when it becomes bad (again when it is
+    /// rewritten still bad).
     pub skipped: u64,
     /// Failures: source errors, empty sets, sets with no valid endpoint, a
     /// panic.
