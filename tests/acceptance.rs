@@ -4,6 +4,8 @@
 //! promise it checks. (First written as the review probes of issue 23; the
 //! four about built-ins inside custom policies failed then.)
 
+// Every front end, the middleware included.
+#![cfg(feature = "reqwest-middleware")]
 // `&String` arguments are what a user has at hand: the probes pass them.
 #![allow(clippy::needless_borrows_for_generic_args)]
 
