@@ -57,6 +57,8 @@ mod cookie_jar;
 mod discovery;
 mod endpoint;
 mod error;
+#[cfg(feature = "tonic")]
+mod grpc;
 mod health;
 mod lanes;
 mod layer;
@@ -98,6 +100,11 @@ pub use error::{BoxError, Error, NotReadyReason};
 /// [`ConnectOptions`](etcd_client::ConnectOptions) (feature `etcd`).
 #[cfg(feature = "etcd")]
 pub use etcd_client;
+#[cfg(feature = "tonic")]
+pub use grpc::{
+    BalancedChannel, GrpcBody, GrpcResponseFuture, CONNECT_TIMEOUT, KEEP_ALIVE_INTERVAL,
+    KEEP_ALIVE_TIMEOUT,
+};
 pub use health::{HealthEvent, OutlierDetection, Retries, Retryable};
 pub use layer::BalanceLayer;
 pub use per_endpoint::PerEndpointService;

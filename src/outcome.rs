@@ -4,6 +4,8 @@
 use std::error::Error as StdError;
 use std::io;
 
+#[cfg(feature = "tonic")]
+use http::HeaderValue;
 use http::StatusCode;
 
 /// The result of one request to one endpoint.
@@ -35,6 +37,42 @@ impl Outcome {
             Outcome::ServerError
         } else {
             Outcome::Success
+        }
+    }
+
+    /// Classifies the end of a gRPC call: its `grpc-status` (from the
+    /// headers of a trailers-only answer, or from the trailers), else the
+    /// HTTP status of the answer; returns the outcome and the HTTP status
+    /// the health detector's status rules see.
+    ///
+    /// - UNAVAILABLE (14): a server error, seen as 503 (a gateway status);
+    /// - DEADLINE_EXCEEDED (4): a timeout;
+    /// - RESOURCE_EXHAUSTED (8): the server is overloaded, not broken: a
+    ///   success for health;
+    /// - every other code, OK included: an answer from a working endpoint,
+    ///   a success;
+    /// - a `grpc-status` that is not a code (not 0 to 16 in decimal): an
+    ///   other error;
+    /// - no `grpc-status`: an HTTP status other than 200 is classified as
+    ///   an HTTP answer (a 503 from a proxy: a server error); a 200 that
+    ///   ends without one broke the protocol: an other error.
+    #[cfg(feature = "tonic")]
+    pub(crate) fn from_grpc(
+        http: StatusCode,
+        grpc_status: Option<&HeaderValue>,
+    ) -> (Self, Option<StatusCode>) {
+        let Some(grpc_status) = grpc_status else {
+            return if http == StatusCode::OK {
+                (Outcome::OtherError, None)
+            } else {
+                (Outcome::from_status(http), Some(http))
+            };
+        };
+        match grpc_code(grpc_status.as_bytes()) {
+            Some(GRPC_UNAVAILABLE) => (Outcome::ServerError, Some(StatusCode::SERVICE_UNAVAILABLE)),
+            Some(GRPC_DEADLINE_EXCEEDED) => (Outcome::Timeout, None),
+            Some(_) => (Outcome::Success, None),
+            None => (Outcome::OtherError, None),
         }
     }
 
@@ -89,6 +127,10 @@ impl Outcome {
                 return Some(Outcome::Closed);
             }
         }
+        #[cfg(feature = "tonic")]
+        if let Some(outcome) = Self::classify_tonic(err) {
+            return Some(outcome);
+        }
         if err.is::<tower::timeout::error::Elapsed>() {
             return Some(Outcome::Timeout);
         }
@@ -107,6 +149,48 @@ impl Outcome {
             _ => None,
         }
     }
+
+    /// tonic's connector error (nothing was sent), its client timeout, and
+    /// h2's stream errors: a refused stream was not processed (RFC 9113
+    /// section 8.7); an I/O error is classified by its kind; any other
+    /// reset or GOAWAY came after the stream was open: it may have been
+    /// processed.
+    #[cfg(feature = "tonic")]
+    fn classify_tonic(err: &(dyn StdError + 'static)) -> Option<Self> {
+        if err.is::<tonic::ConnectError>() {
+            return Some(Outcome::ConnectError);
+        }
+        if err.is::<tonic::TimeoutExpired>() {
+            return Some(Outcome::Timeout);
+        }
+        let h2 = err.downcast_ref::<h2::Error>()?;
+        if h2.reason() == Some(h2::Reason::REFUSED_STREAM) {
+            return Some(Outcome::ConnectError);
+        }
+        if let Some(io) = h2.get_io() {
+            return Self::classify_one(io);
+        }
+        // A reset or a GOAWAY with any other reason: the stream was open.
+        h2.reason().map(|_| Outcome::Closed)
+    }
+}
+
+/// gRPC's status codes the balancer tells apart.
+#[cfg(feature = "tonic")]
+const GRPC_DEADLINE_EXCEEDED: u8 = 4;
+#[cfg(feature = "tonic")]
+const GRPC_UNAVAILABLE: u8 = 14;
+
+/// The gRPC status code in a `grpc-status` value: 0 to 16 in decimal
+/// digits, nothing else.
+#[cfg(feature = "tonic")]
+fn grpc_code(value: &[u8]) -> Option<u8> {
+    let code = match value {
+        [d] if d.is_ascii_digit() => d - b'0',
+        [b'1', d] if d.is_ascii_digit() => 10 + (d - b'0'),
+        _ => return None,
+    };
+    (code <= 16).then_some(code)
 }
 
 #[cfg(test)]
@@ -157,6 +241,78 @@ mod tests {
         assert_eq!(Outcome::from_error(&aborted), Outcome::Closed);
         let elapsed = tower::timeout::error::Elapsed::new();
         assert_eq!(Outcome::from_error(&elapsed), Outcome::Timeout);
+    }
+
+    #[cfg(feature = "tonic")]
+    #[test]
+    fn every_grpc_status_code_has_its_documented_outcome() {
+        let ok = StatusCode::OK;
+        for code in 0..=16u8 {
+            let value = HeaderValue::from(u16::from(code));
+            let expected = match code {
+                14 => (Outcome::ServerError, Some(StatusCode::SERVICE_UNAVAILABLE)),
+                4 => (Outcome::Timeout, None),
+                _ => (Outcome::Success, None),
+            };
+            assert_eq!(
+                Outcome::from_grpc(ok, Some(&value)),
+                expected,
+                "code {code}"
+            );
+        }
+        // A grpc-status wins over the HTTP status it came with.
+        let unavailable = HeaderValue::from_static("14");
+        assert_eq!(
+            Outcome::from_grpc(StatusCode::NOT_FOUND, Some(&unavailable)).0,
+            Outcome::ServerError
+        );
+    }
+
+    #[cfg(feature = "tonic")]
+    #[test]
+    fn a_malformed_or_missing_grpc_status_is_an_error_or_an_http_answer() {
+        for bad in [
+            "17", "99", "-1", "1a", " 0", "0 ", "00", "014", "", "OK", "+1",
+        ] {
+            let value = HeaderValue::from_str(bad).unwrap();
+            assert_eq!(
+                Outcome::from_grpc(StatusCode::OK, Some(&value)),
+                (Outcome::OtherError, None),
+                "{bad:?}"
+            );
+        }
+        let non_utf8 = HeaderValue::from_bytes(b"\xff1").unwrap();
+        assert_eq!(
+            Outcome::from_grpc(StatusCode::OK, Some(&non_utf8)).0,
+            Outcome::OtherError
+        );
+        // No grpc-status: a 200 broke the protocol; another status is an
+        // HTTP answer, as from a proxy.
+        assert_eq!(
+            Outcome::from_grpc(StatusCode::OK, None),
+            (Outcome::OtherError, None)
+        );
+        let proxy = StatusCode::SERVICE_UNAVAILABLE;
+        assert_eq!(
+            Outcome::from_grpc(proxy, None),
+            (Outcome::ServerError, Some(proxy))
+        );
+        let not_found = StatusCode::NOT_FOUND;
+        assert_eq!(
+            Outcome::from_grpc(not_found, None),
+            (Outcome::Success, Some(not_found))
+        );
+    }
+
+    #[cfg(feature = "tonic")]
+    #[test]
+    fn h2_stream_errors_tell_a_refused_stream_from_a_reset_one() {
+        let refused = h2::Error::from(h2::Reason::REFUSED_STREAM);
+        assert_eq!(Outcome::from_error(&refused), Outcome::ConnectError);
+        let reset = h2::Error::from(h2::Reason::INTERNAL_ERROR);
+        assert_eq!(Outcome::from_error(&reset), Outcome::Closed);
+        let timeout = tonic::TimeoutExpired(());
+        assert_eq!(Outcome::from_error(&timeout), Outcome::Timeout);
     }
 
     #[cfg(feature = "reqwest")]

@@ -101,7 +101,7 @@ where
 type MakeService<S> = Box<dyn Fn(&str) -> S + Send + Sync>;
 
 /// Each endpoint's service, by the address of the endpoint's state.
-struct Services<S> {
+pub(crate) struct Services<S> {
     /// Makes a service from an endpoint's URL; `None` when services come
     /// only from discovery.
     make: Option<MakeService<S>>,
@@ -112,9 +112,26 @@ struct Services<S> {
 }
 
 impl<S: Clone> Services<S> {
+    /// Services made by `make` from an endpoint's URL on its first request.
+    pub(crate) fn made_by(make: impl Fn(&str) -> S + Send + Sync + 'static) -> Self {
+        Services {
+            make: Some(Box::new(make)),
+            ..Services::discovered()
+        }
+    }
+
+    /// Services that come only with their endpoints, from discovery.
+    fn discovered() -> Self {
+        Services {
+            make: None,
+            by_endpoint: ArcSwap::from_pointee(HashMap::new()),
+            writer: Mutex::new(()),
+        }
+    }
+
     /// The service of `endpoint`: the one it came with, else made on its
     /// first request; `None` when there is neither.
-    fn get(&self, endpoint: &Arc<EndpointState>) -> Option<S> {
+    pub(crate) fn get(&self, endpoint: &Arc<EndpointState>) -> Option<S> {
         // A weak reference keeps its allocation, so an address in the map
         // names one endpoint for as long as the entry exists.
         if let Some((_, service)) = self.by_endpoint.load().get(&key(endpoint)) {
@@ -155,12 +172,8 @@ impl<S> PerEndpointService<S>
 where
     S: Clone + Send + Sync + 'static,
 {
-    fn with(balancer: &Balancer, make: Option<MakeService<S>>) -> Self {
-        let services = Arc::new(Services {
-            make,
-            by_endpoint: ArcSwap::from_pointee(HashMap::new()),
-            writer: Mutex::new(()),
-        });
+    fn with(balancer: &Balancer, services: Services<S>) -> Self {
+        let services = Arc::new(services);
         let service_for = {
             let services = services.clone();
             Arc::new(move |endpoint: &Arc<EndpointState>| services.get(endpoint)) as ServiceFor<S>
@@ -264,7 +277,7 @@ impl Balancer {
         S: Clone + Send + Sync + 'static,
         M: Fn(&str) -> S + Send + Sync + 'static,
     {
-        PerEndpointService::with(self, Some(Box::new(make)))
+        PerEndpointService::with(self, Services::made_by(make))
     }
 
     /// A balanced service whose endpoints and their services both come from
@@ -301,6 +314,6 @@ impl Balancer {
     where
         S: Clone + Send + Sync + 'static,
     {
-        PerEndpointService::with(self, None)
+        PerEndpointService::with(self, Services::discovered())
     }
 }

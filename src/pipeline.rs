@@ -33,6 +33,18 @@ pub(crate) enum Answer<'a> {
     },
     /// No answer: the wrapped service's error.
     Failed(&'a (dyn StdError + 'static)),
+    /// A gRPC call ended: its `grpc-status` (from a trailers-only answer's
+    /// headers or from the trailers; `None` when it had none) and the
+    /// answer's HTTP status.
+    #[cfg(feature = "tonic")]
+    Grpc {
+        status: StatusCode,
+        grpc_status: Option<&'a http::HeaderValue>,
+    },
+    /// The client refused to send the request to this endpoint (its
+    /// configuration does not allow it): charged to no endpoint.
+    #[cfg(feature = "tonic")]
+    Refused,
 }
 
 /// One request sent to one endpoint: counted in flight until it is ended,
@@ -108,6 +120,13 @@ fn classify(answer: Answer<'_>) -> (Outcome, Option<StatusCode>) {
     match answer {
         Answer::Response { status, .. } => (Outcome::from_status(status), Some(status)),
         Answer::Failed(error) => (Outcome::from_error(error), None),
+        #[cfg(feature = "tonic")]
+        Answer::Grpc {
+            status,
+            grpc_status,
+        } => Outcome::from_grpc(status, grpc_status),
+        #[cfg(feature = "tonic")]
+        Answer::Refused => (Outcome::ClientError, None),
     }
 }
 

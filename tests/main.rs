@@ -21,6 +21,7 @@ mod discovery;
 mod discovery_dns;
 mod discovery_etcd;
 mod golden;
+mod grpc;
 mod hash_quality;
 mod health;
 mod health_scenarios;

@@ -270,7 +270,7 @@ impl EndpointUrl {
     }
 
     /// The base path: empty, or starting with `/` and without a trailing `/`.
-    #[cfg(feature = "cookies")]
+    #[cfg(any(feature = "cookies", feature = "tonic"))]
     pub(crate) fn base_path(&self) -> &str {
         &self.base_path
     }
