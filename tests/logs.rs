@@ -104,7 +104,7 @@ async fn a_discovery_source_that_panics_is_logged_at_error_with_its_message() {
     drop(guard);
     let text = log.text();
     assert!(text.contains("ERROR"), "{text}");
-    assert!(text.contains("discovery source panicked"), "{text}");
+    assert!(text.contains("discovery task panicked"), "{text}");
     assert!(text.contains("watcher state corrupted"), "{text}");
 }
 

@@ -154,6 +154,19 @@ impl Balancer {
     }
 
     /// Makes `task` the one discovery task, stopping the one before.
+    /// Stops the discovery task, if one runs.
+    pub(crate) fn stop_discovery_task(&self) {
+        let previous = self
+            .shared
+            .discovery_task
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(previous) = previous {
+            previous.abort();
+        }
+    }
+
     pub(crate) fn replace_discovery_task(&self, task: tokio::task::AbortHandle) {
         let mut current = self
             .shared

@@ -1,6 +1,7 @@
 //! Changing the endpoint set at runtime: one endpoint at a time, batches of
 //! discovery changes, or a discovery stream followed to its end.
 
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::sync::Arc;
 
@@ -107,9 +108,10 @@ impl Balancer {
         I::Item: Into<Endpoint>,
     {
         let mut next: Vec<(EndpointUrl, u32, Labels)> = Vec::new();
+        let mut seen = HashSet::new();
         for endpoint in endpoints {
             let (url, weight, labels) = endpoint.into().parse()?;
-            if next.iter().any(|(known, ..)| *known == url) {
+            if !seen.insert(url.as_str().to_owned()) {
                 return Err(Error::DuplicateEndpoint {
                     url: url.as_str().to_owned(),
                 });
@@ -126,21 +128,25 @@ impl Balancer {
         let counters = &self.shared.counters;
         self.update::<Infallible>(|members| {
             let survivors = std::mem::take(members);
+            // By name, so that a set of n endpoints costs O(n), not O(n²):
+            // discovery hands over whole sets of thousands.
+            let by_url: HashMap<&str, &Member> = survivors
+                .iter()
+                .map(|m| (m.state.url.as_str(), m))
+                .collect();
             *members = next
                 .into_iter()
-                .map(
-                    |(url, weight, labels)| match survivors.iter().find(|m| m.state.url == url) {
-                        Some(kept) => Member {
-                            state: kept.state.clone(),
-                            weight,
-                            labels,
-                        },
-                        None => Member {
-                            labels,
-                            ..Member::new(url, weight, counters)
-                        },
+                .map(|(url, weight, labels)| match by_url.get(url.as_str()) {
+                    Some(kept) => Member {
+                        state: kept.state.clone(),
+                        weight,
+                        labels,
                     },
-                )
+                    None => Member {
+                        labels,
+                        ..Member::new(url, weight, counters)
+                    },
+                })
                 .collect();
             Ok(())
         })
@@ -325,8 +331,10 @@ impl Balancer {
         }
         // A removed endpoint's health ends with its membership: it gives
         // back any ejection, and its late answers change nothing.
+        let kept: HashSet<*const EndpointState> =
+            members.iter().map(|m| Arc::as_ptr(&m.state)).collect();
         for gone in before.members() {
-            if !members.iter().any(|m| Arc::ptr_eq(&m.state, &gone.state)) {
+            if !kept.contains(&Arc::as_ptr(&gone.state)) {
                 gone.state.retire();
             }
         }

@@ -187,7 +187,8 @@ impl Balancer {
     /// stream, is stopped rather than restarted (it was consumed): the
     /// panic is caught, logged at `error` and counted in
     /// [`Stats::discovery`](crate::Stats::discovery) (`errors` + 1,
-    /// `last_error` "the discovery source panicked: " and its message,
+    /// `last_error` "the discovery task panicked (its source, or a policy
+    /// building the set): " and its message,
     /// `ended`), and the last good set keeps serving. (Under
     /// `panic = "abort"` no panic can be caught.)
     ///
@@ -202,6 +203,9 @@ impl Balancer {
             failures: self.connect_failures().clone(),
             balancer: Some(self.downgrade()),
         };
+        // The old source stops before the figures start again, so that it
+        // does not count into the new one's.
+        self.stop_discovery_task();
         self.update_discovery(|stats| *stats = DiscoveryStats::default());
         let (progress, watched) = watch::channel(Progress::default());
         let progress = Arc::new(progress);
@@ -315,21 +319,25 @@ async fn survive_panics(
     let message = panic_message(panic.as_ref());
     tracing::error!(
         panic = %message,
-        "discovery source panicked; it is stopped and the last good set stays"
+        "discovery task panicked; the source is stopped and the last good set stays"
     );
-    let failure = format!("the discovery source panicked: {message}");
-    progress.send_modify(|p| {
-        p.ended = true;
-        p.last_error = Some(failure.clone());
-    });
+    let failure = format!(
+        "the discovery task panicked (its source, or a policy building the set): {message}"
+    );
+    // The figures first, then the waiters: whoever `ready()` wakes reads
+    // `stats()` with the panic counted.
     if let Some(balancer) = balancer.upgrade() {
         balancer.update_discovery(|stats| {
             stats.errors += 1;
-            stats.last_error = Some(failure);
+            stats.last_error = Some(failure.clone());
             stats.last_error_at = Some(SystemTime::now());
             stats.ended = true;
         });
     }
+    progress.send_modify(|p| {
+        p.ended = true;
+        p.last_error = Some(failure);
+    });
 }
 
 /// The text a panic was raised with, when it has one.
@@ -377,6 +385,13 @@ async fn follow(
                 if admitted.is_empty() {
                     Some(format!(
                         "every endpoint of the set was refused ({listed} skipped)"
+                    ))
+                } else if admitted.iter().all(|(_, weight, _)| *weight == 0) {
+                    // Nothing to send to, as an empty set: never down to
+                    // nothing by a registry's mistake.
+                    Some(format!(
+                        "every endpoint of the set has weight 0 ({} listed)",
+                        admitted.len()
                     ))
                 } else {
                     let count = admitted.len();

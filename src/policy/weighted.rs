@@ -20,13 +20,26 @@ const BUILD_BUDGET: u64 = 1 << 25;
 /// One cycle of NGINX's smooth weighted round robin over `weights`.
 pub(crate) fn smooth_cycle(weights: &[u32]) -> Vec<u32> {
     let weights = cycle_weights(weights);
+    // Equal weights (reduced to 1 each): NGINX's loop visits the endpoints
+    // in order, ties going to the first. Said directly, a set of thousands
+    // from discovery costs O(n) to prepare instead of O(n²).
+    if weights.iter().all(|&w| w == 1) {
+        return (0..weights.len() as u32).collect();
+    }
+    nginx_order(&weights)
+}
+
+/// NGINX's loop: each pick, every endpoint's current value grows by its
+/// weight, the largest (the first of equals) is picked and loses the
+/// total. O(total × n).
+fn nginx_order(weights: &[u64]) -> Vec<u32> {
     let total: u64 = weights.iter().sum();
     let total = i64::try_from(total).unwrap_or(i64::MAX);
     let mut current = vec![0i64; weights.len()];
     let mut cycle = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
     for _ in 0..total {
         let (mut best, mut best_current) = (0, i64::MIN);
-        for (i, (cur, &w)) in current.iter_mut().zip(&weights).enumerate() {
+        for (i, (cur, &w)) in current.iter_mut().zip(weights).enumerate() {
             *cur += w as i64;
             if *cur > best_current {
                 (best, best_current) = (i, *cur);
@@ -71,6 +84,19 @@ mod tests {
             .iter()
             .map(|&i| char::from(b'a' + i as u8))
             .collect()
+    }
+
+    #[test]
+    fn equal_weights_take_the_endpoints_in_order_as_nginx_does() {
+        for n in 1..60 {
+            for w in [1, 3, 10_000] {
+                assert_eq!(
+                    smooth_cycle(&vec![w; n]),
+                    nginx_order(&vec![1; n]),
+                    "{n} x {w}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -4,14 +4,14 @@
 //! can be stopped and started again on the same port.
 
 use std::future::Future;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hickory_server::net::runtime::Time;
-use hickory_server::proto::rr::rdata::{A, SOA, SRV};
+use hickory_server::proto::rr::rdata::{A, AAAA, SOA, SRV};
 use hickory_server::proto::rr::{LowerName, Name, RData, Record, RecordSet, RecordType, RrKey};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::store::in_memory::InMemoryZoneHandler;
@@ -161,6 +161,17 @@ impl DnsServer {
             .map(|ip| Record::from_rdata(name.clone(), ttl, RData::A(A(*ip))))
             .collect();
         self.set(name, RecordType::A, ttl, records).await;
+    }
+
+    /// Replaces the AAAA records of `name` (the full name, `api.test.`).
+    #[allow(dead_code)] // only the review probes serve IPv6
+    pub async fn set_ipv6_addresses(&self, name: &str, ips: &[Ipv6Addr], ttl: u32) {
+        let name = Name::from_str(name).expect("a valid name");
+        let records = ips
+            .iter()
+            .map(|ip| Record::from_rdata(name.clone(), ttl, RData::AAAA(AAAA(*ip))))
+            .collect();
+        self.set(name, RecordType::AAAA, ttl, records).await;
     }
 
     /// Replaces the SRV records of `name`: `(priority, weight, port,
