@@ -315,7 +315,7 @@ impl Balancer {
         let shared = &self.shared;
         // A panic elsewhere while holding the lock left no half-written
         // state (the snapshot is swapped whole), so a poisoned lock is fine.
-        let _writer = shared.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let writer = shared.writer.lock().unwrap_or_else(|p| p.into_inner());
         let before = shared.snapshot.load_full();
         let mut members = before.members().to_vec();
         edit(&mut members)?;
@@ -325,13 +325,20 @@ impl Balancer {
         }
         // A removed endpoint's health ends with its membership: it gives
         // back any ejection, and its late answers change nothing.
+        let mut removed = Vec::new();
         for gone in before.members() {
             if !members.iter().any(|m| Arc::ptr_eq(&m.state, &gone.state)) {
                 gone.state.retire();
+                removed.push(gone.state.clone());
             }
         }
         let next = Snapshot::build(members, &shared.policy, &shared.counters);
         shared.snapshot.store(Arc::new(next));
+        drop(writer);
+        // What is kept per endpoint outside the balancer ends with it now.
+        if !removed.is_empty() {
+            self.removed(&removed);
+        }
         Ok(())
     }
 }
