@@ -167,6 +167,13 @@ impl Outcome {
         if h2.reason() == Some(h2::Reason::REFUSED_STREAM) {
             return Some(Outcome::ConnectError);
         }
+        // A graceful GOAWAY (NO_ERROR) fails only the streams above its
+        // last stream id, which the server did not process (RFC 9113
+        // section 6.8); the streams it kept end normally, or, if the
+        // connection then closes under them, with an I/O error.
+        if h2.is_go_away() && h2.is_remote() && h2.reason() == Some(h2::Reason::NO_ERROR) {
+            return Some(Outcome::ConnectError);
+        }
         if let Some(io) = h2.get_io() {
             return Self::classify_one(io);
         }
@@ -180,6 +187,12 @@ impl Outcome {
 const GRPC_DEADLINE_EXCEEDED: u8 = 4;
 #[cfg(feature = "tonic")]
 const GRPC_UNAVAILABLE: u8 = 14;
+
+/// Whether a `grpc-status` value is UNAVAILABLE.
+#[cfg(feature = "tonic")]
+pub(crate) fn is_grpc_unavailable(value: &HeaderValue) -> bool {
+    grpc_code(value.as_bytes()) == Some(GRPC_UNAVAILABLE)
+}
 
 /// The gRPC status code in a `grpc-status` value: 0 to 16 in decimal
 /// digits, nothing else.
