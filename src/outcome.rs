@@ -152,7 +152,8 @@ impl Outcome {
 
     /// tonic's connector error (nothing was sent), its client timeout, and
     /// h2's stream errors: a refused stream was not processed (RFC 9113
-    /// section 8.7); an I/O error is classified by its kind; any other
+    /// section 8.7), nor was one failed by the peer's graceful GOAWAY
+    /// (section 6.8); an I/O error is classified by its kind; any other
     /// reset or GOAWAY came after the stream was open: it may have been
     /// processed.
     #[cfg(feature = "tonic")]

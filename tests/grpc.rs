@@ -1017,3 +1017,78 @@ async fn a_session_key_in_the_tonic_requests_extensions_picks_the_endpoint() {
     }
     assert_eq!(homes.len(), 3);
 }
+
+/// A server that answers the first request's stream with a graceful
+/// GOAWAY whose last stream id is 0 (RFC 9113 section 6.8: the stream
+/// was not processed), written as raw HTTP/2 frames so that the GOAWAY
+/// surely comes after the stream was sent. Returns its URL; it stops with
+/// the test's runtime.
+async fn goaway_backend() -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut preface = [0u8; 24];
+                if socket.read_exact(&mut preface).await.is_err() {
+                    return;
+                }
+                // Frames until the first HEADERS (type 1).
+                loop {
+                    let mut head = [0u8; 9];
+                    if socket.read_exact(&mut head).await.is_err() {
+                        return;
+                    }
+                    let length = usize::from(head[0]) << 16
+                        | usize::from(head[1]) << 8
+                        | usize::from(head[2]);
+                    let mut payload = vec![0u8; length];
+                    if socket.read_exact(&mut payload).await.is_err() {
+                        return;
+                    }
+                    if head[3] == 1 {
+                        break;
+                    }
+                }
+                let settings = [0, 0, 0, 4, 0, 0, 0, 0, 0];
+                // GOAWAY: length 8, type 7, stream 0; last stream id 0, NO_ERROR.
+                let goaway = [0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+                let _ = socket.write_all(&settings).await;
+                let _ = socket.write_all(&goaway).await;
+                let _ = socket.flush().await;
+                // Hold the connection a moment, then close it.
+                let mut rest = [0u8; 1024];
+                while matches!(socket.read(&mut rest).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    url
+}
+
+/// A call caught by a graceful GOAWAY before its stream was processed is
+/// sent to another endpoint: the caller sees no error.
+#[tokio::test]
+async fn a_call_refused_by_a_goaway_goes_to_another_endpoint() {
+    let going_away = goaway_backend().await;
+    let good = echo_backend().await;
+    let balancer = Balancer::builder()
+        .endpoint(&going_away)
+        .endpoint(&good.url)
+        .policy(Policy::round_robin())
+        .build()
+        .unwrap();
+    let mut client = EchoClient::new(balancer.grpc().unwrap());
+    let reply = client.unary(request("x")).await.unwrap().into_inner();
+    assert_eq!(reply.server, good.url);
+    let refused = balancer.stats().endpoint(&going_away).unwrap();
+    assert_eq!(
+        (
+            refused.failures.connect,
+            refused.failures.total(),
+            refused.in_flight
+        ),
+        (1, 1, 0),
+        "{refused:?}"
+    );
+}
