@@ -71,8 +71,8 @@ impl RequestBody {
         if body.is_end_stream() {
             return RequestBody::Whole(None);
         }
-        let streaming = |read: Option<BytesMut>, stopped_at, rest| RequestBody::Streaming {
-            read: read.map(BytesMut::freeze),
+        let streaming = |read, stopped_at, rest| RequestBody::Streaming {
+            read,
             stopped_at,
             rest,
         };
@@ -82,29 +82,34 @@ impl RequestBody {
         // A body that is not ready is polled again, with the caller's
         // waker, when the call sends it.
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        let mut read: Option<BytesMut> = None;
+        let mut read: Option<Bytes> = None;
         loop {
             let frame = match Pin::new(&mut body).poll_frame(&mut cx) {
                 Poll::Ready(Some(Ok(frame))) => frame,
                 Poll::Ready(Some(Err(error))) => return streaming(read, Some(Err(error)), body),
-                Poll::Ready(None) => return RequestBody::Whole(read.map(BytesMut::freeze)),
+                Poll::Ready(None) => return RequestBody::Whole(read),
                 Poll::Pending => return streaming(read, None, body),
             };
             let data = match frame.into_data() {
                 Ok(data) => data,
                 Err(frame) => return streaming(read, Some(Ok(frame)), body),
             };
-            let held = read.as_ref().map_or(0, BytesMut::len);
+            let held = read.as_ref().map_or(0, Bytes::len);
             if held + data.len() > limit {
                 return streaming(read, Some(Ok(Frame::data(data))), body);
             }
-            match read.as_mut() {
-                Some(read) => read.extend_from_slice(&data),
-                // One message is one frame: kept without a copy.
-                None => read = Some(BytesMut::from(data)),
-            }
+            read = Some(match read {
+                // One message is one frame: kept as it is, without a copy.
+                None => data,
+                Some(before) => {
+                    let mut joined = BytesMut::with_capacity(before.len() + data.len());
+                    joined.extend_from_slice(&before);
+                    joined.extend_from_slice(&data);
+                    joined.freeze()
+                }
+            });
             if body.is_end_stream() {
-                return RequestBody::Whole(read.map(BytesMut::freeze));
+                return RequestBody::Whole(read);
             }
         }
     }
@@ -162,6 +167,79 @@ impl Body for RequestBody {
                 }
                 hint
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use proptest::prelude::*;
+
+    /// A body of `chunks` that is not ready once, before chunk `pending_at`.
+    struct Chunks {
+        chunks: std::collections::VecDeque<Bytes>,
+        sent: usize,
+        pending_at: Option<usize>,
+    }
+
+    impl Body for Chunks {
+        type Data = Bytes;
+        type Error = Status;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+            if self.pending_at == Some(self.sent) {
+                self.pending_at = None;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            self.sent += 1;
+            Poll::Ready(self.chunks.pop_front().map(|c| Ok(Frame::data(c))))
+        }
+    }
+
+    fn body(chunks: &[Vec<u8>], pending_at: Option<usize>) -> tonic::body::Body {
+        tonic::body::Body::new(Chunks {
+            chunks: chunks.iter().map(|c| Bytes::from(c.clone())).collect(),
+            sent: 0,
+            pending_at,
+        })
+    }
+
+    fn collect(body: RequestBody) -> Vec<u8> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let collected = runtime.block_on(body.collect()).unwrap();
+        collected.to_bytes().to_vec()
+    }
+
+    proptest! {
+        /// The promise of `GrpcOptions::request_buffer`: a body that is
+        /// ready to its end at once and ends within the limit is kept whole
+        /// (and a copy sends the same bytes); any other is sent once; either
+        /// way exactly the caller's bytes go out, in order.
+        #[test]
+        fn a_body_is_kept_exactly_when_it_ends_within_the_limit_and_the_bytes_sent_are_the_callers(
+            chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 0..6),
+            pending_at in proptest::option::of(0usize..7),
+            limit in 0usize..200,
+        ) {
+            let all: Vec<u8> = chunks.concat();
+            let read = RequestBody::read_ahead(body(&chunks, pending_at), limit);
+            // Ready to its end: not pending before the end (a pending
+            // position past the chunks is never reached).
+            let ready_at_once = pending_at.is_none_or(|at| at > chunks.len());
+            let kept = matches!(read, RequestBody::Whole(_));
+            prop_assert_eq!(kept, ready_at_once && all.len() <= limit);
+            if let RequestBody::Whole(data) = &read {
+                prop_assert_eq!(collect(RequestBody::Whole(data.clone())), all.clone());
+            }
+            prop_assert_eq!(collect(read), all);
         }
     }
 }
