@@ -102,8 +102,8 @@ pub use error::{BoxError, Error, NotReadyReason};
 pub use etcd_client;
 #[cfg(feature = "tonic")]
 pub use grpc::{
-    BalancedChannel, GrpcBody, GrpcResponseFuture, CONNECT_TIMEOUT, KEEP_ALIVE_INTERVAL,
-    KEEP_ALIVE_TIMEOUT,
+    BalancedChannel, GrpcBody, GrpcOptions, GrpcResponseFuture, CONNECT_TIMEOUT,
+    KEEP_ALIVE_INTERVAL, KEEP_ALIVE_TIMEOUT, REQUEST_BUFFER,
 };
 pub use health::{HealthEvent, OutlierDetection, Retries, Retryable};
 pub use layer::BalanceLayer;

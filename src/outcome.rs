@@ -152,7 +152,8 @@ impl Outcome {
 
     /// tonic's connector error (nothing was sent), its client timeout, and
     /// h2's stream errors: a refused stream was not processed (RFC 9113
-    /// section 8.7); an I/O error is classified by its kind; any other
+    /// section 8.7), nor was one failed by the peer's graceful GOAWAY
+    /// (section 6.8); an I/O error is classified by its kind; any other
     /// reset or GOAWAY came after the stream was open: it may have been
     /// processed.
     #[cfg(feature = "tonic")]
@@ -165,6 +166,13 @@ impl Outcome {
         }
         let h2 = err.downcast_ref::<h2::Error>()?;
         if h2.reason() == Some(h2::Reason::REFUSED_STREAM) {
+            return Some(Outcome::ConnectError);
+        }
+        // A graceful GOAWAY (NO_ERROR) fails only the streams above its
+        // last stream id, which the server did not process (RFC 9113
+        // section 6.8); the streams it kept end normally, or, if the
+        // connection then closes under them, with an I/O error.
+        if h2.is_go_away() && h2.is_remote() && h2.reason() == Some(h2::Reason::NO_ERROR) {
             return Some(Outcome::ConnectError);
         }
         if let Some(io) = h2.get_io() {
@@ -180,6 +188,12 @@ impl Outcome {
 const GRPC_DEADLINE_EXCEEDED: u8 = 4;
 #[cfg(feature = "tonic")]
 const GRPC_UNAVAILABLE: u8 = 14;
+
+/// Whether a `grpc-status` value is UNAVAILABLE.
+#[cfg(feature = "tonic")]
+pub(crate) fn is_grpc_unavailable(value: &HeaderValue) -> bool {
+    grpc_code(value.as_bytes()) == Some(GRPC_UNAVAILABLE)
+}
 
 /// The gRPC status code in a `grpc-status` value: 0 to 16 in decimal
 /// digits, nothing else.

@@ -5,10 +5,10 @@
 //! Each endpoint's service is made on its first request by the user's
 //! function, or comes with the endpoint from discovery (a stream of
 //! `Change<url, service>`), and is kept in a map that requests read without
-//! a lock; a new endpoint takes the writers' lock once. The map holds each
-//! endpoint weakly: when an endpoint leaves the set, its service is dropped
-//! (at once when discovery removes it, else at the next insertion), so its
-//! connections close, and a re-added address gets a new one.
+//! a lock; a new endpoint takes the writers' lock once. When an endpoint
+//! leaves the set, the balancer tells the map (`OnRemoval`) and its service
+//! is dropped then, so its connections close once the requests still on
+//! them end, and a re-added address gets a new one.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -19,7 +19,7 @@ use futures::StreamExt;
 use tower::discover::{Change, Discover};
 use tower_service::Service;
 
-use crate::balancer::{Balancer, LaneHandles};
+use crate::balancer::{Balancer, LaneHandles, OnRemoval};
 use crate::endpoint::{EndpointState, EndpointUrl};
 use crate::error::{BoxError, Error};
 use crate::pipeline::Trip;
@@ -168,12 +168,44 @@ fn key(endpoint: &Arc<EndpointState>) -> usize {
     Arc::as_ptr(endpoint) as usize
 }
 
+impl<S: Clone + Send + Sync> OnRemoval for Services<S> {
+    /// Drops the services of the endpoints that left the set (their
+    /// states are alive here, so their addresses name them).
+    fn removed(&self, gone: &[Arc<EndpointState>]) {
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let held = self.by_endpoint.load();
+        if !gone
+            .iter()
+            .any(|endpoint| held.contains_key(&key(endpoint)))
+        {
+            return;
+        }
+        drop(held);
+        self.edit(|map| {
+            for endpoint in gone {
+                map.remove(&key(endpoint));
+            }
+        });
+    }
+}
+
+/// `services`, told by `balancer` when endpoints leave its set.
+pub(crate) fn shared_with<S>(balancer: &Balancer, services: Services<S>) -> Arc<Services<S>>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    let services = Arc::new(services);
+    let listener: Weak<dyn OnRemoval> = Arc::downgrade(&services) as _;
+    balancer.on_removal(listener);
+    services
+}
+
 impl<S> PerEndpointService<S>
 where
     S: Clone + Send + Sync + 'static,
 {
     fn with(balancer: &Balancer, services: Services<S>) -> Self {
-        let services = Arc::new(services);
+        let services = shared_with(balancer, services);
         let service_for = {
             let services = services.clone();
             Arc::new(move |endpoint: &Arc<EndpointState>| services.get(endpoint)) as ServiceFor<S>
@@ -244,9 +276,9 @@ impl Balancer {
     /// ([`Balancer::layer`]) stays the usual choice. Services given by
     /// discovery ([`PerEndpointService::follow`]) take precedence.
     ///
-    /// The service of an endpoint that leaves the set is dropped at the
-    /// next endpoint's first request; an address added again gets a new
-    /// one.
+    /// The service of an endpoint that leaves the set is dropped when it
+    /// leaves (requests still on it keep their clones until they end); an
+    /// address added again gets a new one.
     ///
     /// ```
     /// use tower::ServiceExt;

@@ -45,6 +45,25 @@ pub(crate) enum Answer<'a> {
     /// configuration does not allow it): charged to no endpoint.
     #[cfg(feature = "tonic")]
     Refused,
+    /// The endpoint's client failed before sending the request (its
+    /// channel could not get ready): a connect error, whatever the error.
+    #[cfg(feature = "tonic")]
+    NotSent,
+}
+
+impl Answer<'_> {
+    /// A gRPC answer with status UNAVAILABLE: the server asks the caller to
+    /// try again, so a call safe to send twice may go to another endpoint.
+    fn grpc_unavailable(&self) -> bool {
+        match self {
+            #[cfg(feature = "tonic")]
+            Answer::Grpc {
+                grpc_status: Some(value),
+                ..
+            } => crate::outcome::is_grpc_unavailable(value),
+            _ => false,
+        }
+    }
 }
 
 /// One request sent to one endpoint: counted in flight until it is ended,
@@ -127,6 +146,8 @@ fn classify(answer: Answer<'_>) -> (Outcome, Option<StatusCode>) {
         } => Outcome::from_grpc(status, grpc_status),
         #[cfg(feature = "tonic")]
         Answer::Refused => (Outcome::ClientError, None),
+        #[cfg(feature = "tonic")]
+        Answer::NotSent => (Outcome::ConnectError, None),
     }
 }
 
@@ -271,9 +292,10 @@ impl<R: Route> Trip<R> {
         // write too) only for a retry, to leave it out of the next pick.
         let balancer = balancer.filter(|balancer| {
             self.may_retry()
-                && balancer
-                    .retrying()
-                    .is_some_and(|retrying| retrying.retries(outcome, self.safe))
+                && balancer.retrying().is_some_and(|retrying| {
+                    retrying.retries(outcome, self.safe)
+                        || (answer.grpc_unavailable() && retrying.retries_unavailable(self.safe))
+                })
         });
         let tried = balancer.map(|balancer| (balancer, attempt.in_flight.core().clone()));
         let keep = attempt.endpoint.is_some();

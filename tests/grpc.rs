@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +23,9 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tonic::codegen::tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Code, Request, Response, Status};
-use tower_lb::{BalancedChannel, Balancer, OutlierDetection, Policy, RequestKey, SessionKey};
+use tower_lb::{
+    BalancedChannel, Balancer, GrpcOptions, OutlierDetection, Policy, RequestKey, SessionKey,
+};
 
 use crate::support::RefusingPort;
 
@@ -516,4 +518,577 @@ async fn answers_that_are_not_grpc_have_their_documented_outcome_and_leave_nothi
         assert!(check(&stats), "{name}: {stats:?}");
         assert_eq!((stats.in_flight, stats.requests), (0, 1), "{name}");
     }
+}
+
+/// A tonic Echo server on 127.0.0.1 that can be killed as a crash kills
+/// it: its serve task owns the listener and every connection, so aborting
+/// the task closes them all at once, with no GOAWAY, and the port then
+/// refuses connections. Counts its open connections and the unary calls
+/// it answered.
+struct KillableBackend {
+    url: String,
+    open_connections: Arc<AtomicUsize>,
+    answered: Arc<AtomicUsize>,
+    /// Unary calls wait, while this is set, for a permit that never comes.
+    gated: Arc<std::sync::atomic::AtomicBool>,
+    /// Unary calls that entered the handler.
+    received: Arc<AtomicUsize>,
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl KillableBackend {
+    async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let backend = KillableService {
+            name: url.clone(),
+            answered: Arc::default(),
+            received: Arc::default(),
+            gate: Arc::new(Semaphore::new(0)),
+            gated: Arc::default(),
+            stream_gate: Arc::new(Semaphore::new(0)),
+        };
+        let open_connections = Arc::new(AtomicUsize::new(0));
+        let (answered, received, gated) = (
+            backend.answered.clone(),
+            backend.received.clone(),
+            backend.gated.clone(),
+        );
+        let routes = tonic::service::Routes::new(EchoServer::new(backend));
+        let open = open_connections.clone();
+        let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        let Ok((stream, _)) = accepted else { continue };
+                        let routes = routes.clone();
+                        let open = OpenConnection::new(open.clone());
+                        connections.spawn(async move {
+                            let _open = open;
+                            let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                                let mut routes = routes.clone();
+                                async move {
+                                    tower::Service::call(&mut routes, request.map(tonic::body::Body::new)).await
+                                }
+                            });
+                            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        });
+                    }
+                    Some(_) = connections.join_next() => {}
+                }
+            }
+        });
+        KillableBackend {
+            url,
+            open_connections,
+            answered,
+            gated,
+            received,
+            task: std::sync::Mutex::new(Some(task)),
+        }
+    }
+
+    /// Kills the server: every connection closes at once and the port
+    /// refuses connections.
+    async fn kill(&self) {
+        let task = self.task.lock().unwrap().take();
+        if let Some(task) = task {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for KillableBackend {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.lock().unwrap().take() {
+            task.abort();
+        }
+    }
+}
+
+/// Counts a connection open until dropped (the connection's task ended or
+/// was aborted).
+struct OpenConnection(Arc<AtomicUsize>);
+
+impl OpenConnection {
+    fn new(open: Arc<AtomicUsize>) -> Self {
+        open.fetch_add(1, Ordering::SeqCst);
+        OpenConnection(open)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+struct KillableService {
+    name: String,
+    answered: Arc<AtomicUsize>,
+    received: Arc<AtomicUsize>,
+    gate: Arc<Semaphore>,
+    gated: Arc<std::sync::atomic::AtomicBool>,
+    stream_gate: Arc<Semaphore>,
+}
+
+#[tonic::async_trait]
+impl Echo for KillableService {
+    async fn unary(&self, request: Request<EchoRequest>) -> Result<Response<EchoReply>, Status> {
+        self.received.fetch_add(1, Ordering::SeqCst);
+        if self.gated.load(Ordering::SeqCst) {
+            let _ = self.gate.acquire().await.map(|p| p.forget());
+        }
+        self.answered.fetch_add(1, Ordering::SeqCst);
+        Ok(Response::new(EchoReply {
+            server: self.name.clone(),
+            message: request.into_inner().message,
+        }))
+    }
+
+    type StreamStream = Pin<Box<dyn Stream<Item = Result<EchoReply, Status>> + Send>>;
+
+    async fn stream(
+        &self,
+        request: Request<EchoRequest>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let count = request.get_ref().count;
+        let server = self.name.clone();
+        let gate = self.stream_gate.clone();
+        let replies = futures::stream::unfold(0, move |sent| {
+            let (server, gate) = (server.clone(), gate.clone());
+            async move {
+                if sent >= count {
+                    return None;
+                }
+                if sent > 0 {
+                    gate.acquire().await.ok()?.forget();
+                }
+                let reply = EchoReply {
+                    server,
+                    message: sent.to_string(),
+                };
+                Some((Ok(reply), sent + 1))
+            }
+        });
+        Ok(Response::new(Box::pin(replies)))
+    }
+}
+
+/// Waits until `done` holds, polling; panics with `what` after 10 s.
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Sends `total` unary calls, `concurrency` at a time, through `client`;
+/// calls `at_half` once half of them are answered. Returns the errors.
+async fn burst<F, Fut>(
+    client: &EchoClient<BalancedChannel>,
+    total: usize,
+    concurrency: usize,
+    at_half: F,
+) -> Vec<Status>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    use futures::StreamExt;
+    let calls = futures::stream::iter(0..total)
+        .map(|i| {
+            let mut client = client.clone();
+            async move { client.unary(request(&i.to_string())).await.err() }
+        })
+        .buffer_unordered(concurrency);
+    let mut calls = std::pin::pin!(calls);
+    let mut errors = Vec::new();
+    let mut done = 0;
+    let mut at_half = Some(at_half);
+    while let Some(error) = calls.next().await {
+        errors.extend(error);
+        done += 1;
+        if done == total / 2 {
+            if let Some(at_half) = at_half.take() {
+                at_half().await;
+            }
+        }
+    }
+    errors
+}
+
+/// The goal: a server killed while unary calls run at c=32 costs
+/// the caller nothing. Calls that never reached it (refused connections,
+/// calls queued on its connection as it closed) go to another endpoint;
+/// the calls it held when it died are marked safe to send twice here, so
+/// they go again too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_server_costs_no_caller_error_for_unary_calls_at_concurrency_32() {
+    let backends = futures::future::join_all((0..4).map(|_| KillableBackend::start())).await;
+    let mut builder = Balancer::builder();
+    for backend in &backends {
+        builder = builder.endpoint(&backend.url);
+    }
+    let balancer = builder.build().unwrap();
+    let channel = balancer
+        .grpc_options(GrpcOptions::new().safe_to_retry(["/echo.Echo/Unary"]))
+        .unwrap();
+    let client = EchoClient::new(channel);
+    let victim = &backends[3];
+    let mut answered_before_kill = 0;
+    let errors = burst(&client, 4_000, 32, || async {
+        victim.kill().await;
+        answered_before_kill = victim.answered.load(Ordering::SeqCst);
+    })
+    .await;
+    assert!(
+        errors.is_empty(),
+        "{} errors: {:?}",
+        errors.len(),
+        &errors[..errors.len().min(5)]
+    );
+    assert!(answered_before_kill > 0);
+    assert_eq!(victim.answered.load(Ordering::SeqCst), answered_before_kill);
+    let stats = balancer.stats();
+    let dead = stats.endpoint(&victim.url).unwrap();
+    assert!(dead.ejected, "{dead:?}");
+    assert!(dead.failures.connect + dead.failures.closed > 0, "{dead:?}");
+    for endpoint in &stats.endpoints {
+        assert_eq!(endpoint.in_flight, 0, "{endpoint:?}");
+    }
+}
+
+/// Unmarked unary calls: the kill fails only calls the dead server may
+/// have processed (its connection closed under them:
+/// `MayHaveBeenProcessed`); no call fails for a refused connection, and
+/// none after those the server held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_server_fails_only_the_unary_calls_it_may_have_processed() {
+    let backends = futures::future::join_all((0..4).map(|_| KillableBackend::start())).await;
+    let mut builder = Balancer::builder();
+    for backend in &backends {
+        builder = builder.endpoint(&backend.url);
+    }
+    let balancer = builder.build().unwrap();
+    let client = EchoClient::new(balancer.grpc().unwrap());
+    let victim = &backends[3];
+    let errors = burst(&client, 4_000, 32, || victim.kill()).await;
+    // At most the calls in flight when it died.
+    assert!(errors.len() <= 32, "{} errors", errors.len());
+    for status in &errors {
+        let source = std::error::Error::source(status).expect("the balancer's error");
+        assert!(
+            matches!(
+                source.downcast_ref::<tower_lb::Error>(),
+                Some(tower_lb::Error::MayHaveBeenProcessed { endpoint, .. }) if *endpoint == victim.url
+            ),
+            "{status:?}"
+        );
+    }
+    let dead = balancer.stats().endpoint(&victim.url).unwrap();
+    assert_eq!(dead.failures.closed, errors.len() as u64, "{dead:?}");
+    assert_eq!(dead.in_flight, 0);
+}
+
+/// A server killed while it holds a unary call and a stream: the unary
+/// call fails as "may have been processed" (UNKNOWN), unless marked safe
+/// to send twice (then another server answers it); the stream fails at its
+/// next message; nothing stays in flight.
+#[tokio::test]
+async fn a_server_killed_with_calls_in_flight_fails_them_and_leaves_nothing_in_flight() {
+    let victim = KillableBackend::start().await;
+    let other = KillableBackend::start().await;
+    let balancer = Balancer::builder()
+        .endpoint(&victim.url)
+        .endpoint(&other.url)
+        .policy(Policy::round_robin())
+        .build()
+        .unwrap();
+    let client = EchoClient::new(balancer.grpc().unwrap());
+    victim.gated.store(true, Ordering::SeqCst);
+    let stats = |url: &str| balancer.stats().endpoint(url).unwrap();
+
+    // Round robin: the first call goes to the victim, and waits there.
+    let plain = tokio::spawn({
+        let mut client = client.clone();
+        async move { client.unary(request("plain")).await }
+    });
+    eventually("the victim holds the first call", || {
+        victim.received.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    // The next goes to the other server; the third, marked, to the victim.
+    let mut client2 = client.clone();
+    client2.unary(request("between")).await.unwrap();
+    let marked = tokio::spawn({
+        let mut client = client.clone();
+        async move {
+            let mut call = Request::new(request("marked"));
+            call.extensions_mut().insert(tower_lb::Retryable);
+            client.unary(call).await
+        }
+    });
+    eventually("the victim holds both calls", || {
+        victim.received.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    // A stream to the other server... and one to the victim.
+    let three = EchoRequest {
+        message: String::new(),
+        count: 3,
+    };
+    let _ = client2.stream(three.clone()).await.unwrap().into_inner();
+    let mut stream = client2.stream(three).await.unwrap().into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert_eq!(first.server, victim.url);
+    assert_eq!(stats(&victim.url).in_flight, 3);
+
+    victim.kill().await;
+    let status = plain.await.unwrap().unwrap_err();
+    assert_eq!(status.code(), Code::Unknown, "{status:?}");
+    let source = std::error::Error::source(&status).unwrap();
+    assert!(
+        matches!(
+            source.downcast_ref::<tower_lb::Error>(),
+            Some(tower_lb::Error::MayHaveBeenProcessed { .. })
+        ),
+        "{source:?}"
+    );
+    let reply = marked.await.unwrap().unwrap().into_inner();
+    assert_eq!(reply.server, other.url);
+    let status = stream.message().await.unwrap_err();
+    assert_ne!(status.code(), Code::Ok);
+    let dead = stats(&victim.url);
+    assert_eq!((dead.in_flight, dead.failures.closed), (0, 3), "{dead:?}");
+    assert_eq!(stats(&other.url).in_flight, 0);
+}
+
+/// A call that never reaches its endpoint (a refused connection) goes to
+/// another; a body past the request buffer is sent once.
+#[tokio::test]
+async fn a_refused_call_goes_to_another_endpoint_when_its_body_was_kept() {
+    let refusing = RefusingPort::new();
+    let good = echo_backend().await;
+    let balancer = Balancer::builder()
+        .endpoint(&refusing.url)
+        .endpoint(&good.url)
+        .policy(Policy::round_robin())
+        .outlier_detection(OutlierDetection::default().consecutive_failures(1000))
+        .build()
+        .unwrap();
+    let mut client = EchoClient::new(balancer.grpc().unwrap());
+    let (served, errors) = call_unary(&mut client, 10).await;
+    assert_eq!((served.get(&good.url), errors), (Some(&10), vec![]));
+    let refused = balancer.stats().endpoint(&refusing.url).unwrap();
+    assert_eq!((refused.failures.connect, refused.in_flight), (5, 0));
+
+    // Past the buffer: sent once.
+    let mut small = EchoClient::new(
+        balancer
+            .grpc_options(GrpcOptions::new().request_buffer(64))
+            .unwrap(),
+    );
+    let big = || request(&"x".repeat(100));
+    let mut codes = Vec::new();
+    for _ in 0..2 {
+        codes.push(small.unary(big()).await.err().map(|s| s.code()));
+    }
+    codes.sort_by_key(|c| c.is_some());
+    assert_eq!(codes, [None, Some(Code::Unavailable)]);
+    // Within it, both answered.
+    for _ in 0..2 {
+        small.unary(request("small")).await.unwrap();
+    }
+}
+
+/// Removing an endpoint drops its channel at once: the server sees its
+/// connection closed.
+#[tokio::test]
+async fn a_removed_endpoints_connection_closes_when_it_leaves_the_set() {
+    let leaving = KillableBackend::start().await;
+    let staying = KillableBackend::start().await;
+    let balancer = Balancer::builder()
+        .endpoint(&leaving.url)
+        .endpoint(&staying.url)
+        .build()
+        .unwrap();
+    let mut client = EchoClient::new(balancer.grpc().unwrap());
+    call_unary(&mut client, 4).await;
+    assert_eq!(leaving.open_connections.load(Ordering::SeqCst), 1);
+    balancer.remove(&leaving.url).unwrap();
+    eventually("the removed endpoint's connection closes", || {
+        leaving.open_connections.load(Ordering::SeqCst) == 0
+    })
+    .await;
+    assert_eq!(staying.open_connections.load(Ordering::SeqCst), 1);
+    let (served, errors) = call_unary(&mut client, 4).await;
+    assert_eq!((served.get(&staying.url), errors), (Some(&4), vec![]));
+}
+
+/// Discovery changes the set while calls run: servers added take calls,
+/// a removed server's calls end normally, the caller sees no error, and
+/// nothing stays in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_changing_the_set_while_calls_run_costs_no_caller_error() {
+    use tower_lb::Change;
+    let backends = futures::future::join_all((0..4).map(|_| KillableBackend::start())).await;
+    let balancer = Balancer::builder()
+        .endpoint(&backends[0].url)
+        .endpoint(&backends[1].url)
+        .build()
+        .unwrap();
+    let (changes, feed) =
+        futures::channel::mpsc::unbounded::<Result<Change<String, u32>, Infallible>>();
+    let following = tokio::spawn({
+        let balancer = balancer.clone();
+        async move { balancer.follow(feed).await }
+    });
+    let client = EchoClient::new(balancer.grpc().unwrap());
+    let errors = burst(&client, 3_000, 32, || async {
+        changes
+            .unbounded_send(Ok(Change::Insert(backends[2].url.clone(), 1)))
+            .unwrap();
+        changes
+            .unbounded_send(Ok(Change::Insert(backends[3].url.clone(), 2)))
+            .unwrap();
+        changes
+            .unbounded_send(Ok(Change::Remove(backends[0].url.clone())))
+            .unwrap();
+    })
+    .await;
+    assert!(errors.is_empty(), "{errors:?}");
+    let answered_by_removed = backends[0].answered.load(Ordering::SeqCst);
+    assert!(backends[2].answered.load(Ordering::SeqCst) > 0);
+    assert!(backends[3].answered.load(Ordering::SeqCst) > 0);
+    // The removed server gets nothing more, and its connection closes.
+    let (_, errors) = call_unary(&mut client.clone(), 30).await;
+    assert!(errors.is_empty());
+    assert_eq!(
+        backends[0].answered.load(Ordering::SeqCst),
+        answered_by_removed
+    );
+    eventually("the removed server's connection closes", || {
+        backends[0].open_connections.load(Ordering::SeqCst) == 0
+    })
+    .await;
+    let stats = balancer.stats();
+    assert_eq!(stats.endpoints.len(), 3);
+    for endpoint in &stats.endpoints {
+        assert_eq!(endpoint.in_flight, 0, "{endpoint:?}");
+    }
+    drop(changes);
+    following.await.unwrap().unwrap();
+}
+
+/// A `SessionKey` put in a `tonic::Request`'s extensions reaches the
+/// balancer (tonic carries the extensions into the HTTP request).
+#[tokio::test]
+async fn a_session_key_in_the_tonic_requests_extensions_picks_the_endpoint() {
+    let backends = [
+        echo_backend().await,
+        echo_backend().await,
+        echo_backend().await,
+    ];
+    let balancer = Balancer::builder()
+        .endpoint(&backends[0].url)
+        .endpoint(&backends[1].url)
+        .endpoint(&backends[2].url)
+        .policy(Policy::ring_hash().key(RequestKey::session()))
+        .build()
+        .unwrap();
+    let mut client = EchoClient::new(balancer.grpc().unwrap());
+    let mut homes = std::collections::HashSet::new();
+    for user in 0..30 {
+        let key = SessionKey::new(format!("user-{user}"));
+        let home = balancer.locate(&key).unwrap();
+        for _ in 0..2 {
+            let mut call = Request::new(request("x"));
+            call.extensions_mut().insert(key);
+            let server = client.unary(call).await.unwrap().into_inner().server;
+            assert_eq!(server, *home);
+        }
+        homes.insert(home.to_string());
+    }
+    assert_eq!(homes.len(), 3);
+}
+
+/// A server that answers the first request's stream with a graceful
+/// GOAWAY whose last stream id is 0 (RFC 9113 section 6.8: the stream
+/// was not processed), written as raw HTTP/2 frames so that the GOAWAY
+/// surely comes after the stream was sent. Returns its URL; it stops with
+/// the test's runtime.
+async fn goaway_backend() -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut preface = [0u8; 24];
+                if socket.read_exact(&mut preface).await.is_err() {
+                    return;
+                }
+                // Frames until the first HEADERS (type 1).
+                loop {
+                    let mut head = [0u8; 9];
+                    if socket.read_exact(&mut head).await.is_err() {
+                        return;
+                    }
+                    let length = usize::from(head[0]) << 16
+                        | usize::from(head[1]) << 8
+                        | usize::from(head[2]);
+                    let mut payload = vec![0u8; length];
+                    if socket.read_exact(&mut payload).await.is_err() {
+                        return;
+                    }
+                    if head[3] == 1 {
+                        break;
+                    }
+                }
+                let settings = [0, 0, 0, 4, 0, 0, 0, 0, 0];
+                // GOAWAY: length 8, type 7, stream 0; last stream id 0, NO_ERROR.
+                let goaway = [0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+                let _ = socket.write_all(&settings).await;
+                let _ = socket.write_all(&goaway).await;
+                let _ = socket.flush().await;
+                // Hold the connection a moment, then close it.
+                let mut rest = [0u8; 1024];
+                while matches!(socket.read(&mut rest).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    url
+}
+
+/// A call caught by a graceful GOAWAY before its stream was processed is
+/// sent to another endpoint: the caller sees no error.
+#[tokio::test]
+async fn a_call_refused_by_a_goaway_goes_to_another_endpoint() {
+    let going_away = goaway_backend().await;
+    let good = echo_backend().await;
+    let balancer = Balancer::builder()
+        .endpoint(&going_away)
+        .endpoint(&good.url)
+        .policy(Policy::round_robin())
+        .build()
+        .unwrap();
+    let mut client = EchoClient::new(balancer.grpc().unwrap());
+    let reply = client.unary(request("x")).await.unwrap().into_inner();
+    assert_eq!(reply.server, good.url);
+    let refused = balancer.stats().endpoint(&going_away).unwrap();
+    assert_eq!(
+        (
+            refused.failures.connect,
+            refused.failures.total(),
+            refused.in_flight
+        ),
+        (1, 1, 0),
+        "{refused:?}"
+    );
 }

@@ -11,7 +11,7 @@ mod builder;
 mod handles;
 mod update;
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use arc_swap::{ArcSwap, Guard};
 use tokio::time::Instant;
@@ -81,6 +81,18 @@ struct Shared {
     /// The discovery task following the current source, stopped when
     /// another source takes over.
     discovery_task: Mutex<Option<tokio::task::AbortHandle>>,
+    /// Told when endpoints leave the set (see [`OnRemoval`]); taken by
+    /// updates and registrations only.
+    on_removal: Mutex<Vec<Weak<dyn OnRemoval>>>,
+}
+
+/// State kept per endpoint outside the balancer (an endpoint's own inner
+/// service or gRPC channel), told when endpoints leave the set so that it
+/// ends with them, not at some later change.
+pub(crate) trait OnRemoval: Send + Sync {
+    /// `gone` left the set in one change; called after the change is
+    /// published, outside the balancer's update lock.
+    fn removed(&self, gone: &[Arc<EndpointState>]);
 }
 
 /// A reference to a balancer that does not keep it alive.
@@ -175,6 +187,33 @@ impl Balancer {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(previous) = current.replace(task) {
             previous.abort();
+        }
+    }
+
+    /// Tells `listener` of every later change that removes endpoints, for
+    /// as long as it lives.
+    pub(crate) fn on_removal(&self, listener: Weak<dyn OnRemoval>) {
+        let mut listeners = self
+            .shared
+            .on_removal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        listeners.retain(|l| l.strong_count() > 0);
+        listeners.push(listener);
+    }
+
+    /// Tells the listeners that `gone` left the set.
+    fn removed(&self, gone: &[Arc<EndpointState>]) {
+        let listeners: Vec<Arc<dyn OnRemoval>> = self
+            .shared
+            .on_removal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for listener in listeners {
+            listener.removed(gone);
         }
     }
 

@@ -321,7 +321,7 @@ impl Balancer {
         let shared = &self.shared;
         // A panic elsewhere while holding the lock left no half-written
         // state (the snapshot is swapped whole), so a poisoned lock is fine.
-        let _writer = shared.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let writer = shared.writer.lock().unwrap_or_else(|p| p.into_inner());
         let before = shared.snapshot.load_full();
         let mut members = before.members().to_vec();
         edit(&mut members)?;
@@ -333,13 +333,20 @@ impl Balancer {
         // back any ejection, and its late answers change nothing.
         let kept: HashSet<*const EndpointState> =
             members.iter().map(|m| Arc::as_ptr(&m.state)).collect();
+        let mut removed = Vec::new();
         for gone in before.members() {
             if !kept.contains(&Arc::as_ptr(&gone.state)) {
                 gone.state.retire();
+                removed.push(gone.state.clone());
             }
         }
         let next = Snapshot::build(members, &shared.policy, &shared.counters);
         shared.snapshot.store(Arc::new(next));
+        drop(writer);
+        // What is kept per endpoint outside the balancer ends with it now.
+        if !removed.is_empty() {
+            self.removed(&removed);
+        }
         Ok(())
     }
 }

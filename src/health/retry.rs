@@ -206,6 +206,17 @@ impl Retrying {
     }
 }
 
+impl Retrying {
+    /// Whether a gRPC call that was answered UNAVAILABLE may be sent
+    /// again: when it is safe to send twice (marked [`Retryable`], by the
+    /// channel's list of methods or by the caller). gRPC's UNAVAILABLE is
+    /// the server's "try again", and the mark is the caller's opt-in; the
+    /// budget is asked separately.
+    pub(crate) fn retries_unavailable(&self, safe: bool) -> bool {
+        safe
+    }
+}
+
 /// Marks a request as safe to send twice though its method is not
 /// idempotent (a POST the server deduplicates, say): insert it in the
 /// request's extensions. A request with an `Idempotency-Key` header counts

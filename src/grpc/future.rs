@@ -1,0 +1,240 @@
+//! A balanced gRPC call's response future: it sends the call through the
+//! picked endpoint's channel, ends each attempt through the request
+//! pipeline's trip, which decides on a retry, and hands the answer's body
+//! the last attempt when the outcome comes in the trailers.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use hyper::body::Body;
+use pin_project_lite::pin_project;
+use tonic::transport::Channel;
+use tonic::Status;
+use tower_service::Service;
+
+use super::body::GrpcBody;
+use super::channel::{channel_for, status_for, EndpointChannel};
+use super::request::GrpcRequest;
+use crate::balancer::LaneHandle;
+use crate::error::Error;
+use crate::per_endpoint::Services;
+use crate::pipeline::{failure, Answer, Attempt, Step, Trip};
+#[cfg(doc)]
+use crate::{BalancedChannel, GrpcOptions};
+
+/// Every endpoint's channel, held by a call while a retry may follow.
+pub(super) type Channels = Arc<Services<EndpointChannel>>;
+
+pin_project! {
+    /// The response future of [`BalancedChannel`]: the answer's head, with
+    /// the call's attempt moved into its [`GrpcBody`] when the outcome
+    /// comes in the trailers. A call that did not reach its endpoint is
+    /// sent to another (see [`GrpcOptions`]) before the head is given.
+    /// Dropped before the head, it counts the call as cancelled.
+    pub struct GrpcResponseFuture {
+        #[pin]
+        calling: Option<tonic::transport::channel::ResponseFuture>,
+        // The endpoint's channel and the request, until the channel is ready.
+        ready: Option<(Channel, GrpcRequest)>,
+        attempt: Option<Attempt>,
+        trip: Option<Trip<GrpcRequest>>,
+        // The balancer and the channels, while a retry may follow.
+        held: Option<Arc<LaneHandle<Channels>>>,
+        failed: Option<Status>,
+    }
+}
+
+impl std::fmt::Debug for GrpcResponseFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let endpoint = self.attempt.as_ref().map(|a| a.url().as_str());
+        f.debug_struct("GrpcResponseFuture")
+            .field("endpoint", &endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GrpcResponseFuture {
+    /// A call whose first attempt started, to send through `channel` once
+    /// it is ready; `held` while a retry may follow.
+    pub(super) fn sending(
+        channel: Channel,
+        request: GrpcRequest,
+        attempt: Attempt,
+        trip: Trip<GrpcRequest>,
+        held: Option<Arc<LaneHandle<Channels>>>,
+    ) -> Self {
+        GrpcResponseFuture {
+            calling: None,
+            ready: Some((channel, request)),
+            attempt: Some(attempt),
+            trip: Some(trip),
+            held,
+            failed: None,
+        }
+    }
+
+    /// A call that fails with `status` before any endpoint is called.
+    pub(super) fn failed(status: Status) -> Self {
+        GrpcResponseFuture {
+            calling: None,
+            ready: None,
+            attempt: None,
+            trip: None,
+            held: None,
+            failed: Some(status),
+        }
+    }
+}
+
+/// Ends `attempt` with `answer` through the trip, which decides on a retry.
+fn end_attempt(
+    trip: Option<&mut Trip<GrpcRequest>>,
+    held: Option<&LaneHandle<Channels>>,
+    attempt: Attempt,
+    answer: Answer<'_>,
+) -> Step<GrpcRequest> {
+    match trip {
+        Some(trip) => trip.end(held.map(LaneHandle::balancer), attempt, answer, None),
+        None => Step::Done(attempt.end(answer)),
+    }
+}
+
+impl Future for GrpcResponseFuture {
+    type Output = Result<http::Response<GrpcBody>, Status>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            let mut this = self.as_mut().project();
+            if let Some(status) = this.failed.take() {
+                return Poll::Ready(Err(status));
+            }
+            if let Some((channel, _)) = this.ready.as_mut() {
+                let readied = ready!(Service::poll_ready(channel, cx));
+                let (Some((mut channel, request)), Some(attempt)) =
+                    (this.ready.take(), this.attempt.take())
+                else {
+                    return Poll::Pending;
+                };
+                if let Err(error) = readied {
+                    // Nothing was sent: another endpoint may take the call.
+                    let url = attempt.url().clone();
+                    match end_attempt(
+                        this.trip.as_mut(),
+                        this.held.as_deref(),
+                        attempt,
+                        Answer::NotSent,
+                    ) {
+                        Step::Retry(request, attempt) => {
+                            self.as_mut().retry(request, attempt);
+                            continue;
+                        }
+                        Step::Done(outcome) => {
+                            return Poll::Ready(Err(status_for(failure(
+                                outcome,
+                                &url,
+                                Box::new(error),
+                            ))));
+                        }
+                    }
+                }
+                let future = {
+                    let _entered = attempt.span().enter();
+                    channel.call(request.0.map(tonic::body::Body::new))
+                };
+                *this.attempt = Some(attempt);
+                this.calling.set(Some(future));
+            }
+            let Some(future) = this.calling.as_mut().as_pin_mut() else {
+                // Polled again after it completed.
+                return Poll::Pending;
+            };
+            let result = ready!(future.poll(cx));
+            this.calling.set(None);
+            let Some(attempt) = this.attempt.take() else {
+                return Poll::Pending;
+            };
+            let response = match result {
+                Ok(response) => response,
+                Err(error) => {
+                    let url = attempt.url().clone();
+                    match end_attempt(
+                        this.trip.as_mut(),
+                        this.held.as_deref(),
+                        attempt,
+                        Answer::Failed(&error),
+                    ) {
+                        Step::Retry(request, attempt) => {
+                            self.as_mut().retry(request, attempt);
+                            continue;
+                        }
+                        Step::Done(outcome) => {
+                            return Poll::Ready(Err(status_for(failure(
+                                outcome,
+                                &url,
+                                Box::new(error),
+                            ))));
+                        }
+                    }
+                }
+            };
+            let (mut parts, body) = response.into_parts();
+            parts.extensions.insert(attempt.served_by());
+            // A trailers-only answer (an error before any message), no gRPC
+            // answer at all (a proxy's 503), or a head that ends the stream
+            // without a status: nothing more will tell, so the call ends here.
+            let ends_here = parts.headers.contains_key(Status::GRPC_STATUS)
+                || parts.status != http::StatusCode::OK
+                || body.is_end_stream();
+            let attempt = if ends_here {
+                let answer = Answer::Grpc {
+                    status: parts.status,
+                    grpc_status: parts.headers.get(Status::GRPC_STATUS),
+                };
+                match end_attempt(this.trip.as_mut(), this.held.as_deref(), attempt, answer) {
+                    // UNAVAILABLE for a call safe to send twice.
+                    Step::Retry(request, attempt) => {
+                        self.as_mut().retry(request, attempt);
+                        continue;
+                    }
+                    Step::Done(_) => None,
+                }
+            } else {
+                Some(attempt)
+            };
+            // The outcome is known or in the body: no retry follows.
+            *this.trip = None;
+            *this.held = None;
+            return Poll::Ready(Ok(http::Response::from_parts(
+                parts,
+                GrpcBody::new(body, attempt),
+            )));
+        }
+    }
+}
+
+impl GrpcResponseFuture {
+    /// Sends the trip's next attempt through its endpoint's channel.
+    fn retry(self: Pin<&mut Self>, request: GrpcRequest, attempt: Attempt) {
+        let this = self.project();
+        let channels = this.held.as_deref().and_then(LaneHandle::clone_service);
+        let next = match channels {
+            Some(channels) => channel_for(&channels, request, attempt),
+            // A retry comes only with the channels held: not reached.
+            None => {
+                attempt.end(Answer::Refused);
+                Err(status_for(Error::NotReady(
+                    "no channels for a retry".into(),
+                )))
+            }
+        };
+        match next {
+            Ok((channel, request, attempt)) => {
+                *this.ready = Some((channel, request));
+                *this.attempt = Some(attempt);
+            }
+            Err(status) => *this.failed = Some(status),
+        }
+    }
+}
