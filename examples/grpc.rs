@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use futures::stream::{self, StreamExt};
 use tokio::sync::oneshot;
-use tonic::codegen::tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 use tower_lb::{BalancedChannel, Balancer, BoxError, OutlierDetection, Policy};
 
@@ -83,9 +83,12 @@ impl Server {
                 let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
                     return;
                 };
+                // TCP_NODELAY, as tonic's `serve` sets it: with Nagle on, a
+                // reply's last frames can wait 40 ms for the client's ACK.
+                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
                 let serve = tonic::transport::Server::builder()
                     .add_service(EchoServer::new(Named { name, delay }))
-                    .serve_with_incoming(TcpListenerStream::new(listener));
+                    .serve_with_incoming(incoming);
                 tokio::select! {
                     _ = serve => {}
                     _ = killed => {}
