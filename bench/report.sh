@@ -8,4 +8,7 @@ cargo bench -p tower-lb-bench --features cookies --bench pick
 cargo run --release -p tower-lb-bench --bin least_time
 cargo run --release -p tower-lb-bench --bin overhead
 cargo run --release -p tower-lb-bench --bin cpu_per_request
+# docs/grpc.md's comparison (its tables are copied by hand; the plots,
+# docs/grpc/*.svg, are written by the bench): about 70 s.
+cargo run --release -p tower-lb-bench --bin grpc_compare
 cargo run --release -p tower-lb-bench --bin report
