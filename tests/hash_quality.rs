@@ -1,6 +1,6 @@
 //! How well the consistent-hash tables spread and keep 1,000,000 keys.
 //!
-//! `cargo test --release --test hash_quality -- --nocapture --test-threads 1`
+//! `cargo test --release --all-features --test integration hash_quality:: -- --nocapture --test-threads 1`
 //! prints the figures quoted in docs/consistent-hashing.md.
 
 use std::collections::HashMap;
