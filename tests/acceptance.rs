@@ -14,6 +14,7 @@ use crate::support;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+use support::policies::{ejecting_at_once, PreferZoneA};
 use support::*;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 use tower_lb::{
@@ -50,36 +51,6 @@ impl Picker for WrapPicker {
     }
 }
 
-/// "Prefer zone a, else any" over a Subset (docs/design.md).
-#[derive(Debug)]
-struct PreferZoneA(Policy);
-
-#[derive(Debug)]
-struct PreferZoneAPicker {
-    local: Subset,
-    local_picker: Box<dyn Picker>,
-    any_picker: Box<dyn Picker>,
-}
-
-impl SelectionPolicy for PreferZoneA {
-    fn build(&self, endpoints: &Candidates<'_>) -> Box<dyn Picker> {
-        let local = endpoints.subset(|i| endpoints.labels(i).get("zone") == Some("a"));
-        Box::new(PreferZoneAPicker {
-            local_picker: self.0.build(&local.candidates()),
-            local,
-            any_picker: self.0.build(endpoints),
-        })
-    }
-}
-
-impl Picker for PreferZoneAPicker {
-    fn pick(&self, ctx: &PickContext<'_>) -> Option<usize> {
-        self.local
-            .pick(&*self.local_picker, ctx)
-            .or_else(|| self.any_picker.pick(ctx))
-    }
-}
-
 fn keyed(key: &str) -> http::Request<()> {
     let mut request = http::Request::get("/cart").body(()).unwrap();
     request.extensions_mut().insert(SessionKey::new(key));
@@ -88,15 +59,6 @@ fn keyed(key: &str) -> http::Request<()> {
 
 fn keyless() -> http::Request<()> {
     http::Request::get("/").body(()).unwrap()
-}
-
-fn ejecting_at_once() -> OutlierDetection {
-    OutlierDetection::default()
-        .consecutive_failures(1)
-        .max_ejection_percent(100)
-        .panic_threshold(0)
-        .base_ejection_time(Duration::from_secs(3_600))
-        .max_ejection_time(Duration::from_secs(3_600))
 }
 
 /// Ejects `url` through failed selections.

@@ -9,55 +9,12 @@
 use crate::support;
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use proptest::prelude::*;
+use support::policies::{ejecting_at_once, PreferZoneA};
 use support::*;
-use tower_lb::{
-    Balancer, Candidates, Endpoint, OutlierDetection, PickContext, Picker, Policy, SelectionPolicy,
-    Subset,
-};
+use tower_lb::{Balancer, Endpoint, Policy};
 use wiremock::ResponseTemplate;
-
-/// Requests go to endpoints labelled `zone=a` by `inner`; to any endpoint
-/// by `inner` only when none of those can take the request.
-#[derive(Debug)]
-struct PreferZoneA(Policy);
-
-#[derive(Debug)]
-struct PreferZoneAPicker {
-    local: Subset,
-    local_picker: Box<dyn Picker>,
-    any_picker: Box<dyn Picker>,
-}
-
-impl SelectionPolicy for PreferZoneA {
-    fn build(&self, endpoints: &Candidates<'_>) -> Box<dyn Picker> {
-        let local = endpoints.subset(|i| endpoints.labels(i).get("zone") == Some("a"));
-        Box::new(PreferZoneAPicker {
-            local_picker: self.0.build(&local.candidates()),
-            local,
-            any_picker: self.0.build(endpoints),
-        })
-    }
-}
-
-impl Picker for PreferZoneAPicker {
-    fn pick(&self, ctx: &PickContext<'_>) -> Option<usize> {
-        self.local
-            .pick(&*self.local_picker, ctx)
-            .or_else(|| self.any_picker.pick(ctx))
-    }
-}
-
-fn ejecting_at_once() -> OutlierDetection {
-    OutlierDetection::default()
-        .consecutive_failures(1)
-        .max_ejection_percent(100)
-        .panic_threshold(0)
-        .base_ejection_time(Duration::from_secs(3_600))
-        .max_ejection_time(Duration::from_secs(3_600))
-}
 
 #[tokio::test]
 async fn with_zone_a_ejected_its_fallback_spreads_requests_evenly_over_zone_b() {

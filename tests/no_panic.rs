@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::policies::{ejecting_at_once, PreferZoneA};
 use proptest::prelude::*;
 use tower::discover::Change;
 use tower::{service_fn, Layer, Service, ServiceExt};
@@ -183,15 +184,6 @@ fn eject(balancer: &Balancer, url: &str) {
     panic!("{url} was not ejected");
 }
 
-fn ejecting_at_once() -> OutlierDetection {
-    OutlierDetection::default()
-        .consecutive_failures(1)
-        .max_ejection_percent(100)
-        .panic_threshold(0)
-        .base_ejection_time(Duration::from_secs(3_600))
-        .max_ejection_time(Duration::from_secs(3_600))
-}
-
 #[tokio::test]
 async fn first_available_over_indices_out_of_range_skips_them_with_an_endpoint_ejected() {
     // Endpoint 1 first (to eject it), then 7 and 9, which do not exist,
@@ -316,35 +308,13 @@ impl Picker for Answer {
     }
 }
 
-#[derive(Debug)]
-struct Preferring {
-    local: Subset,
-    local_picker: Box<dyn Picker>,
-    any_picker: Box<dyn Picker>,
-}
-
-impl Picker for Preferring {
-    fn pick(&self, ctx: &PickContext<'_>) -> Option<usize> {
-        self.local
-            .pick(&*self.local_picker, ctx)
-            .or_else(|| self.any_picker.pick(ctx))
-    }
-}
-
 impl SelectionPolicy for Generated {
     fn build(&self, endpoints: &Candidates<'_>) -> Box<dyn Picker> {
         match &self.0 {
             Custom::Answer(i) => Box::new(Answer(*i)),
             Custom::Walk(list) => Box::new(WalksPicker(list.clone())),
             Custom::Swapped(inner) => SwappedPickers(builtin(*inner)).build(endpoints),
-            Custom::PreferZone(inner) => {
-                let local = endpoints.subset(|i| endpoints.labels(i).get("zone") == Some("a"));
-                Box::new(Preferring {
-                    local_picker: builtin(*inner).build(&local.candidates()),
-                    local,
-                    any_picker: builtin(*inner).build(endpoints),
-                })
-            }
+            Custom::PreferZone(inner) => PreferZoneA(builtin(*inner)).build(endpoints),
         }
     }
 }

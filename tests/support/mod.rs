@@ -5,6 +5,7 @@
 pub mod dns_server;
 #[cfg(feature = "etcd")]
 pub mod etcd_server;
+pub mod policies;
 
 use std::ops::Deref;
 use std::time::Duration;
