@@ -224,6 +224,18 @@ mod etcd {
         format!("{PREFIX}{name}")
     }
 
+    /// A balancer following the prefix, its first set applied.
+    async fn following(etcd: &EtcdServer) -> Balancer {
+        let balancer = Balancer::builder().build().unwrap();
+        balancer
+            .discover(EtcdSource::new([etcd.url.clone()], PREFIX))
+            .unwrap()
+            .ready_within(Duration::from_secs(5))
+            .await
+            .unwrap();
+        balancer
+    }
+
     fn doc(url: &str, weight: u32) -> String {
         format!(r#"{{"url": "{url}", "weight": {weight}}}"#)
     }
@@ -295,13 +307,7 @@ mod etcd {
         let bad = bad_values("http://127.0.0.1:9");
         let backends = backends(1).await;
         etcd.put(&key("base"), &doc(&backends[0].uri(), 1)).await;
-        let balancer = Balancer::builder().build().unwrap();
-        balancer
-            .discover(EtcdSource::new([etcd.url.clone()], PREFIX))
-            .unwrap()
-            .ready_within(Duration::from_secs(5))
-            .await
-            .unwrap();
+        let balancer = following(&etcd).await;
         for (i, (name, value)) in bad.iter().enumerate() {
             etcd.put(&key(&format!("bad-{name}")), value).await;
             etcd.put(
@@ -346,13 +352,7 @@ mod etcd {
         etcd.put(&key("z-old"), &doc(&a, 5)).await;
         etcd.put(&key("a-new"), &doc(&format!("{}/", a.to_uppercase()), 3))
             .await;
-        let balancer = Balancer::builder().build().unwrap();
-        balancer
-            .discover(EtcdSource::new([etcd.url.clone()], PREFIX))
-            .unwrap()
-            .ready_within(Duration::from_secs(5))
-            .await
-            .unwrap();
+        let balancer = following(&etcd).await;
         let weight = |balancer: &Balancer| balancer.stats().endpoint(&a).map(|e| e.weight);
         assert_eq!(weight(&balancer), Some(3));
         assert_eq!(discovery(&balancer).skipped, 1);
@@ -393,13 +393,7 @@ mod etcd {
         let (a, b) = (backends[0].uri(), backends[1].uri());
         etcd.put(&key("a"), &doc(&a, 1)).await;
         etcd.put(&key("b"), &doc(&b, 1)).await;
-        let balancer = Balancer::builder().build().unwrap();
-        balancer
-            .discover(EtcdSource::new([etcd.url.clone()], PREFIX))
-            .unwrap()
-            .ready_within(Duration::from_secs(5))
-            .await
-            .unwrap();
+        let balancer = following(&etcd).await;
         etcd.delete(&key("a")).await;
         etcd.delete(&key("b")).await;
         within(Duration::from_secs(1), "the empty prefix counted", || {
@@ -536,13 +530,7 @@ mod etcd {
         };
         etcd.put(&key("seed"), &doc("http://127.0.0.1:20000", 1))
             .await;
-        let balancer = Balancer::builder().build().unwrap();
-        balancer
-            .discover(EtcdSource::new([etcd.url.clone()], PREFIX))
-            .unwrap()
-            .ready_within(Duration::from_secs(5))
-            .await
-            .unwrap();
+        let balancer = following(&etcd).await;
         let stop = Arc::new(AtomicBool::new(false));
         let written = Arc::new(AtomicU64::new(0));
         let mut writers = Vec::new();
@@ -608,13 +596,7 @@ mod etcd {
         };
         etcd.put(&key("seed"), &doc("http://127.0.0.1:20000", 1))
             .await;
-        let balancer = Balancer::builder().build().unwrap();
-        balancer
-            .discover(EtcdSource::new([etcd.url.clone()], PREFIX))
-            .unwrap()
-            .ready_within(Duration::from_secs(5))
-            .await
-            .unwrap();
+        let balancer = following(&etcd).await;
         let mut tasks = Vec::new();
         for w in 0..6u32 {
             let mut client = etcd.client().await.unwrap();
@@ -707,13 +689,7 @@ mod etcd {
         };
         let backends = backends(1).await;
         etcd.put(&key("a"), &doc(&backends[0].uri(), 1)).await;
-        let balancer = Balancer::builder().build().unwrap();
-        balancer
-            .discover(EtcdSource::new([etcd.url.clone()], PREFIX))
-            .unwrap()
-            .ready_within(Duration::from_secs(5))
-            .await
-            .unwrap();
+        let balancer = following(&etcd).await;
         let mut figures = Vec::new();
         for (n, away) in [0u64, 120, 450, 1_100, 2_600].into_iter().enumerate() {
             etcd.kill();
