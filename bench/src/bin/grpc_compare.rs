@@ -1,6 +1,8 @@
 //! Balanced gRPC calls side by side: tower-lb's `Balancer::grpc()` (least
-//! response time), tonic's own `Channel::balance_list`, and one plain
-//! `Channel` to a single server, against tonic servers on 127.0.0.1.
+//! response time), the same with the Echo unary method marked safe to
+//! repeat (`GrpcOptions::safe_to_retry`), tonic's own
+//! `Channel::balance_list`, and one plain `Channel` to a single server,
+//! against tonic servers on 127.0.0.1.
 //!
 //! `cargo run --release -p tower-lb-bench --bin grpc_compare`
 //!
@@ -39,7 +41,7 @@ use serde_json::{json, Value};
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
-use tower_lb::{BalancedChannel, Balancer, OutlierDetection, Policy};
+use tower_lb::{BalancedChannel, Balancer, GrpcOptions, OutlierDetection, Policy};
 use tower_lb_bench::json_path;
 
 /// The Echo service's code: the library's checked-in tests/proto/echo.rs
@@ -74,13 +76,29 @@ const BUCKET: Duration = Duration::from_millis(100);
 /// The odd server: the slow one, or the killed one.
 const ODD: &str = "s3";
 
-const CLIENTS: [Client; 3] = [Client::TowerLb, Client::BalanceList, Client::Plain];
+const CLIENTS: [Client; 4] = [
+    Client::TowerLb,
+    Client::TowerLbSafe,
+    Client::BalanceList,
+    Client::Plain,
+];
+/// [`Client::BalanceList`]'s index in [`CLIENTS`]: fleet 1's CPU ratios
+/// are to its run of the same round.
+const BALANCE_LIST: usize = 2;
+const _: () = assert!(matches!(CLIENTS[BALANCE_LIST], Client::BalanceList));
+/// The Echo unary method's path, which [`Client::TowerLbSafe`] marks safe
+/// to repeat.
+const UNARY_PATH: &str = "/echo.Echo/Unary";
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Client {
     /// `Balancer::grpc()`, least response time (P2C), default outlier
     /// detection.
     TowerLb,
+    /// The same, through `Balancer::grpc_options` with the Echo unary
+    /// method marked safe to repeat: a call open on a server that dies is
+    /// sent to another.
+    TowerLbSafe,
     /// `tonic::transport::Channel::balance_list` over the four servers.
     BalanceList,
     /// One `Channel` to server s0 (never the odd one).
@@ -91,6 +109,7 @@ impl Client {
     fn name(self) -> &'static str {
         match self {
             Client::TowerLb => "tower-lb grpc(), least time",
+            Client::TowerLbSafe => "tower-lb, least time, unary marked safe",
             Client::BalanceList => "tonic balance_list",
             Client::Plain => "tonic Channel, one server",
         }
@@ -241,7 +260,7 @@ fn endpoint(url: &str) -> Result<Endpoint, BoxError> {
         .keep_alive_timeout(tower_lb::KEEP_ALIVE_TIMEOUT))
 }
 
-/// A generated client of one of the three kinds.
+/// A generated client of one of the four kinds.
 #[derive(Clone)]
 enum Caller {
     TowerLb(EchoClient<BalancedChannel>),
@@ -251,14 +270,19 @@ enum Caller {
 impl Caller {
     fn new(client: Client, urls: &[String]) -> Result<Self, BoxError> {
         Ok(match client {
-            Client::TowerLb => {
+            Client::TowerLb | Client::TowerLbSafe => {
                 let balancer = urls
                     .iter()
                     .fold(Balancer::builder(), |b, url| b.endpoint(url))
                     .policy(Policy::least_response_time())
                     .outlier_detection(OutlierDetection::default())
                     .build()?;
-                Caller::TowerLb(EchoClient::new(balancer.grpc()?))
+                let channel = if client == Client::TowerLbSafe {
+                    balancer.grpc_options(GrpcOptions::new().safe_to_retry([UNARY_PATH]))?
+                } else {
+                    balancer.grpc()?
+                };
+                Caller::TowerLb(EchoClient::new(channel))
             }
             Client::BalanceList => {
                 let endpoints = urls
@@ -540,11 +564,12 @@ async fn equal_fleet() -> Result<Value, BoxError> {
             runs[c].push((cpu[c], row_json(CLIENTS[c], &run)));
         }
         println!(
-            "round {round}: CPU µs per call: tower-lb {:.1}, balance_list {:.1}, plain {:.1}",
-            cpu[0], cpu[1], cpu[2]
+            "round {round}: CPU µs per call: tower-lb {:.1}, marked safe {:.1}, \
+             balance_list {:.1}, plain {:.1}",
+            cpu[0], cpu[1], cpu[2], cpu[3]
         );
         for c in 0..CLIENTS.len() {
-            ratios[c].push(cpu[c] / cpu[1]);
+            ratios[c].push(cpu[c] / cpu[BALANCE_LIST]);
         }
     }
     let mut rows = Vec::new();
