@@ -22,6 +22,9 @@ pub(crate) struct Snapshot {
     /// order; the picker's indices point into this.
     active: Vec<Arc<EndpointState>>,
     picker: Box<dyn Picker>,
+    /// The picker is a user's, whose answers are checked (the built-in
+    /// pickers return only available endpoints: no second check for them).
+    checks_answers: bool,
     counters: Counters,
 }
 
@@ -47,6 +50,7 @@ impl Snapshot {
             active: active_members.into_iter().map(|m| m.state).collect(),
             members,
             picker,
+            checks_answers: policy.is_custom(),
             counters: counters.clone(),
         }
     }
@@ -64,7 +68,7 @@ impl Snapshot {
         // an endpoint out of range, ejected or already tried is no answer.
         self.picker
             .pick(&ctx)
-            .filter(|&i| ctx.available(i))
+            .filter(|&i| !self.checks_answers || ctx.available(i))
             .and_then(|i| self.active.get(i))
     }
 
