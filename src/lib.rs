@@ -81,6 +81,8 @@ mod response;
 mod selection;
 mod service;
 mod target;
+#[cfg(feature = "metrics")]
+mod telemetry;
 
 pub use affinity::{key_hash, RequestInfo, RequestKey, SessionKey};
 pub use balancer::{Balancer, BalancerBuilder};

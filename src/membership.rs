@@ -45,6 +45,10 @@ impl Snapshot {
                 member.state.reinstate();
             }
         }
+        #[cfg(feature = "metrics")]
+        counters
+            .metrics
+            .draining(members.len() - active_members.len());
         counters.health.set_active(active_members.len());
         Snapshot {
             active: active_members.into_iter().map(|m| m.state).collect(),

@@ -21,6 +21,8 @@ use crate::error::BoxError;
 use crate::health::safe_to_send_twice;
 use crate::outcome::Outcome;
 use crate::request::sealed::Route;
+#[cfg(feature = "metrics")]
+use crate::telemetry::MethodClass;
 use crate::Error;
 
 /// How an attempt ended, as the front end saw it.
@@ -52,6 +54,16 @@ pub(crate) enum Answer<'a> {
 }
 
 impl Answer<'_> {
+    /// The status on the wire, if the endpoint answered.
+    fn status(&self) -> Option<StatusCode> {
+        match self {
+            Answer::Response { status, .. } => Some(*status),
+            #[cfg(feature = "tonic")]
+            Answer::Grpc { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
     /// A gRPC answer with status UNAVAILABLE: the server asks the caller to
     /// try again, so a call safe to send twice may go to another endpoint.
     fn grpc_unavailable(&self) -> bool {
@@ -94,6 +106,17 @@ impl Attempt {
         }
     }
 
+    /// Counts the attempt in the balancer's attempts, after `resend_count`
+    /// earlier ones of the same request, and names its method for its
+    /// duration series.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn counted(mut self, method: MethodClass, resend_count: usize) -> Self {
+        let metrics = &self.in_flight.core().metrics;
+        metrics.balancer().attempt(resend_count);
+        self.in_flight = self.in_flight.with_method(method);
+        self
+    }
+
     /// The address of the endpoint the request went to.
     pub(crate) fn url(&self) -> &EndpointUrl {
         self.in_flight.url()
@@ -117,14 +140,15 @@ impl Attempt {
     /// Classifies and records how the attempt ended; returns the outcome.
     pub(crate) fn end(self, answer: Answer<'_>) -> Outcome {
         let (outcome, status) = classify(answer);
-        self.end_as(outcome, status);
+        self.end_as(outcome, status, answer.status());
         outcome
     }
 
     /// Records an attempt already classified as `outcome`, with `status`
-    /// if the endpoint answered.
-    fn end_as(self, outcome: Outcome, status: Option<StatusCode>) {
-        let latency = self.in_flight.finish(outcome, status);
+    /// as health reads it and `answered`, the status on the wire, if the
+    /// endpoint answered.
+    fn end_as(self, outcome: Outcome, status: Option<StatusCode>, answered: Option<StatusCode>) {
+        let latency = self.in_flight.finish(outcome, status, answered);
         let _entered = self.span.enter();
         tracing::debug!(
             ?outcome,
@@ -224,6 +248,8 @@ impl<R: Route> Trip<R> {
         self.safe = self.retries_left > 0
             && safe_to_send_twice(info.method(), info.headers, info.extensions);
         let keep = keep_endpoint || self.learned.is_some();
+        #[cfg(feature = "metrics")]
+        let method = MethodClass::of(info.method());
         let Some(picked) = balancer.pick_for(&info, &[], keep) else {
             tracing::debug!("no endpoint available");
             return Err(Error::NoEndpointAvailable);
@@ -248,7 +274,10 @@ impl<R: Route> Trip<R> {
                 .budget
                 .deposit_at(picked.at.unwrap_or_else(|| balancer.now()));
         }
-        Ok(Attempt::start(picked))
+        let attempt = Attempt::start(picked);
+        #[cfg(feature = "metrics")]
+        let attempt = attempt.counted(method, 0);
+        Ok(attempt)
     }
 
     /// Whether `request` may be sent once more: retries are left, its
@@ -299,7 +328,7 @@ impl<R: Route> Trip<R> {
         });
         let tried = balancer.map(|balancer| (balancer, attempt.in_flight.core().clone()));
         let keep = attempt.endpoint.is_some();
-        attempt.end_as(outcome, status);
+        attempt.end_as(outcome, status, answer.status());
         let next = tried
             .and_then(|(balancer, tried)| self.retry(balancer, tried, keep, outcome, extensions));
         match next {
@@ -325,8 +354,12 @@ impl<R: Route> Trip<R> {
         let retrying = balancer.retrying()?;
         replay.tried.push(tried);
         let info = with_extensions(request.info(), extensions);
+        #[cfg(feature = "metrics")]
+        let method = MethodClass::of(info.method());
         let next = balancer.pick_for(&info, &replay.tried, keep)?;
         if !retrying.budget.withdraw() {
+            #[cfg(feature = "metrics")]
+            next.lane.core.metrics.balancer().budget_refused();
             return None;
         }
         self.retries_left = self.retries_left.saturating_sub(1);
@@ -340,8 +373,13 @@ impl<R: Route> Trip<R> {
         )
         .ok()?;
         tracing::debug!(?outcome, "retrying on another endpoint");
+        #[cfg(feature = "metrics")]
+        let resend_count = replay.tried.len();
         self.replay = Some(replay);
-        Some((request, Attempt::start(next)))
+        let attempt = Attempt::start(next);
+        #[cfg(feature = "metrics")]
+        let attempt = attempt.counted(method, resend_count);
+        Some((request, attempt))
     }
 }
 

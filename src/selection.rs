@@ -17,6 +17,8 @@ use crate::endpoint::ServedBy;
 use crate::error::Error;
 use crate::pipeline::{route, Answer, Attempt};
 use crate::request::BalanceRequest;
+#[cfg(feature = "metrics")]
+use crate::telemetry::MethodClass;
 
 /// One request's endpoint, counted in flight until it is finished or
 /// dropped. Made by [`Balancer::select`](crate::Balancer::select).
@@ -168,8 +170,12 @@ impl Balancer {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn select<R: BalanceRequest>(&self, request: &R) -> Result<Selection, Error> {
-        match self.pick_for(&request.info(), &[], false) {
+        let info = request.info();
+        match self.pick_for(&info, &[], false) {
             Some(picked) => Ok(Selection {
+                #[cfg(feature = "metrics")]
+                attempt: Attempt::start(picked).counted(MethodClass::of(info.method()), 0),
+                #[cfg(not(feature = "metrics"))]
                 attempt: Attempt::start(picked),
                 strip_session_header: self.reads_session_header(),
             }),

@@ -20,6 +20,8 @@ use lru::LruCache;
 
 use super::{cookie, key_hash};
 use crate::endpoint::EndpointState;
+#[cfg(feature = "metrics")]
+use crate::telemetry::BalancerMetrics;
 
 const SHARDS: usize = 16;
 /// Sessions remembered per shard; 65,536 in all.
@@ -29,6 +31,9 @@ pub(crate) struct LearnedHomes {
     /// Cookie names whose values are learned.
     names: Box<[Box<str>]>,
     shards: Box<[Mutex<Shard>]>,
+    /// The table's size goes to the balancer's metrics (no-ops unless set).
+    #[cfg(feature = "metrics")]
+    metrics: Arc<BalancerMetrics>,
 }
 
 type Shard = LruCache<u64, Weak<EndpointState>>;
@@ -51,7 +56,16 @@ impl LearnedHomes {
             shards: (0..SHARDS)
                 .map(|_| Mutex::new(LruCache::new(SHARD_CAPACITY)))
                 .collect(),
+            #[cfg(feature = "metrics")]
+            metrics: Arc::default(),
         })
+    }
+
+    /// The same, reporting its size to `metrics`.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn with_metrics(mut self, metrics: Arc<BalancerMetrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     fn shard(&self, key: u64) -> std::sync::MutexGuard<'_, Shard> {
@@ -82,7 +96,13 @@ impl LearnedHomes {
                 continue;
             }
             let key = key_hash(value);
-            self.shard(key).put(key, Arc::downgrade(endpoint));
+            let mut shard = self.shard(key);
+            #[cfg(feature = "metrics")]
+            let before = shard.len();
+            shard.put(key, Arc::downgrade(endpoint));
+            #[cfg(feature = "metrics")]
+            self.metrics
+                .learned_sessions(shard.len() as isize - before as isize);
         }
     }
 }

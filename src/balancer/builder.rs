@@ -30,6 +30,9 @@ pub struct BalancerBuilder {
     retry: Retries,
     seed: Option<u64>,
     error: Option<Error>,
+    /// The balancer's name in its metrics.
+    #[cfg(feature = "metrics")]
+    name: Option<String>,
 }
 
 impl BalancerBuilder {
@@ -132,6 +135,28 @@ impl BalancerBuilder {
         self
     }
 
+    /// Names the balancer in its metrics (feature `metrics`): every series
+    /// it records carries the label `tower_lb.balancer` with this value,
+    /// so that two balancers in one process are told apart. Unnamed, the
+    /// label is left out.
+    ///
+    /// The series are registered when the balancer is built and when an
+    /// endpoint joins it, with the recorder in effect then: install the
+    /// exporter's recorder first (docs/metrics.md).
+    ///
+    /// ```
+    /// let payments = tower_lb::Balancer::builder()
+    ///     .endpoint("http://127.0.0.1:8081")
+    ///     .name("payments")
+    ///     .build()?;
+    /// # Ok::<(), tower_lb::Error>(())
+    /// ```
+    #[cfg(feature = "metrics")]
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
     /// Checks the configuration and builds the balancer.
     ///
     /// Errors: the first invalid endpoint ([`Error::InvalidUrl`],
@@ -164,7 +189,17 @@ impl BalancerBuilder {
             return Err(Error::ZeroTotalWeight);
         }
         let clock = Clock::default();
+        #[cfg(feature = "metrics")]
+        let metrics = Arc::new(crate::telemetry::BalancerMetrics::register(
+            self.name.as_deref(),
+            self.retry.max_retries,
+        ));
+        let health = HealthShared::new(self.outlier_detection, clock);
+        #[cfg(feature = "metrics")]
+        let health = health.with_metrics(metrics.clone());
         let counters = Counters {
+            #[cfg(feature = "metrics")]
+            metrics: metrics.clone(),
             clock,
             rng: Arc::new(self.seed.map_or_else(SharedRng::unseeded, SharedRng::new)),
             rtt: Arc::new(
@@ -172,7 +207,7 @@ impl BalancerBuilder {
                     .rtt_model_on(clock)
                     .timing_every_request(policy.reads_latency()),
             ),
-            health: Arc::new(HealthShared::new(self.outlier_detection, clock)),
+            health: Arc::new(health),
             in_flight: policy.counts_total_in_flight().then(Default::default),
             ..Counters::default()
         };
@@ -205,7 +240,11 @@ impl BalancerBuilder {
                 policy,
                 request_key,
                 counters,
-                learned: LearnedHomes::new(cookie_names).map(Arc::new),
+                learned: LearnedHomes::new(cookie_names).map(|learned| {
+                    #[cfg(feature = "metrics")]
+                    let learned = learned.with_metrics(metrics);
+                    Arc::new(learned)
+                }),
                 retrying: self.retry.start(clock),
                 #[cfg(feature = "cookies")]
                 site_cookies: std::sync::OnceLock::new(),

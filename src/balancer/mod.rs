@@ -162,7 +162,19 @@ impl Balancer {
 
     /// Changes the discovery figures that `stats()` shows.
     pub(crate) fn update_discovery(&self, change: impl FnOnce(&mut DiscoveryStats)) {
-        change(self.discovery_stats().get_or_insert_with(Default::default));
+        let mut stats = self.discovery_stats();
+        let stats = stats.get_or_insert_with(Default::default);
+        #[cfg(feature = "metrics")]
+        let before = (stats.refreshes, stats.errors, stats.skipped);
+        change(stats);
+        // What the change added (a new source starts the figures again:
+        // nothing is taken back from the counters).
+        #[cfg(feature = "metrics")]
+        self.shared.counters.metrics.discovery(
+            stats.refreshes.saturating_sub(before.0),
+            stats.errors.saturating_sub(before.1),
+            stats.skipped.saturating_sub(before.2),
+        );
     }
 
     /// Makes `task` the one discovery task, stopping the one before.

@@ -36,12 +36,17 @@ pub(crate) struct EndpointCore {
     pub(crate) clock: Clock,
     /// What a response names as its endpoint: the URL and current labels.
     served: ServedSlot,
+    /// The endpoint's metric series, registered as it joined the set.
+    #[cfg(feature = "metrics")]
+    pub(crate) metrics: crate::telemetry::EndpointMetrics,
 }
 
 impl EndpointCore {
     pub(crate) fn new(url: EndpointUrl, counters: &Counters) -> Self {
         let health = Arc::new(EndpointHealth::new(url.shared_name()));
         EndpointCore {
+            #[cfg(feature = "metrics")]
+            metrics: counters.metrics.endpoint(&url.server_address(), url.port()),
             served: ServedSlot::new(url.shared_name()),
             url,
             balancer_in_flight: counters.in_flight.clone(),

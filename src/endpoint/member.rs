@@ -32,6 +32,9 @@ pub(crate) struct Counters {
     pub(crate) health: Arc<HealthShared>,
     /// Connect failures since discovery last looked (a hint to look again).
     pub(crate) connect_failures: Arc<ConnectFailures>,
+    /// The balancer's metric series (no-ops by default).
+    #[cfg(feature = "metrics")]
+    pub(crate) metrics: Arc<crate::telemetry::BalancerMetrics>,
 }
 
 /// An endpoint, its weight and its labels.

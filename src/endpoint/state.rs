@@ -152,6 +152,9 @@ pub(crate) struct InFlight {
     /// The endpoint's health epoch when the request was sent.
     sent_in: u32,
     finished: bool,
+    /// The request's method, for its duration series.
+    #[cfg(feature = "metrics")]
+    method: crate::telemetry::MethodClass,
 }
 
 impl InFlight {
@@ -167,9 +170,14 @@ impl InFlight {
     /// turn in the lane comes: one request in
     /// [`TIMED_ONE_IN`](super::rtt::TIMED_ONE_IN), the first included; and
     /// whenever `logged` (its outcome event is enabled and will carry the
-    /// latency), without feeding the estimate then.
+    /// latency) or metrics are recorded, without feeding the estimate then.
     pub(crate) fn start_at(lane: Ticket, picked_at: Option<Instant>, logged: bool) -> Self {
         let endpoint = &lane.core;
+        #[cfg(feature = "metrics")]
+        let logged = {
+            endpoint.metrics.started();
+            logged || endpoint.metrics.is_recording()
+        };
         let model = endpoint.rtt_model();
         let sampled = model.times_every_request() || model.times_turn(lane.take_turn());
         let started_at =
@@ -183,7 +191,16 @@ impl InFlight {
             sent_in: endpoint.health_epoch(),
             lane,
             finished: false,
+            #[cfg(feature = "metrics")]
+            method: Default::default(),
         }
+    }
+
+    /// Names the request's method, for its duration series.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn with_method(mut self, method: crate::telemetry::MethodClass) -> Self {
+        self.method = method;
+        self
     }
 
     /// The endpoint's address.
@@ -197,11 +214,15 @@ impl InFlight {
     }
 
     /// Records the outcome and, for a sampled request, the time since it
-    /// started; returns that time for any timed request.
+    /// started; returns that time for any timed request. `status` is the
+    /// answer's status as health reads it, `answered` the status on the
+    /// wire (they differ for gRPC), which metrics show.
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
     pub(crate) fn finish(
         mut self,
         outcome: Outcome,
         status: Option<http::StatusCode>,
+        answered: Option<http::StatusCode>,
     ) -> Option<Duration> {
         let core = &self.lane.core;
         let timing = self.started_at.map(|started_at| {
@@ -211,6 +232,12 @@ impl InFlight {
         self.lane.count(outcome);
         let sample = timing.filter(|_| self.sampled);
         core.learn(outcome, status, sample, self.sent_in);
+        #[cfg(feature = "metrics")]
+        if let Some((latency, _)) = timing {
+            let seconds = latency.as_secs_f64();
+            core.metrics
+                .record(self.method, Some(outcome), answered, seconds);
+        }
         self.finished = true;
         timing.map(|(latency, _)| latency)
     }
@@ -220,6 +247,17 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         if !self.finished {
             self.lane.count_cancelled();
+        }
+        #[cfg(feature = "metrics")]
+        {
+            let core = &self.lane.core;
+            let timed = self.started_at.filter(|_| core.metrics.is_recording());
+            if let (false, Some(started_at)) = (self.finished, timed) {
+                let latency = core.clock.now().saturating_duration_since(started_at);
+                core.metrics
+                    .record(self.method, None, None, latency.as_secs_f64());
+            }
+            core.metrics.ended();
         }
         if let Some(all) = &self.lane.core.balancer_in_flight {
             all.fetch_sub(1, Ordering::Relaxed);
@@ -246,8 +284,8 @@ mod tests {
         let b = InFlight::start(&ep);
         let c = InFlight::start(&ep);
         assert_eq!(ep.stats(1, &Labels::default()).in_flight, 3);
-        a.finish(Outcome::Success, None);
-        b.finish(Outcome::ServerError, None);
+        a.finish(Outcome::Success, None, None);
+        b.finish(Outcome::ServerError, None, None);
         drop(c);
         let stats = ep.stats(1, &Labels::default());
         assert_eq!(stats.in_flight, 0);
@@ -291,7 +329,7 @@ mod tests {
                     if drop_it {
                         drop(request);
                     } else {
-                        let timed = request.finish(Outcome::Success, None).is_some();
+                        let timed = request.finish(Outcome::Success, None, None).is_some();
                         proptest::prop_assert_eq!(timed, turn.is_multiple_of(u64::from(every)), "turn {}", turn);
                     }
                 }
@@ -309,14 +347,14 @@ mod tests {
         let timed: Vec<usize> = (0..40)
             .filter(|_| {
                 InFlight::start(&ep)
-                    .finish(Outcome::Success, None)
+                    .finish(Outcome::Success, None, None)
                     .is_some()
             })
             .collect();
         assert_eq!(timed, [0, 16, 32]);
         let every = endpoint();
         assert!((0..40).all(|_| InFlight::start(&every)
-            .finish(Outcome::Success, None)
+            .finish(Outcome::Success, None, None)
             .is_some()));
     }
 
@@ -331,7 +369,7 @@ mod tests {
             // The sampled turns (0, 16, 32) answer in 10 ms, the others in 2 s.
             let took = if turn % 16 == 0 { 10 } else { 2_000 };
             tokio::time::advance(Duration::from_millis(took)).await;
-            let latency = request.finish(Outcome::Success, None);
+            let latency = request.finish(Outcome::Success, None, None);
             assert_eq!(latency, Some(Duration::from_millis(took)), "turn {turn}");
             timed += 1;
         }
@@ -345,7 +383,7 @@ mod tests {
         let sampled: Vec<usize> = (40..70)
             .filter(|_| {
                 InFlight::start(&ep)
-                    .finish(Outcome::Success, None)
+                    .finish(Outcome::Success, None, None)
                     .is_some()
             })
             .collect();
@@ -374,7 +412,7 @@ mod tests {
                 let batch: Vec<InFlight> = started.by_ref().take(10).collect();
                 scope.spawn(move || {
                     batch.into_iter().for_each(|r| {
-                        r.finish(Outcome::Success, None);
+                        r.finish(Outcome::Success, None, None);
                     })
                 });
             }

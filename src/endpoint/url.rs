@@ -22,7 +22,7 @@ pub struct EndpointUrl {
     scheme: Scheme,
     authority: Authority,
     /// The port, written or implied: read when rewriting `reqwest` URLs.
-    #[cfg_attr(not(feature = "reqwest"), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "reqwest", feature = "metrics")), allow(dead_code))]
     port: u16,
     /// Empty, or starts with `/` and has no trailing `/`.
     base_path: Box<str>,
@@ -142,6 +142,24 @@ impl EndpointUrl {
     /// stats, errors and updates.
     pub fn as_str(&self) -> &str {
         &self.canonical
+    }
+
+    /// The host as OpenTelemetry's `server.address` writes it: lowercase,
+    /// an IPv6 address without its brackets.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn server_address(&self) -> String {
+        let host = canonical_host(self.authority.host());
+        let host = host.as_ref();
+        host.strip_prefix('[')
+            .and_then(|inner| inner.strip_suffix(']'))
+            .unwrap_or(host)
+            .to_owned()
+    }
+
+    /// The port, written or implied.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn port(&self) -> u16 {
+        self.port
     }
 
     /// The canonical form, shared rather than copied.

@@ -23,6 +23,8 @@ use super::detector::{EndpointHealth, IN_ROTATION, RETIRED};
 use super::events::EventQueue;
 use super::{HealthEvent, OutlierDetection};
 use crate::clock::{millis, Clock};
+#[cfg(feature = "metrics")]
+use crate::telemetry::{BalancerMetrics, ReadmissionReason};
 
 /// Health settings and the ejections of one balancer.
 #[derive(Debug)]
@@ -39,6 +41,10 @@ pub(crate) struct HealthShared {
     /// The ejected endpoints and when each comes back.
     book: Mutex<Vec<Ejection>>,
     events: EventQueue,
+    /// The balancer's metric series: endpoints by state, panic mode,
+    /// ejections and re-admissions (no-ops unless set).
+    #[cfg(feature = "metrics")]
+    pub(super) metrics: Arc<BalancerMetrics>,
 }
 
 #[derive(Debug)]
@@ -64,7 +70,16 @@ impl HealthShared {
             next_expiry: AtomicU64::new(u64::MAX),
             book: Mutex::new(Vec::new()),
             events,
+            #[cfg(feature = "metrics")]
+            metrics: Arc::default(),
         }
+    }
+
+    /// The same, reporting to `metrics`.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn with_metrics(mut self, metrics: Arc<BalancerMetrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     pub(crate) fn now_ms(&self) -> u64 {
@@ -91,7 +106,11 @@ impl HealthShared {
             let extra = book.len() - allowed;
             for ejection in book.drain(..extra) {
                 if let Some(endpoint) = ejection.endpoint.upgrade() {
-                    self.readmit(&endpoint, now);
+                    let _readmitted = self.readmit(&endpoint, now);
+                    #[cfg(feature = "metrics")]
+                    if _readmitted {
+                        self.metrics.readmitted(ReadmissionReason::EjectionLimit);
+                    }
                 }
             }
         }
@@ -163,7 +182,11 @@ impl HealthShared {
                 return ejection.endpoint.strong_count() > 0;
             }
             if let Some(endpoint) = ejection.endpoint.upgrade() {
-                self.readmit(&endpoint, now);
+                let _readmitted = self.readmit(&endpoint, now);
+                #[cfg(feature = "metrics")]
+                if _readmitted {
+                    self.metrics.readmitted(ReadmissionReason::TimeUp);
+                }
             }
             false
         });
@@ -175,14 +198,20 @@ impl HealthShared {
         self.ejected.store(book.len(), Ordering::SeqCst);
         let next = book.iter().map(|e| e.until).min().unwrap_or(u64::MAX);
         self.next_expiry.store(next, Ordering::SeqCst);
+        #[cfg(feature = "metrics")]
+        self.metrics.health(
+            self.active.load(Ordering::Relaxed),
+            book.len(),
+            self.panic_with(book.len()),
+        );
     }
 
     /// Puts `endpoint` back in rotation, with clean counts (the caller has
-    /// taken it out of the book).
-    fn readmit(&self, endpoint: &EndpointHealth, now: u64) {
+    /// taken it out of the book); whether it was out.
+    fn readmit(&self, endpoint: &EndpointHealth, now: u64) -> bool {
         let until = endpoint.ejected_until.load(Ordering::Relaxed);
         if until == IN_ROTATION || until == RETIRED {
-            return;
+            return false;
         }
         endpoint.start_new_epoch();
         endpoint.returned_ms.store(now.max(1), Ordering::Relaxed);
@@ -190,24 +219,26 @@ impl HealthShared {
         self.events.send(HealthEvent::Readmitted {
             endpoint: endpoint.name.to_string(),
         });
+        true
     }
 
     /// Ejects `endpoint` for failures of requests sent in epoch `sent_in`,
     /// if it is still in that epoch and in rotation, and the ejection limit
-    /// allows; a refused ejection clears its counts, as Envoy does.
-    pub(super) fn eject(&self, endpoint: &Arc<EndpointHealth>, sent_in: u32, now: u64) {
+    /// allows; a refused ejection clears its counts, as Envoy does. Whether
+    /// it was ejected.
+    pub(super) fn eject(&self, endpoint: &Arc<EndpointHealth>, sent_in: u32, now: u64) -> bool {
         let mut book = self.book();
         // Re-checked under the lock: a return or retirement may have begun
         // a new epoch since the failure was counted.
         if endpoint.epoch() != sent_in
             || endpoint.ejected_until.load(Ordering::Relaxed) != IN_ROTATION
         {
-            return;
+            return false;
         }
         let active = self.active.load(Ordering::Relaxed);
         if book.len() >= self.allowed(active) {
             endpoint.clear_counts();
-            return;
+            return false;
         }
         let config = &self.config;
         let returned = endpoint.returned_ms.load(Ordering::Relaxed);
@@ -236,6 +267,7 @@ impl HealthShared {
             times,
             duration,
         });
+        true
     }
 
     /// Takes `endpoint` out of health accounting when it leaves the active

@@ -114,10 +114,11 @@ impl EndpointHealth {
 
         let streak = bump_or_reset(&self.consecutive_failures, failed);
         let gateway_streak = bump_or_reset(&self.consecutive_gateway_failures, gateway);
-        let mut fire = config.consecutive_failures.is_some_and(|n| streak >= n)
-            || config
-                .consecutive_gateway_failures
-                .is_some_and(|n| gateway_streak >= n);
+        let by_streak = config.consecutive_failures.is_some_and(|n| streak >= n);
+        let by_gateway_streak = config
+            .consecutive_gateway_failures
+            .is_some_and(|n| gateway_streak >= n);
+        let mut fire = by_streak || by_gateway_streak;
 
         // The clock is read only when something needs it.
         let mut now = None;
@@ -135,7 +136,18 @@ impl EndpointHealth {
         // mode) never take it.
         if fire && self.ejected_until.load(Ordering::Relaxed) == IN_ROTATION {
             let at = now.unwrap_or_else(|| shared.now_ms());
-            shared.eject(self, sent_in, at);
+            let _ejected = shared.eject(self, sent_in, at);
+            #[cfg(feature = "metrics")]
+            if _ejected {
+                use crate::telemetry::EjectionReason;
+                shared.metrics.ejected(if by_streak {
+                    EjectionReason::ConsecutiveFailures
+                } else if by_gateway_streak {
+                    EjectionReason::ConsecutiveGatewayFailures
+                } else {
+                    EjectionReason::FailurePercentage
+                });
+            }
         }
     }
 
