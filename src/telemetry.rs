@@ -196,10 +196,7 @@ impl SeriesKey {
         let error = (self.0 & 0xff) as u8;
         let mut labels = vec![Label::from_static_parts("http.request.method", method)];
         if status != 0 {
-            labels.push(Label::new(
-                "http.response.status_code",
-                status.to_string(),
-            ));
+            labels.push(Label::new("http.response.status_code", status.to_string()));
         }
         match error {
             NO_ERROR => {}
@@ -244,10 +241,7 @@ fn describe() {
         Unit::Seconds,
         "Duration of one attempt of an HTTP request to one endpoint."
     );
-    describe_gauge!(
-        ACTIVE_REQUESTS,
-        "HTTP requests in flight to one endpoint."
-    );
+    describe_gauge!(ACTIVE_REQUESTS, "HTTP requests in flight to one endpoint.");
     describe_counter!(
         ATTEMPTS,
         "Attempts sent, by http.request.resend_count (0: first attempts; 1 and up: retries)."
@@ -360,7 +354,8 @@ impl BalancerMetrics {
             endpoints_ejected: state("ejected"),
             endpoints_draining: state("draining"),
             panic_mode: gauge(PANIC_MODE, labels(&[])),
-            ejections: EJECTION_REASONS.map(|reason| counter(EJECTIONS, labels(&[("reason", reason)]))),
+            ejections: EJECTION_REASONS
+                .map(|reason| counter(EJECTIONS, labels(&[("reason", reason)]))),
             readmissions: READMISSION_REASONS
                 .map(|reason| counter(READMISSIONS, labels(&[("reason", reason)]))),
             discovery_refreshes: counter(DISCOVERY_REFRESHES, labels(&[])),
@@ -568,7 +563,11 @@ mod tests {
     #[test]
     fn an_error_status_is_the_error_type_and_a_failure_without_one_names_its_kind() {
         let get = MethodClass::of(&Method::GET);
-        let key = SeriesKey::of(get, Some(Outcome::ServerError), StatusCode::from_u16(503).ok());
+        let key = SeriesKey::of(
+            get,
+            Some(Outcome::ServerError),
+            StatusCode::from_u16(503).ok(),
+        );
         assert_eq!(
             label_map(key),
             [

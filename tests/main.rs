@@ -43,4 +43,5 @@ mod select;
 mod selection;
 mod served_by;
 mod sticky_keys;
+mod telemetry;
 mod updates;

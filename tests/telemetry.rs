@@ -1,0 +1,507 @@
+//! Metrics (feature `metrics`) against real loopback backends, read back
+//! through `metrics-util`'s debugging recorder. Each test installs its own
+//! recorder for its own thread only (`set_default_local_recorder`), and
+//! runs on a current-thread runtime, so that the balancer's series (made
+//! when it is built, when endpoints join, and at an endpoint's first
+//! attempt of each kind, all on the test's thread) land in that recorder
+//! and tests running at once never share one.
+#![cfg(feature = "metrics")]
+
+use crate::support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures::StreamExt;
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use metrics_util::MetricKind;
+use proptest::prelude::*;
+use support::*;
+use tower::ServiceExt;
+use tower_lb::{Balancer, OutlierDetection, Policy, RequestKey, Retries};
+use wiremock::matchers::any;
+use wiremock::{Mock, ResponseTemplate};
+
+/// A series: its name and its labels, sorted.
+type Series = (String, Vec<(String, String)>);
+
+/// What a test's recorder holds, added up over reads: the debugging
+/// recorder hands each value over once (reading sets counters and gauges
+/// to 0 and drains histograms). So counters and histograms are summed
+/// here, as are the gauges the balancer moves up and down
+/// ([`MOVED_GAUGES`]); a gauge the balancer sets reads as its last value
+/// if it was set since the read before (else 0, which is left out).
+struct Recorded {
+    snapshotter: Snapshotter,
+    counters: HashMap<Series, u64>,
+    gauges: HashMap<Series, f64>,
+    histograms: HashMap<Series, Vec<f64>>,
+}
+
+impl Recorded {
+    fn new(recorder: &DebuggingRecorder) -> Self {
+        Recorded {
+            snapshotter: recorder.snapshotter(),
+            counters: HashMap::new(),
+            gauges: HashMap::new(),
+            histograms: HashMap::new(),
+        }
+    }
+
+    /// Reads the recorder now.
+    fn read(&mut self) -> &Self {
+        for (key, _, _, value) in self.snapshotter.snapshot().into_vec() {
+            let (kind, key) = key.into_parts();
+            let mut labels: Vec<(String, String)> = key
+                .labels()
+                .map(|l| (l.key().to_owned(), l.value().to_owned()))
+                .collect();
+            labels.sort();
+            let series = (key.name().to_owned(), labels);
+            match (kind, value) {
+                (MetricKind::Counter, DebugValue::Counter(v)) => {
+                    *self.counters.entry(series).or_default() += v;
+                }
+                (MetricKind::Gauge, DebugValue::Gauge(v)) if MOVED_GAUGES.contains(&&*series.0) => {
+                    *self.gauges.entry(series).or_default() += v.into_inner();
+                }
+                (MetricKind::Gauge, DebugValue::Gauge(v)) => {
+                    let v = v.into_inner();
+                    let seen = self.gauges.entry(series).or_default();
+                    if v != 0.0 {
+                        *seen = v;
+                    }
+                }
+                (MetricKind::Histogram, DebugValue::Histogram(vs)) => self
+                    .histograms
+                    .entry(series)
+                    .or_default()
+                    .extend(vs.into_iter().map(|v| v.into_inner())),
+                (kind, value) => panic!("{kind:?} series with a {value:?}"),
+            }
+        }
+        self
+    }
+
+    /// Every series of any kind, with its kind.
+    fn series(&self) -> impl Iterator<Item = &Series> {
+        self.counters
+            .keys()
+            .chain(self.gauges.keys())
+            .chain(self.histograms.keys())
+    }
+
+    /// The sum of the counters named `name` whose labels include `labels`.
+    fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+        matching(&self.counters, name, labels).copied().sum()
+    }
+
+    /// The one gauge named `name` with labels including `labels`.
+    fn gauge(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let found: Vec<f64> = matching(&self.gauges, name, labels).copied().collect();
+        assert_eq!(found.len(), 1, "gauges {name} {labels:?}: {found:?}");
+        found[0]
+    }
+
+    /// How many values the histograms named `name` with labels including
+    /// `labels` recorded.
+    fn recorded(&self, name: &str, labels: &[(&str, &str)]) -> usize {
+        matching(&self.histograms, name, labels).map(Vec::len).sum()
+    }
+}
+
+fn matching<'a, V>(
+    map: &'a HashMap<Series, V>,
+    name: &'a str,
+    labels: &'a [(&str, &str)],
+) -> impl Iterator<Item = &'a V> {
+    map.iter()
+        .filter(move |((n, have), _)| {
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| have.iter().any(|(hk, hv)| hk == k && hv == v))
+        })
+        .map(|(_, value)| value)
+}
+
+/// The port of a wiremock server, as `server.port` shows it.
+fn port(server: &Server) -> String {
+    server.address().port().to_string()
+}
+
+const DURATION: &str = "http.client.request.duration";
+const ACTIVE: &str = "http.client.active_requests";
+/// The gauges the balancer moves up and down rather than sets.
+const MOVED_GAUGES: [&str; 2] = [ACTIVE, "tower_lb.affinity.learned_sessions"];
+
+/// Ten GETs: `n` of them, one after another.
+async fn send_in_turn(client: &Client, n: usize) {
+    for i in 0..n {
+        let response = client.clone().oneshot(get(&format!("/r/{i}"))).await;
+        assert!(response.is_ok(), "request {i}: {response:?}");
+    }
+}
+
+/// Three backends, the third answering 503; round robin, failures of GETs
+/// retried, three failures in a row eject. N = 30 requests give exactly:
+/// three attempts on the failing backend (the third ejects it), each
+/// retried once on another (K = 3 retries), 30 answers of 200, one
+/// ejection, and nothing left in flight.
+#[tokio::test]
+async fn a_known_run_gives_exact_counts_n_requests_one_ejection_k_retries() {
+    let recorder = DebuggingRecorder::new();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let mut recorded = Recorded::new(&recorder);
+    let ok = backends(2).await;
+    let failing = backend("c", ResponseTemplate::new(503)).await;
+    let balancer = Balancer::builder()
+        .endpoint(ok[0].uri())
+        .endpoint(ok[1].uri())
+        .endpoint(failing.uri())
+        .policy(Policy::round_robin())
+        .outlier_detection(
+            OutlierDetection::default()
+                .consecutive_failures(3)
+                .base_ejection_time(Duration::from_secs(600))
+                .max_ejection_time(Duration::from_secs(600)),
+        )
+        .retry(Retries::default().idempotent_failures())
+        .build()
+        .unwrap();
+    send_in_turn(&client(&balancer), 30).await;
+    assert_settled(&balancer);
+
+    let m = recorded.read();
+    assert_eq!(
+        m.counter("tower_lb.attempts", &[("http.request.resend_count", "0")]),
+        30
+    );
+    assert_eq!(
+        m.counter("tower_lb.attempts", &[("http.request.resend_count", "1")]),
+        3
+    );
+    assert_eq!(
+        m.counter("tower_lb.attempts", &[("http.request.resend_count", "2")]),
+        0
+    );
+    let failing_port = port(&failing);
+    let on_failing = [
+        ("server.address", "127.0.0.1"),
+        ("server.port", failing_port.as_str()),
+        ("http.request.method", "GET"),
+        ("http.response.status_code", "503"),
+        ("error.type", "503"),
+    ];
+    assert_eq!(m.recorded(DURATION, &on_failing), 3);
+    assert_eq!(
+        m.recorded(DURATION, &[("http.response.status_code", "200")]),
+        33 - 3
+    );
+    assert_eq!(m.recorded(DURATION, &[]), 33);
+    for server in ok.iter().chain([&failing]) {
+        let port = port(server);
+        let labels = [("server.port", port.as_str())];
+        assert_eq!(m.gauge(ACTIVE, &labels), 0.0, "{port}");
+    }
+    assert_eq!(
+        m.counter("tower_lb.ejections", &[("reason", "consecutive_failures")]),
+        1
+    );
+    assert_eq!(m.counter("tower_lb.ejections", &[]), 1);
+    assert_eq!(m.counter("tower_lb.readmissions", &[]), 0);
+    assert_eq!(m.gauge("tower_lb.endpoints", &[("state", "active")]), 2.0);
+    assert_eq!(m.gauge("tower_lb.endpoints", &[("state", "ejected")]), 1.0);
+    assert_eq!(m.gauge("tower_lb.endpoints", &[("state", "draining")]), 0.0);
+    assert_eq!(m.gauge("tower_lb.panic_mode", &[]), 0.0);
+    assert_eq!(m.counter("tower_lb.retry_budget.refusals", &[]), 0);
+    // Every duration is a real one, in seconds: loopback answers well
+    // under a second.
+    let durations: Vec<f64> = m.histograms.values().flatten().copied().collect();
+    assert!(
+        durations.iter().all(|&s| s > 0.0 && s < 1.0),
+        "{durations:?}"
+    );
+    // Unnamed: no balancer label anywhere.
+    assert!(m
+        .series()
+        .all(|(_, labels)| labels.iter().all(|(k, _)| k != "tower_lb.balancer")));
+}
+
+/// Retries the budget refuses are counted: a budget of no share and no
+/// reserve allows none.
+#[tokio::test]
+async fn a_retry_the_budget_refuses_is_counted() {
+    let recorder = DebuggingRecorder::new();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let mut recorded = Recorded::new(&recorder);
+    let ok = backends(1).await;
+    let refusing = RefusingPort::new();
+    let balancer = Balancer::builder()
+        .endpoint(refusing.url.as_str())
+        .endpoint(ok[0].uri())
+        .policy(Policy::round_robin())
+        .outlier_detection(OutlierDetection::disabled())
+        .retry(Retries::default().budget(Duration::from_secs(10), 0, 0))
+        .build()
+        .unwrap();
+    let client = client(&balancer);
+    let mut failed = 0;
+    for i in 0..4 {
+        failed += usize::from(client.clone().oneshot(get(&format!("/{i}"))).await.is_err());
+    }
+    assert_eq!(failed, 2, "the refused ones fail");
+    let m = recorded.read();
+    assert_eq!(m.counter("tower_lb.retry_budget.refusals", &[]), 2);
+    assert_eq!(
+        m.counter("tower_lb.attempts", &[("http.request.resend_count", "1")]),
+        0
+    );
+    let refused = refusing.addr.port().to_string();
+    assert_eq!(
+        m.recorded(
+            DURATION,
+            &[
+                ("server.port", refused.as_str()),
+                ("error.type", "connect_error")
+            ]
+        ),
+        2
+    );
+}
+
+/// Two balancers in one process, named: every series of each carries its
+/// name, and their counts stay apart though they share a backend.
+#[tokio::test]
+async fn the_balancer_name_tells_two_balancers_apart() {
+    let recorder = DebuggingRecorder::new();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let mut recorded = Recorded::new(&recorder);
+    let servers = backends(1).await;
+    let named = |name: &str| {
+        Balancer::builder()
+            .endpoint(servers[0].uri())
+            .name(name)
+            .build()
+            .unwrap()
+    };
+    let (payments, search) = (named("payments"), named("search"));
+    send_in_turn(&client(&payments), 2).await;
+    send_in_turn(&client(&search), 3).await;
+
+    let m = recorded.read();
+    for (name, sent) in [("payments", 2), ("search", 3)] {
+        let by_name = [("tower_lb.balancer", name)];
+        assert_eq!(m.counter("tower_lb.attempts", &by_name), sent);
+        assert_eq!(m.recorded(DURATION, &by_name), sent as usize);
+        assert_eq!(m.gauge(ACTIVE, &by_name), 0.0);
+        assert_eq!(
+            m.gauge(
+                "tower_lb.endpoints",
+                &[("tower_lb.balancer", name), ("state", "active")]
+            ),
+            1.0
+        );
+    }
+    let unnamed: Vec<&Series> = m
+        .series()
+        .filter(|(_, labels)| labels.iter().all(|(k, _)| k != "tower_lb.balancer"))
+        .collect();
+    assert!(unnamed.is_empty(), "series without a name: {unnamed:?}");
+}
+
+/// A removed endpoint's series stay at their last values: its active
+/// requests fall to 0 as its last request ends, its durations stop
+/// growing; added again at the same address it continues them.
+#[tokio::test]
+async fn a_removed_endpoints_series_keep_their_last_values_and_continue_when_it_returns() {
+    let recorder = DebuggingRecorder::new();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let mut recorded = Recorded::new(&recorder);
+    let fast = backends(1).await;
+    let slow = backend(
+        "slow",
+        ResponseTemplate::new(200).set_delay(Duration::from_millis(300)),
+    )
+    .await;
+    let balancer = Balancer::builder()
+        .endpoint(slow.uri())
+        .endpoint(fast[0].uri())
+        .policy(Policy::round_robin())
+        .build()
+        .unwrap();
+    let client = client(&balancer);
+    let slow_port = port(&slow);
+    let on_slow = [("server.port", slow_port.as_str())];
+
+    // One request to the slow endpoint, in flight while it is removed.
+    let in_flight = tokio::spawn(client.clone().oneshot(get("/slow")));
+    within(Duration::from_secs(5), "the request started", || {
+        balancer.stats().endpoints[0].in_flight == 1
+    })
+    .await;
+    balancer.remove(slow.uri()).unwrap();
+    assert_eq!(recorded.read().gauge(ACTIVE, &on_slow), 1.0);
+    assert_eq!(
+        recorded
+            .read()
+            .gauge("tower_lb.endpoints", &[("state", "active")]),
+        1.0
+    );
+    in_flight.await.unwrap().unwrap();
+    send_in_turn(&client, 4).await;
+    let m = recorded.read();
+    assert_eq!(m.gauge(ACTIVE, &on_slow), 0.0, "its last request ended");
+    assert_eq!(m.recorded(DURATION, &on_slow), 1, "and nothing since");
+
+    // Back at the same address: the same series go on.
+    balancer.add(slow.uri(), 1).unwrap();
+    send_in_turn(&client, 4).await;
+    let m = recorded.read();
+    assert_eq!(m.recorded(DURATION, &on_slow), 1 + 2);
+    assert_eq!(m.gauge(ACTIVE, &on_slow), 0.0);
+    let slow_series = m
+        .histograms
+        .keys()
+        .filter(|(_, labels)| {
+            labels
+                .iter()
+                .any(|(k, v)| k == "server.port" && *v == slow_port)
+        })
+        .count();
+    assert_eq!(slow_series, 1, "one duration series (GET, 200), not two");
+    assert_eq!(m.gauge("tower_lb.endpoints", &[("state", "active")]), 2.0);
+}
+
+/// Drained endpoints are counted as draining, and the learned-affinity
+/// table's size follows the sessions learned.
+#[tokio::test]
+async fn draining_endpoints_and_learned_sessions_are_counted() {
+    let recorder = DebuggingRecorder::new();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let mut recorded = Recorded::new(&recorder);
+    let servers = backends(2).await;
+    for (i, server) in servers.iter().enumerate() {
+        server.reset().await;
+        Mock::given(any())
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .insert_header("set-cookie", format!("sid=session-{i}; Path=/")),
+            )
+            .mount(server)
+            .await;
+    }
+    let balancer = Balancer::builder()
+        .endpoint(servers[0].uri())
+        .endpoint(servers[1].uri())
+        .policy(
+            Policy::ring_hash()
+                .key(RequestKey::cookie("sid"))
+                .fallback(Policy::round_robin()),
+        )
+        .build()
+        .unwrap();
+    send_in_turn(&client(&balancer), 4).await;
+    balancer.drain(servers[1].uri()).unwrap();
+    let m = recorded.read();
+    assert_eq!(m.gauge("tower_lb.affinity.learned_sessions", &[]), 2.0);
+    assert_eq!(m.gauge("tower_lb.endpoints", &[("state", "draining")]), 1.0);
+    assert_eq!(m.gauge("tower_lb.endpoints", &[("state", "active")]), 1.0);
+}
+
+/// Discovery's applied sets, failed answers and skipped endpoints.
+#[tokio::test]
+async fn discovery_refreshes_errors_and_skips_are_counted() {
+    let recorder = DebuggingRecorder::new();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let mut recorded = Recorded::new(&recorder);
+    let servers = backends(2).await;
+    let balancer = Balancer::builder().build().unwrap();
+    let sets = vec![
+        Ok(vec![tower_lb::Endpoint::new(servers[0].uri())]),
+        Err(std::io::Error::other("registry down")),
+        Ok(vec![
+            tower_lb::Endpoint::new(servers[0].uri()),
+            tower_lb::Endpoint::new(servers[1].uri()),
+            tower_lb::Endpoint::new("not a url"),
+        ]),
+        Ok(vec![]),
+    ];
+    balancer
+        .discover(futures::stream::iter(sets).chain(futures::stream::pending()))
+        .unwrap();
+    within(Duration::from_secs(5), "four answers", || {
+        balancer
+            .stats()
+            .discovery
+            .is_some_and(|d| d.refreshes + d.errors == 4)
+    })
+    .await;
+    let m = recorded.read();
+    assert_eq!(m.counter("tower_lb.discovery.refreshes", &[]), 2);
+    assert_eq!(m.counter("tower_lb.discovery.errors", &[]), 2);
+    assert_eq!(m.counter("tower_lb.discovery.skipped", &[]), 1);
+    assert_eq!(m.gauge("tower_lb.endpoints", &[("state", "active")]), 2.0);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+    /// Whatever a request carries in its path, query, session-key header
+    /// and cookie, and whatever session cookie a backend sets, none of it
+    /// appears in any metric's name or label.
+    #[test]
+    fn no_path_query_cookie_or_session_key_ever_appears_in_a_metric(
+        path in "[a-z0-9]{6,12}",
+        query in "[a-z0-9]{6,12}",
+        key in "[a-z0-9]{6,12}",
+        cookie in "[a-z0-9]{6,12}",
+        issued in "[a-z0-9]{6,12}",
+        status in prop::sample::select(vec![200u16, 404, 503]),
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let recorder = DebuggingRecorder::new();
+        let _local = metrics::set_default_local_recorder(&recorder);
+        let mut recorded = Recorded::new(&recorder);
+        runtime.block_on(async {
+            let server = backend(
+                "a",
+                ResponseTemplate::new(status).insert_header("set-cookie", format!("sid={issued}")),
+            )
+            .await;
+            let balancer = Balancer::builder()
+                .endpoint(format!("{}/base{path}", server.uri()))
+                .policy(
+                    Policy::ring_hash()
+                        .key(RequestKey::header("x-user").or(RequestKey::cookie("sid")))
+                        .fallback(Policy::round_robin()),
+                )
+                .name("p")
+                .build()
+                .unwrap();
+            for with_cookie in [false, true] {
+                let mut request = get(&format!("/{path}/item?{query}={key}"));
+                request.headers_mut().insert("x-user", key.parse().unwrap());
+                if with_cookie {
+                    request
+                        .headers_mut()
+                        .insert("cookie", format!("sid={cookie}").parse().unwrap());
+                }
+                let _ = client(&balancer).oneshot(request).await;
+            }
+        });
+        let m = recorded.read();
+        prop_assert!(m.recorded(DURATION, &[]) == 2);
+        for (name, labels) in m.series() {
+            for secret in [&path, &query, &key, &cookie, &issued] {
+                prop_assert!(!name.contains(secret.as_str()), "{name}");
+                for (k, v) in labels {
+                    prop_assert!(
+                        !k.contains(secret.as_str()) && !v.contains(secret.as_str()),
+                        "{secret} in {name} {k}={v}"
+                    );
+                }
+            }
+        }
+    }
+}
