@@ -41,6 +41,10 @@
 //!   cancelled, the response-time estimate, labels.
 //! - [`Error`]: configuration errors, "no endpoint available", and the wrapped
 //!   service's error.
+//! - Metrics (feature `metrics`): OpenTelemetry's HTTP client series per
+//!   endpoint and the balancer's own (`tower_lb.*`) through the `metrics`
+//!   facade, to any exporter; name a balancer with
+//!   `BalancerBuilder::name` (docs/metrics.md in the repository).
 //!
 //! Requests never take a lock: the endpoint set is an immutable snapshot
 //! swapped atomically on change, and counters are atomics. A request whose

@@ -483,6 +483,20 @@ pub async fn layer_reqwest_requests(
     .await
 }
 
+/// The requests of [`layer_requests`] (no session key) through the layer
+/// of `balancer`, built by the caller (with its metrics, say).
+pub async fn layer_requests_through(balancer: &tower_lb::Balancer, load: Load) -> RunFigures {
+    let service = tower::ServiceBuilder::new()
+        .layer(balancer.layer())
+        .service(tower_lb::HttpToReqwest::new(reqwest::Client::new()));
+    drive_loop(service, load, move |_| {
+        http::Request::get("/item")
+            .body(reqwest::Body::from(""))
+            .map_err(|e| e.to_string())
+    })
+    .await
+}
+
 /// The same requests through the layer with `policy` and `retry`; for a
 /// hashing policy each carries a session key (10,000 users). Other
 /// policies read no key, so their requests carry no extensions, like the
