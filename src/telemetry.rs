@@ -587,6 +587,50 @@ mod tests {
         assert_eq!(label_map(key)[1], ("error.type".into(), "cancelled".into()));
     }
 
+    /// However many combinations of method and status an endpoint
+    /// returns, it holds at most `DURATION_SERIES` duration series, and
+    /// one overflow series takes the rest: the label set stays bounded.
+    #[test]
+    fn an_endpoint_holds_at_most_64_duration_series_then_one_overflow_series() {
+        let recorder = metrics_util::debugging::DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let endpoint = ::metrics::with_local_recorder(&recorder, || {
+            let balancer = Arc::new(BalancerMetrics::register(Some("b"), 0));
+            let endpoint = balancer.endpoint("10.0.0.1", 80);
+            for method in [Method::GET, Method::POST] {
+                for status in 200..300 {
+                    let status = StatusCode::from_u16(status).ok();
+                    endpoint.record(
+                        MethodClass::of(&method),
+                        Some(Outcome::Success),
+                        status,
+                        0.001,
+                    );
+                }
+            }
+            endpoint
+        });
+        let durations: Vec<_> = snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .filter(|(key, ..)| key.key().name() == REQUEST_DURATION)
+            .collect();
+        assert_eq!(durations.len(), DURATION_SERIES + 1);
+        let recorded =
+            |(_, _, _, value): &(_, _, _, metrics_util::debugging::DebugValue)| match value {
+                metrics_util::debugging::DebugValue::Histogram(values) => values.len(),
+                _ => 0,
+            };
+        assert_eq!(durations.iter().map(recorded).sum::<usize>(), 200);
+        let overflow = durations
+            .iter()
+            .find(|(key, ..)| key.key().labels().any(|l| l.value() == "_OTHER"))
+            .map(recorded);
+        assert_eq!(overflow, Some(200 - DURATION_SERIES));
+        drop(endpoint);
+    }
+
     #[test]
     fn an_unknown_method_is_other() {
         let odd = Method::from_bytes(b"PURGE").unwrap();

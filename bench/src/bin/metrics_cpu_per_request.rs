@@ -157,6 +157,9 @@ async fn main() -> Result<(), BoxError> {
         (ROUNDS + 1) * LOAD.max_requests
     );
     let path = json_path("metrics_cpu_per_request");
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
     std::fs::write(
         &path,
         serde_json::to_string_pretty(&json!({
