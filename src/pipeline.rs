@@ -55,6 +55,7 @@ pub(crate) enum Answer<'a> {
 
 impl Answer<'_> {
     /// The status on the wire, if the endpoint answered.
+    #[cfg(feature = "metrics")]
     fn status(&self) -> Option<StatusCode> {
         match self {
             Answer::Response { status, .. } => Some(*status),
@@ -140,15 +141,25 @@ impl Attempt {
     /// Classifies and records how the attempt ended; returns the outcome.
     pub(crate) fn end(self, answer: Answer<'_>) -> Outcome {
         let (outcome, status) = classify(answer);
-        self.end_as(outcome, status, answer.status());
+        #[cfg(feature = "metrics")]
+        let attempt = self.answered(&answer);
+        #[cfg(not(feature = "metrics"))]
+        let attempt = self;
+        attempt.end_as(outcome, status);
         outcome
     }
 
+    /// Notes the status `answer` came with on the wire, for metrics.
+    #[cfg(feature = "metrics")]
+    fn answered(mut self, answer: &Answer<'_>) -> Self {
+        self.in_flight.answered(answer.status());
+        self
+    }
+
     /// Records an attempt already classified as `outcome`, with `status`
-    /// as health reads it and `answered`, the status on the wire, if the
-    /// endpoint answered.
-    fn end_as(self, outcome: Outcome, status: Option<StatusCode>, answered: Option<StatusCode>) {
-        let latency = self.in_flight.finish(outcome, status, answered);
+    /// if the endpoint answered.
+    fn end_as(self, outcome: Outcome, status: Option<StatusCode>) {
+        let latency = self.in_flight.finish(outcome, status);
         let _entered = self.span.enter();
         tracing::debug!(
             ?outcome,
@@ -328,7 +339,9 @@ impl<R: Route> Trip<R> {
         });
         let tried = balancer.map(|balancer| (balancer, attempt.in_flight.core().clone()));
         let keep = attempt.endpoint.is_some();
-        attempt.end_as(outcome, status, answer.status());
+        #[cfg(feature = "metrics")]
+        let attempt = attempt.answered(&answer);
+        attempt.end_as(outcome, status);
         let next = tried
             .and_then(|(balancer, tried)| self.retry(balancer, tried, keep, outcome, extensions));
         match next {

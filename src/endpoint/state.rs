@@ -155,6 +155,10 @@ pub(crate) struct InFlight {
     /// The request's method, for its duration series.
     #[cfg(feature = "metrics")]
     method: crate::telemetry::MethodClass,
+    /// The answer's status on the wire, for its duration series (health
+    /// reads a gRPC answer's status from its `grpc-status`).
+    #[cfg(feature = "metrics")]
+    answered: Option<http::StatusCode>,
 }
 
 impl InFlight {
@@ -193,7 +197,15 @@ impl InFlight {
             finished: false,
             #[cfg(feature = "metrics")]
             method: Default::default(),
+            #[cfg(feature = "metrics")]
+            answered: None,
         }
+    }
+
+    /// Notes the answer's status on the wire, before [`InFlight::finish`].
+    #[cfg(feature = "metrics")]
+    pub(crate) fn answered(&mut self, status: Option<http::StatusCode>) {
+        self.answered = status;
     }
 
     /// Names the request's method, for its duration series.
@@ -214,15 +226,11 @@ impl InFlight {
     }
 
     /// Records the outcome and, for a sampled request, the time since it
-    /// started; returns that time for any timed request. `status` is the
-    /// answer's status as health reads it, `answered` the status on the
-    /// wire (they differ for gRPC), which metrics show.
-    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+    /// started; returns that time for any timed request.
     pub(crate) fn finish(
         mut self,
         outcome: Outcome,
         status: Option<http::StatusCode>,
-        answered: Option<http::StatusCode>,
     ) -> Option<Duration> {
         let core = &self.lane.core;
         let timing = self.started_at.map(|started_at| {
@@ -236,7 +244,7 @@ impl InFlight {
         if let Some((latency, _)) = timing {
             let seconds = latency.as_secs_f64();
             core.metrics
-                .record(self.method, Some(outcome), answered, seconds);
+                .record(self.method, Some(outcome), self.answered, seconds);
         }
         self.finished = true;
         timing.map(|(latency, _)| latency)
@@ -284,8 +292,8 @@ mod tests {
         let b = InFlight::start(&ep);
         let c = InFlight::start(&ep);
         assert_eq!(ep.stats(1, &Labels::default()).in_flight, 3);
-        a.finish(Outcome::Success, None, None);
-        b.finish(Outcome::ServerError, None, None);
+        a.finish(Outcome::Success, None);
+        b.finish(Outcome::ServerError, None);
         drop(c);
         let stats = ep.stats(1, &Labels::default());
         assert_eq!(stats.in_flight, 0);
@@ -329,7 +337,7 @@ mod tests {
                     if drop_it {
                         drop(request);
                     } else {
-                        let timed = request.finish(Outcome::Success, None, None).is_some();
+                        let timed = request.finish(Outcome::Success, None).is_some();
                         proptest::prop_assert_eq!(timed, turn.is_multiple_of(u64::from(every)), "turn {}", turn);
                     }
                 }
@@ -347,14 +355,14 @@ mod tests {
         let timed: Vec<usize> = (0..40)
             .filter(|_| {
                 InFlight::start(&ep)
-                    .finish(Outcome::Success, None, None)
+                    .finish(Outcome::Success, None)
                     .is_some()
             })
             .collect();
         assert_eq!(timed, [0, 16, 32]);
         let every = endpoint();
         assert!((0..40).all(|_| InFlight::start(&every)
-            .finish(Outcome::Success, None, None)
+            .finish(Outcome::Success, None)
             .is_some()));
     }
 
@@ -369,7 +377,7 @@ mod tests {
             // The sampled turns (0, 16, 32) answer in 10 ms, the others in 2 s.
             let took = if turn % 16 == 0 { 10 } else { 2_000 };
             tokio::time::advance(Duration::from_millis(took)).await;
-            let latency = request.finish(Outcome::Success, None, None);
+            let latency = request.finish(Outcome::Success, None);
             assert_eq!(latency, Some(Duration::from_millis(took)), "turn {turn}");
             timed += 1;
         }
@@ -383,7 +391,7 @@ mod tests {
         let sampled: Vec<usize> = (40..70)
             .filter(|_| {
                 InFlight::start(&ep)
-                    .finish(Outcome::Success, None, None)
+                    .finish(Outcome::Success, None)
                     .is_some()
             })
             .collect();
@@ -412,7 +420,7 @@ mod tests {
                 let batch: Vec<InFlight> = started.by_ref().take(10).collect();
                 scope.spawn(move || {
                     batch.into_iter().for_each(|r| {
-                        r.finish(Outcome::Success, None, None);
+                        r.finish(Outcome::Success, None);
                     })
                 });
             }

@@ -114,11 +114,10 @@ impl EndpointHealth {
 
         let streak = bump_or_reset(&self.consecutive_failures, failed);
         let gateway_streak = bump_or_reset(&self.consecutive_gateway_failures, gateway);
-        let by_streak = config.consecutive_failures.is_some_and(|n| streak >= n);
-        let by_gateway_streak = config
-            .consecutive_gateway_failures
-            .is_some_and(|n| gateway_streak >= n);
-        let mut fire = by_streak || by_gateway_streak;
+        let mut fire = config.consecutive_failures.is_some_and(|n| streak >= n)
+            || config
+                .consecutive_gateway_failures
+                .is_some_and(|n| gateway_streak >= n);
 
         // The clock is read only when something needs it.
         let mut now = None;
@@ -140,13 +139,18 @@ impl EndpointHealth {
             #[cfg(feature = "metrics")]
             if _ejected {
                 use crate::telemetry::EjectionReason;
-                shared.metrics.ejected(if by_streak {
-                    EjectionReason::ConsecutiveFailures
-                } else if by_gateway_streak {
-                    EjectionReason::ConsecutiveGatewayFailures
-                } else {
-                    EjectionReason::FailurePercentage
-                });
+                shared.metrics.ejected(
+                    if config.consecutive_failures.is_some_and(|n| streak >= n) {
+                        EjectionReason::ConsecutiveFailures
+                    } else if config
+                        .consecutive_gateway_failures
+                        .is_some_and(|n| gateway_streak >= n)
+                    {
+                        EjectionReason::ConsecutiveGatewayFailures
+                    } else {
+                        EjectionReason::FailurePercentage
+                    },
+                );
             }
         }
     }
