@@ -46,6 +46,7 @@
 //! swapped atomically on change, and counters are atomics. A request whose
 //! future is dropped releases its in-flight count.
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 #![warn(missing_debug_implementations)]
 

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 
 use arc_swap::ArcSwap;
-use futures::StreamExt;
+use futures_util::StreamExt;
 use tower::discover::{Change, Discover};
 use tower_service::Service;
 
@@ -233,7 +233,7 @@ where
         K: AsRef<str>,
     {
         let mut discover = std::pin::pin!(changes);
-        let mut changes = std::pin::pin!(futures::stream::poll_fn(move |cx| discover
+        let mut changes = std::pin::pin!(futures_util::stream::poll_fn(move |cx| discover
             .as_mut()
             .poll_discover(cx)));
         while let Some(change) = changes.next().await {

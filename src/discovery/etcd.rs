@@ -8,7 +8,7 @@ use etcd_client::{
     Client, ConnectOptions, EventType, GetOptions, KvClient, WatchOptions, WatchResponse,
     WatchStream,
 };
-use futures::stream::{self, BoxStream, FuturesUnordered, StreamExt};
+use futures_util::stream::{self, BoxStream, FuturesUnordered, StreamExt};
 use serde::Deserialize;
 use tokio::time::Instant;
 

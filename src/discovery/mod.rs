@@ -45,8 +45,9 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use futures::stream::BoxStream;
-use futures::{FutureExt, Stream, StreamExt};
+use futures_util::future::{self, Either};
+use futures_util::stream::BoxStream;
+use futures_util::{FutureExt, Stream, StreamExt};
 use tokio::sync::watch;
 
 use crate::balancer::{Balancer, WeakBalancer};
@@ -359,10 +360,11 @@ async fn follow(
     mut sets: BoxStream<'static, Result<Vec<Endpoint>, BoxError>>,
 ) {
     loop {
-        let next = tokio::select! {
-            next = sets.next() => next,
-            // The sender lives in the balancer: an error means it is gone.
-            _ = dropped.changed() => return,
+        // The sender lives in the balancer: `changed` ends when it is gone.
+        let gone = std::pin::pin!(dropped.changed());
+        let next = match future::select(sets.next(), gone).await {
+            Either::Left((next, _)) => next,
+            Either::Right(_) => return,
         };
         let Some(balancer) = balancer.upgrade() else {
             return;
