@@ -1,0 +1,273 @@
+//! The selection policy as configuration: its name, and its options.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{duration, invalid, within, Checked};
+use crate::affinity::RequestKey;
+use crate::error::Error;
+use crate::policy::{ConsistentHash, LeastResponseTime, Policy};
+
+/// A built-in policy and its options (see [`Policy`]). A policy without
+/// options is its name; one with options is a table under its name:
+///
+/// ```toml
+/// policy = "round_robin"
+/// # or
+/// [policy.least_response_time]
+/// decay = "5s"
+/// # or
+/// [policy.maglev]
+/// key = ["session", { header = "x-user-id" }]
+/// bounded_loads = true
+/// fallback = "round_robin"
+/// ```
+///
+/// ```
+/// use tower_lb::{HashConfig, KeySourceConfig, PolicyConfig};
+///
+/// let mut hash = HashConfig::default();
+/// hash.key = vec![KeySourceConfig::Header("x-user-id".into())];
+/// hash.bounded_loads = Some(true);
+/// let policy = PolicyConfig::Maglev(hash).to_policy()?;
+/// assert!(policy.is_hash());
+/// # Ok::<(), tower_lb::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum PolicyConfig {
+    /// [`Policy::weighted_round_robin`], the default.
+    WeightedRoundRobin,
+    /// [`Policy::round_robin`].
+    RoundRobin,
+    /// [`Policy::random`].
+    Random,
+    /// [`Policy::least_response_time`] with its options.
+    LeastResponseTime(LeastTimeConfig),
+    /// [`Policy::ring_hash`] with its options.
+    RingHash(HashConfig),
+    /// [`Policy::maglev`] with its options.
+    Maglev(HashConfig),
+}
+
+impl PolicyConfig {
+    /// The [`Policy`] this describes.
+    ///
+    /// Errors: [`Error::InvalidConfig`] naming the field from the policy's
+    /// name down (`maglev.table_size`).
+    pub fn to_policy(&self) -> Result<Policy, Error> {
+        Ok(match self {
+            PolicyConfig::WeightedRoundRobin => Policy::weighted_round_robin(),
+            PolicyConfig::RoundRobin => Policy::round_robin(),
+            PolicyConfig::Random => Policy::random(),
+            PolicyConfig::LeastResponseTime(least) => least
+                .to_least_time()
+                .map_err(|e| within("least_response_time", e))?
+                .into(),
+            PolicyConfig::RingHash(hash) => hash
+                .to_hash(Policy::ring_hash())
+                .map_err(|e| within("ring_hash", e))?
+                .into(),
+            PolicyConfig::Maglev(hash) => hash
+                .to_hash(Policy::maglev())
+                .map_err(|e| within("maglev", e))?
+                .into(),
+        })
+    }
+}
+
+/// The policy for requests without a key under a hashing policy: any
+/// policy that does not hash ([`ConsistentHash::fallback`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum FallbackConfig {
+    /// [`Policy::weighted_round_robin`], the default.
+    WeightedRoundRobin,
+    /// [`Policy::round_robin`].
+    RoundRobin,
+    /// [`Policy::random`].
+    Random,
+    /// [`Policy::least_response_time`] with its options.
+    LeastResponseTime(LeastTimeConfig),
+}
+
+impl FallbackConfig {
+    fn to_policy(&self) -> Result<Policy, Error> {
+        match self {
+            FallbackConfig::WeightedRoundRobin => Ok(Policy::weighted_round_robin()),
+            FallbackConfig::RoundRobin => Ok(Policy::round_robin()),
+            FallbackConfig::Random => Ok(Policy::random()),
+            FallbackConfig::LeastResponseTime(least) => least
+                .to_least_time()
+                .map(Policy::from)
+                .map_err(|e| within("least_response_time", e)),
+        }
+    }
+}
+
+/// The options of least response time ([`LeastResponseTime`]); each left
+/// out keeps its default.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct LeastTimeConfig {
+    /// [`LeastResponseTime::decay`]: above zero; default `"10s"`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "duration::option"
+    )]
+    pub decay: Option<Duration>,
+    /// [`LeastResponseTime::default_rtt`]: default `"30ms"`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "duration::option"
+    )]
+    pub default_rtt: Option<Duration>,
+    /// [`LeastResponseTime::failure_penalty`]: default `"1s"`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "duration::option"
+    )]
+    pub failure_penalty: Option<Duration>,
+    /// [`LeastResponseTime::exact`] when `true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<bool>,
+}
+
+impl LeastTimeConfig {
+    fn to_least_time(&self) -> Result<LeastResponseTime, Error> {
+        let check = |least: &LeastResponseTime| least.validate();
+        Checked::new(Policy::least_response_time(), check)
+            .set("decay", self.decay, LeastResponseTime::decay)
+            .set(
+                "default_rtt",
+                self.default_rtt,
+                LeastResponseTime::default_rtt,
+            )
+            .set(
+                "failure_penalty",
+                self.failure_penalty,
+                LeastResponseTime::failure_penalty,
+            )
+            .set("exact", self.exact.filter(|&exact| exact), |least, _| {
+                least.exact()
+            })
+            .finish()
+    }
+}
+
+/// The options of a consistent-hash policy ([`ConsistentHash`]), ring or
+/// Maglev; each left out keeps its default.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct HashConfig {
+    /// Where a request's key comes from, the first source that has one
+    /// winning ([`ConsistentHash::key`]); left out, `["session"]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key: Vec<KeySourceConfig>,
+    /// Ring only: points per unit of weight, 1 to 65,536
+    /// ([`ConsistentHash::virtual_nodes`]); default 2,048.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtual_nodes: Option<u32>,
+    /// Maglev only: the table size, a prime up to 16,777,216
+    /// ([`ConsistentHash::table_size`]); default 65,537.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table_size: Option<u64>,
+    /// `true`: bounded loads at the default factor, 1.25
+    /// ([`ConsistentHash::bounded_loads`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bounded_loads: Option<bool>,
+    /// Bounded loads at this factor, at least 1
+    /// ([`ConsistentHash::load_factor`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_factor: Option<f64>,
+    /// The policy for requests without a key
+    /// ([`ConsistentHash::fallback`]); default weighted round robin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<FallbackConfig>,
+}
+
+impl HashConfig {
+    fn to_hash(&self, table: ConsistentHash) -> Result<ConsistentHash, Error> {
+        if self.bounded_loads == Some(false) && self.load_factor.is_some() {
+            return Err(invalid(
+                "bounded_loads",
+                "false, but load_factor bounds loads: leave one of them out",
+            ));
+        }
+        let key = self.request_key()?;
+        let fallback = match &self.fallback {
+            Some(fallback) => Some(fallback.to_policy().map_err(|e| within("fallback", e))?),
+            None => None,
+        };
+        let check = |hash: &ConsistentHash| hash.validate();
+        Checked::new(table, check)
+            .set("key", key, ConsistentHash::key)
+            .set(
+                "virtual_nodes",
+                self.virtual_nodes,
+                ConsistentHash::virtual_nodes,
+            )
+            .set("table_size", self.table_size, ConsistentHash::table_size)
+            .set(
+                "bounded_loads",
+                self.bounded_loads.filter(|&on| on),
+                |hash, _| hash.bounded_loads(),
+            )
+            .set("load_factor", self.load_factor, ConsistentHash::load_factor)
+            .set("fallback", fallback, ConsistentHash::fallback)
+            .finish()
+    }
+
+    /// The sources in `key`, in order, each checked on its own.
+    fn request_key(&self) -> Result<Option<RequestKey>, Error> {
+        let mut key: Option<RequestKey> = None;
+        for (i, source) in self.key.iter().enumerate() {
+            let (field, one) = match source {
+                KeySourceConfig::Session => ("session", RequestKey::session()),
+                KeySourceConfig::Header(name) => ("header", RequestKey::header(name)),
+                KeySourceConfig::Cookie(name) => ("cookie", RequestKey::cookie(name)),
+                KeySourceConfig::Query(name) => ("query", RequestKey::query(name)),
+                KeySourceConfig::Path => ("path", RequestKey::path()),
+            };
+            if let Some(reason) = one.error() {
+                return Err(invalid(format!("key[{i}].{field}"), reason));
+            }
+            key = Some(match key {
+                Some(key) => key.or(one),
+                None => one,
+            });
+        }
+        Ok(key)
+    }
+}
+
+/// One place a request's key is read from ([`RequestKey`]): `"session"`,
+/// `"path"`, or a table naming a header, a cookie or a query parameter.
+///
+/// ```toml
+/// key = ["session", { cookie = "JSESSIONID" }, { header = "x-user-id" }, { query = "user" }, "path"]
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum KeySourceConfig {
+    /// The typed [`SessionKey`](crate::SessionKey) a request carries
+    /// ([`RequestKey::session`]).
+    Session,
+    /// A header's value ([`RequestKey::header`]).
+    Header(String),
+    /// A cookie's value ([`RequestKey::cookie`]).
+    Cookie(String),
+    /// A query parameter's value ([`RequestKey::query`]).
+    Query(String),
+    /// The request path ([`RequestKey::path`]).
+    Path,
+}
