@@ -29,6 +29,7 @@
 mod discovery;
 mod duration;
 mod endpoint;
+mod named;
 mod outlier;
 mod policy;
 mod retry;
@@ -145,9 +146,18 @@ impl BalancerConfig {
         D: Deserializer<'de>,
         D::Error: Display,
     {
-        serde_path_to_error::deserialize(deserializer).map_err(|error| Error::InvalidConfig {
-            path: error.path().to_string(),
-            reason: error.inner().to_string(),
+        serde_path_to_error::deserialize(deserializer).map_err(|error| {
+            let path = error.path().to_string();
+            let reason = error.inner().to_string();
+            // Some formats (YAML's) start their message with the path too.
+            let reason = match reason
+                .strip_prefix(&path)
+                .and_then(|r| r.strip_prefix(": "))
+            {
+                Some(rest) => rest.to_owned(),
+                None => reason,
+            };
+            Error::InvalidConfig { path, reason }
         })
     }
 

@@ -2,8 +2,10 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::de::{self, MapAccess};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::named::{self, needs_value, no_options, serialize_name, serialize_with, Named};
 use super::{duration, invalid, within, Checked};
 use crate::affinity::RequestKey;
 use crate::error::Error;
@@ -34,8 +36,7 @@ use crate::policy::{ConsistentHash, LeastResponseTime, Policy};
 /// assert!(policy.is_hash());
 /// # Ok::<(), tower_lb::Error>(())
 /// ```
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub enum PolicyConfig {
     /// [`Policy::weighted_round_robin`], the default.
@@ -80,8 +81,7 @@ impl PolicyConfig {
 
 /// The policy for requests without a key under a hashing policy: any
 /// policy that does not hash ([`ConsistentHash::fallback`]).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub enum FallbackConfig {
     /// [`Policy::weighted_round_robin`], the default.
@@ -255,8 +255,7 @@ impl HashConfig {
 /// ```toml
 /// key = ["session", { cookie = "JSESSIONID" }, { header = "x-user-id" }, { query = "user" }, "path"]
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum KeySourceConfig {
     /// The typed [`SessionKey`](crate::SessionKey) a request carries
@@ -270,4 +269,150 @@ pub enum KeySourceConfig {
     Query(String),
     /// The request path ([`RequestKey::path`]).
     Path,
+}
+
+impl Named for PolicyConfig {
+    const WHAT: &'static str = "a policy";
+    const NAMES: &'static [&'static str] = &[
+        "weighted_round_robin",
+        "round_robin",
+        "random",
+        "least_response_time",
+        "ring_hash",
+        "maglev",
+    ];
+
+    fn by_name<E: de::Error>(name: &str) -> Result<Self, E> {
+        Ok(match name {
+            "weighted_round_robin" => PolicyConfig::WeightedRoundRobin,
+            "round_robin" => PolicyConfig::RoundRobin,
+            "random" => PolicyConfig::Random,
+            "least_response_time" => PolicyConfig::LeastResponseTime(LeastTimeConfig::default()),
+            "ring_hash" => PolicyConfig::RingHash(HashConfig::default()),
+            "maglev" => PolicyConfig::Maglev(HashConfig::default()),
+            _ => return Err(E::unknown_variant(name, Self::NAMES)),
+        })
+    }
+
+    fn with_options<'de, A: MapAccess<'de>>(name: &str, map: &mut A) -> Result<Self, A::Error> {
+        Ok(match name {
+            "least_response_time" => PolicyConfig::LeastResponseTime(map.next_value()?),
+            "ring_hash" => PolicyConfig::RingHash(map.next_value()?),
+            "maglev" => PolicyConfig::Maglev(map.next_value()?),
+            "weighted_round_robin" | "round_robin" | "random" => return Err(no_options(name)),
+            _ => return Err(de::Error::unknown_variant(name, Self::NAMES)),
+        })
+    }
+}
+
+impl Serialize for PolicyConfig {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            PolicyConfig::WeightedRoundRobin => serialize_name(serializer, "weighted_round_robin"),
+            PolicyConfig::RoundRobin => serialize_name(serializer, "round_robin"),
+            PolicyConfig::Random => serialize_name(serializer, "random"),
+            PolicyConfig::LeastResponseTime(least) => {
+                serialize_with(serializer, "least_response_time", least)
+            }
+            PolicyConfig::RingHash(hash) => serialize_with(serializer, "ring_hash", hash),
+            PolicyConfig::Maglev(hash) => serialize_with(serializer, "maglev", hash),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for PolicyConfig {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        named::deserialize(deserializer)
+    }
+}
+
+impl Named for FallbackConfig {
+    const WHAT: &'static str = "a policy that does not hash";
+    const NAMES: &'static [&'static str] = &[
+        "weighted_round_robin",
+        "round_robin",
+        "random",
+        "least_response_time",
+    ];
+
+    fn by_name<E: de::Error>(name: &str) -> Result<Self, E> {
+        Ok(match name {
+            "weighted_round_robin" => FallbackConfig::WeightedRoundRobin,
+            "round_robin" => FallbackConfig::RoundRobin,
+            "random" => FallbackConfig::Random,
+            "least_response_time" => FallbackConfig::LeastResponseTime(LeastTimeConfig::default()),
+            _ => return Err(E::unknown_variant(name, Self::NAMES)),
+        })
+    }
+
+    fn with_options<'de, A: MapAccess<'de>>(name: &str, map: &mut A) -> Result<Self, A::Error> {
+        match name {
+            "least_response_time" => Ok(FallbackConfig::LeastResponseTime(map.next_value()?)),
+            "weighted_round_robin" | "round_robin" | "random" => Err(no_options(name)),
+            _ => Err(de::Error::unknown_variant(name, Self::NAMES)),
+        }
+    }
+}
+
+impl Serialize for FallbackConfig {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            FallbackConfig::WeightedRoundRobin => {
+                serialize_name(serializer, "weighted_round_robin")
+            }
+            FallbackConfig::RoundRobin => serialize_name(serializer, "round_robin"),
+            FallbackConfig::Random => serialize_name(serializer, "random"),
+            FallbackConfig::LeastResponseTime(least) => {
+                serialize_with(serializer, "least_response_time", least)
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for FallbackConfig {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        named::deserialize(deserializer)
+    }
+}
+
+impl Named for KeySourceConfig {
+    const WHAT: &'static str = "a key source";
+    const NAMES: &'static [&'static str] = &["session", "header", "cookie", "query", "path"];
+
+    fn by_name<E: de::Error>(name: &str) -> Result<Self, E> {
+        match name {
+            "session" => Ok(KeySourceConfig::Session),
+            "path" => Ok(KeySourceConfig::Path),
+            "header" | "cookie" | "query" => Err(needs_value(name)),
+            _ => Err(E::unknown_variant(name, Self::NAMES)),
+        }
+    }
+
+    fn with_options<'de, A: MapAccess<'de>>(name: &str, map: &mut A) -> Result<Self, A::Error> {
+        match name {
+            "header" => Ok(KeySourceConfig::Header(map.next_value()?)),
+            "cookie" => Ok(KeySourceConfig::Cookie(map.next_value()?)),
+            "query" => Ok(KeySourceConfig::Query(map.next_value()?)),
+            "session" | "path" => Err(no_options(name)),
+            _ => Err(de::Error::unknown_variant(name, Self::NAMES)),
+        }
+    }
+}
+
+impl Serialize for KeySourceConfig {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            KeySourceConfig::Session => serialize_name(serializer, "session"),
+            KeySourceConfig::Path => serialize_name(serializer, "path"),
+            KeySourceConfig::Header(name) => serialize_with(serializer, "header", name),
+            KeySourceConfig::Cookie(name) => serialize_with(serializer, "cookie", name),
+            KeySourceConfig::Query(name) => serialize_with(serializer, "query", name),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for KeySourceConfig {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        named::deserialize(deserializer)
+    }
 }
