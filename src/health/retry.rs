@@ -139,6 +139,7 @@ impl Retries {
     }
 
     /// The budget's window, percent and reserve per second, as set.
+    #[cfg(feature = "serde")]
     pub(crate) fn budget_settings(&self) -> (Duration, Percent, u32) {
         (self.budget_window, self.budget_percent, self.budget_reserve)
     }
