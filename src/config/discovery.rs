@@ -26,6 +26,15 @@ use crate::error::Error;
 /// refresh_min = "1s"
 /// refresh_max = "30s"
 /// ```
+///
+/// ```
+/// let config: tower_lb::BalancerConfig = serde_json::from_str(
+///     r#"{ "discovery": { "dns": { "name": "api.internal", "port": 8080 } } }"#,
+/// )?;
+/// let dns = config.discovery.as_ref().and_then(|d| d.dns.as_ref());
+/// assert_eq!(dns.and_then(|dns| dns.port), Some(8080));
+/// # Ok::<(), serde_json::Error>(())
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
@@ -40,6 +49,19 @@ pub struct DiscoveryConfig {
 
 /// A DNS source: the A/AAAA records of `name` on `port`, or the SRV
 /// records of `service`; each setting left out keeps its default.
+///
+/// ```
+/// use tower_lb::{BalancerConfig, DiscoveryConfig, DnsConfig, Error};
+///
+/// let mut dns = DnsConfig::default();
+/// dns.name = Some("api.internal".into()); // and no port
+/// let mut discovery = DiscoveryConfig::default();
+/// discovery.dns = Some(dns);
+/// let mut config = BalancerConfig::default();
+/// config.discovery = Some(discovery);
+/// let error = config.build().unwrap_err();
+/// assert!(matches!(&error, Error::InvalidConfig { path, .. } if path.starts_with("discovery.dns")));
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
@@ -93,7 +115,15 @@ pub struct DnsConfig {
     pub name_server: Option<SocketAddr>,
 }
 
-/// Which address records a DNS source asks for.
+/// Which address records a DNS source asks for: `"both"`, `"ipv4"` or
+/// `"ipv6"`.
+///
+/// ```
+/// let dns: tower_lb::DnsConfig =
+///     serde_json::from_str(r#"{ "service": "_http._tcp.api.internal", "ip": "ipv4" }"#)?;
+/// assert_eq!(dns.ip, Some(tower_lb::IpFamily::Ipv4));
+/// # Ok::<(), serde_json::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
@@ -110,6 +140,14 @@ pub enum IpFamily {
 /// ([`EtcdSource`](crate::EtcdSource)); each setting left out keeps its
 /// default. Credentials and TLS are set in code
 /// (`EtcdSource::connect_options`).
+///
+/// ```
+/// let etcd: tower_lb::EtcdConfig = serde_json::from_str(
+///     r#"{ "endpoints": ["http://127.0.0.1:2379"], "prefix": "/services/api/", "retry_max": "5s" }"#,
+/// )?;
+/// assert_eq!(etcd.retry_max, Some(std::time::Duration::from_secs(5)));
+/// # Ok::<(), serde_json::Error>(())
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]

@@ -241,6 +241,19 @@ impl BalancerConfig {
     /// [`BalancerConfig::build`], returning the handle of the discovery it
     /// started (`None` without one), whose [`Discovery::ready_within`]
     /// waits for the first set.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let text = std::fs::read_to_string("balancer.toml")?;
+    /// let config = tower_lb::BalancerConfig::from_deserializer(toml::Deserializer::parse(&text)?)?;
+    /// let (balancer, discovery) = config.build_with_discovery()?;
+    /// if let Some(discovery) = discovery {
+    ///     discovery.ready_within(Duration::from_secs(5)).await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn build_with_discovery(&self) -> Result<(Balancer, Option<Discovery>), Error> {
         if let Some(discovery) = &self.discovery {
             discovery.check().map_err(|e| within("discovery", e))?;

@@ -101,6 +101,14 @@ pub struct OutlierConfig {
 }
 
 /// The failure-percentage detector's two settings.
+///
+/// ```
+/// use tower_lb::{FailurePercentageConfig, OutlierConfig};
+///
+/// let mut outlier = OutlierConfig::default();
+/// outlier.failure_percentage = Some(FailurePercentageConfig::new(50.0, 20));
+/// assert!(outlier.to_outlier_detection().is_ok());
+/// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
@@ -125,6 +133,13 @@ impl OutlierConfig {
     /// The [`OutlierDetection`] this describes.
     ///
     /// Errors: [`Error::InvalidConfig`] naming the field (`max_ejection`).
+    ///
+    /// ```
+    /// let outlier: tower_lb::OutlierConfig = serde_json::from_str(r#"{ "panic_threshold": 150 }"#)?;
+    /// let error = outlier.to_outlier_detection().unwrap_err();
+    /// assert_eq!(error.to_string(), "panic_threshold: panic_threshold must be 0 to 100 percent, not 150%");
+    /// # Ok::<(), serde_json::Error>(())
+    /// ```
     pub fn to_outlier_detection(&self) -> Result<OutlierDetection, Error> {
         if self.enabled == Some(false) {
             let detector = [

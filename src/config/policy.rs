@@ -58,6 +58,12 @@ impl PolicyConfig {
     ///
     /// Errors: [`Error::InvalidConfig`] naming the field from the policy's
     /// name down (`maglev.table_size`).
+    ///
+    /// ```
+    /// let policy: tower_lb::PolicyConfig = serde_json::from_str(r#""round_robin""#)?;
+    /// assert!(!policy.to_policy()?.is_hash());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn to_policy(&self) -> Result<Policy, Error> {
         Ok(match self {
             PolicyConfig::WeightedRoundRobin => Policy::weighted_round_robin(),
@@ -80,7 +86,15 @@ impl PolicyConfig {
 }
 
 /// The policy for requests without a key under a hashing policy: any
-/// policy that does not hash ([`ConsistentHash::fallback`]).
+/// policy that does not hash ([`ConsistentHash::fallback`]), written as a
+/// [`PolicyConfig`] is.
+///
+/// ```
+/// let hash: tower_lb::HashConfig =
+///     serde_json::from_str(r#"{ "fallback": { "least_response_time": { "exact": true } } }"#)?;
+/// assert!(matches!(hash.fallback, Some(tower_lb::FallbackConfig::LeastResponseTime(_))));
+/// # Ok::<(), serde_json::Error>(())
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub enum FallbackConfig {
@@ -110,6 +124,16 @@ impl FallbackConfig {
 
 /// The options of least response time ([`LeastResponseTime`]); each left
 /// out keeps its default.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_lb::{LeastTimeConfig, PolicyConfig};
+///
+/// let mut least = LeastTimeConfig::default();
+/// least.decay = Some(Duration::from_secs(5));
+/// let policy = PolicyConfig::LeastResponseTime(least).to_policy()?;
+/// # Ok::<(), tower_lb::Error>(())
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
@@ -164,6 +188,16 @@ impl LeastTimeConfig {
 
 /// The options of a consistent-hash policy ([`ConsistentHash`]), ring or
 /// Maglev; each left out keeps its default.
+///
+/// ```
+/// use tower_lb::{HashConfig, PolicyConfig};
+///
+/// let mut hash = HashConfig::default();
+/// hash.virtual_nodes = Some(200);
+/// assert!(PolicyConfig::RingHash(hash.clone()).to_policy().is_ok());
+/// let error = PolicyConfig::Maglev(hash).to_policy().unwrap_err();
+/// assert_eq!(error.to_string(), "maglev.virtual_nodes: virtual_nodes applies to the ring, not to Maglev");
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
@@ -254,6 +288,14 @@ impl HashConfig {
 ///
 /// ```toml
 /// key = ["session", { cookie = "JSESSIONID" }, { header = "x-user-id" }, { query = "user" }, "path"]
+/// ```
+///
+/// ```
+/// use tower_lb::KeySourceConfig;
+///
+/// let key: Vec<KeySourceConfig> = serde_json::from_str(r#"["session", { "cookie": "JSESSIONID" }]"#)?;
+/// assert_eq!(key, [KeySourceConfig::Session, KeySourceConfig::Cookie("JSESSIONID".into())]);
+/// # Ok::<(), serde_json::Error>(())
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]

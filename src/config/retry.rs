@@ -57,6 +57,16 @@ pub struct RetryConfig {
 /// The retry budget: retries may be `percent` of the requests of the last
 /// `window`, plus `reserve_per_second`; each left out keeps its default
 /// (`"10s"`, 20, 10).
+///
+/// ```
+/// use tower_lb::{RetryBudgetConfig, RetryConfig};
+///
+/// let mut budget = RetryBudgetConfig::default();
+/// budget.percent = Some(5.0);
+/// let mut retry = RetryConfig::default();
+/// retry.budget = Some(budget);
+/// assert!(retry.to_retries().is_ok());
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
@@ -81,6 +91,13 @@ impl RetryConfig {
     ///
     /// Errors: [`Error::InvalidConfig`] naming the field
     /// (`budget.window`).
+    ///
+    /// ```
+    /// let retry: tower_lb::RetryConfig = serde_json::from_str(r#"{ "budget": { "window": "2m" } }"#)?;
+    /// let error = retry.to_retries().unwrap_err();
+    /// assert_eq!(error.to_string(), "budget.window: the budget window must be 1 to 60 s, not 120s");
+    /// # Ok::<(), serde_json::Error>(())
+    /// ```
     pub fn to_retries(&self) -> Result<Retries, Error> {
         let budget = self.budget.clone().unwrap_or_default();
         if self.enabled == Some(false) {
