@@ -755,7 +755,7 @@ fn config() -> impl Strategy<Value = BalancerConfig> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig::with_cases(256))]
 
     /// Serialize, then deserialize, gives the same settings, in TOML, JSON
     /// and YAML; so does the balancer built from either.

@@ -241,7 +241,13 @@ impl DiscoveryConfig {
 
 impl DnsConfig {
     fn check(&self) -> Result<(), Error> {
-        if !cfg!(feature = "dns") {
+        self.check_in(cfg!(feature = "dns"))
+    }
+
+    /// [`DnsConfig::check`] in a build with (`built`) or without the
+    /// `dns` feature.
+    fn check_in(&self, built: bool) -> Result<(), Error> {
+        if !built {
             return Err(invalid("", feature_missing("DNS", "dns")));
         }
         match (&self.name, &self.service, self.port) {
@@ -330,7 +336,13 @@ impl DnsConfig {
 
 impl EtcdConfig {
     fn check(&self) -> Result<(), Error> {
-        if !cfg!(feature = "etcd") {
+        self.check_in(cfg!(feature = "etcd"))
+    }
+
+    /// [`EtcdConfig::check`] in a build with (`built`) or without the
+    /// `etcd` feature.
+    fn check_in(&self, built: bool) -> Result<(), Error> {
+        if !built {
             return Err(invalid("", feature_missing("etcd", "etcd")));
         }
         if self.endpoints.is_empty() {
@@ -367,5 +379,34 @@ impl EtcdConfig {
             source = source.max_message_size(bytes);
         }
         source
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What every build says of a source whose feature it lacks (the
+    /// integration tests see it only in a build without the feature).
+    #[test]
+    fn a_source_whose_feature_is_off_is_an_error_naming_the_feature() {
+        let mut dns = DnsConfig::default();
+        dns.name = Some("api.internal".into());
+        dns.port = Some(8080);
+        let error = within("discovery.dns", dns.check_in(false).unwrap_err());
+        assert_eq!(
+            error.to_string(),
+            "discovery.dns: DNS discovery needs tower-lb's cargo feature \"dns\", which this build does not have"
+        );
+        let etcd = EtcdConfig {
+            endpoints: vec!["http://127.0.0.1:2379".into()],
+            prefix: "/services/api/".into(),
+            ..EtcdConfig::default()
+        };
+        let error = within("discovery.etcd", etcd.check_in(false).unwrap_err());
+        assert_eq!(
+            error.to_string(),
+            "discovery.etcd: etcd discovery needs tower-lb's cargo feature \"etcd\", which this build does not have"
+        );
     }
 }
