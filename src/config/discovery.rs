@@ -390,9 +390,11 @@ mod tests {
     /// integration tests see it only in a build without the feature).
     #[test]
     fn a_source_whose_feature_is_off_is_an_error_naming_the_feature() {
-        let mut dns = DnsConfig::default();
-        dns.name = Some("api.internal".into());
-        dns.port = Some(8080);
+        let dns = DnsConfig {
+            name: Some("api.internal".into()),
+            port: Some(8080),
+            ..DnsConfig::default()
+        };
         let error = within("discovery.dns", dns.check_in(false).unwrap_err());
         assert_eq!(
             error.to_string(),
