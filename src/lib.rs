@@ -53,6 +53,8 @@
 mod affinity;
 mod balancer;
 mod clock;
+#[cfg(feature = "serde")]
+mod config;
 #[cfg(feature = "cookies")]
 mod cookie_jar;
 mod discovery;
@@ -85,6 +87,12 @@ mod target;
 
 pub use affinity::{key_hash, RequestInfo, RequestKey, SessionKey};
 pub use balancer::{Balancer, BalancerBuilder};
+#[cfg(feature = "serde")]
+pub use config::{
+    BalancerConfig, DiscoveryConfig, DnsConfig, EndpointConfig, EtcdConfig,
+    FailurePercentageConfig, FallbackConfig, HashConfig, IpFamily, KeySourceConfig,
+    LeastTimeConfig, OutlierConfig, PolicyConfig, RetryBudgetConfig, RetryConfig,
+};
 #[cfg(feature = "cookies")]
 pub use cookie_jar::BalancedCookieJar;
 #[cfg(feature = "dns")]

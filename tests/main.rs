@@ -16,6 +16,7 @@ mod acceptance_discovery;
 mod accounting;
 mod affinity;
 mod bounded_loads;
+mod config;
 mod custom_policy;
 mod delegation;
 mod discovery;

@@ -57,8 +57,14 @@ use crate::refresh::ConnectFailures;
 
 #[cfg(feature = "dns")]
 pub use dns::DnsSource;
+#[cfg(all(feature = "dns", feature = "serde"))]
+pub(crate) use dns::{
+    DEFAULT_MAX_REFRESH, DEFAULT_MIN_REFRESH, DEFAULT_QUERY_TIMEOUT, DEFAULT_RETRIES,
+};
 #[cfg(feature = "etcd")]
 pub use etcd::EtcdSource;
+#[cfg(all(feature = "etcd", feature = "serde"))]
+pub(crate) use etcd::{DEFAULT_MAX_RETRY, DEFAULT_MIN_RETRY};
 
 /// A source of endpoint sets: it becomes a stream whose every item is the
 /// whole current set (or an error), and the balancer applies each one.

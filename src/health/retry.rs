@@ -138,6 +138,12 @@ impl Retries {
         self
     }
 
+    /// The budget's window, percent and reserve per second, as set.
+    #[cfg(feature = "serde")]
+    pub(crate) fn budget_settings(&self) -> (Duration, Percent, u32) {
+        (self.budget_window, self.budget_percent, self.budget_reserve)
+    }
+
     fn enabled(&self) -> bool {
         (self.connect_errors || self.closed_connections || self.idempotent_failures)
             && self.max_retries > 0
