@@ -12,6 +12,7 @@
 mod support;
 
 mod acceptance;
+mod acceptance_config;
 mod acceptance_discovery;
 mod accounting;
 mod affinity;

@@ -148,15 +148,7 @@ impl BalancerConfig {
     {
         serde_path_to_error::deserialize(deserializer).map_err(|error| {
             let path = error.path().to_string();
-            let reason = error.inner().to_string();
-            // Some formats (YAML's) start their message with the path too.
-            let reason = match reason
-                .strip_prefix(&path)
-                .and_then(|r| r.strip_prefix(": "))
-            {
-                Some(rest) => rest.to_owned(),
-                None => reason,
-            };
+            let reason = without_path(error.inner().to_string(), &path);
             Error::InvalidConfig { path, reason }
         })
     }
@@ -268,6 +260,25 @@ impl BalancerConfig {
             None => None,
         };
         Ok((balancer, discovery))
+    }
+}
+
+/// A format's message without the path it starts with, if it does: YAML's
+/// start with the path of the value being read, which is the field's own
+/// (`retry.max_retries: invalid type ...`) or, for an unknown field, the
+/// table holding it (`outlier: unknown field ...` at
+/// `outlier.base_ejection_time`). `path` now says where.
+fn without_path(reason: String, path: &str) -> String {
+    let mut place = path;
+    loop {
+        if let Some(rest) = (reason.strip_prefix(place)).and_then(|r| r.strip_prefix(": ")) {
+            return rest.to_owned();
+        }
+        // The table or list holding `place`, if there is one.
+        match (place.rfind(['.', '['])).and_then(|end| place.get(..end)) {
+            Some(holder) if !holder.is_empty() => place = holder,
+            _ => return reason,
+        }
     }
 }
 
