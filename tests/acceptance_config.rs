@@ -469,3 +469,37 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_list_where_a_table_belongs_is_an_error_in_every_format() {
+    // docs/configuration.md: `outlier`, `retry`, `budget`, a policy's
+    // options... are tables; JSON and TOML lists must not fill their
+    // fields by position (`[true, 3]` as enabled = true,
+    // consecutive_failures = 3), as YAML already refuses.
+    let cases = [
+        (from_json(r#"{"outlier": [true, 3]}"#), "outlier"),
+        (from_json(r#"{"outlier": []}"#), "outlier"),
+        (from_json(r#"{"outlier": {"failure_percentage": [50, 20]}}"#), "outlier.failure_percentage"),
+        (from_json(r#"{"retry": [true]}"#), "retry"),
+        (from_json(r#"{"retry": {"budget": ["10s", 20]}}"#), "retry.budget"),
+        (from_json(r#"{"policy": {"maglev": [["session"]]}}"#), "policy.maglev"),
+        (from_json(r#"{"policy": {"maglev": {"fallback": {"least_response_time": ["5s"]}}}}"#), "policy.maglev.fallback.least_response_time"),
+        (from_json(r#"{"discovery": [{"name": "x", "port": 1}]}"#), "discovery"),
+        (from_json(r#"{"discovery": {"etcd": [["http://127.0.0.1:2379"], "/a/"]}}"#), "discovery.etcd"),
+        (from_json("[7, []]"), "."),
+        (from_toml("outlier = [true, 3]"), "outlier"),
+        (from_yaml("outlier: [true, 3]"), "outlier"),
+    ];
+    for (config, place) in cases {
+        match config {
+            Err(Error::InvalidConfig { path, reason, .. }) => {
+                assert_eq!(path, place, "{reason}");
+                assert!(reason.contains("invalid type: sequence"), "{path}: {reason}");
+            }
+            other => panic!("{place}: a list read as a table: {other:?}"),
+        }
+    }
+    // A YAML table left empty is still its defaults.
+    let yaml = from_yaml("policy:\n  maglev:\noutlier:\n").unwrap();
+    assert_eq!(yaml.policy, from_toml("[policy.maglev]").unwrap().policy);
+}

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{duration, invalid, within};
+use super::{duration, invalid, table, within};
 use crate::balancer::Balancer;
 use crate::discovery::Discovery;
 use crate::error::Error;
@@ -40,10 +40,18 @@ use crate::error::Error;
 #[non_exhaustive]
 pub struct DiscoveryConfig {
     /// Endpoints from DNS ([`DnsSource`](crate::DnsSource)).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "table::option"
+    )]
     pub dns: Option<DnsConfig>,
     /// Endpoints from etcd ([`EtcdSource`](crate::EtcdSource)).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "table::option"
+    )]
     pub etcd: Option<EtcdConfig>,
 }
 

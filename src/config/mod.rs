@@ -33,10 +33,12 @@ mod named;
 mod outlier;
 mod policy;
 mod retry;
+mod table;
 
 use std::collections::HashSet;
 use std::fmt::Display;
 
+use serde::de::DeserializeSeed;
 use serde::{Deserialize, Deserializer, Serialize};
 
 pub use discovery::{DiscoveryConfig, DnsConfig, EtcdConfig, IpFamily};
@@ -115,15 +117,27 @@ pub struct BalancerConfig {
     pub policy: Option<PolicyConfig>,
     /// Outlier detection ([`BalancerBuilder::outlier_detection`]); left
     /// out, Envoy's defaults.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "table::option"
+    )]
     pub outlier: Option<OutlierConfig>,
     /// Retries and their budget ([`BalancerBuilder::retry`]); left out,
     /// connect errors and closed connections within a 20% budget.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "table::option"
+    )]
     pub retry: Option<RetryConfig>,
     /// Where endpoints come from at runtime ([`Balancer::discover`]): DNS
     /// (feature `dns`) or etcd (feature `etcd`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "table::option"
+    )]
     pub discovery: Option<DiscoveryConfig>,
 }
 
@@ -146,9 +160,11 @@ impl BalancerConfig {
         D: Deserializer<'de>,
         D::Error: Display,
     {
-        serde_path_to_error::deserialize(deserializer).map_err(|error| {
-            let path = error.path().to_string();
-            let reason = without_path(error.inner().to_string(), &path);
+        let mut track = serde_path_to_error::Track::new();
+        let tracked = serde_path_to_error::Deserializer::new(deserializer, &mut track);
+        table::Table::new().deserialize(tracked).map_err(|error| {
+            let path = track.path().to_string();
+            let reason = without_path(error.to_string(), &path);
             Error::InvalidConfig { path, reason }
         })
     }

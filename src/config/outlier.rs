@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{duration, invalid, Checked};
+use super::{duration, invalid, table, Checked};
 use crate::error::Error;
 use crate::health::OutlierDetection;
 use crate::percent::Percent;
@@ -60,7 +60,11 @@ pub struct OutlierConfig {
     pub consecutive_gateway_failures: Option<u32>,
     /// Eject above a failure percentage over an interval
     /// ([`OutlierDetection::failure_percentage`]); off by default.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "table::option"
+    )]
     pub failure_percentage: Option<FailurePercentageConfig>,
     /// The failure-percentage interval ([`OutlierDetection::interval`]);
     /// default `"10s"`.

@@ -6,6 +6,7 @@ use serde::de::{self, MapAccess};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::named::{self, needs_value, no_options, serialize_name, serialize_with, Named};
+use super::table::Table;
 use super::{duration, invalid, within, Checked};
 use crate::affinity::RequestKey;
 use crate::error::Error;
@@ -338,9 +339,9 @@ impl Named for PolicyConfig {
 
     fn with_options<'de, A: MapAccess<'de>>(name: &str, map: &mut A) -> Result<Self, A::Error> {
         Ok(match name {
-            "least_response_time" => PolicyConfig::LeastResponseTime(map.next_value()?),
-            "ring_hash" => PolicyConfig::RingHash(map.next_value()?),
-            "maglev" => PolicyConfig::Maglev(map.next_value()?),
+            "least_response_time" => PolicyConfig::LeastResponseTime(map.next_value_seed(Table::new())?),
+            "ring_hash" => PolicyConfig::RingHash(map.next_value_seed(Table::new())?),
+            "maglev" => PolicyConfig::Maglev(map.next_value_seed(Table::new())?),
             "weighted_round_robin" | "round_robin" | "random" => return Err(no_options(name)),
             _ => return Err(de::Error::unknown_variant(name, Self::NAMES)),
         })
@@ -389,7 +390,7 @@ impl Named for FallbackConfig {
 
     fn with_options<'de, A: MapAccess<'de>>(name: &str, map: &mut A) -> Result<Self, A::Error> {
         match name {
-            "least_response_time" => Ok(FallbackConfig::LeastResponseTime(map.next_value()?)),
+            "least_response_time" => Ok(FallbackConfig::LeastResponseTime(map.next_value_seed(Table::new())?)),
             "weighted_round_robin" | "round_robin" | "random" => Err(no_options(name)),
             _ => Err(de::Error::unknown_variant(name, Self::NAMES)),
         }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{duration, invalid, Checked};
+use super::{duration, invalid, table, Checked};
 use crate::error::Error;
 use crate::health::Retries;
 use crate::percent::Percent;
@@ -50,7 +50,11 @@ pub struct RetryConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_retries: Option<u32>,
     /// The retry budget ([`Retries::budget`]).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "table::option"
+    )]
     pub budget: Option<RetryBudgetConfig>,
 }
 
