@@ -79,12 +79,36 @@ budget = { percent = 10 }
 
     // The policy shapes docs/configuration.md shows, in each format.
     let shapes: [(&str, Result<BalancerConfig, Error>, Policy); 6] = [
-        ("toml name", from_toml("policy = \"round_robin\""), Policy::round_robin()),
-        ("toml table", from_toml("[policy.maglev]\nbounded_loads = true"), Policy::maglev().bounded_loads().into()),
-        ("yaml name", from_yaml("policy: round_robin"), Policy::round_robin()),
-        ("yaml map", from_yaml("policy: { maglev: { bounded_loads: true } }"), Policy::maglev().bounded_loads().into()),
-        ("json name", from_json(r#"{"policy": "round_robin"}"#), Policy::round_robin()),
-        ("json map", from_json(r#"{"policy": {"maglev": {"bounded_loads": true}}}"#), Policy::maglev().bounded_loads().into()),
+        (
+            "toml name",
+            from_toml("policy = \"round_robin\""),
+            Policy::round_robin(),
+        ),
+        (
+            "toml table",
+            from_toml("[policy.maglev]\nbounded_loads = true"),
+            Policy::maglev().bounded_loads().into(),
+        ),
+        (
+            "yaml name",
+            from_yaml("policy: round_robin"),
+            Policy::round_robin(),
+        ),
+        (
+            "yaml map",
+            from_yaml("policy: { maglev: { bounded_loads: true } }"),
+            Policy::maglev().bounded_loads().into(),
+        ),
+        (
+            "json name",
+            from_json(r#"{"policy": "round_robin"}"#),
+            Policy::round_robin(),
+        ),
+        (
+            "json map",
+            from_json(r#"{"policy": {"maglev": {"bounded_loads": true}}}"#),
+            Policy::maglev().bounded_loads().into(),
+        ),
     ];
     for (what, config, policy) in shapes {
         let config = config.unwrap_or_else(|e| panic!("{what}: {e}"));
@@ -113,7 +137,9 @@ fn settings_left_out_are_the_builders_defaults() {
     let code = Balancer::builder().endpoint(url).build().unwrap();
     for config in [
         from_toml(&format!("endpoints = [\"{url}\"]")),
-        from_yaml(&format!("endpoints: [\"{url}\"]\noutlier: {{}}\nretry: {{}}\n")),
+        from_yaml(&format!(
+            "endpoints: [\"{url}\"]\noutlier: {{}}\nretry: {{}}\n"
+        )),
         from_json(&format!(
             r#"{{"endpoints": [{{"url": "{url}"}}], "policy": "weighted_round_robin", "outlier": {{"enabled": true}}, "retry": {{"enabled": true, "budget": {{}}}}}}"#
         )),
@@ -128,7 +154,9 @@ fn settings_left_out_are_the_builders_defaults() {
         .build()
         .unwrap();
     assert_eq!(
-        built(from_toml(&format!("endpoints = [\"{url}\"]\n[policy.maglev]\n[outlier]\n[retry]\n"))),
+        built(from_toml(&format!(
+            "endpoints = [\"{url}\"]\n[policy.maglev]\n[outlier]\n[retry]\n"
+        ))),
         debug(&code)
     );
     let code = Balancer::builder()
@@ -137,7 +165,9 @@ fn settings_left_out_are_the_builders_defaults() {
         .build()
         .unwrap();
     assert_eq!(
-        built(from_yaml(&format!("endpoints: [\"{url}\"]\npolicy: least_response_time\n"))),
+        built(from_yaml(&format!(
+            "endpoints: [\"{url}\"]\npolicy: least_response_time\n"
+        ))),
         debug(&code)
     );
 }
@@ -159,7 +189,10 @@ async fn a_policy_and_its_options_change_where_requests_go() {
     // Left out: weighted round robin, 5:1:1 exactly.
     assert_eq!(spread(&build(""), 70).await, counts(50, 10, 10));
     // Plain round robin reads no weights.
-    assert_eq!(spread(&build("policy = \"round_robin\""), 69).await, counts(23, 23, 23));
+    assert_eq!(
+        spread(&build("policy = \"round_robin\""), 69).await,
+        counts(23, 23, 23)
+    );
     // A hashing policy's fallback decides where keyless requests go.
     let weighted = build("[policy.maglev]\nfallback = \"weighted_round_robin\"");
     assert_eq!(spread(&weighted, 70).await, counts(50, 10, 10));
@@ -289,7 +322,8 @@ async fn retry_settings_retry_as_configured() {
     let retried = "[retry]\nidempotent_failures = true\nmax_retries = 1";
     assert_eq!(attempts(&servers, retried).await, 20);
     // A budget of nothing: no retry at all.
-    let no_budget = "[retry]\nidempotent_failures = true\nbudget = { percent = 0, reserve_per_second = 0 }";
+    let no_budget =
+        "[retry]\nidempotent_failures = true\nbudget = { percent = 0, reserve_per_second = 0 }";
     assert_eq!(attempts(&servers, no_budget).await, 10);
 }
 
@@ -319,16 +353,28 @@ async fn a_yaml_dns_service_follows_its_srv_records_and_weights() {
     let (pa, pb) = (servers[0].address().port(), servers[1].address().port());
     dns.set_addresses("host.test.", &[std::net::Ipv4Addr::LOCALHOST], 1)
         .await;
-    dns.set_service("_http._tcp.api.test.", &[(0, 3, pa, "host.test."), (0, 1, pb, "host.test.")], 1)
-        .await;
+    dns.set_service(
+        "_http._tcp.api.test.",
+        &[(0, 3, pa, "host.test."), (0, 1, pb, "host.test.")],
+        1,
+    )
+    .await;
     let yaml = format!(
         "discovery:\n  dns:\n    service: _http._tcp.api.test.\n    ip: ipv4\n    name_server: \"{}\"\n    refresh_min: 200ms\n    refresh_max: 2s\n    query_timeout: 500ms\n    query_retries: 1\n",
         dns.addr
     );
     let (balancer, discovery) = from_yaml(&yaml).unwrap().build_with_discovery().unwrap();
-    discovery.expect("a discovery handle").ready_within(Duration::from_secs(5)).await.unwrap();
+    discovery
+        .expect("a discovery handle")
+        .ready_within(Duration::from_secs(5))
+        .await
+        .unwrap();
     let stats = balancer.stats();
-    let weight = |port: u16| stats.endpoint(&format!("http://127.0.0.1:{port}")).map(|e| e.weight);
+    let weight = |port: u16| {
+        stats
+            .endpoint(format!("http://127.0.0.1:{port}"))
+            .map(|e| e.weight)
+    };
     assert_eq!((weight(pa), weight(pb)), (Some(3), Some(1)));
     let seen = spread(&balancer, 8).await;
     assert_eq!(seen, [("a".into(), 6), ("b".into(), 2)].into());
@@ -341,16 +387,37 @@ fn a_yaml_unknown_field_reads_as_the_docs_show() {
     // docs/configuration.md: `outlier.base_ejection_time: unknown field
     // `base_ejection_time`, expected one of ...` whatever the format.
     let cases = [
-        ("outlier:\n  base_ejection_time: 30s\n", "outlier.base_ejection_time: unknown field `base_ejection_time`, expected one of"),
-        ("endpoints:\n  - http://127.0.0.1:1\n  - { url: http://127.0.0.1:2, wieght: 2 }\n", "endpoints[1].wieght: unknown field `wieght`, expected one of"),
-        ("retry:\n  budget:\n    x: 1\n", "retry.budget.x: unknown field `x`, expected one of"),
-        ("discovery:\n  dns:\n    nmae: x\n", "discovery.dns.nmae: unknown field `nmae`, expected one of"),
-        ("policy:\n  maglev:\n    fallback:\n      least_response_time: { x: 1 }\n", "policy.maglev.fallback.least_response_time.x: unknown field `x`, expected one of"),
-        ("color: blue\n", "color: unknown field `color`, expected one of"),
+        (
+            "outlier:\n  base_ejection_time: 30s\n",
+            "outlier.base_ejection_time: unknown field `base_ejection_time`, expected one of",
+        ),
+        (
+            "endpoints:\n  - http://127.0.0.1:1\n  - { url: http://127.0.0.1:2, wieght: 2 }\n",
+            "endpoints[1].wieght: unknown field `wieght`, expected one of",
+        ),
+        (
+            "retry:\n  budget:\n    x: 1\n",
+            "retry.budget.x: unknown field `x`, expected one of",
+        ),
+        (
+            "discovery:\n  dns:\n    nmae: x\n",
+            "discovery.dns.nmae: unknown field `nmae`, expected one of",
+        ),
+        (
+            "policy:\n  maglev:\n    fallback:\n      least_response_time: { x: 1 }\n",
+            "policy.maglev.fallback.least_response_time.x: unknown field `x`, expected one of",
+        ),
+        (
+            "color: blue\n",
+            "color: unknown field `color`, expected one of",
+        ),
     ];
     for (yaml, start) in cases {
         let shown = from_yaml(yaml).unwrap_err().to_string();
-        assert!(shown.starts_with(start), "{yaml}\n  shown:    {shown}\n  expected: {start} ...");
+        assert!(
+            shown.starts_with(start),
+            "{yaml}\n  shown:    {shown}\n  expected: {start} ..."
+        );
     }
 }
 
@@ -383,7 +450,11 @@ fn nested_mistakes_name_their_place_in_every_format() {
             Ok(config) => config.build().unwrap_err().to_string(),
             Err(error) => error.to_string(),
         };
-        let shown = shown.split(" at line ").next().unwrap_or_default().to_owned();
+        let shown = shown
+            .split(" at line ")
+            .next()
+            .unwrap_or_default()
+            .to_owned();
         assert_eq!(shown, message, "{json}");
     }
 }
@@ -417,23 +488,72 @@ failure_penalty = "{max}"
 fn json_value() -> impl Strategy<Value = serde_json::Value> {
     use serde_json::{json, Value};
     let names = prop::sample::select(vec![
-        "seed", "endpoints", "url", "weight", "labels", "policy", "maglev", "ring_hash",
-        "least_response_time", "round_robin", "key", "header", "session", "fallback",
-        "table_size", "virtual_nodes", "load_factor", "bounded_loads", "outlier", "enabled",
-        "consecutive_failures", "interval", "base_ejection", "max_ejection",
-        "max_ejection_percent", "panic_threshold", "failure_percentage", "percent",
-        "min_requests", "retry", "max_retries", "budget", "window", "discovery", "dns",
-        "etcd", "name", "port", "service", "prefix", "x",
+        "seed",
+        "endpoints",
+        "url",
+        "weight",
+        "labels",
+        "policy",
+        "maglev",
+        "ring_hash",
+        "least_response_time",
+        "round_robin",
+        "key",
+        "header",
+        "session",
+        "fallback",
+        "table_size",
+        "virtual_nodes",
+        "load_factor",
+        "bounded_loads",
+        "outlier",
+        "enabled",
+        "consecutive_failures",
+        "interval",
+        "base_ejection",
+        "max_ejection",
+        "max_ejection_percent",
+        "panic_threshold",
+        "failure_percentage",
+        "percent",
+        "min_requests",
+        "retry",
+        "max_retries",
+        "budget",
+        "window",
+        "discovery",
+        "dns",
+        "etcd",
+        "name",
+        "port",
+        "service",
+        "prefix",
+        "x",
     ]);
     let leaf = prop_oneof![
         Just(Value::Null),
         any::<bool>().prop_map(Value::from),
         any::<i64>().prop_map(Value::from),
         any::<u64>().prop_map(Value::from),
-        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(Value::from),
         prop::sample::select(vec![
-            "30s", "0s", "-1s", "1.5s", "18446744073709551615s", "3x", "", "http://127.0.0.1:1",
-            "ftp://x", "maglev", "round_robin", "session", "path", "ü", "weighted_round_robin",
+            "30s",
+            "0s",
+            "-1s",
+            "1.5s",
+            "18446744073709551615s",
+            "3x",
+            "",
+            "http://127.0.0.1:1",
+            "ftp://x",
+            "maglev",
+            "round_robin",
+            "session",
+            "path",
+            "ü",
+            "weighted_round_robin",
         ])
         .prop_map(|s| json!(s)),
         "\\PC{0,8}".prop_map(Value::from),
@@ -442,7 +562,12 @@ fn json_value() -> impl Strategy<Value = serde_json::Value> {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
             prop::collection::vec((names.clone(), inner), 0..4).prop_map(|entries| {
-                Value::Object(entries.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+                Value::Object(
+                    entries
+                        .into_iter()
+                        .map(|(k, v)| (k.to_owned(), v))
+                        .collect(),
+                )
             }),
         ]
     })
@@ -479,13 +604,31 @@ fn a_list_where_a_table_belongs_is_an_error_in_every_format() {
     let cases = [
         (from_json(r#"{"outlier": [true, 3]}"#), "outlier"),
         (from_json(r#"{"outlier": []}"#), "outlier"),
-        (from_json(r#"{"outlier": {"failure_percentage": [50, 20]}}"#), "outlier.failure_percentage"),
+        (
+            from_json(r#"{"outlier": {"failure_percentage": [50, 20]}}"#),
+            "outlier.failure_percentage",
+        ),
         (from_json(r#"{"retry": [true]}"#), "retry"),
-        (from_json(r#"{"retry": {"budget": ["10s", 20]}}"#), "retry.budget"),
-        (from_json(r#"{"policy": {"maglev": [["session"]]}}"#), "policy.maglev"),
-        (from_json(r#"{"policy": {"maglev": {"fallback": {"least_response_time": ["5s"]}}}}"#), "policy.maglev.fallback.least_response_time"),
-        (from_json(r#"{"discovery": [{"name": "x", "port": 1}]}"#), "discovery"),
-        (from_json(r#"{"discovery": {"etcd": [["http://127.0.0.1:2379"], "/a/"]}}"#), "discovery.etcd"),
+        (
+            from_json(r#"{"retry": {"budget": ["10s", 20]}}"#),
+            "retry.budget",
+        ),
+        (
+            from_json(r#"{"policy": {"maglev": [["session"]]}}"#),
+            "policy.maglev",
+        ),
+        (
+            from_json(r#"{"policy": {"maglev": {"fallback": {"least_response_time": ["5s"]}}}}"#),
+            "policy.maglev.fallback.least_response_time",
+        ),
+        (
+            from_json(r#"{"discovery": [{"name": "x", "port": 1}]}"#),
+            "discovery",
+        ),
+        (
+            from_json(r#"{"discovery": {"etcd": [["http://127.0.0.1:2379"], "/a/"]}}"#),
+            "discovery.etcd",
+        ),
         (from_json("[7, []]"), "."),
         (from_toml("outlier = [true, 3]"), "outlier"),
         (from_yaml("outlier: [true, 3]"), "outlier"),
@@ -494,7 +637,10 @@ fn a_list_where_a_table_belongs_is_an_error_in_every_format() {
         match config {
             Err(Error::InvalidConfig { path, reason, .. }) => {
                 assert_eq!(path, place, "{reason}");
-                assert!(reason.contains("invalid type: sequence"), "{path}: {reason}");
+                assert!(
+                    reason.contains("invalid type: sequence"),
+                    "{path}: {reason}"
+                );
             }
             other => panic!("{place}: a list read as a table: {other:?}"),
         }

@@ -339,7 +339,9 @@ impl Named for PolicyConfig {
 
     fn with_options<'de, A: MapAccess<'de>>(name: &str, map: &mut A) -> Result<Self, A::Error> {
         Ok(match name {
-            "least_response_time" => PolicyConfig::LeastResponseTime(map.next_value_seed(Table::new())?),
+            "least_response_time" => {
+                PolicyConfig::LeastResponseTime(map.next_value_seed(Table::new())?)
+            }
             "ring_hash" => PolicyConfig::RingHash(map.next_value_seed(Table::new())?),
             "maglev" => PolicyConfig::Maglev(map.next_value_seed(Table::new())?),
             "weighted_round_robin" | "round_robin" | "random" => return Err(no_options(name)),
@@ -390,7 +392,9 @@ impl Named for FallbackConfig {
 
     fn with_options<'de, A: MapAccess<'de>>(name: &str, map: &mut A) -> Result<Self, A::Error> {
         match name {
-            "least_response_time" => Ok(FallbackConfig::LeastResponseTime(map.next_value_seed(Table::new())?)),
+            "least_response_time" => Ok(FallbackConfig::LeastResponseTime(
+                map.next_value_seed(Table::new())?,
+            )),
             "weighted_round_robin" | "round_robin" | "random" => Err(no_options(name)),
             _ => Err(de::Error::unknown_variant(name, Self::NAMES)),
         }
