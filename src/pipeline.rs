@@ -267,6 +267,17 @@ impl<R: Route> Trip<R> {
         self.replay.as_ref().is_some_and(|r| r.copy.is_some())
     }
 
+    /// A copy of the request pointed at `endpoint` again, when a copy is
+    /// kept: for an attempt whose request its connection dropped unsent as
+    /// it went away, sent once more through the same endpoint's client
+    /// (which connects again) as the same attempt.
+    #[cfg(feature = "tonic")]
+    pub(crate) fn copy_for(&self, balancer: &Balancer, endpoint: &EndpointUrl) -> Option<R> {
+        let mut copy = self.replay.as_ref()?.copy.as_ref()?.try_clone()?;
+        route(&mut copy, endpoint, balancer.reads_session_header()).ok()?;
+        Some(copy)
+    }
+
     /// Ends `attempt` with `answer`: learns the session cookies of an
     /// answer and records the outcome. Then decides on a retry through
     /// `balancer` (the one the trip started on; `None` when the caller

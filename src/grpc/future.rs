@@ -19,6 +19,7 @@ use super::channel::{channel_for, status_for, EndpointChannel};
 use super::request::GrpcRequest;
 use crate::balancer::LaneHandle;
 use crate::error::Error;
+use crate::outcome::connection_went_away;
 use crate::per_endpoint::Services;
 use crate::pipeline::{failure, Answer, Attempt, Step, Trip};
 #[cfg(doc)]
@@ -43,6 +44,9 @@ pin_project! {
         // The balancer and the channels, while a retry may follow.
         held: Option<Arc<LaneHandle<Channels>>>,
         failed: Option<Status>,
+        // The current attempt's request was sent once more on its
+        // endpoint after its connection went away.
+        resent: bool,
     }
 }
 
@@ -72,6 +76,7 @@ impl GrpcResponseFuture {
             trip: Some(trip),
             held,
             failed: None,
+            resent: false,
         }
     }
 
@@ -84,6 +89,7 @@ impl GrpcResponseFuture {
             trip: None,
             held: None,
             failed: Some(status),
+            resent: false,
         }
     }
 }
@@ -127,6 +133,7 @@ impl Future for GrpcResponseFuture {
                         Answer::NotSent,
                     ) {
                         Step::Retry(request, attempt) => {
+                            *this.resent = false;
                             self.as_mut().retry(request, attempt);
                             continue;
                         }
@@ -158,6 +165,26 @@ impl Future for GrpcResponseFuture {
             let response = match result {
                 Ok(response) => response,
                 Err(error) => {
+                    // Its connection went away before sending it (closed
+                    // with the request queued, a graceful GOAWAY): the
+                    // endpoint's channel connects again, so the same
+                    // attempt is sent once more there. A storm of these
+                    // when servers rotate their connections is no failure
+                    // of theirs, and the other endpoints' connections may
+                    // be closing too.
+                    if !*this.resent && connection_went_away(&error) {
+                        let copy = match (this.trip.as_ref(), this.held.as_deref()) {
+                            (Some(trip), Some(held)) => {
+                                trip.copy_for(held.balancer(), attempt.url())
+                            }
+                            _ => None,
+                        };
+                        if let Some(copy) = copy {
+                            *this.resent = true;
+                            self.as_mut().retry(copy, attempt);
+                            continue;
+                        }
+                    }
                     let url = attempt.url().clone();
                     match end_attempt(
                         this.trip.as_mut(),
@@ -166,6 +193,7 @@ impl Future for GrpcResponseFuture {
                         Answer::Failed(&error),
                     ) {
                         Step::Retry(request, attempt) => {
+                            *this.resent = false;
                             self.as_mut().retry(request, attempt);
                             continue;
                         }
@@ -195,6 +223,7 @@ impl Future for GrpcResponseFuture {
                 match end_attempt(this.trip.as_mut(), this.held.as_deref(), attempt, answer) {
                     // UNAVAILABLE for a call safe to send twice.
                     Step::Retry(request, attempt) => {
+                        *this.resent = false;
                         self.as_mut().retry(request, attempt);
                         continue;
                     }
@@ -215,7 +244,8 @@ impl Future for GrpcResponseFuture {
 }
 
 impl GrpcResponseFuture {
-    /// Sends the trip's next attempt through its endpoint's channel.
+    /// Sends `attempt` (the trip's next, or the same one again) through
+    /// its endpoint's channel.
     fn retry(self: Pin<&mut Self>, request: GrpcRequest, attempt: Attempt) {
         let this = self.project();
         let channels = this.held.as_deref().and_then(LaneHandle::clone_service);
