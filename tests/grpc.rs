@@ -1088,6 +1088,11 @@ async fn a_session_key_in_the_tonic_requests_extensions_picks_the_endpoint() {
 /// surely comes after the stream was sent. Returns its URL; it stops with
 /// the test's runtime.
 async fn goaway_backend() -> String {
+    goaway_backend_after(Duration::ZERO).await
+}
+
+/// [`goaway_backend`], whose GOAWAY comes `delay` after the HEADERS.
+async fn goaway_backend_after(delay: Duration) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -1115,6 +1120,7 @@ async fn goaway_backend() -> String {
                         break;
                     }
                 }
+                tokio::time::sleep(delay).await;
                 let settings = [0, 0, 0, 4, 0, 0, 0, 0, 0];
                 // GOAWAY: length 8, type 7, stream 0; last stream id 0, NO_ERROR.
                 let goaway = [0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
@@ -1377,6 +1383,147 @@ async fn a_server_started_again_on_its_port_gets_calls_once_readmitted() {
     let stats = balancer.stats();
     let readmitted = stats.endpoint(&back.url).unwrap();
     assert!(!readmitted.ejected, "{readmitted:?}");
+    for endpoint in &stats.endpoints {
+        assert_eq!(endpoint.in_flight, 0, "{endpoint:?}");
+    }
+}
+
+/// A tonic Echo server on 127.0.0.1 that records the `grpc-timeout` of
+/// each call it gets (`None` for a call without one). Stops with the
+/// test's runtime.
+async fn timeout_recording_backend() -> (String, Arc<std::sync::Mutex<Vec<Option<String>>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let routes = tonic::service::Routes::new(EchoServer::new(EchoService {
+        name: url.clone(),
+        answer: Arc::new(AtomicU8::new(ANSWER_OK)),
+        stream_gate: Arc::new(Semaphore::new(0)),
+    }));
+    let recorder = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (routes, recorder) = (routes.clone(), recorder.clone());
+            tokio::spawn(async move {
+                let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                    let timeout = request
+                        .headers()
+                        .get("grpc-timeout")
+                        .map(|v| v.to_str().unwrap().to_owned());
+                    recorder.lock().unwrap().push(timeout);
+                    let mut routes = routes.clone();
+                    async move {
+                        tower::Service::call(&mut routes, request.map(tonic::body::Body::new)).await
+                    }
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (url, seen)
+}
+
+/// A `grpc-timeout` value in the format the balancer and tonic write:
+/// digits, then one of `m`, `u`, `n`.
+fn grpc_timeout(value: &str) -> Duration {
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let n: u64 = digits.parse().unwrap();
+    match unit {
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        other => panic!("unit {other} in {value}"),
+    }
+}
+
+/// A retry's `grpc-timeout` is the caller's less the time the failed
+/// attempt took: a call with a 2 s timeout, refused by a GOAWAY 300 ms
+/// after it was sent (not processed: sent to the other server), reaches
+/// the other server with at most 1.7 s left. A `grpc-timeout` that does
+/// not follow the format reaches it as the caller wrote it. A call sent
+/// once keeps its header as it was.
+#[tokio::test]
+async fn a_retry_carries_the_callers_grpc_timeout_less_the_time_already_spent() {
+    let going_away = goaway_backend_after(Duration::from_millis(300)).await;
+    let (recording, seen) = timeout_recording_backend().await;
+    let balancer = Balancer::builder()
+        .endpoint(&going_away)
+        .endpoint(&recording)
+        .policy(Policy::round_robin())
+        .outlier_detection(OutlierDetection::disabled())
+        .build()
+        .unwrap();
+    let mut client = EchoClient::new(balancer.grpc().unwrap());
+
+    // Round robin: the first call goes to the server that sends GOAWAY.
+    let mut call = Request::new(request("retried"));
+    call.set_timeout(Duration::from_secs(2));
+    let reply = client.unary(call).await.unwrap().into_inner();
+    assert_eq!(reply.server, recording);
+    let left = grpc_timeout(seen.lock().unwrap()[0].as_deref().unwrap());
+    assert!(
+        left <= Duration::from_millis(1_700) && left >= Duration::from_millis(1_000),
+        "{left:?} left"
+    );
+
+    // The second goes to the recording server at once: the caller's value.
+    let mut call = Request::new(request("direct"));
+    call.set_timeout(Duration::from_secs(2));
+    client.unary(call).await.unwrap();
+    assert_eq!(seen.lock().unwrap()[1].as_deref(), Some("2000000u"));
+
+    // A malformed value: passed on as it is, on the retry too.
+    let mut call = Request::new(request("malformed"));
+    call.metadata_mut()
+        .insert("grpc-timeout", "soon".parse().unwrap());
+    let reply = client.unary(call).await.unwrap().into_inner();
+    assert_eq!(reply.server, recording);
+    assert_eq!(seen.lock().unwrap()[2].as_deref(), Some("soon"));
+    let stats = balancer.stats();
+    for endpoint in &stats.endpoints {
+        assert_eq!(endpoint.in_flight, 0, "{endpoint:?}");
+    }
+}
+
+/// A call whose deadline is spent when its attempt fails is not sent
+/// again: it ends with DEADLINE_EXCEEDED, and the next server never sees
+/// it. Here the first server holds the call past the caller's 300 ms
+/// (its GOAWAY would come at 300 ms): tonic's own timer, from the
+/// `grpc-timeout`, ends the attempt at the deadline, with the call marked
+/// safe to retry.
+#[tokio::test]
+async fn a_call_whose_deadline_is_spent_is_not_sent_again_and_ends_with_deadline_exceeded() {
+    let going_away = goaway_backend_after(Duration::from_millis(300)).await;
+    let (recording, seen) = timeout_recording_backend().await;
+    let balancer = Balancer::builder()
+        .endpoint(&going_away)
+        .endpoint(&recording)
+        .policy(Policy::round_robin())
+        .outlier_detection(OutlierDetection::disabled())
+        .build()
+        .unwrap();
+    let mut client = EchoClient::new(
+        balancer
+            .grpc_options(GrpcOptions::new().safe_to_retry(["/echo.Echo/Unary"]))
+            .unwrap(),
+    );
+    let mut call = Request::new(request("late"));
+    call.set_timeout(Duration::from_millis(300));
+    let status = client.unary(call).await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    // The last attempt's own status under it: tonic's timer, which ends
+    // the attempt at the deadline (CANCELLED, "Timeout expired").
+    let source = std::error::Error::source(&status).unwrap();
+    let attempt = source.downcast_ref::<Status>().unwrap();
+    assert_eq!(attempt.code(), Code::Cancelled, "{attempt:?}");
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "{:?}",
+        seen.lock().unwrap()
+    );
+    let stats = balancer.stats();
     for endpoint in &stats.endpoints {
         assert_eq!(endpoint.in_flight, 0, "{endpoint:?}");
     }

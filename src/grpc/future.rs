@@ -10,16 +10,19 @@ use std::task::{ready, Context, Poll};
 
 use hyper::body::Body;
 use pin_project_lite::pin_project;
+use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::Status;
 use tower_service::Service;
 
 use super::body::GrpcBody;
 use super::channel::{channel_for, status_for, EndpointChannel};
+use super::deadline::Deadline;
 use super::request::GrpcRequest;
 use crate::balancer::LaneHandle;
-use crate::error::Error;
-use crate::outcome::connection_went_away;
+use crate::endpoint::EndpointUrl;
+use crate::error::{BoxError, Error};
+use crate::outcome::{connection_went_away, Outcome};
 use crate::per_endpoint::Services;
 use crate::pipeline::{failure, Answer, Attempt, Step, Trip};
 #[cfg(doc)]
@@ -47,6 +50,8 @@ pin_project! {
         // The current attempt's request was sent once more on its
         // endpoint after its connection went away.
         resent: bool,
+        // The call's deadline (its grpc-timeout), while a retry may follow.
+        deadline: Option<Deadline>,
     }
 }
 
@@ -61,13 +66,15 @@ impl std::fmt::Debug for GrpcResponseFuture {
 
 impl GrpcResponseFuture {
     /// A call whose first attempt started, to send through `channel` once
-    /// it is ready; `held` while a retry may follow.
+    /// it is ready; `held` while a retry may follow, with the call's
+    /// `deadline` then.
     pub(super) fn sending(
         channel: Channel,
         request: GrpcRequest,
         attempt: Attempt,
         trip: Trip<GrpcRequest>,
         held: Option<Arc<LaneHandle<Channels>>>,
+        deadline: Option<Deadline>,
     ) -> Self {
         GrpcResponseFuture {
             calling: None,
@@ -77,6 +84,7 @@ impl GrpcResponseFuture {
             held,
             failed: None,
             resent: false,
+            deadline,
         }
     }
 
@@ -90,20 +98,56 @@ impl GrpcResponseFuture {
             held: None,
             failed: Some(status),
             resent: false,
+            deadline: None,
         }
     }
 }
 
-/// Ends `attempt` with `answer` through the trip, which decides on a retry.
+/// Ends `attempt` with `answer` through the trip, which decides on a
+/// retry, unless the call's `deadline` is spent (then no retry follows,
+/// and the flag returned is set). A retry's request carries the time left
+/// in its `grpc-timeout`.
 fn end_attempt(
     trip: Option<&mut Trip<GrpcRequest>>,
     held: Option<&LaneHandle<Channels>>,
+    deadline: Option<Deadline>,
     attempt: Attempt,
     answer: Answer<'_>,
-) -> Step<GrpcRequest> {
-    match trip {
-        Some(trip) => trip.end(held.map(LaneHandle::balancer), attempt, answer, None),
-        None => Step::Done(attempt.end(answer)),
+) -> (Step<GrpcRequest>, bool) {
+    let now = deadline.map(|_| Instant::now());
+    let spent = matches!(deadline.zip(now), Some((deadline, now)) if deadline.left(now).is_none());
+    let mut step = match trip {
+        Some(trip) if !spent => trip.end(held.map(LaneHandle::balancer), attempt, answer, None),
+        _ => Step::Done(attempt.end(answer)),
+    };
+    if let (Step::Retry(request, _), Some((deadline, now))) = (&mut step, deadline.zip(now)) {
+        deadline.write_left(request.0.headers_mut(), now);
+    }
+    (step, spent)
+}
+
+/// The status of a call whose last attempt on `endpoint` failed with
+/// `error`: DEADLINE_EXCEEDED, with that status as its source, when the
+/// call's deadline was spent before another attempt.
+fn failed_status(
+    outcome: Outcome,
+    endpoint: &EndpointUrl,
+    error: BoxError,
+    deadline: Option<Deadline>,
+    spent: bool,
+) -> Status {
+    let status = status_for(failure(outcome, endpoint, error));
+    match deadline {
+        Some(deadline) if spent => {
+            let mut exceeded = Status::deadline_exceeded(format!(
+                "the call's deadline ({:?}) was spent before another attempt; {}",
+                deadline.timeout(),
+                status.message()
+            ));
+            exceeded.set_source(Arc::new(status));
+            exceeded
+        }
+        _ => status,
     }
 }
 
@@ -129,20 +173,19 @@ impl Future for GrpcResponseFuture {
                     match end_attempt(
                         this.trip.as_mut(),
                         this.held.as_deref(),
+                        *this.deadline,
                         attempt,
                         Answer::NotSent,
                     ) {
-                        Step::Retry(request, attempt) => {
+                        (Step::Retry(request, attempt), _) => {
                             *this.resent = false;
                             self.as_mut().retry(request, attempt);
                             continue;
                         }
-                        Step::Done(outcome) => {
-                            return Poll::Ready(Err(status_for(failure(
-                                outcome,
-                                &url,
-                                Box::new(error),
-                            ))));
+                        (Step::Done(outcome), spent) => {
+                            let error = Box::new(error);
+                            let status = failed_status(outcome, &url, error, *this.deadline, spent);
+                            return Poll::Ready(Err(status));
                         }
                     }
                 }
@@ -179,6 +222,14 @@ impl Future for GrpcResponseFuture {
                             }
                             _ => None,
                         };
+                        // With the time left, if any.
+                        let deadline = *this.deadline;
+                        let copy = copy.and_then(|mut copy| match deadline {
+                            Some(deadline) => deadline
+                                .write_left(copy.0.headers_mut(), Instant::now())
+                                .then_some(copy),
+                            None => Some(copy),
+                        });
                         if let Some(copy) = copy {
                             *this.resent = true;
                             self.as_mut().retry(copy, attempt);
@@ -189,20 +240,19 @@ impl Future for GrpcResponseFuture {
                     match end_attempt(
                         this.trip.as_mut(),
                         this.held.as_deref(),
+                        *this.deadline,
                         attempt,
                         Answer::Failed(&error),
                     ) {
-                        Step::Retry(request, attempt) => {
+                        (Step::Retry(request, attempt), _) => {
                             *this.resent = false;
                             self.as_mut().retry(request, attempt);
                             continue;
                         }
-                        Step::Done(outcome) => {
-                            return Poll::Ready(Err(status_for(failure(
-                                outcome,
-                                &url,
-                                Box::new(error),
-                            ))));
+                        (Step::Done(outcome), spent) => {
+                            let error = Box::new(error);
+                            let status = failed_status(outcome, &url, error, *this.deadline, spent);
+                            return Poll::Ready(Err(status));
                         }
                     }
                 }
@@ -220,14 +270,16 @@ impl Future for GrpcResponseFuture {
                     status: parts.status,
                     grpc_status: parts.headers.get(Status::GRPC_STATUS),
                 };
-                match end_attempt(this.trip.as_mut(), this.held.as_deref(), attempt, answer) {
+                let (trip, held) = (this.trip.as_mut(), this.held.as_deref());
+                match end_attempt(trip, held, *this.deadline, attempt, answer) {
                     // UNAVAILABLE for a call safe to send twice.
-                    Step::Retry(request, attempt) => {
+                    (Step::Retry(request, attempt), _) => {
                         *this.resent = false;
                         self.as_mut().retry(request, attempt);
                         continue;
                     }
-                    Step::Done(_) => None,
+                    // The answer stands, even when the deadline is spent.
+                    (Step::Done(_), _) => None,
                 }
             } else {
                 Some(attempt)

@@ -25,6 +25,7 @@
 
 mod body;
 mod channel;
+mod deadline;
 mod future;
 mod options;
 mod request;
@@ -48,6 +49,7 @@ use crate::health::Retryable;
 use crate::per_endpoint::{shared_with, Services};
 use crate::pipeline::Trip;
 use channel::{channel_for, endpoint_for, status_for, EndpointChannel};
+use deadline::Deadline;
 use request::{GrpcRequest, RequestBody};
 
 /// A balanced gRPC channel: give it to a generated client
@@ -234,9 +236,13 @@ impl Service<http::Request<tonic::body::Body>> for BalancedChannel {
             self.handles
                 .hold(&self.balancer, Some((&self.channels, Arc::clone)))
         });
+        // The call's grpc-timeout, to give a retry only the time left.
+        let deadline = held
+            .as_ref()
+            .and_then(|_| Deadline::of(request.0.headers(), tokio::time::Instant::now()));
         match channel_for(&self.channels, request, attempt) {
             Ok((channel, request, attempt)) => {
-                GrpcResponseFuture::sending(channel, request, attempt, trip, held)
+                GrpcResponseFuture::sending(channel, request, attempt, trip, held, deadline)
             }
             Err(status) => GrpcResponseFuture::failed(status),
         }
