@@ -124,6 +124,8 @@ enum Client {
     BalanceList,
     /// One `Channel` to server s0 (never the odd one).
     Plain,
+    /// `Balancer::grpc()` with round robin (the Nagle fleet only).
+    TowerLbRoundRobin,
 }
 
 impl Client {
@@ -133,6 +135,7 @@ impl Client {
             Client::TowerLbSafe => "tower-lb, least time, unary marked safe",
             Client::BalanceList => "tonic balance_list",
             Client::Plain => "tonic Channel, one server",
+            Client::TowerLbRoundRobin => "tower-lb grpc(), round robin",
         }
     }
 }
@@ -183,6 +186,9 @@ enum Mode {
     /// Sends a graceful GOAWAY on each connection this long after it
     /// opened (tonic's `max_connection_age`) and keeps listening.
     MaxAge(Duration),
+    /// Answers every call, with Nagle's algorithm left on (no
+    /// TCP_NODELAY on its sockets).
+    Nagle,
 }
 
 impl Mode {
@@ -191,6 +197,7 @@ impl Mode {
             Mode::Ok => "ok".into(),
             Mode::Unavailable => "unavailable".into(),
             Mode::MaxAge(age) => format!("max-age-{}", age.as_millis()),
+            Mode::Nagle => "nagle".into(),
         }
     }
 
@@ -198,6 +205,7 @@ impl Mode {
         Ok(match arg {
             "ok" => Mode::Ok,
             "unavailable" => Mode::Unavailable,
+            "nagle" => Mode::Nagle,
             _ => match arg.strip_prefix("max-age-") {
                 Some(ms) => Mode::MaxAge(Duration::from_millis(ms.parse()?)),
                 None => return Err(format!("unknown mode {arg:?}").into()),
@@ -264,7 +272,7 @@ fn serve(args: &[String]) -> Result<(), BoxError> {
         // TCP_NODELAY as tonic's `serve` sets it (`serve_with_incoming`
         // leaves sockets as they come): with Nagle on, a reply's frames
         // wait for the client's delayed ACK, 40 ms here.
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(mode != Mode::Nagle));
         let mut server = tonic::transport::Server::builder();
         if let Mode::MaxAge(age) = mode {
             server = server.max_connection_age(age);
@@ -392,11 +400,16 @@ enum Caller {
 impl Caller {
     fn new(client: Client, urls: &[String]) -> Result<Self, BoxError> {
         Ok(match client {
-            Client::TowerLb | Client::TowerLbSafe => {
+            Client::TowerLb | Client::TowerLbSafe | Client::TowerLbRoundRobin => {
+                let policy: Policy = if client == Client::TowerLbRoundRobin {
+                    Policy::round_robin().into()
+                } else {
+                    Policy::least_response_time().into()
+                };
                 let balancer = urls
                     .iter()
                     .fold(Balancer::builder(), |b, url| b.endpoint(url))
-                    .policy(Policy::least_response_time())
+                    .policy(policy)
                     .outlier_detection(OutlierDetection::default())
                     .build()?;
                 let channel = if client == Client::TowerLbSafe {
@@ -551,11 +564,21 @@ async fn closed_loop(
     duration: Duration,
     max_calls: usize,
 ) -> Result<Run, BoxError> {
+    closed_loop_of(CONCURRENCY, caller, duration, max_calls).await
+}
+
+/// [`closed_loop`] with `concurrency` callers.
+async fn closed_loop_of(
+    concurrency: usize,
+    caller: Caller,
+    duration: Duration,
+    max_calls: usize,
+) -> Result<Run, BoxError> {
     let cpu_before = cpu_time()?;
     let start = Instant::now();
     let deadline = start + duration;
     let next = Arc::new(AtomicUsize::new(0));
-    let workers: Vec<_> = (0..CONCURRENCY)
+    let workers: Vec<_> = (0..concurrency)
         .map(|_| {
             let (mut caller, next) = (caller.clone(), next.clone());
             tokio::spawn(async move {
@@ -867,6 +890,71 @@ async fn troubled_fleet(trouble: Trouble) -> Result<Value, BoxError> {
     }))
 }
 
+/// The Nagle fleet: four equal servers (2 ms) that leave Nagle's
+/// algorithm on, at these concurrencies.
+const NAGLE_CONCURRENCY: [usize; 2] = [32, 4];
+const NAGLE_CLIENTS: [Client; 4] = [
+    Client::TowerLb,
+    Client::TowerLbRoundRobin,
+    Client::BalanceList,
+    Client::Plain,
+];
+/// A call slower than this waited for a delayed ACK (the servers answer
+/// after 2 ms).
+const STALLED: Duration = Duration::from_millis(30);
+
+/// Fleet 7 (run only when named): servers that leave Nagle on, where a
+/// reply's last frames may wait for the client's delayed ACK (40 ms).
+/// Reported: the share of calls over [`STALLED`], and each server's share.
+async fn nagle_fleet() -> Result<Value, BoxError> {
+    let mut rows = Vec::new();
+    for concurrency in NAGLE_CONCURRENCY {
+        println!("\n7. servers with Nagle on, {concurrency} calls at a time\n");
+        println!("| client | calls/s | p50 ms | p99 ms | calls over 30 ms | shares s0/s1/s2/s3 |");
+        println!("|---|---|---|---|---|---|");
+        for client in NAGLE_CLIENTS {
+            let fleet = (0..SERVERS)
+                .map(|i| ServerProcess::start(&format!("s{i}"), FAST, 0, Mode::Nagle))
+                .collect::<Result<Vec<_>, _>>()?;
+            let urls: Vec<String> = fleet.iter().map(|s| s.url.clone()).collect();
+            let caller = Caller::new(client, &urls)?;
+            let run = closed_loop_of(concurrency, caller, MAX_TIME, MAX_CALLS).await?;
+            let latencies = run.answered();
+            let stalled = latencies.iter().filter(|&&l| l > STALLED).count() as f64
+                / latencies.len().max(1) as f64;
+            let shares: Vec<f64> = (0..SERVERS)
+                .map(|i| {
+                    let name = format!("s{i}");
+                    run.calls
+                        .iter()
+                        .filter(|c| c.outcome.as_deref() == Ok(name.as_str()))
+                        .count() as f64
+                        / latencies.len().max(1) as f64
+                })
+                .collect();
+            println!(
+                "| {} | {:.0} | {:.2} | {:.2} | {:.2}% | {} |",
+                client.name(),
+                run.calls_per_s(),
+                percentile_ms(&latencies, 50.0),
+                percentile_ms(&latencies, 99.0),
+                stalled * 100.0,
+                shares
+                    .iter()
+                    .map(|s| format!("{:.0}%", s * 100.0))
+                    .collect::<Vec<_>>()
+                    .join(" / ")
+            );
+            let mut row = row_json(client, &run);
+            row["concurrency"] = json!(concurrency);
+            row["stalled_share"] = json!(stalled);
+            row["shares"] = json!(shares);
+            rows.push(row);
+        }
+    }
+    Ok(json!({ "fleet": "nagle", "rows": rows }))
+}
+
 // ---- plots ----
 
 fn plots_dir() -> PathBuf {
@@ -1007,14 +1095,24 @@ fn timeline_plot(
 }
 
 /// The fleets, by the names the command line takes.
-const FLEETS: [&str; 6] = ["equal", "slow", "killed", "drain", "goaway", "unavailable"];
+const FLEETS: [&str; 7] = [
+    "equal",
+    "slow",
+    "killed",
+    "drain",
+    "goaway",
+    "unavailable",
+    "nagle",
+];
 
 /// Runs the fleets named in `wanted` (all when empty).
 async fn compare(wanted: &[String]) -> Result<(), BoxError> {
     if let Some(unknown) = wanted.iter().find(|w| !FLEETS.contains(&w.as_str())) {
         return Err(format!("unknown fleet {unknown:?}: the fleets are {FLEETS:?}").into());
     }
-    let runs = |fleet: &str| wanted.is_empty() || wanted.iter().any(|w| w == fleet);
+    // The Nagle fleet runs only when named: it is an investigation.
+    let runs =
+        |fleet: &str| (wanted.is_empty() && fleet != "nagle") || wanted.iter().any(|w| w == fleet);
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
         "gRPC clients: {SERVERS} tonic servers (a process each) on 127.0.0.1, closed loop of \
@@ -1066,6 +1164,9 @@ async fn compare(wanted: &[String]) -> Result<(), BoxError> {
             )?;
         }
         fleets.push(fleet);
+    }
+    if runs("nagle") {
+        fleets.push(nagle_fleet().await?);
     }
     let report = json!({
         "bench": "grpc_compare",
