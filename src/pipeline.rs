@@ -49,6 +49,14 @@ pub(crate) enum Answer<'a> {
     /// channel could not get ready): a connect error, whatever the error.
     #[cfg(feature = "tonic")]
     NotSent,
+    /// The client's connection to the endpoint went away with the request
+    /// unsent (closed with it queued, a graceful GOAWAY), again after it
+    /// was sent once more there: the endpoint is draining or rotating its
+    /// connections, which says nothing of its health. Charged to no
+    /// endpoint (counted as a client error), retried as a connect error
+    /// is.
+    #[cfg(feature = "tonic")]
+    WentAway,
 }
 
 impl Answer<'_> {
@@ -63,6 +71,14 @@ impl Answer<'_> {
             } => crate::outcome::is_grpc_unavailable(value),
             _ => false,
         }
+    }
+
+    /// The connection went away with the request unsent.
+    fn went_away(&self) -> bool {
+        #[cfg(feature = "tonic")]
+        return matches!(self, Answer::WentAway);
+        #[cfg(not(feature = "tonic"))]
+        false
     }
 }
 
@@ -148,6 +164,8 @@ fn classify(answer: Answer<'_>) -> (Outcome, Option<StatusCode>) {
         Answer::Refused => (Outcome::ClientError, None),
         #[cfg(feature = "tonic")]
         Answer::NotSent => (Outcome::ConnectError, None),
+        #[cfg(feature = "tonic")]
+        Answer::WentAway => (Outcome::ClientError, None),
     }
 }
 
@@ -306,6 +324,8 @@ impl<R: Route> Trip<R> {
                 && balancer.retrying().is_some_and(|retrying| {
                     retrying.retries(outcome, self.safe)
                         || (answer.grpc_unavailable() && retrying.retries_unavailable(self.safe))
+                        || (answer.went_away()
+                            && retrying.retries(Outcome::ConnectError, self.safe))
                 })
         });
         let tried = balancer.map(|balancer| (balancer, attempt.in_flight.core().clone()));

@@ -213,9 +213,10 @@ impl Future for GrpcResponseFuture {
                     // endpoint's channel connects again, so the same
                     // attempt is sent once more there. A storm of these
                     // when servers rotate their connections is no failure
-                    // of theirs, and the other endpoints' connections may
-                    // be closing too.
-                    if !*this.resent && connection_went_away(&error) {
+                    // of theirs (never charged), and the other endpoints'
+                    // connections may be closing too.
+                    let went_away = connection_went_away(&error);
+                    if went_away && !*this.resent {
                         let copy = match (this.trip.as_ref(), this.held.as_deref()) {
                             (Some(trip), Some(held)) => {
                                 trip.copy_for(held.balancer(), attempt.url())
@@ -242,7 +243,12 @@ impl Future for GrpcResponseFuture {
                         this.held.as_deref(),
                         *this.deadline,
                         attempt,
-                        Answer::Failed(&error),
+                        // Again: charged to no endpoint, sent to another.
+                        if went_away {
+                            Answer::WentAway
+                        } else {
+                            Answer::Failed(&error)
+                        },
                     ) {
                         (Step::Retry(request, attempt), _) => {
                             *this.resent = false;
