@@ -19,9 +19,10 @@
 //!
 //! The parts: `options` (what the user sets), `channel` (each endpoint's
 //! channel and the statuses calls fail with), `request` (a call's request,
-//! its body read ahead so it can be sent again), `future` (a call's
-//! attempts, through the request pipeline's trip) and `body` (the answer's
-//! body, which ends the last attempt).
+//! its body read ahead so it can be sent again), `deadline` (a retry's
+//! `grpc-timeout`: the time left), `future` (a call's attempts, through
+//! the request pipeline's trip) and `body` (the answer's body, which ends
+//! the last attempt).
 
 mod body;
 mod channel;
@@ -79,7 +80,12 @@ use request::{GrpcRequest, RequestBody};
 /// unary calls up to 64 KiB); calls marked safe to retry
 /// ([`GrpcOptions::safe_to_retry`], [`Retryable`]) also when answered
 /// UNAVAILABLE. Retries follow the balancer's [`Retries`](crate::Retries)
-/// and draw on its budget.
+/// and draw on its budget. A call its connection dropped unsent as the
+/// connection went away (closed, or a graceful GOAWAY: a server draining or
+/// rotating its connections) is first sent once more to the same endpoint,
+/// and is charged to none. A retry's `grpc-timeout` is the caller's less
+/// the time already spent; a call whose deadline is spent is not sent
+/// again and fails with DEADLINE_EXCEEDED.
 #[derive(Clone)]
 pub struct BalancedChannel {
     balancer: Balancer,

@@ -402,7 +402,7 @@ impl Caller {
         Ok(match client {
             Client::TowerLb | Client::TowerLbSafe | Client::TowerLbRoundRobin => {
                 let policy: Policy = if client == Client::TowerLbRoundRobin {
-                    Policy::round_robin().into()
+                    Policy::round_robin()
                 } else {
                     Policy::least_response_time().into()
                 };
