@@ -25,6 +25,7 @@ use crate::error::{BoxError, Error};
 use crate::outcome::{connection_went_away, Outcome};
 use crate::per_endpoint::Services;
 use crate::pipeline::{failure, Answer, Attempt, Step, Trip};
+use crate::request::sealed::Route;
 #[cfg(doc)]
 use crate::{BalancedChannel, GrpcOptions};
 
@@ -47,9 +48,13 @@ pin_project! {
         // The balancer and the channels, while a retry may follow.
         held: Option<Arc<LaneHandle<Channels>>>,
         failed: Option<Status>,
-        // The current attempt's request was sent once more on its
-        // endpoint after its connection went away.
-        resent: bool,
+        // How many times the current attempt's request was sent once more
+        // on its endpoint after its connection went away.
+        resends: u8,
+        // A call the trip keeps no copy of (one endpoint, retries off):
+        // its endpoint's channel and a copy of its request, for those
+        // resends.
+        spare: Option<(Channel, GrpcRequest)>,
         // The call's deadline (its grpc-timeout), while a retry may follow.
         deadline: Option<Deadline>,
     }
@@ -66,8 +71,8 @@ impl std::fmt::Debug for GrpcResponseFuture {
 
 impl GrpcResponseFuture {
     /// A call whose first attempt started, to send through `channel` once
-    /// it is ready; `held` while a retry may follow, with the call's
-    /// `deadline` then.
+    /// it is ready; `held` while a retry may follow; the call's `deadline`;
+    /// a `spare` channel and copy when the trip keeps none.
     pub(super) fn sending(
         channel: Channel,
         request: GrpcRequest,
@@ -75,6 +80,7 @@ impl GrpcResponseFuture {
         trip: Trip<GrpcRequest>,
         held: Option<Arc<LaneHandle<Channels>>>,
         deadline: Option<Deadline>,
+        spare: Option<(Channel, GrpcRequest)>,
     ) -> Self {
         GrpcResponseFuture {
             calling: None,
@@ -83,7 +89,8 @@ impl GrpcResponseFuture {
             trip: Some(trip),
             held,
             failed: None,
-            resent: false,
+            resends: 0,
+            spare,
             deadline,
         }
     }
@@ -97,11 +104,18 @@ impl GrpcResponseFuture {
             trip: None,
             held: None,
             failed: Some(status),
-            resent: false,
+            resends: 0,
+            spare: None,
             deadline: None,
         }
     }
 }
+
+/// How many times an attempt that cannot go to another endpoint (one
+/// endpoint, retries off) is sent once more to its own after its
+/// connection went away with it unsent: the channel may not have seen the
+/// first close yet. One that can go elsewhere is sent once more, once.
+const RESENDS: u8 = 3;
 
 /// Ends `attempt` with `answer` through the trip, which decides on a
 /// retry, unless the call's `deadline` is spent (then no retry follows,
@@ -178,12 +192,13 @@ impl Future for GrpcResponseFuture {
                         Answer::NotSent,
                     ) {
                         (Step::Retry(request, attempt), _) => {
-                            *this.resent = false;
+                            *this.resends = 0;
                             self.as_mut().retry(request, attempt);
                             continue;
                         }
                         (Step::Done(outcome), spent) => {
                             let error = Box::new(error);
+                            let spent = spent && this.held.is_some();
                             let status = failed_status(outcome, &url, error, *this.deadline, spent);
                             return Poll::Ready(Err(status));
                         }
@@ -216,25 +231,40 @@ impl Future for GrpcResponseFuture {
                     // of theirs (never charged), and the other endpoints'
                     // connections may be closing too.
                     let went_away = connection_went_away(&error);
-                    if went_away && !*this.resent {
+                    // Once when another endpoint may take the call, more
+                    // when none can.
+                    let resends = if this.held.is_some() { 1 } else { RESENDS };
+                    if went_away && *this.resends < resends {
+                        // The trip's copy, or the call's own.
                         let copy = match (this.trip.as_ref(), this.held.as_deref()) {
-                            (Some(trip), Some(held)) => {
-                                trip.copy_for(held.balancer(), attempt.url())
-                            }
-                            _ => None,
+                            (Some(trip), Some(held)) => trip
+                                .copy_for(held.balancer(), attempt.url())
+                                .map(|copy| (None, copy)),
+                            _ => this.spare.as_ref().and_then(|(channel, copy)| {
+                                Some((Some(channel.clone()), copy.try_clone()?))
+                            }),
                         };
                         // With the time left, if any.
                         let deadline = *this.deadline;
-                        let copy = copy.and_then(|mut copy| match deadline {
+                        let copy = copy.and_then(|(channel, mut copy)| match deadline {
                             Some(deadline) => deadline
                                 .write_left(copy.0.headers_mut(), Instant::now())
-                                .then_some(copy),
-                            None => Some(copy),
+                                .then_some((channel, copy)),
+                            None => Some((channel, copy)),
                         });
-                        if let Some(copy) = copy {
-                            *this.resent = true;
-                            self.as_mut().retry(copy, attempt);
-                            continue;
+                        match copy {
+                            Some((Some(channel), copy)) => {
+                                *this.resends += 1;
+                                *this.ready = Some((channel, copy));
+                                *this.attempt = Some(attempt);
+                                continue;
+                            }
+                            Some((None, copy)) => {
+                                *this.resends += 1;
+                                self.as_mut().retry(copy, attempt);
+                                continue;
+                            }
+                            None => {}
                         }
                     }
                     let url = attempt.url().clone();
@@ -251,12 +281,13 @@ impl Future for GrpcResponseFuture {
                         },
                     ) {
                         (Step::Retry(request, attempt), _) => {
-                            *this.resent = false;
+                            *this.resends = 0;
                             self.as_mut().retry(request, attempt);
                             continue;
                         }
                         (Step::Done(outcome), spent) => {
                             let error = Box::new(error);
+                            let spent = spent && this.held.is_some();
                             let status = failed_status(outcome, &url, error, *this.deadline, spent);
                             return Poll::Ready(Err(status));
                         }
@@ -280,7 +311,7 @@ impl Future for GrpcResponseFuture {
                 match end_attempt(trip, held, *this.deadline, attempt, answer) {
                     // UNAVAILABLE for a call safe to send twice.
                     (Step::Retry(request, attempt), _) => {
-                        *this.resent = false;
+                        *this.resends = 0;
                         self.as_mut().retry(request, attempt);
                         continue;
                     }

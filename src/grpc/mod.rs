@@ -49,6 +49,7 @@ use crate::error::Error;
 use crate::health::Retryable;
 use crate::per_endpoint::{shared_with, Services};
 use crate::pipeline::Trip;
+use crate::request::sealed::Route;
 use channel::{channel_for, endpoint_for, status_for, EndpointChannel};
 use deadline::Deadline;
 use request::{GrpcRequest, RequestBody};
@@ -242,13 +243,22 @@ impl Service<http::Request<tonic::body::Body>> for BalancedChannel {
             self.handles
                 .hold(&self.balancer, Some((&self.channels, Arc::clone)))
         });
-        // The call's grpc-timeout, to give a retry only the time left.
-        let deadline = held
-            .as_ref()
-            .and_then(|_| Deadline::of(request.0.headers(), tokio::time::Instant::now()));
+        // A call the trip keeps no copy of (one endpoint, retries off): a
+        // copy of its own, already routed, in case its connection goes
+        // away with it unsent.
+        let spare = match held {
+            None => request.try_clone(),
+            Some(_) => None,
+        };
+        // The call's grpc-timeout, to give another attempt only the time
+        // left.
+        let deadline = (held.is_some() || spare.is_some())
+            .then(|| Deadline::of(request.0.headers(), tokio::time::Instant::now()))
+            .flatten();
         match channel_for(&self.channels, request, attempt) {
             Ok((channel, request, attempt)) => {
-                GrpcResponseFuture::sending(channel, request, attempt, trip, held, deadline)
+                let spare = spare.map(|copy| (channel.clone(), copy));
+                GrpcResponseFuture::sending(channel, request, attempt, trip, held, deadline, spare)
             }
             Err(status) => GrpcResponseFuture::failed(status),
         }
