@@ -49,6 +49,14 @@ pub(crate) enum Answer<'a> {
     /// channel could not get ready): a connect error, whatever the error.
     #[cfg(feature = "tonic")]
     NotSent,
+    /// The client's connection to the endpoint went away with the request
+    /// unsent (closed with it queued, a graceful GOAWAY), again after it
+    /// was sent once more there: the endpoint is draining or rotating its
+    /// connections, which says nothing of its health. Charged to no
+    /// endpoint (counted as a client error), retried as a connect error
+    /// is.
+    #[cfg(feature = "tonic")]
+    WentAway,
 }
 
 impl Answer<'_> {
@@ -63,6 +71,14 @@ impl Answer<'_> {
             } => crate::outcome::is_grpc_unavailable(value),
             _ => false,
         }
+    }
+
+    /// The connection went away with the request unsent.
+    fn went_away(&self) -> bool {
+        #[cfg(feature = "tonic")]
+        return matches!(self, Answer::WentAway);
+        #[cfg(not(feature = "tonic"))]
+        false
     }
 }
 
@@ -148,6 +164,8 @@ fn classify(answer: Answer<'_>) -> (Outcome, Option<StatusCode>) {
         Answer::Refused => (Outcome::ClientError, None),
         #[cfg(feature = "tonic")]
         Answer::NotSent => (Outcome::ConnectError, None),
+        #[cfg(feature = "tonic")]
+        Answer::WentAway => (Outcome::ClientError, None),
     }
 }
 
@@ -267,6 +285,17 @@ impl<R: Route> Trip<R> {
         self.replay.as_ref().is_some_and(|r| r.copy.is_some())
     }
 
+    /// A copy of the request pointed at `endpoint` again, when a copy is
+    /// kept: for an attempt whose request its connection dropped unsent as
+    /// it went away, sent once more through the same endpoint's client
+    /// (which connects again) as the same attempt.
+    #[cfg(feature = "tonic")]
+    pub(crate) fn copy_for(&self, balancer: &Balancer, endpoint: &EndpointUrl) -> Option<R> {
+        let mut copy = self.replay.as_ref()?.copy.as_ref()?.try_clone()?;
+        route(&mut copy, endpoint, balancer.reads_session_header()).ok()?;
+        Some(copy)
+    }
+
     /// Ends `attempt` with `answer`: learns the session cookies of an
     /// answer and records the outcome. Then decides on a retry through
     /// `balancer` (the one the trip started on; `None` when the caller
@@ -295,6 +324,8 @@ impl<R: Route> Trip<R> {
                 && balancer.retrying().is_some_and(|retrying| {
                     retrying.retries(outcome, self.safe)
                         || (answer.grpc_unavailable() && retrying.retries_unavailable(self.safe))
+                        || (answer.went_away()
+                            && retrying.retries(Outcome::ConnectError, self.safe))
                 })
         });
         let tried = balancer.map(|balancer| (balancer, attempt.in_flight.core().clone()));
