@@ -75,6 +75,9 @@ fn balancer(urls: &[String], policy: impl Into<Policy>, detection: OutlierDetect
 
 #[tokio::test(start_paused = true)]
 async fn a_503_backend_is_ejected_gets_nothing_while_out_and_comes_back() {
+    // Time moves only when the test says: the balancer's sweeper waits for
+    // the ejection to end, and waiting for wiremock would jump it there.
+    let _clock = hold_clock();
     let servers = backends(5).await;
     answer(&servers[2], "c", 503).await;
     let urls: Vec<String> = servers.iter().map(|s| s.uri()).collect();
@@ -141,6 +144,7 @@ async fn a_503_backend_is_ejected_gets_nothing_while_out_and_comes_back() {
 
 #[tokio::test(start_paused = true)]
 async fn a_refused_backend_is_ejected_and_readmitted_when_it_listens_again() {
+    let _clock = hold_clock();
     let servers = backends(3).await;
     // A port that refuses, kept to listen on later.
     let refusing = RefusingPort::new();

@@ -7,7 +7,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use http::StatusCode;
-use tower_lb::{Balancer, HealthEvent, OutlierDetection, Policy, Retries, Selection};
+use tower_lb::{Balancer, Detector, HealthEvent, OutlierDetection, Policy, Retries, Selection};
 
 fn url(i: usize) -> String {
     format!("http://10.0.0.{}:8080", i + 1)
@@ -222,27 +222,42 @@ async fn round_robin_and_weighted_round_robin_share_an_ejected_endpoints_turns_b
 }
 
 #[tokio::test(start_paused = true)]
-async fn reading_stats_neither_readmits_nor_fires_events() {
+async fn an_ejection_ends_at_its_time_with_no_request_and_the_event_and_stats_show_it() {
     let (detection, events) = events();
     let detection = detection.base_ejection_time(Duration::from_secs(1));
     let balancer = balancer(2, detection.max_ejection_percent(50));
     for _ in 0..5 {
         select_on(&balancer, 0).finish(StatusCode::SERVICE_UNAVAILABLE);
     }
-    assert!(matches!(next_event(&events), HealthEvent::Ejected { .. }));
-    tokio::time::advance(Duration::from_secs(2)).await;
-    for _ in 0..100 {
-        let stats = balancer.stats();
-        // The ejection is over as far as anyone can read...
-        assert!(!stats.endpoints[0].ejected);
-    }
-    // ... but nothing happened until a pick noticed.
-    assert!(events.recv_timeout(Duration::from_millis(50)).is_err());
-    balancer.select(&get()).unwrap().finish(StatusCode::OK);
     assert!(matches!(
         next_event(&events),
-        HealthEvent::Readmitted { .. }
+        HealthEvent::Ejected { detector: Detector::ConsecutiveFailures, .. }
     ));
+    let stats = balancer.stats();
+    assert_eq!(
+        stats.endpoints[0].ejected_by,
+        Some(Detector::ConsecutiveFailures)
+    );
+    assert_eq!(stats.ejections.active, 1);
+    assert_eq!(stats.ejections.enforced(Detector::ConsecutiveFailures), 1);
+    // Not a moment early: reading stats changes nothing.
+    tokio::time::advance(Duration::from_millis(999)).await;
+    assert!(balancer.stats().endpoints[0].ejected);
+    assert!(events.recv_timeout(Duration::from_millis(50)).is_err());
+    // At its time, with no request: the sweeper re-admits it.
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    match next_event(&events) {
+        HealthEvent::Readmitted { endpoint, after, .. } => {
+            assert_eq!(endpoint, url(0));
+            assert_eq!(after, Duration::from_secs(1));
+        }
+        other => panic!("expected a return, got {other:?}"),
+    }
+    let stats = balancer.stats();
+    assert!(!stats.endpoints[0].ejected);
+    assert_eq!(stats.endpoints[0].ejected_by, None);
+    assert_eq!(stats.ejections.active, 0);
+    assert_eq!(stats.ejections.total, 1);
 }
 
 #[tokio::test(start_paused = true)]

@@ -316,10 +316,15 @@ impl HealthShared {
         if now < due {
             return;
         }
+        // The sweeps due since `due` (more than one when the sweeper ran
+        // late), run as one: one judgement over the counts since the last,
+        // and the multipliers come down as many times as were due.
         let interval = millis(self.config.interval).max(1);
+        let sweeps = (now - due) / interval + 1;
+        let next = due.saturating_add(sweeps.saturating_mul(interval));
         if self
             .next_sweep
-            .compare_exchange(due, now.saturating_add(interval), Ordering::SeqCst, Ordering::SeqCst)
+            .compare_exchange(due, next, Ordering::SeqCst, Ordering::SeqCst)
             .is_err()
         {
             return;
@@ -337,12 +342,20 @@ impl HealthShared {
             if !in_rotation {
                 continue;
             }
-            // Envoy: back for at least an interval, the multiplier comes
-            // down by one, at every interval.
+            // Envoy: at every sweep an interval or more after its return,
+            // the multiplier comes down by one. The sweeps here are at
+            // `due + j × interval` for `j < sweeps`.
             let returned = member.returned_ms.load(Ordering::Relaxed);
             let times = member.times_ejected.load(Ordering::Relaxed);
-            if times > 0 && returned > 0 && now.saturating_sub(returned) >= interval {
-                member.times_ejected.store(times - 1, Ordering::Relaxed);
+            if times > 0 && returned > 0 {
+                let first = returned
+                    .saturating_add(interval)
+                    .saturating_sub(due)
+                    .div_ceil(interval);
+                let down = sweeps.saturating_sub(first).min(u64::from(times)) as u32;
+                if down > 0 {
+                    member.times_ejected.store(times - down, Ordering::Relaxed);
+                }
             }
             if statistics {
                 judged.push((member, member.epoch(), counts));
