@@ -173,6 +173,10 @@ impl HealthShared {
             }
         }
         self.publish(&book);
+        drop(book);
+        // A returning member may bring a multiplier the sweeps must bring
+        // down.
+        self.wake.notify_one();
     }
 
     /// How many endpoints of `active` may be ejected at once.
