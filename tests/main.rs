@@ -32,6 +32,7 @@ mod learned_affinity;
 mod least_time;
 mod no_panic;
 mod per_endpoint;
+mod properties_detectors;
 mod properties_health;
 mod properties_inputs;
 mod properties_membership;
