@@ -26,6 +26,7 @@ mod grpc;
 mod hash_quality;
 mod health;
 mod health_scenarios;
+mod health_statistics;
 mod hostile_targets;
 mod inflight_crash;
 mod learned_affinity;
