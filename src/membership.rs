@@ -45,9 +45,12 @@ impl Snapshot {
                 member.state.reinstate();
             }
         }
-        counters
-            .health
-            .set_active(active_members.iter().map(|m| m.state.health().clone()).collect());
+        counters.health.set_active(
+            active_members
+                .iter()
+                .map(|m| m.state.health().clone())
+                .collect(),
+        );
         Snapshot {
             active: active_members.into_iter().map(|m| m.state).collect(),
             members,

@@ -231,7 +231,10 @@ async fn an_ejection_ends_at_its_time_with_no_request_and_the_event_and_stats_sh
     }
     assert!(matches!(
         next_event(&events),
-        HealthEvent::Ejected { detector: Detector::ConsecutiveFailures, .. }
+        HealthEvent::Ejected {
+            detector: Detector::ConsecutiveFailures,
+            ..
+        }
     ));
     let stats = balancer.stats();
     assert_eq!(
@@ -256,7 +259,9 @@ async fn an_ejection_ends_at_its_time_with_no_request_and_the_event_and_stats_sh
         tokio::task::yield_now().await;
     };
     match event {
-        HealthEvent::Readmitted { endpoint, after, .. } => {
+        HealthEvent::Readmitted {
+            endpoint, after, ..
+        } => {
             assert_eq!(endpoint, url(0));
             assert_eq!(after, Duration::from_secs(1));
         }

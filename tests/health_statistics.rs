@@ -32,7 +32,8 @@ impl Respond for Spread {
     fn respond(&self, _: &Request) -> ResponseTemplate {
         let n = self.answered.fetch_add(1, Ordering::Relaxed);
         let fails = (n + 1) * self.percent / 100 > n * self.percent / 100;
-        ResponseTemplate::new(if fails { 503 } else { 200 }).insert_header(BACKEND, self.name.as_str())
+        ResponseTemplate::new(if fails { 503 } else { 200 })
+            .insert_header(BACKEND, self.name.as_str())
     }
 }
 
@@ -101,7 +102,9 @@ async fn a_backend_failing_30_percent_among_ten_failing_1_percent_is_ejected_by_
     // Out: the next interval's requests all go elsewhere.
     let before = received(&servers[2]).await;
     let answers = send_many(&client, 500, 16).await;
-    assert!(answers.iter().all(|a| a.as_deref().is_ok_and(|name| name != "c")));
+    assert!(answers
+        .iter()
+        .all(|a| a.as_deref().is_ok_and(|name| name != "c")));
     assert_eq!(received(&servers[2]).await, before);
     println!(
         "health: 30% vs 1% 503s over 10 backends: ejected by success rate after {intervals} interval(s) ({} requests, {:.0}% failed); 0 of 500 requests reached it while out",

@@ -47,7 +47,9 @@ fn answer(balancer: &Balancer, requests: u32, failures: &[u32]) {
     let n = failures.len();
     let mut sent = vec![0u32; n];
     for _ in 0..requests as usize * n {
-        let selection = balancer.select(&http::Request::get("/").body(()).unwrap()).unwrap();
+        let selection = balancer
+            .select(&http::Request::get("/").body(()).unwrap())
+            .unwrap();
         let i = (0..n).position(|i| url(i) == selection.endpoint()).unwrap();
         let status = if sent[i] < failures[i] {
             StatusCode::SERVICE_UNAVAILABLE
@@ -67,7 +69,12 @@ async fn one_interval() {
 }
 
 fn ejected_by(balancer: &Balancer) -> Vec<Option<Detector>> {
-    balancer.stats().endpoints.iter().map(|e| e.ejected_by).collect()
+    balancer
+        .stats()
+        .endpoints
+        .iter()
+        .map(|e| e.ejected_by)
+        .collect()
 }
 
 /// How many of `n` endpoints may be ejected at `percent` (one always may).
@@ -212,9 +219,9 @@ proptest! {
             over.sort_by(|&a, &b| rates[a].total_cmp(&rates[b]));
             over.truncate(allowed(n, percent));
             let seen = ejected_by(&balancer);
-            for i in 0..n {
+            for (i, seen) in seen.iter().enumerate() {
                 let expected = over.contains(&i).then_some(Detector::FailurePercentage);
-                prop_assert_eq!(seen[i], expected, "endpoint {} of {:?}", i, failures);
+                prop_assert_eq!(*seen, expected, "endpoint {} of {:?}", i, failures);
             }
             Ok(())
         })?;

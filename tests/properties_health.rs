@@ -180,7 +180,10 @@ impl Model {
             if weight == 0 || i.retired || i.until.is_some() || i.returned == 0 {
                 continue;
             }
-            let down = sweeps.iter().filter(|&&at| at >= i.returned + interval).count();
+            let down = sweeps
+                .iter()
+                .filter(|&&at| at >= i.returned + interval)
+                .count();
             i.times = i.times.saturating_sub(down as u32);
         }
     }

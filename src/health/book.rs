@@ -293,7 +293,9 @@ impl HealthShared {
     /// an ejection multiplier needs one; `None` when nothing is pending.
     pub(super) fn next_deadline(&self) -> Option<u64> {
         let expiry = self.next_expiry.load(Ordering::SeqCst);
-        let interval = self.needs_intervals().then(|| self.next_sweep.load(Ordering::SeqCst));
+        let interval = self
+            .needs_intervals()
+            .then(|| self.next_sweep.load(Ordering::SeqCst));
         let next = interval.map_or(expiry, |at| at.min(expiry));
         (next != u64::MAX).then_some(next)
     }
@@ -429,7 +431,9 @@ impl HealthShared {
         } else {
             until.min(now)
         };
-        endpoint.returned_ms.store(returned.max(1), Ordering::Relaxed);
+        endpoint
+            .returned_ms
+            .store(returned.max(1), Ordering::Relaxed);
         endpoint.ejected_until.store(IN_ROTATION, Ordering::Relaxed);
         endpoint.ejected_by.store(0, Ordering::Relaxed);
         let began = endpoint.ejected_at.load(Ordering::Relaxed);

@@ -179,7 +179,11 @@ impl EndpointHealth {
             };
             let local_streak = bump_or_reset(&self.consecutive_local_failures, local);
             first_fired([
-                (config.consecutive_failures, streak, Detector::ConsecutiveFailures),
+                (
+                    config.consecutive_failures,
+                    streak,
+                    Detector::ConsecutiveFailures,
+                ),
                 (
                     config.consecutive_gateway_failures,
                     gateway_streak,
@@ -201,7 +205,11 @@ impl EndpointHealth {
             let streak = bump_or_reset(&self.consecutive_failures, failed);
             let gateway_streak = bump_or_reset(&self.consecutive_gateway_failures, gateway);
             first_fired([
-                (config.consecutive_failures, streak, Detector::ConsecutiveFailures),
+                (
+                    config.consecutive_failures,
+                    streak,
+                    Detector::ConsecutiveFailures,
+                ),
                 (
                     config.consecutive_gateway_failures,
                     gateway_streak,
@@ -362,7 +370,10 @@ mod tests {
                 }
             }
         }
-        assert!(!endpoints[0].is_ejected(shared.now_ms()), "not before the sweep");
+        assert!(
+            !endpoints[0].is_ejected(shared.now_ms()),
+            "not before the sweep"
+        );
         tokio::time::advance(Duration::from_millis(30)).await;
         shared.sweep(shared.now_ms());
         let now = shared.now_ms();

@@ -62,7 +62,6 @@ use crate::percent::Percent;
 use crate::Error;
 use events::EventSink;
 
-
 /// The detector behind an ejection, named as in Envoy's outlier detection.
 ///
 /// `#[non_exhaustive]`: later detectors (an active health check) add

@@ -30,7 +30,10 @@ impl Sample {
 /// The endpoints (indices into `counts`) the statistical detectors eject,
 /// each once, with the detector that names it; the lowest success rates
 /// first, so that when the ejection limit is near the worst go first.
-pub(super) fn outliers(config: &OutlierDetection, counts: &[WindowCounts]) -> Vec<(usize, Detector)> {
+pub(super) fn outliers(
+    config: &OutlierDetection,
+    counts: &[WindowCounts],
+) -> Vec<(usize, Detector)> {
     let mut found: Vec<(usize, Detector, f64)> = Vec::new();
     let mut judge = |samples: Vec<Sample>, success_rate: Detector, failure_percentage: Detector| {
         for (i, detector, rate) in judge(config, &samples, success_rate, failure_percentage) {
@@ -44,7 +47,11 @@ pub(super) fn outliers(config: &OutlierDetection, counts: &[WindowCounts]) -> Ve
             requests: c.answered,
             failures: c.status_failures.min(c.answered),
         });
-        judge(answers.collect(), Detector::SuccessRate, Detector::FailurePercentage);
+        judge(
+            answers.collect(),
+            Detector::SuccessRate,
+            Detector::FailurePercentage,
+        );
         let local = counts.iter().map(|c| Sample {
             requests: c.requests,
             failures: c.local_failures.min(c.requests),
@@ -62,7 +69,11 @@ pub(super) fn outliers(config: &OutlierDetection, counts: &[WindowCounts]) -> Ve
                 .saturating_add(c.local_failures)
                 .min(c.requests),
         });
-        judge(all.collect(), Detector::SuccessRate, Detector::FailurePercentage);
+        judge(
+            all.collect(),
+            Detector::SuccessRate,
+            Detector::FailurePercentage,
+        );
     }
     found.sort_by(|a, b| a.2.total_cmp(&b.2));
     found.into_iter().map(|(i, d, _)| (i, d)).collect()
@@ -143,7 +154,11 @@ mod tests {
             [(9, Detector::SuccessRate)]
         );
         // Four hosts: no verdict, however bad.
-        assert!(outliers(&config, &counts(&[(200, 2), (200, 2), (200, 2), (200, 150)])).is_empty());
+        assert!(outliers(
+            &config,
+            &counts(&[(200, 2), (200, 2), (200, 2), (200, 150)])
+        )
+        .is_empty());
         // Too few requests: not judged.
         rows[9] = (99, 60);
         assert!(outliers(&config, &counts(&rows)).is_empty());
@@ -151,8 +166,11 @@ mod tests {
 
     #[test]
     fn a_failure_share_exactly_at_the_threshold_ejects() {
-        let config = OutlierDetection::disabled()
-            .failure_percentage_with(FailurePercentage::default().threshold(50).request_volume(10));
+        let config = OutlierDetection::disabled().failure_percentage_with(
+            FailurePercentage::default()
+                .threshold(50)
+                .request_volume(10),
+        );
         let rows = [(10, 5), (10, 4), (10, 0), (10, 0), (10, 0)];
         assert_eq!(
             outliers(&config, &counts(&rows)),

@@ -60,9 +60,7 @@ async fn run(health: Weak<HealthShared>, wake: Arc<Notify>) {
                 return;
             };
             health.sweep(health.now_ms());
-            health
-                .next_deadline()
-                .map(|ms| health.clock.at_ms(ms))
+            health.next_deadline().map(|ms| health.clock.at_ms(ms))
         };
         match deadline {
             Some(at) => {
