@@ -42,6 +42,7 @@
 mod book;
 mod budget;
 mod detector;
+mod ejections;
 mod events;
 mod retry;
 mod statistics;
@@ -55,101 +56,14 @@ use http::StatusCode;
 
 pub(crate) use book::HealthShared;
 pub(crate) use detector::EndpointHealth;
+pub use ejections::{Detector, EjectionStats};
 pub(crate) use retry::{safe_to_send_twice, Retrying};
 pub use retry::{Retries, Retryable};
+pub use statistics::{FailurePercentage, SuccessRate};
 
 use crate::percent::Percent;
 use crate::Error;
 use events::EventSink;
-
-/// The detector behind an ejection, named as in Envoy's outlier detection.
-///
-/// `#[non_exhaustive]`: later detectors (an active health check) add
-/// variants, so match with a `_` arm.
-///
-/// ```
-/// use tower_lb::{Detector, OutlierDetection};
-///
-/// // Envoy's `enforcing_success_rate: 50`.
-/// let detection = OutlierDetection::envoy().enforcing(Detector::SuccessRate, 50);
-/// # let _ = detection;
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[non_exhaustive]
-pub enum Detector {
-    /// Failures in a row (Envoy's `consecutive_5xx`); with local-origin
-    /// errors split, failure statuses only.
-    ConsecutiveFailures,
-    /// Gateway failures in a row (Envoy's `consecutive_gateway_failure`):
-    /// connect errors, timeouts, 502, 503, 504; with local-origin errors
-    /// split, the three statuses only.
-    ConsecutiveGatewayFailures,
-    /// Local-origin failures in a row, with local-origin errors split
-    /// (Envoy's `consecutive_local_origin_failure`).
-    ConsecutiveLocalOriginFailures,
-    /// Success rate below the fleet's mean by `stdev_factor` standard
-    /// deviations in an interval (Envoy's `success_rate`); over answers
-    /// only, with local-origin errors split.
-    SuccessRate,
-    /// Failure percentage at or above the threshold in an interval
-    /// (Envoy's `failure_percentage`); over answers only, with local-origin
-    /// errors split.
-    FailurePercentage,
-    /// Success rate over local-origin outcomes, with local-origin errors
-    /// split (Envoy's `success_rate_local_origin`).
-    LocalOriginSuccessRate,
-    /// Failure percentage over local-origin outcomes, with local-origin
-    /// errors split (Envoy's `failure_percentage_local_origin`).
-    LocalOriginFailurePercentage,
-}
-
-impl Detector {
-    /// Every detector, in the order of the variants.
-    pub(crate) const ALL: [Detector; 7] = [
-        Detector::ConsecutiveFailures,
-        Detector::ConsecutiveGatewayFailures,
-        Detector::ConsecutiveLocalOriginFailures,
-        Detector::SuccessRate,
-        Detector::FailurePercentage,
-        Detector::LocalOriginSuccessRate,
-        Detector::LocalOriginFailurePercentage,
-    ];
-
-    /// The detector's place in [`Detector::ALL`], for counters.
-    pub(crate) fn index(self) -> usize {
-        self as usize
-    }
-
-    /// Envoy's name for the detector (as in its `ejections_enforced_*`
-    /// statistics).
-    pub fn envoy_name(self) -> &'static str {
-        match self {
-            Detector::ConsecutiveFailures => "consecutive_5xx",
-            Detector::ConsecutiveGatewayFailures => "consecutive_gateway_failure",
-            Detector::ConsecutiveLocalOriginFailures => "consecutive_local_origin_failure",
-            Detector::SuccessRate => "success_rate",
-            Detector::FailurePercentage => "failure_percentage",
-            Detector::LocalOriginSuccessRate => "success_rate_local_origin",
-            Detector::LocalOriginFailurePercentage => "failure_percentage_local_origin",
-        }
-    }
-
-    /// Envoy's default enforcement percentage for the detector.
-    fn envoy_enforcing(self) -> f64 {
-        match self {
-            Detector::ConsecutiveGatewayFailures
-            | Detector::FailurePercentage
-            | Detector::LocalOriginFailurePercentage => 0.0,
-            _ => 100.0,
-        }
-    }
-}
-
-impl fmt::Display for Detector {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.envoy_name())
-    }
-}
 
 /// What happened to an endpoint's health, for [`OutlierDetection::on_event`]
 /// callbacks (also logged with `tracing`).
@@ -197,47 +111,6 @@ pub enum HealthEvent {
     },
 }
 
-/// The balancer's ejection counts, in [`Stats::ejections`](crate::Stats::ejections)
-/// (Envoy's `ejections_active`, `ejections_enforced_*` and
-/// `ejections_overflow`).
-///
-/// ```
-/// use tower_lb::{Balancer, Detector};
-///
-/// let balancer = Balancer::builder().endpoint("http://127.0.0.1:8081").build()?;
-/// let ejections = balancer.stats().ejections;
-/// assert_eq!(ejections.active, 0);
-/// assert_eq!(ejections.enforced(Detector::SuccessRate), 0);
-/// # Ok::<(), tower_lb::Error>(())
-/// ```
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct EjectionStats {
-    /// Endpoints ejected now.
-    pub active: u64,
-    /// Ejections made since the balancer was built, every detector.
-    pub total: u64,
-    /// Ejections made, by detector, in [`Detector`] order; read them with
-    /// [`EjectionStats::enforced`].
-    pub by_detector: Vec<(Detector, u64)>,
-    /// Times a detector fired and the enforcement draw said no (Envoy
-    /// counts `ejections_detected_*` minus `ejections_enforced_*`).
-    pub not_enforced: u64,
-    /// Ejections refused because the maximum share of ejected endpoints
-    /// was reached (Envoy's `ejections_overflow`).
-    pub refused_by_max_percent: u64,
-}
-
-impl EjectionStats {
-    /// Ejections `detector` made.
-    pub fn enforced(&self, detector: Detector) -> u64 {
-        self.by_detector
-            .iter()
-            .find(|(d, _)| *d == detector)
-            .map_or(0, |(_, n)| *n)
-    }
-}
-
 type StatusFilter = dyn Fn(StatusCode) -> bool + Send + Sync;
 
 /// Outlier-detection settings, given to
@@ -283,111 +156,6 @@ pub struct OutlierDetection {
     pub(crate) panic_threshold: Percent,
     failure_status: Option<Arc<StatusFilter>>,
     pub(crate) on_event: Option<Arc<EventSink>>,
-}
-
-/// The success-rate detector's settings (Envoy's `success_rate_*`), for
-/// [`OutlierDetection::success_rate`]. The default is Envoy's: endpoints
-/// with at least 100 requests in the interval, at least 5 of them, eject
-/// those below `mean − 1.9 × stdev`.
-///
-/// ```
-/// use tower_lb::SuccessRate;
-///
-/// // Envoy's `success_rate_stdev_factor: 1000` (thousandths): 1.0.
-/// let strict = SuccessRate::default().stdev_factor(1.0).request_volume(20);
-/// # let _ = strict;
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq)]
-#[must_use]
-pub struct SuccessRate {
-    pub(crate) stdev_factor: f64,
-    pub(crate) request_volume: u32,
-    pub(crate) minimum_hosts: u32,
-}
-
-impl Default for SuccessRate {
-    fn default() -> Self {
-        SuccessRate {
-            stdev_factor: 1.9,
-            request_volume: 100,
-            minimum_hosts: 5,
-        }
-    }
-}
-
-impl SuccessRate {
-    /// How many standard deviations below the mean ejects. Default 1.9
-    /// (Envoy gives it in thousandths: 1900).
-    pub fn stdev_factor(mut self, factor: f64) -> Self {
-        self.stdev_factor = factor;
-        self
-    }
-
-    /// Requests an endpoint needs in the interval to be judged. Default 100.
-    pub fn request_volume(mut self, requests: u32) -> Self {
-        self.request_volume = requests;
-        self
-    }
-
-    /// Endpoints with enough requests the detector needs to judge any.
-    /// Default 5.
-    pub fn minimum_hosts(mut self, hosts: u32) -> Self {
-        self.minimum_hosts = hosts;
-        self
-    }
-}
-
-/// The failure-percentage detector's settings (Envoy's
-/// `failure_percentage_*`), for
-/// [`OutlierDetection::failure_percentage_with`]. The default is Envoy's:
-/// eject an endpoint whose failures are at least 85% of at least 50
-/// requests in the interval, when at least 5 endpoints have that many.
-///
-/// ```
-/// use tower_lb::{FailurePercentage, OutlierDetection};
-///
-/// let detection = OutlierDetection::default()
-///     .failure_percentage_with(FailurePercentage::default().minimum_hosts(3));
-/// # let _ = detection;
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq)]
-#[must_use]
-pub struct FailurePercentage {
-    pub(crate) threshold: Percent,
-    pub(crate) request_volume: u32,
-    pub(crate) minimum_hosts: u32,
-}
-
-impl Default for FailurePercentage {
-    fn default() -> Self {
-        FailurePercentage {
-            threshold: Percent::new(85.0),
-            request_volume: 50,
-            minimum_hosts: 5,
-        }
-    }
-}
-
-impl FailurePercentage {
-    /// The failure share (a [`Percent`], 0 to 100) at or above which an
-    /// endpoint is ejected. Default 85.
-    pub fn threshold(mut self, percent: impl Into<Percent>) -> Self {
-        self.threshold = percent.into();
-        self
-    }
-
-    /// Requests an endpoint needs in the interval to be judged. Default 50.
-    pub fn request_volume(mut self, requests: u32) -> Self {
-        self.request_volume = requests;
-        self
-    }
-
-    /// Endpoints with enough requests the detector needs to judge any.
-    /// Default 5.
-    pub fn minimum_hosts(mut self, hosts: u32) -> Self {
-        self.minimum_hosts = hosts;
-        self
-    }
 }
 
 impl Default for OutlierDetection {

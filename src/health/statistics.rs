@@ -13,6 +13,112 @@
 
 use super::detector::WindowCounts;
 use super::{Detector, OutlierDetection};
+use crate::percent::Percent;
+
+/// The success-rate detector's settings (Envoy's `success_rate_*`), for
+/// [`OutlierDetection::success_rate`]. The default is Envoy's: endpoints
+/// with at least 100 requests in the interval, at least 5 of them, eject
+/// those below `mean − 1.9 × stdev`.
+///
+/// ```
+/// use tower_lb::SuccessRate;
+///
+/// // Envoy's `success_rate_stdev_factor: 1000` (thousandths): 1.0.
+/// let strict = SuccessRate::default().stdev_factor(1.0).request_volume(20);
+/// # let _ = strict;
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[must_use]
+pub struct SuccessRate {
+    pub(crate) stdev_factor: f64,
+    pub(crate) request_volume: u32,
+    pub(crate) minimum_hosts: u32,
+}
+
+impl Default for SuccessRate {
+    fn default() -> Self {
+        SuccessRate {
+            stdev_factor: 1.9,
+            request_volume: 100,
+            minimum_hosts: 5,
+        }
+    }
+}
+
+impl SuccessRate {
+    /// How many standard deviations below the mean ejects. Default 1.9
+    /// (Envoy gives it in thousandths: 1900).
+    pub fn stdev_factor(mut self, factor: f64) -> Self {
+        self.stdev_factor = factor;
+        self
+    }
+
+    /// Requests an endpoint needs in the interval to be judged. Default 100.
+    pub fn request_volume(mut self, requests: u32) -> Self {
+        self.request_volume = requests;
+        self
+    }
+
+    /// Endpoints with enough requests the detector needs to judge any.
+    /// Default 5.
+    pub fn minimum_hosts(mut self, hosts: u32) -> Self {
+        self.minimum_hosts = hosts;
+        self
+    }
+}
+
+/// The failure-percentage detector's settings (Envoy's
+/// `failure_percentage_*`), for
+/// [`OutlierDetection::failure_percentage_with`]. The default is Envoy's:
+/// eject an endpoint whose failures are at least 85% of at least 50
+/// requests in the interval, when at least 5 endpoints have that many.
+///
+/// ```
+/// use tower_lb::{FailurePercentage, OutlierDetection};
+///
+/// let detection = OutlierDetection::default()
+///     .failure_percentage_with(FailurePercentage::default().minimum_hosts(3));
+/// # let _ = detection;
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[must_use]
+pub struct FailurePercentage {
+    pub(crate) threshold: Percent,
+    pub(crate) request_volume: u32,
+    pub(crate) minimum_hosts: u32,
+}
+
+impl Default for FailurePercentage {
+    fn default() -> Self {
+        FailurePercentage {
+            threshold: Percent::new(85.0),
+            request_volume: 50,
+            minimum_hosts: 5,
+        }
+    }
+}
+
+impl FailurePercentage {
+    /// The failure share (a [`Percent`], 0 to 100) at or above which an
+    /// endpoint is ejected. Default 85.
+    pub fn threshold(mut self, percent: impl Into<Percent>) -> Self {
+        self.threshold = percent.into();
+        self
+    }
+
+    /// Requests an endpoint needs in the interval to be judged. Default 50.
+    pub fn request_volume(mut self, requests: u32) -> Self {
+        self.request_volume = requests;
+        self
+    }
+
+    /// Endpoints with enough requests the detector needs to judge any.
+    /// Default 5.
+    pub fn minimum_hosts(mut self, hosts: u32) -> Self {
+        self.minimum_hosts = hosts;
+        self
+    }
+}
 
 /// One endpoint's interval, as one detector pair sees it.
 #[derive(Clone, Copy, Debug)]
