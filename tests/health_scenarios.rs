@@ -397,3 +397,66 @@ fn rotations_hand_over_turns_under_concurrency_without_ever_failing() {
         });
     }
 }
+
+/// The sweeper task holds only a weak reference: dropping the balancer
+/// ends it, an ejection waiting to end included.
+#[tokio::test(start_paused = true)]
+async fn the_sweeper_task_ends_when_the_balancer_is_dropped() {
+    let tasks = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    let before = tasks();
+    let balancer = balancer(4, OutlierDetection::default());
+    assert_eq!(tasks(), before + 1, "one sweeper per balancer");
+    for _ in 0..5 {
+        select_on(&balancer, 0).finish(StatusCode::SERVICE_UNAVAILABLE);
+    }
+    assert!(balancer.stats().endpoints[0].ejected);
+    tokio::task::yield_now().await;
+    drop(balancer);
+    for _ in 0..3 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(tasks(), before, "the sweeper outlived its balancer");
+}
+
+/// A balancer built outside any runtime starts its sweeper from its first
+/// pick inside one: the success rate then judges at the interval.
+#[test]
+fn a_balancer_built_outside_a_runtime_starts_its_sweeper_from_the_first_pick_in_one() {
+    let detection = OutlierDetection::disabled()
+        .success_rate(tower_lb::SuccessRate::default().request_volume(10))
+        .interval(Duration::from_secs(10));
+    let balancer = balancer(5, detection);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        // Round robin: 20 requests each; endpoint 3 fails 10 of its 20.
+        let mut sent = [0; 5];
+        for _ in 0..100 {
+            let selection = balancer.select(&get()).unwrap();
+            let i = (0..5).position(|i| url(i) == selection.endpoint()).unwrap();
+            let failed = i == 3 && sent[i] < 10;
+            sent[i] += 1;
+            selection.finish(if failed {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::OK
+            });
+        }
+        tokio::time::advance(Duration::from_secs(10)).await;
+        tokio::task::yield_now().await;
+        let by: Vec<_> = balancer
+            .stats()
+            .endpoints
+            .iter()
+            .map(|e| e.ejected_by)
+            .collect();
+        assert_eq!(by, [None, None, None, Some(Detector::SuccessRate), None]);
+    });
+}

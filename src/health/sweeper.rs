@@ -15,7 +15,8 @@
 //! upgrade).
 //!
 //! A balancer built outside a tokio runtime starts its task from the first
-//! pick made inside one; until then (a balancer used only through
+//! pick made inside one (so does one whose runtime shut down under its
+//! task); until then (a balancer used only through
 //! `Balancer::select` on plain threads) picks run the sweep themselves when
 //! it is due, and end ejections as they always do.
 
@@ -51,9 +52,23 @@ impl HealthShared {
     }
 }
 
+/// Marks the sweeper as gone when its future is dropped (its runtime shut
+/// down, the balancer living on): the next pick in a runtime starts
+/// another.
+struct Running(Weak<HealthShared>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(health) = self.0.upgrade() {
+            health.swept_by_task.store(false, Ordering::Relaxed);
+        }
+    }
+}
+
 /// The sweeper's life: sweep, sleep until the next thing due or a wake-up,
 /// again; until the health it serves is gone.
 async fn run(health: Weak<HealthShared>, wake: Arc<Notify>) {
+    let _running = Running(health.clone());
     loop {
         let deadline = {
             let Some(health) = health.upgrade() else {
