@@ -114,7 +114,10 @@ pub use grpc::{
     BalancedChannel, GrpcBody, GrpcOptions, GrpcResponseFuture, CONNECT_TIMEOUT,
     KEEP_ALIVE_INTERVAL, KEEP_ALIVE_TIMEOUT, REQUEST_BUFFER,
 };
-pub use health::{HealthEvent, OutlierDetection, Retries, Retryable};
+pub use health::{
+    Detector, EjectionStats, FailurePercentage, HealthEvent, OutlierDetection, Retries, Retryable,
+    SuccessRate,
+};
 pub use layer::BalanceLayer;
 pub use per_endpoint::PerEndpointService;
 pub use percent::Percent;

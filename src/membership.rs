@@ -45,7 +45,12 @@ impl Snapshot {
                 member.state.reinstate();
             }
         }
-        counters.health.set_active(active_members.len());
+        counters.health.set_active(
+            active_members
+                .iter()
+                .map(|m| m.state.health().clone())
+                .collect(),
+        );
         Snapshot {
             active: active_members.into_iter().map(|m| m.state).collect(),
             members,
@@ -159,6 +164,10 @@ impl Snapshot {
                 .health
                 .in_panic_at(self.counters.clock.now_ms()),
             health_events_dropped: self.counters.health.events_dropped(),
+            ejections: self
+                .counters
+                .health
+                .ejection_stats(self.counters.clock.now_ms()),
             discovery: None,
         }
     }

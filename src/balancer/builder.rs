@@ -164,15 +164,16 @@ impl BalancerBuilder {
             return Err(Error::ZeroTotalWeight);
         }
         let clock = Clock::default();
+        let rng = Arc::new(self.seed.map_or_else(SharedRng::unseeded, SharedRng::new));
         let counters = Counters {
             clock,
-            rng: Arc::new(self.seed.map_or_else(SharedRng::unseeded, SharedRng::new)),
+            rng: rng.clone(),
             rtt: Arc::new(
                 policy
                     .rtt_model_on(clock)
                     .timing_every_request(policy.reads_latency()),
             ),
-            health: Arc::new(HealthShared::new(self.outlier_detection, clock)),
+            health: HealthShared::new(self.outlier_detection, clock, rng),
             in_flight: policy.counts_total_in_flight().then(Default::default),
             ..Counters::default()
         };

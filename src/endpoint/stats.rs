@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use super::{EndpointUrl, Labels};
+use crate::health::{Detector, EjectionStats};
 
 /// The state of every endpoint in the set, in the order they were added.
 ///
@@ -31,6 +32,9 @@ pub struct Stats {
     /// [`on_event`](crate::OutlierDetection::on_event) callback because its
     /// queue was full (the callback was slower than events came).
     pub health_events_dropped: u64,
+    /// Ejections: how many now, how many each detector made, how many the
+    /// maximum share refused.
+    pub ejections: EjectionStats,
 }
 
 impl Stats {
@@ -114,8 +118,12 @@ pub struct EndpointStats {
     pub latency_ewma: Option<Duration>,
     /// Ejected by outlier detection: no new requests until its time is up.
     pub ejected: bool,
-    /// Ejections in a row (reset by a clean spell).
+    /// The ejection multiplier: up by one at each ejection (while `base ×
+    /// multiplier` is below the maximum), down by one for every interval
+    /// the endpoint stays in rotation.
     pub times_ejected: u32,
+    /// The detector behind the current ejection; `None` when not ejected.
+    pub ejected_by: Option<Detector>,
 }
 
 /// What the discovery task did: sets applied, endpoints skipped as
