@@ -31,6 +31,8 @@ pub(crate) struct Snapshot {
 impl Snapshot {
     /// Builds the snapshot and the policy's selection state for `members`.
     pub(crate) fn build(members: Vec<Member>, policy: &Policy, counters: &Counters) -> Self {
+        // The interval sweeps due so far judge the set as it was.
+        counters.health.sweep_due();
         let active_members: Vec<Member> =
             members.iter().filter(|m| m.weight > 0).cloned().collect();
         // The picker first: a custom policy that panics as it builds leaves

@@ -152,6 +152,15 @@ impl HealthShared {
         self.members.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Runs the sweeps due by now over the set as it stands. Called before
+    /// the set changes: a sweep due before the change judges the members of
+    /// before it (an endpoint drained since does not miss its multiplier's
+    /// step down, and one that joins since does not take one early), even
+    /// when the sweeper had no timer set for it.
+    pub(crate) fn sweep_due(&self) {
+        self.sweep(self.now_ms());
+    }
+
     /// Sets the endpoints taking requests (at a change of the set, off the
     /// request path). If the set shrank below what the current ejections
     /// may hold, those ending soonest end now.
