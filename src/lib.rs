@@ -89,9 +89,10 @@ pub use affinity::{key_hash, RequestInfo, RequestKey, SessionKey};
 pub use balancer::{Balancer, BalancerBuilder};
 #[cfg(feature = "serde")]
 pub use config::{
-    BalancerConfig, DiscoveryConfig, DnsConfig, EndpointConfig, EtcdConfig,
+    BalancerConfig, DiscoveryConfig, DnsConfig, EndpointConfig, EnforcingConfig, EtcdConfig,
     FailurePercentageConfig, FallbackConfig, HashConfig, IpFamily, KeySourceConfig,
-    LeastTimeConfig, OutlierConfig, PolicyConfig, RetryBudgetConfig, RetryConfig,
+    LeastTimeConfig, OutlierConfig, OutlierPreset, PolicyConfig, RetryBudgetConfig, RetryConfig,
+    SuccessRateConfig,
 };
 #[cfg(feature = "cookies")]
 pub use cookie_jar::BalancedCookieJar;

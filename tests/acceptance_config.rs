@@ -291,6 +291,87 @@ outlier:
     assert!(balancer.stats().endpoints.iter().all(|e| !e.ejected));
 }
 
+/// Answers 503 to `percent` of its requests, evenly spread (request `n`
+/// fails when `⌊(n + 1) × p / 100⌋` steps up: never two in a row under 50%).
+struct Spread {
+    name: String,
+    percent: u64,
+    answered: std::sync::atomic::AtomicU64,
+}
+
+impl wiremock::Respond for Spread {
+    fn respond(&self, _: &wiremock::Request) -> ResponseTemplate {
+        let n = (self.answered).fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let fails = (n + 1) * self.percent / 100 > n * self.percent / 100;
+        ResponseTemplate::new(if fails { 503 } else { 200 })
+            .insert_header(BACKEND, self.name.as_str())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_configured_success_rate_ejects_a_backend_failing_30_percent_within_two_intervals() {
+    // The paused clock stays put while wiremock answers (the sweeper has
+    // an interval timer pending).
+    let _clock = hold_clock();
+    let mut servers = Vec::new();
+    for i in 0..10u64 {
+        let server = Server::start().await;
+        Mock::given(any_request())
+            .respond_with(Spread {
+                name: format!("s{i}"),
+                percent: if i == 2 { 30 } else { 0 },
+                answered: Default::default(),
+            })
+            .mount(&server)
+            .await;
+        servers.push(server);
+    }
+    let urls: Vec<String> = servers.iter().map(|s| s.uri()).collect();
+    let list = (urls.iter().map(|u| format!("\"{u}\""))).collect::<Vec<_>>();
+    // Success rate on; the consecutive-failure streak never reaches 5 here
+    // (no two 503s in a row).
+    let toml = format!(
+        r#"
+endpoints = [{}]
+policy = "round_robin"
+retry = {{ enabled = false }}
+
+[outlier]
+success_rate = {{ stdev_factor = 1.9, request_volume = 50, minimum_hosts = 5 }}
+interval = "2s"
+"#,
+        list.join(", ")
+    );
+    let balancer = from_toml(&toml).unwrap().build().unwrap();
+    let requests = client(&balancer);
+    let bad = &urls[2];
+    let mut intervals = 0;
+    while !balancer.stats().endpoint(bad).unwrap().ejected {
+        assert!(intervals < 2, "not ejected within two intervals");
+        // 60 requests per backend: above request_volume.
+        let answers = send_many(&requests, 600, 16).await;
+        assert!(answers.iter().all(Result::is_ok), "every request answered");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        tokio::task::yield_now().await;
+        intervals += 1;
+    }
+    let stats = balancer.stats();
+    let entry = stats.endpoint(bad).unwrap();
+    assert_eq!(entry.ejected_by, Some(tower_lb::Detector::SuccessRate));
+    assert_eq!(stats.ejections.active, 1, "only the bad one: {stats:?}");
+    // Out: no request reaches it.
+    let before = received(&servers[2]).await;
+    let answers = send_many(&requests, 90, 16).await;
+    assert!(answers
+        .iter()
+        .all(|a| a.as_deref().is_ok_and(|name| name != "s2")));
+    assert_eq!(received(&servers[2]).await, before);
+    assert_settled(&balancer);
+    println!(
+        "config success rate: 30% 503s among 10 backends ejected after {intervals} interval(s)"
+    );
+}
+
 /// Attempts that reached `servers` (both answering 503) for 10 GETs
 /// through a balancer with `retry` in its config.
 async fn attempts(servers: &[Server], retry: &str) -> usize {
@@ -473,6 +554,7 @@ endpoints = ["http://127.0.0.1:1"]
 interval = "{max}"
 max_ejection = "{max}"
 base_ejection = "{max}"
+max_ejection_jitter = "{max}"
 [policy.least_response_time]
 decay = "{max}"
 default_rtt = "{max}"
@@ -520,6 +602,16 @@ fn json_value() -> impl Strategy<Value = serde_json::Value> {
         "failure_percentage",
         "percent",
         "min_requests",
+        "minimum_hosts",
+        "success_rate",
+        "stdev_factor",
+        "request_volume",
+        "enforcing",
+        "preset",
+        "split_local_origin_errors",
+        "consecutive_local_origin_failures",
+        "max_ejection_jitter",
+        "always_eject_one",
         "retry",
         "max_retries",
         "budget",
@@ -557,6 +649,7 @@ fn json_value() -> impl Strategy<Value = serde_json::Value> {
             "path",
             "ü",
             "weighted_round_robin",
+            "envoy",
         ])
         .prop_map(|s| json!(s)),
         "\\PC{0,8}".prop_map(Value::from),

@@ -13,10 +13,11 @@ use proptest::prelude::*;
 use support::*;
 use tower::ServiceExt;
 use tower_lb::{
-    Balancer, BalancerConfig, DiscoveryConfig, DnsConfig, EndpointConfig, Error, EtcdConfig,
-    FailurePercentageConfig, FallbackConfig, HashConfig, IpFamily, KeySourceConfig,
-    LeastTimeConfig, OutlierConfig, OutlierDetection, Policy, PolicyConfig, RequestKey, Retries,
-    RetryBudgetConfig, RetryConfig,
+    Balancer, BalancerConfig, Detector, DiscoveryConfig, DnsConfig, EndpointConfig,
+    EnforcingConfig, Error, EtcdConfig, FailurePercentage, FailurePercentageConfig, FallbackConfig,
+    HashConfig, IpFamily, KeySourceConfig, LeastTimeConfig, OutlierConfig, OutlierDetection,
+    OutlierPreset, Policy, PolicyConfig, RequestKey, Retries, RetryBudgetConfig, RetryConfig,
+    SuccessRate, SuccessRateConfig,
 };
 
 const EXAMPLE: &str = include_str!("../examples/tower-lb.toml");
@@ -61,11 +62,28 @@ fn example_outlier() -> OutlierDetection {
     OutlierDetection::default()
         .consecutive_failures(3)
         .consecutive_gateway_failures(2)
-        .failure_percentage(50, 20)
+        .split_local_origin_errors(true)
+        .consecutive_local_origin_failures(4)
+        .success_rate(
+            SuccessRate::default()
+                .stdev_factor(1.9)
+                .request_volume(100)
+                .minimum_hosts(5),
+        )
+        .failure_percentage_with(
+            FailurePercentage::default()
+                .threshold(50)
+                .request_volume(20)
+                .minimum_hosts(3),
+        )
+        .enforcing(Detector::SuccessRate, 100)
+        .enforcing(Detector::FailurePercentage, 50)
         .interval(Duration::from_secs(10))
         .base_ejection_time(Duration::from_secs(15))
         .max_ejection_time(Duration::from_secs(120))
+        .max_ejection_time_jitter(Duration::from_secs(1))
         .max_ejection_percent(34)
+        .always_eject_one(true)
         .panic_threshold(50)
 }
 
@@ -188,11 +206,17 @@ policy:
 outlier:
   consecutive_failures: 3
   consecutive_gateway_failures: 2
-  failure_percentage: { percent: 50, min_requests: 20 }
+  split_local_origin_errors: true
+  consecutive_local_origin_failures: 4
+  success_rate: { stdev_factor: 1.9, request_volume: 100, minimum_hosts: 5 }
+  failure_percentage: { percent: 50, min_requests: 20, minimum_hosts: 3 }
+  enforcing: { success_rate: 100, failure_percentage: 50 }
   interval: 10s
   base_ejection: 15s
   max_ejection: 2m
+  max_ejection_jitter: 1s
   max_ejection_percent: 34
+  always_eject_one: true
   panic_threshold: 50
 retry:
   idempotent_failures: true
@@ -216,9 +240,13 @@ retry:
         } },
         "outlier": {
             "consecutive_failures": 3, "consecutive_gateway_failures": 2,
-            "failure_percentage": { "percent": 50, "min_requests": 20 },
+            "split_local_origin_errors": true, "consecutive_local_origin_failures": 4,
+            "success_rate": { "stdev_factor": 1.9, "request_volume": 100, "minimum_hosts": 5 },
+            "failure_percentage": { "percent": 50, "min_requests": 20, "minimum_hosts": 3 },
+            "enforcing": { "success_rate": 100, "failure_percentage": 50 },
             "interval": "10s", "base_ejection": "15s", "max_ejection": "2m",
-            "max_ejection_percent": 34, "panic_threshold": 50
+            "max_ejection_jitter": "1s", "max_ejection_percent": 34,
+            "always_eject_one": true, "panic_threshold": 50
         },
         "retry": {
             "idempotent_failures": true, "max_retries": 2,
@@ -255,7 +283,31 @@ fn each_kind_of_mistake_names_its_field_and_reason() {
         ),
         (
             json!({ "outlier": { "base_ejection_time": "30s" } }),
-            "outlier.base_ejection_time: unknown field `base_ejection_time`, expected one of `enabled`, `consecutive_failures`, `consecutive_gateway_failures`, `failure_percentage`, `interval`, `base_ejection`, `max_ejection`, `max_ejection_percent`, `panic_threshold`, `gateway_statuses_only`",
+            "outlier.base_ejection_time: unknown field `base_ejection_time`, expected one of `enabled`, `preset`, `consecutive_failures`, `consecutive_gateway_failures`, `consecutive_local_origin_failures`, `split_local_origin_errors`, `success_rate`, `failure_percentage`, `enforcing`, `interval`, `base_ejection`, `max_ejection`, `max_ejection_jitter`, `max_ejection_percent`, `always_eject_one`, `panic_threshold`, `gateway_statuses_only`",
+        ),
+        (
+            json!({ "outlier": { "enforcing": { "consecutive_5xx": 50, "success_rates": 100 } } }),
+            "outlier.enforcing.success_rates: unknown field `success_rates`, expected one of `consecutive_5xx`, `consecutive_failures`, `consecutive_gateway_failure`, `consecutive_gateway_failures`, `consecutive_local_origin_failure`, `consecutive_local_origin_failures`, `success_rate`, `failure_percentage`, `local_origin_success_rate`, `success_rate_local_origin`, `failure_percentage_local_origin`, `local_origin_failure_percentage`",
+        ),
+        (
+            json!({ "outlier": { "preset": "istio" } }),
+            "outlier.preset: unknown variant `istio`, expected `envoy`",
+        ),
+        (
+            json!({ "outlier": { "success_rate": { "stdev_factor": 1.9, "min_requests": 20 } } }),
+            "outlier.success_rate.min_requests: unknown field `min_requests`, expected one of `stdev_factor`, `request_volume`, `minimum_hosts`",
+        ),
+        (
+            json!({ "outlier": { "failure_percentage": { "minimum_hosts": -1 } } }),
+            "outlier.failure_percentage.minimum_hosts: invalid value: integer `-1`, expected u32",
+        ),
+        (
+            json!({ "outlier": { "max_ejection_jitter": 1 } }),
+            r#"outlier.max_ejection_jitter: invalid type: integer `1`, expected a duration: a number and a unit, as "250ms", "30s" or "1m30s""#,
+        ),
+        (
+            json!({ "outlier": { "always_eject_one": "no" } }),
+            r#"outlier.always_eject_one: invalid type: string "no", expected a boolean"#,
         ),
         (
             json!({ "endpoints": [url, { "url": url, "wieght": 2 }] }),
@@ -317,6 +369,26 @@ fn each_kind_of_mistake_names_its_field_and_reason() {
         (
             json!({ "outlier": { "enabled": false, "consecutive_failures": 3 } }),
             "outlier.consecutive_failures: set while outlier detection is off (enabled = false)",
+        ),
+        (
+            json!({ "outlier": { "enabled": false, "success_rate": {} } }),
+            "outlier.success_rate: set while outlier detection is off (enabled = false)",
+        ),
+        (
+            json!({ "outlier": { "enabled": false, "preset": "envoy" } }),
+            "outlier.preset: set while outlier detection is off (enabled = false)",
+        ),
+        (
+            json!({ "outlier": { "success_rate": { "stdev_factor": -1 } } }),
+            "outlier.success_rate.stdev_factor: success_rate stdev_factor must be a finite number of standard deviations, 0 or more, not -1",
+        ),
+        (
+            json!({ "outlier": { "failure_percentage": { "minimum_hosts": 3, "percent": 101 } } }),
+            "outlier.failure_percentage.percent: failure_percentage must be 0 to 100 percent, not 101%",
+        ),
+        (
+            json!({ "outlier": { "preset": "envoy", "enforcing": { "failure_percentage": 150 } } }),
+            "outlier.enforcing.failure_percentage: enforcing failure_percentage must be 0 to 100 percent, not 150%",
         ),
         (
             json!({ "retry": { "budget": { "window": "2m" } } }),
@@ -522,6 +594,93 @@ async fn a_config_with_a_dns_name_follows_its_records() {
     assert!(send(&client(&balancer), "/").await.is_ok());
 }
 
+/// Each outlier setting is the builder call of its name: the detectors,
+/// the Envoy preset with settings on top, 0 for a streak detector off, and
+/// the failure-percentage form from before `minimum_hosts`.
+#[test]
+fn outlier_settings_are_the_builder_calls_of_their_names() {
+    let outlier = |toml: &str| {
+        let config = from_toml(&format!("[outlier]\n{toml}")).unwrap();
+        let detection = config.outlier.unwrap().to_outlier_detection().unwrap();
+        format!("{detection:?}")
+    };
+    let code = |detection: OutlierDetection| format!("{detection:?}");
+    let cases = [
+        (
+            "preset = \"envoy\"",
+            OutlierDetection::envoy(),
+        ),
+        (
+            "preset = \"envoy\"\nenforcing = { consecutive_gateway_failure = 100, failure_percentage = 100 }\nalways_eject_one = true",
+            OutlierDetection::envoy()
+                .enforcing(Detector::ConsecutiveGatewayFailures, 100)
+                .enforcing(Detector::FailurePercentage, 100)
+                .always_eject_one(true),
+        ),
+        (
+            "preset = \"envoy\"\nsuccess_rate = { minimum_hosts = 3 }",
+            OutlierDetection::envoy().success_rate(SuccessRate::default().minimum_hosts(3)),
+        ),
+        (
+            "success_rate = {}",
+            OutlierDetection::default().success_rate(SuccessRate::default()),
+        ),
+        (
+            "success_rate = { stdev_factor = 1.0, request_volume = 20, minimum_hosts = 4 }",
+            OutlierDetection::default().success_rate(
+                SuccessRate::default()
+                    .stdev_factor(1.0)
+                    .request_volume(20)
+                    .minimum_hosts(4),
+            ),
+        ),
+        (
+            "failure_percentage = { percent = 50, min_requests = 20 }",
+            OutlierDetection::default().failure_percentage(50, 20),
+        ),
+        (
+            "failure_percentage = { minimum_hosts = 3 }",
+            OutlierDetection::default()
+                .failure_percentage_with(FailurePercentage::default().minimum_hosts(3)),
+        ),
+        (
+            "split_local_origin_errors = true\nconsecutive_local_origin_failures = 2",
+            OutlierDetection::default()
+                .split_local_origin_errors(true)
+                .consecutive_local_origin_failures(2),
+        ),
+        (
+            "max_ejection_jitter = \"1s 500ms\"\nalways_eject_one = false",
+            OutlierDetection::default()
+                .max_ejection_time_jitter(Duration::from_millis(1_500))
+                .always_eject_one(false),
+        ),
+        (
+            "enforcing = { consecutive_5xx = 25, local_origin_failure_percentage = 0 }",
+            OutlierDetection::default()
+                .enforcing(Detector::ConsecutiveFailures, 25)
+                .enforcing(Detector::LocalOriginFailurePercentage, 0),
+        ),
+    ];
+    for (toml, detection) in cases {
+        assert_eq!(outlier(toml), code(detection), "{toml}");
+    }
+    // 0 turns a streak detector off: the preset's gateway streak, and all
+    // three at once, leave only what was on besides.
+    let off = outlier(
+        "preset = \"envoy\"\nconsecutive_failures = 0\nconsecutive_gateway_failures = 0\nconsecutive_local_origin_failures = 0",
+    );
+    assert!(
+        off.starts_with("OutlierDetection { consecutive_failures: None, consecutive_gateway_failures: None, consecutive_local_origin_failures: None,"),
+        "{off}"
+    );
+    assert_eq!(
+        off.replace("None", "Some(5)"),
+        code(OutlierDetection::envoy()),
+        "nothing else changed"
+    );
+}
+
 /// The case the round-trip property first found: serde_json reads this
 /// one bit off without its `float_roundtrip` feature (on here).
 #[test]
@@ -638,33 +797,113 @@ fn endpoint() -> impl Strategy<Value = EndpointConfig> {
         })
 }
 
+/// Small counts, 0 (a detector off) included, as often as any `u32`.
+fn count() -> impl Strategy<Value = u32> {
+    prop_oneof![0u32..10, any::<u32>()]
+}
+
+fn success_rate() -> impl Strategy<Value = SuccessRateConfig> {
+    (some(-1.0f64..5.0), some(count()), some(count())).prop_map(|(factor, volume, hosts)| {
+        let mut settings = SuccessRateConfig::default();
+        (
+            settings.stdev_factor,
+            settings.request_volume,
+            settings.minimum_hosts,
+        ) = (factor, volume, hosts);
+        settings
+    })
+}
+
+fn failure_percentage() -> impl Strategy<Value = FailurePercentageConfig> {
+    (some(number()), some(count()), some(count())).prop_map(|(percent, requests, hosts)| {
+        let mut settings = FailurePercentageConfig::default();
+        (
+            settings.percent,
+            settings.min_requests,
+            settings.minimum_hosts,
+        ) = (percent, requests, hosts);
+        settings
+    })
+}
+
+fn enforcing() -> impl Strategy<Value = EnforcingConfig> {
+    proptest::collection::vec(some(-10.0f64..110.0), 7).prop_map(|percents| {
+        let mut enforcing = EnforcingConfig::default();
+        for (slot, percent) in [
+            &mut enforcing.consecutive_failures,
+            &mut enforcing.consecutive_gateway_failures,
+            &mut enforcing.consecutive_local_origin_failures,
+            &mut enforcing.success_rate,
+            &mut enforcing.failure_percentage,
+            &mut enforcing.local_origin_success_rate,
+            &mut enforcing.local_origin_failure_percentage,
+        ]
+        .into_iter()
+        .zip(percents)
+        {
+            *slot = percent;
+        }
+        enforcing
+    })
+}
+
 fn outlier() -> impl Strategy<Value = OutlierConfig> {
     (
-        (some(any::<bool>()), some(any::<u32>()), some(any::<u32>())),
-        some((number(), any::<u32>()).prop_map(|(p, n)| FailurePercentageConfig::new(p, n))),
-        (some(duration()), some(duration()), some(duration())),
-        (some(number()), some(number()), some(any::<bool>())),
+        (
+            some(any::<bool>()),
+            some(Just(OutlierPreset::Envoy)),
+            some(count()),
+            some(count()),
+            some(count()),
+            some(any::<bool>()),
+        ),
+        (
+            some(success_rate()),
+            some(failure_percentage()),
+            some(enforcing()),
+        ),
+        (
+            some(duration()),
+            some(duration()),
+            some(duration()),
+            some(duration()),
+        ),
+        (
+            some(number()),
+            some(any::<bool>()),
+            some(number()),
+            some(any::<bool>()),
+        ),
     )
-        .prop_map(
-            |((enabled, consecutive, gateway), percentage, times, rest)| {
-                let mut outlier = OutlierConfig::default();
-                outlier.enabled = enabled;
-                outlier.consecutive_failures = consecutive;
-                outlier.consecutive_gateway_failures = gateway;
-                outlier.failure_percentage = percentage;
-                (
-                    outlier.interval,
-                    outlier.base_ejection,
-                    outlier.max_ejection,
-                ) = times;
-                (
-                    outlier.max_ejection_percent,
-                    outlier.panic_threshold,
-                    outlier.gateway_statuses_only,
-                ) = rest;
-                outlier
-            },
-        )
+        .prop_map(|(streaks, statistics, times, rest)| {
+            let mut outlier = OutlierConfig::default();
+            (
+                outlier.enabled,
+                outlier.preset,
+                outlier.consecutive_failures,
+                outlier.consecutive_gateway_failures,
+                outlier.consecutive_local_origin_failures,
+                outlier.split_local_origin_errors,
+            ) = streaks;
+            (
+                outlier.success_rate,
+                outlier.failure_percentage,
+                outlier.enforcing,
+            ) = statistics;
+            (
+                outlier.interval,
+                outlier.base_ejection,
+                outlier.max_ejection,
+                outlier.max_ejection_jitter,
+            ) = times;
+            (
+                outlier.max_ejection_percent,
+                outlier.always_eject_one,
+                outlier.panic_threshold,
+                outlier.gateway_statuses_only,
+            ) = rest;
+            outlier
+        })
 }
 
 fn retry() -> impl Strategy<Value = RetryConfig> {

@@ -43,7 +43,9 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 pub use discovery::{DiscoveryConfig, DnsConfig, EtcdConfig, IpFamily};
 pub use endpoint::EndpointConfig;
-pub use outlier::{FailurePercentageConfig, OutlierConfig};
+pub use outlier::{
+    EnforcingConfig, FailurePercentageConfig, OutlierConfig, OutlierPreset, SuccessRateConfig,
+};
 pub use policy::{FallbackConfig, HashConfig, KeySourceConfig, LeastTimeConfig, PolicyConfig};
 pub use retry::{RetryBudgetConfig, RetryConfig};
 

@@ -392,6 +392,23 @@ impl OutlierDetection {
         self
     }
 
+    /// Turns one streak detector off: the configuration's `0` (in code, a
+    /// detector is off until set, or stops ejecting with
+    /// [`enforcing`](Self::enforcing) at 0). The statistical detectors are
+    /// left as they are.
+    #[cfg(feature = "serde")]
+    pub(crate) fn without_streak(mut self, detector: Detector) -> Self {
+        match detector {
+            Detector::ConsecutiveFailures => self.consecutive_failures = None,
+            Detector::ConsecutiveGatewayFailures => self.consecutive_gateway_failures = None,
+            Detector::ConsecutiveLocalOriginFailures => {
+                self.consecutive_local_origin_failures = None
+            }
+            _ => {}
+        }
+        self
+    }
+
     /// Whether a response with `status` counts as a failure.
     pub(crate) fn is_failure_status(&self, status: StatusCode) -> bool {
         match &self.failure_status {
