@@ -40,16 +40,16 @@ use echo::echo_server::{Echo, EchoServer};
 use echo::{EchoReply, EchoRequest};
 
 /// How a test server answers unary calls: its `Code` as a number.
-const ANSWER_OK: u8 = 0;
+pub(crate) const ANSWER_OK: u8 = 0;
 
 /// A tonic Echo server on 127.0.0.1 that answers with its name, or with
 /// the status code it is told to (switchable while it runs). Its streams
 /// send one reply at once and each further one when a permit is added to
 /// `stream_gate`. Stops when dropped.
-struct EchoBackend {
-    url: String,
-    answer: Arc<AtomicU8>,
-    stream_gate: Arc<Semaphore>,
+pub(crate) struct EchoBackend {
+    pub(crate) url: String,
+    pub(crate) answer: Arc<AtomicU8>,
+    pub(crate) stream_gate: Arc<Semaphore>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -107,7 +107,7 @@ impl Echo for EchoService {
     }
 }
 
-async fn echo_backend() -> EchoBackend {
+pub(crate) async fn echo_backend() -> EchoBackend {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let answer = Arc::new(AtomicU8::new(ANSWER_OK));
@@ -131,7 +131,7 @@ async fn echo_backend() -> EchoBackend {
     }
 }
 
-fn request(message: &str) -> EchoRequest {
+pub(crate) fn request(message: &str) -> EchoRequest {
     EchoRequest {
         message: message.to_owned(),
         count: 1,
@@ -140,7 +140,7 @@ fn request(message: &str) -> EchoRequest {
 
 /// Calls `unary` `n` times in a row; how many answers each server gave,
 /// and the errors' codes.
-async fn call_unary(
+pub(crate) async fn call_unary(
     client: &mut EchoClient<BalancedChannel>,
     n: usize,
 ) -> (HashMap<String, usize>, Vec<Code>) {
@@ -434,7 +434,7 @@ async fn no_endpoint_is_unavailable_and_an_endpoint_with_a_path_is_refused() {
 
 /// An HTTP/2 server on 127.0.0.1 that is not gRPC: it answers every
 /// request with `answer`'s response. Stops with the test's runtime.
-async fn h2_backend<F>(answer: F) -> String
+pub(crate) async fn h2_backend<F>(answer: F) -> String
 where
     F: Fn() -> http::Response<Full<Bytes>> + Clone + Send + Sync + 'static,
 {
@@ -528,29 +528,29 @@ async fn answers_that_are_not_grpc_have_their_documented_outcome_and_leave_nothi
 /// ([`KillableBackend::drain`]): hyper's graceful shutdown, whose calls
 /// in flight finish. Counts its open connections and the unary calls it
 /// answered.
-struct KillableBackend {
-    url: String,
+pub(crate) struct KillableBackend {
+    pub(crate) url: String,
     addr: std::net::SocketAddr,
-    open_connections: Arc<AtomicUsize>,
+    pub(crate) open_connections: Arc<AtomicUsize>,
     /// Bumped for a GOAWAY: a connection accepted before shuts down
     /// gracefully.
     goaways: tokio::sync::watch::Sender<u32>,
     /// Set to stop listening.
     stop_listening: tokio::sync::watch::Sender<bool>,
-    answered: Arc<AtomicUsize>,
+    pub(crate) answered: Arc<AtomicUsize>,
     /// Unary calls wait, while this is set, for a permit that never comes.
     gated: Arc<std::sync::atomic::AtomicBool>,
     /// Unary calls that entered the handler.
-    received: Arc<AtomicUsize>,
+    pub(crate) received: Arc<AtomicUsize>,
     /// Streams send one reply at once and each further one for a permit.
-    stream_gate: Arc<Semaphore>,
+    pub(crate) stream_gate: Arc<Semaphore>,
     /// How long unary calls take, in ms (0 at first).
-    delay_ms: Arc<AtomicUsize>,
+    pub(crate) delay_ms: Arc<AtomicUsize>,
     task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl KillableBackend {
-    async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         Self::start_at("127.0.0.1:0".parse().unwrap()).await
     }
 
@@ -645,14 +645,14 @@ impl KillableBackend {
     /// Drains the server: it stops listening (the port refuses
     /// connections) and sends a graceful GOAWAY on every open connection;
     /// the calls open finish.
-    fn drain(&self) {
+    pub(crate) fn drain(&self) {
         self.stop_listening.send_replace(true);
         self.goaway();
     }
 
     /// Kills the server: every connection closes at once and the port
     /// refuses connections.
-    async fn kill(&self) {
+    pub(crate) async fn kill(&self) {
         let task = self.task.lock().unwrap().take();
         if let Some(task) = task {
             task.abort();
@@ -744,7 +744,7 @@ impl Echo for KillableService {
 }
 
 /// Waits until `done` holds, polling; panics with `what` after 10 s.
-async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+pub(crate) async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !done() {
         assert!(tokio::time::Instant::now() < deadline, "never: {what}");
@@ -754,7 +754,7 @@ async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
 
 /// Sends `total` unary calls, `concurrency` at a time, through `client`;
 /// calls `at_half` once half of them are answered. Returns the errors.
-async fn burst<F, Fut>(
+pub(crate) async fn burst<F, Fut>(
     client: &EchoClient<BalancedChannel>,
     total: usize,
     concurrency: usize,
@@ -1087,7 +1087,7 @@ async fn a_session_key_in_the_tonic_requests_extensions_picks_the_endpoint() {
 /// was not processed), written as raw HTTP/2 frames so that the GOAWAY
 /// surely comes after the stream was sent. Returns its URL; it stops with
 /// the test's runtime.
-async fn goaway_backend() -> String {
+pub(crate) async fn goaway_backend() -> String {
     goaway_backend_after(Duration::ZERO).await
 }
 
@@ -1395,7 +1395,7 @@ async fn a_server_started_again_on_its_port_gets_calls_once_readmitted() {
 /// A tonic Echo server on 127.0.0.1 that records the `grpc-timeout` of
 /// each call it gets (`None` for a call without one). Stops with the
 /// test's runtime.
-async fn timeout_recording_backend() -> (String, Arc<std::sync::Mutex<Vec<Option<String>>>>) {
+pub(crate) async fn timeout_recording_backend() -> (String, Arc<std::sync::Mutex<Vec<Option<String>>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -1431,7 +1431,7 @@ async fn timeout_recording_backend() -> (String, Arc<std::sync::Mutex<Vec<Option
 
 /// A `grpc-timeout` value in the format the balancer and tonic write:
 /// digits, then one of `m`, `u`, `n`.
-fn grpc_timeout(value: &str) -> Duration {
+pub(crate) fn grpc_timeout(value: &str) -> Duration {
     let (digits, unit) = value.split_at(value.len() - 1);
     let n: u64 = digits.parse().unwrap();
     match unit {

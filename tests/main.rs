@@ -14,6 +14,7 @@ mod support;
 mod acceptance;
 mod acceptance_config;
 mod acceptance_discovery;
+mod acceptance_grpc;
 mod accounting;
 mod affinity;
 mod bounded_loads;
