@@ -245,14 +245,16 @@ async fn more_answers_that_are_not_grpc_are_other_errors_and_leave_nothing_in_fl
         let mut client = EchoClient::new(balancer.grpc().unwrap());
         let result = client.unary(request("x")).await;
         let stats = stats_of(&balancer, &url);
+        assert!(result.is_err(), "{name}: {result:?}");
         assert_eq!(stats.failures.other, 1, "{name}: {result:?} {stats:?}");
         assert_eq!((stats.in_flight, stats.requests), (0, 1), "{name}");
     }
 }
 
-/// "an HTTP 503 from a proxy": a plain hyper server speaking HTTP/1.1
-/// (most proxies' error pages), answering 503 to anything. The caller gets
-/// a status naming the endpoint, nothing panics, nothing stays in flight.
+/// "an HTTP 503 from a proxy": a plain hyper server speaking HTTP/1.1 only
+/// (most proxies' error pages), answering 503 to anything. tonic speaks
+/// HTTP/2 only, so the connection breaks: the caller gets a status naming
+/// the endpoint, nothing panics, nothing stays in flight.
 #[tokio::test]
 async fn an_http1_proxy_answering_503_fails_the_call_naming_the_endpoint_and_leaves_nothing_in_flight(
 ) {
@@ -287,10 +289,13 @@ async fn an_http1_proxy_answering_503_fails_the_call_naming_the_endpoint_and_lea
         .await
         .expect("the call ends")
         .unwrap_err();
-    assert!(status.message().contains(&url), "{status:?}");
     let stats = stats_of(&balancer, &url);
+    assert!(status.message().contains(&url), "{status:?}");
     assert_eq!((stats.in_flight, stats.requests), (0, 1), "{stats:?}");
-    assert_eq!(stats.failures.total(), 1, "{stats:?}");
+    // As docs/grpc.md says: the connection breaks under the call (closed,
+    // UNKNOWN, `MayHaveBeenProcessed`), charged to the endpoint.
+    assert_eq!(status.code(), Code::Unknown, "{status:?}");
+    assert_eq!(stats.failures.closed, 1, "{stats:?}");
 }
 
 /// "an endpoint URL with a path → a typed error"; one with only a slash
@@ -390,6 +395,35 @@ async fn a_unary_body_at_the_request_buffer_is_retried_and_one_byte_over_is_sent
             u64::from(retried),
             "limit {limit}"
         );
+        nothing_in_flight(&balancer);
+    }
+
+    // The default, 64 KiB: a body of exactly 65,536 bytes is kept.
+    let mut message = EchoRequest {
+        message: String::new(),
+        count: 1,
+    };
+    while framed_len(&message) < tower_lb::REQUEST_BUFFER {
+        message.message.push('m');
+    }
+    assert_eq!(framed_len(&message), tower_lb::REQUEST_BUFFER);
+    for (message, retried) in [(message.clone(), true), {
+        let mut over = message;
+        over.message.push('m');
+        (over, false)
+    }] {
+        let balancer = Balancer::builder()
+            .endpoint(&refusing.url)
+            .endpoint(&good.url)
+            .policy(Policy::round_robin())
+            .outlier_detection(OutlierDetection::disabled())
+            .build()
+            .unwrap();
+        let answer = EchoClient::new(balancer.grpc().unwrap())
+            .unary(message.clone())
+            .await;
+        let size = framed_len(&message);
+        assert_eq!(answer.is_ok(), retried, "default limit, body {size}");
         nothing_in_flight(&balancer);
     }
 }
@@ -519,4 +553,86 @@ async fn grpc_with_an_endpoint_timeout_ends_slow_calls_as_timeouts() {
         slow.received.load(Ordering::SeqCst) == 1
     })
     .await;
+}
+
+/// docs/grpc.md, "Errors": a status the server sent reaches the caller
+/// as the server wrote it (its code and message; no source of the
+/// balancer's: the endpoint answered, nothing failed on the way), while a
+/// failure on the way names the endpoint and has the balancer's error as
+/// its source. The answer's endpoint is not in a server's status.
+#[tokio::test]
+async fn a_status_the_server_sent_is_passed_on_as_it_is_and_a_transport_failure_names_the_endpoint(
+) {
+    let bad = echo_backend().await;
+    bad.answer.store(Code::Unavailable as u8, Ordering::Relaxed);
+    let balancer = Balancer::builder().endpoint(&bad.url).build().unwrap();
+    let status = EchoClient::new(balancer.grpc().unwrap())
+        .unary(request("x"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    // The test server's own message (which happens to hold its URL).
+    assert_eq!(status.message(), format!("{} answers Unavailable", bad.url));
+    assert!(std::error::Error::source(&status).is_none(), "{status:?}");
+
+    let refusing = RefusingPort::new();
+    let balancer = Balancer::builder().endpoint(&refusing.url).build().unwrap();
+    let status = EchoClient::new(balancer.grpc().unwrap())
+        .unary(request("x"))
+        .await
+        .unwrap_err();
+    assert!(status.message().contains(&refusing.url), "{status:?}");
+    let source = std::error::Error::source(&status).unwrap();
+    assert!(source.downcast_ref::<Error>().is_some(), "{source:?}");
+}
+
+/// README: a unary call's body is kept so it can be sent again. A
+/// server-streaming call's request is one message too, ready at once: it
+/// is kept as well, and a refused connection sends it to another endpoint.
+#[tokio::test]
+async fn a_server_streaming_call_refused_by_one_endpoint_goes_to_another() {
+    let refusing = RefusingPort::new();
+    let good = echo_backend().await;
+    let balancer = Balancer::builder()
+        .endpoint(&refusing.url)
+        .endpoint(&good.url)
+        .policy(Policy::round_robin())
+        .build()
+        .unwrap();
+    let one = EchoRequest {
+        message: String::new(),
+        count: 1,
+    };
+    let mut stream = EchoClient::new(balancer.grpc().unwrap())
+        .stream(one)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stream.message().await.unwrap().unwrap().server, good.url);
+    assert!(stream.message().await.unwrap().is_none());
+    assert_eq!(stats_of(&balancer, &refusing.url).failures.connect, 1);
+    nothing_in_flight(&balancer);
+}
+
+/// A call made outside a tokio runtime (`futures::executor::block_on`)
+/// fails with UNAVAILABLE, `Error::NoRuntime` as its source and a message
+/// that says what is wrong with the call; nothing panics.
+#[test]
+fn a_call_outside_a_tokio_runtime_is_unavailable_with_a_message_about_the_runtime() {
+    let balancer = Balancer::builder()
+        .endpoint("http://127.0.0.1:1")
+        .build()
+        .unwrap();
+    let mut client = EchoClient::new(balancer.grpc().unwrap());
+    let status = futures::executor::block_on(client.unary(request("x"))).unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    let source = std::error::Error::source(&status).unwrap();
+    assert!(matches!(
+        source.downcast_ref::<Error>(),
+        Some(Error::NoRuntime)
+    ));
+    assert!(
+        status.message().contains("tokio runtime") && !status.message().contains("discover"),
+        "{status:?}"
+    );
 }
