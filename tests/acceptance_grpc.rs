@@ -59,7 +59,9 @@ async fn a_generated_client_over_grpc_is_nameable_clone_send_sync_and_works_from
         let app = app.clone();
         tokio::spawn(async move {
             let mut echo = app.echo.clone();
-            echo.unary(request(&i.to_string())).await.map(|r| r.into_inner())
+            echo.unary(request(&i.to_string()))
+                .await
+                .map(|r| r.into_inner())
         })
     });
     for call in futures::future::join_all(calls).await {
@@ -180,10 +182,15 @@ async fn every_grpc_status_is_counted_charged_and_retried_as_the_outcome_table_s
             let retried = marked && (code == 14 || (code == 4 && idempotent_failures));
             let case = format!("code {code}, marked {marked}, idempotent {idempotent_failures}");
             match &answer {
-                Ok(reply) => assert!(
-                    retried && reply.get_ref().server == good.url,
-                    "{case}: {reply:?}"
-                ),
+                Ok(reply) => {
+                    assert!(
+                        retried && reply.get_ref().server == good.url,
+                        "{case}: {reply:?}"
+                    );
+                    // The answer names the endpoint that gave it.
+                    let served_by = reply.extensions().get::<tower_lb::ServedBy>().unwrap();
+                    assert_eq!(served_by.url(), good.url, "{case}");
+                }
                 Err(status) => {
                     assert!(!retried, "{case}: {status:?}");
                     assert_eq!(status.code(), expected, "{case}: {status:?}");
@@ -389,7 +396,11 @@ async fn a_unary_body_at_the_request_buffer_is_retried_and_one_byte_over_is_sent
             .grpc_options(GrpcOptions::new().request_buffer(limit))
             .unwrap();
         let answer = EchoClient::new(channel).unary(message.clone()).await;
-        assert_eq!(answer.is_ok(), retried, "limit {limit}, body {size}: {answer:?}");
+        assert_eq!(
+            answer.is_ok(),
+            retried,
+            "limit {limit}, body {size}: {answer:?}"
+        );
         assert_eq!(
             stats_of(&balancer, &good.url).requests,
             u64::from(retried),
@@ -541,11 +552,18 @@ async fn grpc_with_an_endpoint_timeout_ends_slow_calls_as_timeouts() {
         .unary(request("x"))
         .await
         .unwrap_err();
-    assert!(started.elapsed() < Duration::from_millis(1_500), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_millis(1_500),
+        "{status:?}"
+    );
     assert!(status.message().contains(&slow.url), "{status:?}");
     let stats = stats_of(&balancer, &slow.url);
     assert_eq!(
-        (stats.failures.timeout, stats.failures.total(), stats.in_flight),
+        (
+            stats.failures.timeout,
+            stats.failures.total(),
+            stats.in_flight
+        ),
         (1, 1, 0),
         "{status:?} {stats:?}"
     );
@@ -561,8 +579,8 @@ async fn grpc_with_an_endpoint_timeout_ends_slow_calls_as_timeouts() {
 /// failure on the way names the endpoint and has the balancer's error as
 /// its source. The answer's endpoint is not in a server's status.
 #[tokio::test]
-async fn a_status_the_server_sent_is_passed_on_as_it_is_and_a_transport_failure_names_the_endpoint(
-) {
+async fn a_status_the_server_sent_is_passed_on_as_it_is_and_a_transport_failure_names_the_endpoint()
+{
     let bad = echo_backend().await;
     bad.answer.store(Code::Unavailable as u8, Ordering::Relaxed);
     let balancer = Balancer::builder().endpoint(&bad.url).build().unwrap();
@@ -634,5 +652,32 @@ fn a_call_outside_a_tokio_runtime_is_unavailable_with_a_message_about_the_runtim
     assert!(
         status.message().contains("tokio runtime") && !status.message().contains("discover"),
         "{status:?}"
+    );
+}
+
+/// "A body dropped before its end counts as cancelled, charged to no
+/// endpoint; so does a call whose future is dropped": a unary call the
+/// server holds, dropped by the caller (a timeout of its own).
+#[tokio::test]
+async fn a_unary_call_dropped_while_the_server_holds_it_is_cancelled_and_charged_to_none() {
+    let server = KillableBackend::start().await;
+    server.gated.store(true, Ordering::SeqCst);
+    let balancer = Balancer::builder().endpoint(&server.url).build().unwrap();
+    let mut client = EchoClient::new(balancer.grpc().unwrap());
+    // Boxed, so that dropping it drops the call.
+    let mut call = Box::pin(client.unary(request("x")));
+    tokio::select! {
+        _ = call.as_mut() => panic!("the server holds the call"),
+        () = eventually("the server got the call", || {
+            server.received.load(Ordering::SeqCst) == 1
+        }) => {}
+    }
+    assert_eq!(stats_of(&balancer, &server.url).in_flight, 1);
+    drop(call);
+    let stats = stats_of(&balancer, &server.url);
+    assert_eq!(
+        (stats.in_flight, stats.cancelled, stats.failures.total()),
+        (0, 1, 0),
+        "{stats:?}"
     );
 }

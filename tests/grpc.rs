@@ -539,7 +539,7 @@ pub(crate) struct KillableBackend {
     stop_listening: tokio::sync::watch::Sender<bool>,
     pub(crate) answered: Arc<AtomicUsize>,
     /// Unary calls wait, while this is set, for a permit that never comes.
-    gated: Arc<std::sync::atomic::AtomicBool>,
+    pub(crate) gated: Arc<std::sync::atomic::AtomicBool>,
     /// Unary calls that entered the handler.
     pub(crate) received: Arc<AtomicUsize>,
     /// Streams send one reply at once and each further one for a permit.
@@ -1395,7 +1395,8 @@ async fn a_server_started_again_on_its_port_gets_calls_once_readmitted() {
 /// A tonic Echo server on 127.0.0.1 that records the `grpc-timeout` of
 /// each call it gets (`None` for a call without one). Stops with the
 /// test's runtime.
-pub(crate) async fn timeout_recording_backend() -> (String, Arc<std::sync::Mutex<Vec<Option<String>>>>) {
+pub(crate) async fn timeout_recording_backend(
+) -> (String, Arc<std::sync::Mutex<Vec<Option<String>>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
