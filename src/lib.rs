@@ -63,6 +63,7 @@ mod error;
 #[cfg(feature = "tonic")]
 mod grpc;
 mod health;
+mod hedge;
 mod lanes;
 mod layer;
 mod membership;
@@ -101,8 +102,8 @@ pub use discovery::DnsSource;
 pub use discovery::EtcdSource;
 pub use discovery::{Discovery, EndpointSource, RefreshHints};
 pub use endpoint::{
-    DiscoveryStats, Endpoint, EndpointStats, FailureCounts, IntoEndpoint, Labels, ServedBy, Stats,
-    MAX_WEIGHT,
+    DiscoveryStats, Endpoint, EndpointStats, ExtraAttempts, FailureCounts, IntoEndpoint, Labels,
+    ServedBy, Stats, MAX_WEIGHT,
 };
 pub use error::{BoxError, Error, NotReadyReason};
 /// The etcd client [`EtcdSource`] uses, for its
@@ -115,6 +116,7 @@ pub use grpc::{
     KEEP_ALIVE_INTERVAL, KEEP_ALIVE_TIMEOUT, REQUEST_BUFFER,
 };
 pub use health::{HealthEvent, OutlierDetection, Retries, Retryable};
+pub use hedge::{Hedge, Hedging};
 pub use layer::BalanceLayer;
 pub use per_endpoint::PerEndpointService;
 pub use percent::Percent;

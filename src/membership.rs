@@ -160,6 +160,7 @@ impl Snapshot {
                 .in_panic_at(self.counters.clock.now_ms()),
             health_events_dropped: self.counters.health.events_dropped(),
             discovery: None,
+            extra: Default::default(),
         }
     }
 }

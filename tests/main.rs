@@ -27,6 +27,7 @@ mod grpc;
 mod hash_quality;
 mod health;
 mod health_scenarios;
+mod hedging;
 mod hostile_targets;
 mod inflight_crash;
 mod learned_affinity;

@@ -38,6 +38,7 @@ use std::time::Duration;
 use http::StatusCode;
 
 pub(crate) use book::HealthShared;
+pub(crate) use budget::Extra;
 pub(crate) use detector::EndpointHealth;
 pub(crate) use retry::{safe_to_send_twice, Retrying};
 pub use retry::{Retries, Retryable};

@@ -166,9 +166,14 @@ impl Retries {
         Err(Error::InvalidPolicy { reason })
     }
 
-    /// The live retry state, `None` when retries are off.
-    pub(crate) fn start(self, clock: Clock) -> Option<Arc<Retrying>> {
-        self.enabled().then(|| {
+    /// The live retry state and budget, `None` when retries are off and
+    /// requests are not `hedged` (hedges draw on the same budget; without
+    /// retries, the policy kept allows none).
+    pub(crate) fn start(mut self, clock: Clock, hedged: bool) -> Option<Arc<Retrying>> {
+        if !self.enabled() {
+            self.max_retries = 0;
+        }
+        (self.max_retries > 0 || hedged).then(|| {
             Arc::new(Retrying {
                 budget: RetryBudget::new(
                     clock,
