@@ -27,7 +27,10 @@ use crate::Error;
 ///   ([`Retries::idempotent_failures`]), for requests safe to send twice.
 ///
 /// Retries draw on a budget: 20% of the requests of the last 10 s plus 10 a
-/// second, so retries cannot multiply an outage.
+/// second, so retries cannot multiply an outage. Hedges (see
+/// [`Hedging`](crate::Hedging)) draw on the same budget, so a fleet that
+/// slows down is not flooded by both; [`Stats::extra`](crate::Stats::extra)
+/// counts the grants and refusals of each kind.
 ///
 /// A request is retried only if it can be sent twice: a `reqwest::Request`
 /// whose body is in memory (`try_clone`), or an `http::Request` whose body

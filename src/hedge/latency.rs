@@ -109,7 +109,11 @@ impl Latencies {
         if let Some(count) = slot.counts.get(bucket(micros)) {
             count.fetch_add(1, Ordering::Relaxed);
         }
-        if self.records.fetch_add(1, Ordering::Relaxed) % REFRESH_EVERY == 0 {
+        if self
+            .records
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(REFRESH_EVERY)
+        {
             self.refresh(period);
         }
     }
