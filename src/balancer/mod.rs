@@ -140,7 +140,6 @@ impl std::fmt::Debug for Balancer {
             .field("taking_requests", &snapshot.takers())
             .field("policy", &self.shared.policy)
             .field("retries", &self.shared.retrying.is_some())
-            .field("hedging", &self.shared.hedger.is_some())
             .finish_non_exhaustive()
     }
 }
