@@ -63,6 +63,7 @@ mod error;
 #[cfg(feature = "tonic")]
 mod grpc;
 mod health;
+mod hedge;
 mod lanes;
 mod layer;
 mod membership;
@@ -102,8 +103,8 @@ pub use discovery::DnsSource;
 pub use discovery::EtcdSource;
 pub use discovery::{Discovery, EndpointSource, RefreshHints};
 pub use endpoint::{
-    DiscoveryStats, Endpoint, EndpointStats, FailureCounts, IntoEndpoint, Labels, ServedBy, Stats,
-    MAX_WEIGHT,
+    DiscoveryStats, Endpoint, EndpointStats, ExtraAttempts, FailureCounts, IntoEndpoint, Labels,
+    ServedBy, Stats, MAX_WEIGHT,
 };
 pub use error::{BoxError, Error, NotReadyReason};
 /// The etcd client [`EtcdSource`] uses, for its
@@ -119,6 +120,7 @@ pub use health::{
     Detector, EjectionStats, FailurePercentage, HealthEvent, OutlierDetection, Retries, Retryable,
     SuccessRate,
 };
+pub use hedge::{Hedge, Hedging};
 pub use layer::BalanceLayer;
 pub use per_endpoint::PerEndpointService;
 pub use percent::Percent;

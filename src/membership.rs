@@ -171,6 +171,7 @@ impl Snapshot {
                 .health
                 .ejection_stats(self.counters.clock.now_ms()),
             discovery: None,
+            extra: Default::default(),
         }
     }
 }

@@ -84,7 +84,7 @@ where
     }
 
     fn call(&mut self, mut request: R) -> Self::Future {
-        let mut trip = Trip::new(&self.balancer);
+        let mut trip = Trip::new(&self.balancer).with_hedging();
         match trip.start(&self.balancer, &mut request, None, true) {
             Ok(attempt) => {
                 let balancer = trip

@@ -30,6 +30,7 @@ mod hash_quality;
 mod health;
 mod health_scenarios;
 mod health_statistics;
+mod hedging;
 mod hostile_targets;
 mod inflight_crash;
 mod learned_affinity;

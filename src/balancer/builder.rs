@@ -9,6 +9,7 @@ use crate::affinity::LearnedHomes;
 use crate::clock::Clock;
 use crate::endpoint::{Counters, Endpoint, EndpointUrl, Labels, Member};
 use crate::health::{HealthShared, OutlierDetection, Retries};
+use crate::hedge::Hedging;
 use crate::membership::Snapshot;
 use crate::policy::Policy;
 use crate::random::SharedRng;
@@ -28,6 +29,7 @@ pub struct BalancerBuilder {
     policy: Policy,
     outlier_detection: OutlierDetection,
     retry: Retries,
+    hedge: Option<Hedging>,
     seed: Option<u64>,
     error: Option<Error>,
 }
@@ -99,6 +101,28 @@ impl BalancerBuilder {
         self
     }
 
+    /// Hedges slow requests: a request safe to send twice that has had no
+    /// answer after a delay is sent to another endpoint too, and the first
+    /// answer wins (see [`Hedging`]). Off by default. Hedges draw on the
+    /// retry budget set with [`Retries::budget`], shared with retries
+    /// (kept even when retries are [`Retries::disabled`]).
+    ///
+    /// ```
+    /// use tower_lb::{Balancer, Hedging};
+    ///
+    /// let balancer = Balancer::builder()
+    ///     .endpoint("http://127.0.0.1:8081")
+    ///     .endpoint("http://127.0.0.1:8082")
+    ///     .hedge(Hedging::default().max_attempts(3))
+    ///     .build()?;
+    /// assert_eq!(balancer.stats().extra.hedges, 0);
+    /// # Ok::<(), tower_lb::Error>(())
+    /// ```
+    pub fn hedge(mut self, hedging: Hedging) -> Self {
+        self.hedge = Some(hedging);
+        self
+    }
+
     /// Seeds the balancer's random number generator, from which every
     /// random choice is drawn (the random policy, the candidates of least
     /// time). Two balancers with the same seed, the same endpoints and the
@@ -160,6 +184,9 @@ impl BalancerBuilder {
         policy.validate()?;
         self.outlier_detection.validate()?;
         self.retry.validate()?;
+        if let Some(hedge) = &self.hedge {
+            hedge.validate()?;
+        }
         if !self.endpoints.is_empty() && self.endpoints.iter().all(|(_, weight, _)| *weight == 0) {
             return Err(Error::ZeroTotalWeight);
         }
@@ -207,7 +234,8 @@ impl BalancerBuilder {
                 request_key,
                 counters,
                 learned: LearnedHomes::new(cookie_names).map(Arc::new),
-                retrying: self.retry.start(clock),
+                retrying: self.retry.start(clock, self.hedge.is_some()),
+                hedger: self.hedge.map(|hedge| hedge.start(clock)),
                 #[cfg(feature = "cookies")]
                 site_cookies: std::sync::OnceLock::new(),
                 writer: Mutex::new(()),

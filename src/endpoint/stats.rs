@@ -35,6 +35,36 @@ pub struct Stats {
     /// Ejections: how many now, how many each detector made, how many the
     /// maximum share refused.
     pub ejections: EjectionStats,
+    /// Extra attempts (retries and hedges) the budget granted and refused.
+    pub extra: ExtraAttempts,
+}
+
+/// Extra attempts of the balancer's requests, all drawn from one budget
+/// (see [`Retries::budget`](crate::Retries::budget)): retries after a
+/// failure, and hedges beside a slow attempt (see
+/// [`Hedging`](crate::Hedging)). A refused one was not sent.
+///
+/// ```
+/// let balancer = tower_lb::Balancer::builder()
+///     .endpoint("http://127.0.0.1:8081")
+///     .build()?;
+/// let extra = balancer.stats().extra;
+/// assert_eq!(extra.retries + extra.hedges, 0);
+/// # Ok::<(), tower_lb::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ExtraAttempts {
+    /// Retries sent.
+    pub retries: u64,
+    /// Hedges sent.
+    pub hedges: u64,
+    /// Retries the budget refused.
+    pub retries_refused: u64,
+    /// Hedges the budget refused (the attempt waiting went on alone).
+    pub hedges_refused: u64,
+    /// Requests whose answer came from a hedge, not the first attempt.
+    pub hedges_won: u64,
 }
 
 impl Stats {

@@ -55,6 +55,7 @@ use std::time::Duration;
 use http::StatusCode;
 
 pub(crate) use book::HealthShared;
+pub(crate) use budget::Extra;
 pub(crate) use detector::EndpointHealth;
 pub use ejections::{Detector, EjectionStats};
 pub(crate) use retry::{safe_to_send_twice, Retrying};
