@@ -74,6 +74,14 @@ impl Clock {
         self.ms(self.now())
     }
 
+    /// The instant `ms` milliseconds after the epoch (saturating at about
+    /// 30 years from it: a wait that long never ends in practice).
+    pub(crate) fn at_ms(&self, ms: u64) -> Instant {
+        const NEVER_MS: u64 = 30 * 365 * 24 * 60 * 60 * 1_000;
+        let wait = Duration::from_millis(ms.min(NEVER_MS));
+        self.epoch.checked_add(wait).unwrap_or(self.epoch)
+    }
+
     /// Milliseconds from the epoch to `at`.
     pub(crate) fn ms(&self, at: Instant) -> u64 {
         // In u64 arithmetic: `as_millis` divides a u128, on every request.

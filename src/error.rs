@@ -88,6 +88,31 @@ pub enum Error {
         reason: String,
     },
 
+    /// A configuration value that cannot be used (a `BalancerConfig`,
+    /// feature `serde`): `path` names the field as written
+    /// (`outlier.base_ejection`, `endpoints[2].url`), `reason` says what is
+    /// wrong with it. Shown as `path: reason`.
+    ///
+    /// ```
+    /// # #[cfg(feature = "serde")] {
+    /// use tower_lb::{BalancerConfig, EndpointConfig, Error};
+    ///
+    /// let mut config = BalancerConfig::default();
+    /// config.endpoints.push(EndpointConfig::new("ftp://127.0.0.1:21"));
+    /// let error = config.build().unwrap_err();
+    /// assert!(matches!(&error, Error::InvalidConfig { path, .. } if path == "endpoints[0].url"));
+    /// # }
+    /// ```
+    #[error("{path}: {reason}")]
+    #[non_exhaustive]
+    InvalidConfig {
+        /// Where the value is: map keys joined by `.`, list positions as
+        /// `[i]`; `.` for the whole document.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
     /// An update named an endpoint that is not in the set.
     #[error("endpoint {url} is not in the set")]
     #[non_exhaustive]

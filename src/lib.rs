@@ -50,12 +50,15 @@
 //! swapped atomically on change, and counters are atomics. A request whose
 //! future is dropped releases its in-flight count.
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 #![warn(missing_debug_implementations)]
 
 mod affinity;
 mod balancer;
 mod clock;
+#[cfg(feature = "serde")]
+mod config;
 #[cfg(feature = "cookies")]
 mod cookie_jar;
 mod discovery;
@@ -64,6 +67,7 @@ mod error;
 #[cfg(feature = "tonic")]
 mod grpc;
 mod health;
+mod hedge;
 mod lanes;
 mod layer;
 mod membership;
@@ -90,6 +94,13 @@ mod telemetry;
 
 pub use affinity::{key_hash, RequestInfo, RequestKey, SessionKey};
 pub use balancer::{Balancer, BalancerBuilder};
+#[cfg(feature = "serde")]
+pub use config::{
+    BalancerConfig, DiscoveryConfig, DnsConfig, EndpointConfig, EnforcingConfig, EtcdConfig,
+    FailurePercentageConfig, FallbackConfig, HashConfig, IpFamily, KeySourceConfig,
+    LeastTimeConfig, OutlierConfig, OutlierPreset, PolicyConfig, RetryBudgetConfig, RetryConfig,
+    SuccessRateConfig,
+};
 #[cfg(feature = "cookies")]
 pub use cookie_jar::BalancedCookieJar;
 #[cfg(feature = "dns")]
@@ -98,8 +109,8 @@ pub use discovery::DnsSource;
 pub use discovery::EtcdSource;
 pub use discovery::{Discovery, EndpointSource, RefreshHints};
 pub use endpoint::{
-    DiscoveryStats, Endpoint, EndpointStats, FailureCounts, IntoEndpoint, Labels, ServedBy, Stats,
-    MAX_WEIGHT,
+    DiscoveryStats, Endpoint, EndpointStats, ExtraAttempts, FailureCounts, IntoEndpoint, Labels,
+    ServedBy, Stats, MAX_WEIGHT,
 };
 pub use error::{BoxError, Error, NotReadyReason};
 /// The etcd client [`EtcdSource`] uses, for its
@@ -111,7 +122,11 @@ pub use grpc::{
     BalancedChannel, GrpcBody, GrpcOptions, GrpcResponseFuture, CONNECT_TIMEOUT,
     KEEP_ALIVE_INTERVAL, KEEP_ALIVE_TIMEOUT, REQUEST_BUFFER,
 };
-pub use health::{HealthEvent, OutlierDetection, Retries, Retryable};
+pub use health::{
+    Detector, EjectionStats, FailurePercentage, HealthEvent, OutlierDetection, Retries, Retryable,
+    SuccessRate,
+};
+pub use hedge::{Hedge, Hedging};
 pub use layer::BalanceLayer;
 pub use per_endpoint::PerEndpointService;
 pub use percent::Percent;

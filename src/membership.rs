@@ -31,6 +31,8 @@ pub(crate) struct Snapshot {
 impl Snapshot {
     /// Builds the snapshot and the policy's selection state for `members`.
     pub(crate) fn build(members: Vec<Member>, policy: &Policy, counters: &Counters) -> Self {
+        // The interval sweeps due so far judge the set as it was.
+        counters.health.sweep_due();
         let active_members: Vec<Member> =
             members.iter().filter(|m| m.weight > 0).cloned().collect();
         // The picker first: a custom policy that panics as it builds leaves
@@ -49,7 +51,12 @@ impl Snapshot {
         counters
             .metrics
             .draining(members.len() - active_members.len());
-        counters.health.set_active(active_members.len());
+        counters.health.set_active(
+            active_members
+                .iter()
+                .map(|m| m.state.health().clone())
+                .collect(),
+        );
         Snapshot {
             active: active_members.into_iter().map(|m| m.state).collect(),
             members,
@@ -163,7 +170,12 @@ impl Snapshot {
                 .health
                 .in_panic_at(self.counters.clock.now_ms()),
             health_events_dropped: self.counters.health.events_dropped(),
+            ejections: self
+                .counters
+                .health
+                .ejection_stats(self.counters.clock.now_ms()),
             discovery: None,
+            extra: Default::default(),
         }
     }
 }

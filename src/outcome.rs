@@ -183,6 +183,29 @@ impl Outcome {
     }
 }
 
+/// Whether `error` says the request was not sent because its connection
+/// was going away: queued on a connection that closed before it was
+/// dispatched (hyper's canceled), or failed by the peer's graceful GOAWAY
+/// (h2, NO_ERROR). The endpoint itself may be fine: its client connects
+/// again for the next request, so a retry may go to the same endpoint.
+#[cfg(feature = "tonic")]
+pub(crate) fn connection_went_away(error: &(dyn StdError + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(err) = next {
+        if err
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_canceled)
+        {
+            return true;
+        }
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            return h2.is_go_away() && h2.is_remote() && h2.reason() == Some(h2::Reason::NO_ERROR);
+        }
+        next = err.source();
+    }
+    false
+}
+
 /// gRPC's status codes the balancer tells apart.
 #[cfg(feature = "tonic")]
 const GRPC_DEADLINE_EXCEEDED: u8 = 4;

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 
 use arc_swap::ArcSwap;
-use futures::StreamExt;
+use futures_util::StreamExt;
 use tower::discover::{Change, Discover};
 use tower_service::Service;
 
@@ -84,7 +84,7 @@ where
     }
 
     fn call(&mut self, mut request: R) -> Self::Future {
-        let mut trip = Trip::new(&self.balancer);
+        let mut trip = Trip::new(&self.balancer).with_hedging();
         match trip.start(&self.balancer, &mut request, None, true) {
             Ok(attempt) => {
                 let balancer = trip
@@ -233,7 +233,7 @@ where
         K: AsRef<str>,
     {
         let mut discover = std::pin::pin!(changes);
-        let mut changes = std::pin::pin!(futures::stream::poll_fn(move |cx| discover
+        let mut changes = std::pin::pin!(futures_util::stream::poll_fn(move |cx| discover
             .as_mut()
             .poll_discover(cx)));
         while let Some(change) = changes.next().await {

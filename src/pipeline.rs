@@ -2,7 +2,10 @@
 //! endpoint, point the request at it, count it in flight; when the attempt
 //! ends, classify the outcome, learn the session cookies the endpoint set,
 //! record the outcome on the endpoint; then, if the outcome may be retried,
-//! another endpoint is free and the budget allows, go again.
+//! another endpoint is free and the budget allows, go again. A hedged
+//! request (see `hedge`) goes again without waiting for the end: its front
+//! end asks the trip for the hedge once the delay has passed, and ends each
+//! attempt through it as well.
 //!
 //! The front ends only adapt types: the Tower service (`service`) drives a
 //! [`Trip`] from its response future, the `reqwest-middleware` adapter from
@@ -11,6 +14,7 @@
 
 use std::error::Error as StdError;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{Extensions, HeaderMap, StatusCode};
 
@@ -18,7 +22,8 @@ use crate::affinity::{LearnedHomes, RequestInfo, SessionKey};
 use crate::balancer::{Balancer, Picked};
 use crate::endpoint::{EndpointCore, EndpointState, EndpointUrl, InFlight, ServedBy};
 use crate::error::BoxError;
-use crate::health::safe_to_send_twice;
+use crate::health::{safe_to_send_twice, Extra};
+use crate::hedge::Hedge;
 use crate::outcome::Outcome;
 use crate::request::sealed::Route;
 #[cfg(feature = "metrics")]
@@ -51,6 +56,14 @@ pub(crate) enum Answer<'a> {
     /// channel could not get ready): a connect error, whatever the error.
     #[cfg(feature = "tonic")]
     NotSent,
+    /// The client's connection to the endpoint went away with the request
+    /// unsent (closed with it queued, a graceful GOAWAY), again after it
+    /// was sent once more there: the endpoint is draining or rotating its
+    /// connections, which says nothing of its health. Charged to no
+    /// endpoint (counted as a client error), retried as a connect error
+    /// is.
+    #[cfg(feature = "tonic")]
+    WentAway,
 }
 
 impl Answer<'_> {
@@ -76,6 +89,14 @@ impl Answer<'_> {
             } => crate::outcome::is_grpc_unavailable(value),
             _ => false,
         }
+    }
+
+    /// The connection went away with the request unsent.
+    fn went_away(&self) -> bool {
+        #[cfg(feature = "tonic")]
+        return matches!(self, Answer::WentAway);
+        #[cfg(not(feature = "tonic"))]
+        false
     }
 }
 
@@ -183,6 +204,8 @@ fn classify(answer: Answer<'_>) -> (Outcome, Option<StatusCode>) {
         Answer::Refused => (Outcome::ClientError, None),
         #[cfg(feature = "tonic")]
         Answer::NotSent => (Outcome::ConnectError, None),
+        #[cfg(feature = "tonic")]
+        Answer::WentAway => (Outcome::ClientError, None),
     }
 }
 
@@ -201,6 +224,8 @@ pub(crate) struct Trip<R> {
     /// The request may be sent twice (see [`safe_to_send_twice`]); known
     /// once the trip starts.
     safe: bool,
+    /// Its front end can send hedges (see [`Trip::with_hedging`]).
+    hedgeable: bool,
     learned: Option<Arc<LearnedHomes>>,
     replay: Option<Box<Replay<R>>>,
 }
@@ -211,6 +236,26 @@ pub(crate) struct Trip<R> {
 struct Replay<R> {
     tried: Vec<Arc<EndpointCore>>,
     copy: Option<R>,
+    /// When the request is hedged: the delay, and the hedges left.
+    hedge: Option<(Option<Duration>, u32)>,
+    /// Attempts sent so far, the first included: the next one's
+    /// `http.request.resend_count` (`tried` may name an endpoint twice).
+    #[cfg(feature = "metrics")]
+    sent: usize,
+}
+
+impl<R> Trip<R> {
+    /// Whether a hedge of the request may still be sent (it is hedged,
+    /// hedges are left and a copy is kept), and then how long to wait for
+    /// an answer before it: `None` while the delay is not known (a
+    /// percentile before enough answers were timed).
+    pub(crate) fn hedge_delay(&self) -> Option<Option<Duration>> {
+        let replay = self.replay.as_ref().filter(|r| r.copy.is_some())?;
+        replay
+            .hedge
+            .filter(|(_, left)| *left > 0)
+            .map(|(delay, _)| delay)
+    }
 }
 
 impl<R: Route> Trip<R> {
@@ -221,6 +266,7 @@ impl<R: Route> Trip<R> {
                 .retrying()
                 .map_or(0, |retrying| retrying.policy.max_retries),
             safe: false,
+            hedgeable: false,
             learned: balancer.learned().cloned(),
             replay: None,
         }
@@ -232,6 +278,15 @@ impl<R: Route> Trip<R> {
         Trip {
             retries_left: 0,
             ..Trip::new(balancer)
+        }
+    }
+
+    /// The trip of a request whose front end sends hedges, when the
+    /// balancer hedges (see [`Trip::hedge_delay`]).
+    pub(crate) fn with_hedging(self) -> Self {
+        Trip {
+            hedgeable: true,
+            ..self
         }
     }
 
@@ -256,7 +311,8 @@ impl<R: Route> Trip<R> {
         keep_endpoint: bool,
     ) -> Result<Attempt, Error> {
         let info = with_extensions(request.info(), extensions);
-        self.safe = self.retries_left > 0
+        let hedger = balancer.hedger().filter(|_| self.hedgeable);
+        self.safe = (self.retries_left > 0 || hedger.is_some())
             && safe_to_send_twice(info.method(), info.headers, info.extensions);
         let keep = keep_endpoint || self.learned.is_some();
         #[cfg(feature = "metrics")]
@@ -265,13 +321,22 @@ impl<R: Route> Trip<R> {
             tracing::debug!("no endpoint available");
             return Err(Error::NoEndpointAvailable);
         };
-        if self.may_retry_on(balancer, 0, picked.takers) {
+        let hedge = hedger
+            .filter(|_| self.safe && picked.takers > 1)
+            .and_then(|hedger| {
+                let asked = info.extensions.and_then(|e| e.get::<Hedge>());
+                Some((hedger.delay_for(asked)?, hedger.max_attempts() - 1))
+            });
+        if hedge.is_some() || self.may_retry_on(balancer, 0, picked.takers) {
             // A body that cannot be sent twice (a stream) means no retry,
-            // and no replay state.
+            // no hedge, and no replay state.
             self.replay = request.try_clone().map(|copy| {
                 Box::new(Replay {
                     tried: Vec::new(),
                     copy: Some(copy),
+                    hedge,
+                    #[cfg(feature = "metrics")]
+                    sent: 1,
                 })
             });
         }
@@ -302,9 +367,115 @@ impl<R: Route> Trip<R> {
                 .is_some_and(|retrying| retrying.may_retry(self.safe))
     }
 
-    /// Whether a copy of the request is kept: a retry may follow.
+    /// Whether a copy of the request is kept: a retry or a hedge may follow.
     pub(crate) fn may_retry(&self) -> bool {
         self.replay.as_ref().is_some_and(|r| r.copy.is_some())
+    }
+
+    /// A copy of the request pointed at `endpoint` again, when a copy is
+    /// kept: for an attempt whose request its connection dropped unsent as
+    /// it went away, sent once more through the same endpoint's client
+    /// (which connects again) as the same attempt.
+    #[cfg(feature = "tonic")]
+    pub(crate) fn copy_for(&self, balancer: &Balancer, endpoint: &EndpointUrl) -> Option<R> {
+        let mut copy = self.replay.as_ref()?.copy.as_ref()?.try_clone()?;
+        route(&mut copy, endpoint, balancer.reads_session_header()).ok()?;
+        Some(copy)
+    }
+
+    /// A hedge of the request: the next attempt, on an endpoint none of
+    /// the request's attempts went to (`first`, the first attempt, and
+    /// every hedge before), sent while they still wait; if one is free and
+    /// the budget allows (a refusal is counted as a hedge's). It keeps its
+    /// endpoint's handle if `keep`. `None` ends the hedging of this request.
+    pub(crate) fn hedge(
+        &mut self,
+        balancer: &Balancer,
+        first: Option<&Attempt>,
+        keep: bool,
+        extensions: Option<&Extensions>,
+    ) -> Option<(R, Attempt)> {
+        let stop = |trip: &mut Self| {
+            if let Some((_, left)) = trip.replay.as_mut().and_then(|r| r.hedge.as_mut()) {
+                *left = 0;
+            }
+            None
+        };
+        self.hedge_delay()??;
+        let replay = self.replay.as_mut()?;
+        if let Some(first) = first.map(|first| first.in_flight.core()) {
+            if !replay.tried.iter().any(|tried| Arc::ptr_eq(tried, first)) {
+                replay.tried.push(first.clone());
+            }
+        }
+        let copy = replay.copy.as_ref()?;
+        let info = with_extensions(copy.info(), extensions);
+        #[cfg(feature = "metrics")]
+        let method = MethodClass::of(info.method());
+        let keep = keep || self.learned.is_some();
+        let Some(next) = balancer.pick_for(&info, &replay.tried, keep) else {
+            return stop(self);
+        };
+        let granted = balancer
+            .retrying()
+            .is_some_and(|retrying| retrying.budget.withdraw(Extra::Hedge));
+        if !granted {
+            tracing::debug!("hedge refused by the budget");
+            #[cfg(feature = "metrics")]
+            next.lane.core.metrics.balancer().hedge_refused();
+            return stop(self);
+        }
+        let replay = self.replay.as_mut()?;
+        let mut request = replay.copy.take()?;
+        replay.tried.push(next.lane.core.clone());
+        if let Some((_, left)) = replay.hedge.as_mut() {
+            *left -= 1;
+        }
+        let (hedges_left, tried) = (
+            replay.hedge.is_some_and(|(_, left)| left > 0),
+            replay.tried.len(),
+        );
+        if hedges_left || self.may_retry_on(balancer, tried, next.takers) {
+            if let Some(replay) = self.replay.as_mut() {
+                replay.copy = request.try_clone();
+            }
+        }
+        route(
+            &mut request,
+            &next.lane.core.url,
+            balancer.reads_session_header(),
+        )
+        .ok()?;
+        tracing::debug!("hedging on another endpoint");
+        let attempt = Attempt::start(next);
+        #[cfg(feature = "metrics")]
+        let attempt = {
+            let replay = self.replay.as_mut()?;
+            let resend_count = replay.sent;
+            replay.sent += 1;
+            attempt.in_flight.core().metrics.balancer().hedged();
+            attempt.counted(method, resend_count)
+        };
+        Some((request, attempt))
+    }
+
+    /// Ends `attempt` of a hedged request if it failed while another
+    /// attempt of the request still waits: records its outcome, which does
+    /// not end the request. Any other attempt is given back, to end with
+    /// [`Trip::end`].
+    pub(crate) fn end_beside(
+        &mut self,
+        attempt: Attempt,
+        answer: Answer<'_>,
+    ) -> Result<Outcome, Attempt> {
+        let (outcome, status) = classify(answer);
+        if outcome == Outcome::Success {
+            return Err(attempt);
+        }
+        #[cfg(feature = "metrics")]
+        let attempt = attempt.answered(&answer);
+        attempt.end_as(outcome, status);
+        Ok(outcome)
     }
 
     /// Ends `attempt` with `answer`: learns the session cookies of an
@@ -335,6 +506,8 @@ impl<R: Route> Trip<R> {
                 && balancer.retrying().is_some_and(|retrying| {
                     retrying.retries(outcome, self.safe)
                         || (answer.grpc_unavailable() && retrying.retries_unavailable(self.safe))
+                        || (answer.went_away()
+                            && retrying.retries(Outcome::ConnectError, self.safe))
                 })
         });
         let tried = balancer.map(|balancer| (balancer, attempt.in_flight.core().clone()));
@@ -363,6 +536,10 @@ impl<R: Route> Trip<R> {
         extensions: Option<&Extensions>,
     ) -> Option<(R, Attempt)> {
         let mut replay = self.replay.take()?;
+        // A hedged request's attempts, retries included, are capped.
+        if let Some((_, left)) = replay.hedge.as_mut() {
+            *left = left.checked_sub(1)?;
+        }
         let mut request = replay.copy.take()?;
         let retrying = balancer.retrying()?;
         replay.tried.push(tried);
@@ -370,9 +547,9 @@ impl<R: Route> Trip<R> {
         #[cfg(feature = "metrics")]
         let method = MethodClass::of(info.method());
         let next = balancer.pick_for(&info, &replay.tried, keep)?;
-        if !retrying.budget.withdraw() {
+        if !retrying.budget.withdraw(Extra::Retry) {
             #[cfg(feature = "metrics")]
-            next.lane.core.metrics.balancer().budget_refused();
+            next.lane.core.metrics.balancer().retry_refused();
             return None;
         }
         self.retries_left = self.retries_left.saturating_sub(1);
@@ -387,7 +564,10 @@ impl<R: Route> Trip<R> {
         .ok()?;
         tracing::debug!(?outcome, "retrying on another endpoint");
         #[cfg(feature = "metrics")]
-        let resend_count = replay.tried.len();
+        let resend_count = {
+            replay.sent += 1;
+            replay.sent - 1
+        };
         self.replay = Some(replay);
         let attempt = Attempt::start(next);
         #[cfg(feature = "metrics")]

@@ -4,7 +4,7 @@
 
 use std::task::{Context, Poll};
 
-use futures::future::{self, Either, Ready};
+use futures_util::future::{self, Either, Ready};
 use tower_service::Service;
 
 /// A `reqwest` service (a `reqwest::Client` by default) that accepts

@@ -205,7 +205,7 @@ where
     }
 
     fn call(&mut self, request: R) -> Self::Future {
-        let trip = Trip::new(&self.balancer);
+        let trip = Trip::new(&self.balancer).with_hedging();
         self.send(trip, request, |service| {
             let inner = (&service.inner, S::clone as fn(&S) -> S);
             Some(service.handles.hold(&service.balancer, Some(inner)))

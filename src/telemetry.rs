@@ -47,12 +47,22 @@ pub(crate) const REQUEST_DURATION: &str = "http.client.request.duration";
 pub(crate) const ACTIVE_REQUESTS: &str = "http.client.active_requests";
 /// Attempts sent, by `http.request.resend_count`.
 pub(crate) const ATTEMPTS: &str = "tower_lb.attempts";
-/// Retries the retry budget refused.
+/// Hedges sent.
+pub(crate) const HEDGES: &str = "tower_lb.hedges";
+/// Requests a hedge answered first.
+pub(crate) const HEDGES_WON: &str = "tower_lb.hedges.won";
+/// Extra attempts the retry budget refused, by `kind`: retry, hedge.
 pub(crate) const BUDGET_REFUSALS: &str = "tower_lb.retry_budget.refusals";
 /// Endpoints by `state`: active, ejected, draining.
 pub(crate) const ENDPOINTS: &str = "tower_lb.endpoints";
-/// Ejections by `reason`.
+/// Ejections by `detector`.
 pub(crate) const EJECTIONS: &str = "tower_lb.ejections";
+/// Ejections a detector asked for that the maximum ejection percent
+/// refused, by `detector`.
+pub(crate) const EJECTIONS_REFUSED: &str = "tower_lb.ejections.refused";
+/// Ejections a detector asked for that the enforcement draw skipped, by
+/// `detector`.
+pub(crate) const EJECTIONS_NOT_ENFORCED: &str = "tower_lb.ejections.not_enforced";
 /// Re-admissions by `reason`.
 pub(crate) const READMISSIONS: &str = "tower_lb.readmissions";
 /// 1 in panic mode, else 0.
@@ -100,34 +110,21 @@ const CANCELLED: u8 = 6;
 /// The error type is the status.
 const STATUS_ERROR: u8 = 8;
 
-/// Why an endpoint was ejected.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum EjectionReason {
-    /// `consecutive_failures` failures in a row.
-    ConsecutiveFailures = 0,
-    /// `consecutive_gateway_failures` gateway failures in a row.
-    ConsecutiveGatewayFailures = 1,
-    /// Too many failures in one interval.
-    FailurePercentage = 2,
-}
-
-const EJECTION_REASONS: [&str; 3] = [
-    "consecutive_failures",
-    "consecutive_gateway_failures",
-    "failure_percentage",
-];
-
 /// Why an endpoint came back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ReadmissionReason {
-    /// Its ejection time was up.
+    /// Its ejection time was up (noticed by the sweeper task, a pick, or
+    /// a set change), or it was released after it.
     TimeUp = 0,
     /// The set shrank below what the current ejections may hold, and its
     /// ejection was among those ending soonest.
-    EjectionLimit = 1,
+    SetShrank = 1,
 }
 
-const READMISSION_REASONS: [&str; 2] = ["time_up", "ejection_limit"];
+const READMISSION_REASONS: [&str; 2] = ["time_up", "set_shrank"];
+
+/// The `kind` label of the budget's refusals, by `Extra`'s order.
+const EXTRA_KINDS: [&str; 2] = ["retry", "hedge"];
 
 /// An attempt's `http.request.method`, one of ten values.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -246,12 +243,25 @@ fn describe() {
         ATTEMPTS,
         "Attempts sent, by http.request.resend_count (0: first attempts; 1 and up: retries)."
     );
-    describe_counter!(BUDGET_REFUSALS, "Retries the retry budget refused.");
+    describe_counter!(HEDGES, "Hedges sent (also counted in tower_lb.attempts).");
+    describe_counter!(HEDGES_WON, "Requests whose answer came from a hedge.");
+    describe_counter!(
+        BUDGET_REFUSALS,
+        "Extra attempts the retry budget refused, by kind: retry, hedge."
+    );
     describe_gauge!(
         ENDPOINTS,
         "Endpoints in the set by state: active (taking requests), ejected, draining (weight 0)."
     );
-    describe_counter!(EJECTIONS, "Endpoints ejected, by reason.");
+    describe_counter!(EJECTIONS, "Endpoints ejected, by the detector that fired.");
+    describe_counter!(
+        EJECTIONS_REFUSED,
+        "Ejections refused because max_ejection_percent was reached, by detector."
+    );
+    describe_counter!(
+        EJECTIONS_NOT_ENFORCED,
+        "Ejections a detector asked for that its enforcement percentage skipped, by detector."
+    );
     describe_counter!(READMISSIONS, "Ejected endpoints taken back, by reason.");
     describe_gauge!(
         PANIC_MODE,
@@ -278,12 +288,19 @@ pub(crate) struct BalancerMetrics {
     registered: bool,
     /// Attempts by resend count: index 0 first attempts, 1 and up retries.
     attempts: Box<[Counter]>,
-    budget_refusals: Counter,
+    hedges: Counter,
+    hedges_won: Counter,
+    /// By kind, in [`EXTRA_KINDS`] order.
+    budget_refusals: [Counter; 2],
     endpoints_active: Gauge,
     endpoints_ejected: Gauge,
     endpoints_draining: Gauge,
     panic_mode: Gauge,
-    ejections: [Counter; 3],
+    /// By detector, in the order of the names given to
+    /// [`BalancerMetrics::register`].
+    ejections: Box<[Counter]>,
+    ejections_refused: Box<[Counter]>,
+    ejections_not_enforced: Box<[Counter]>,
     readmissions: [Counter; 2],
     discovery_refreshes: Counter,
     discovery_errors: Counter,
@@ -307,12 +324,16 @@ impl Default for BalancerMetrics {
             name: None,
             registered: false,
             attempts: Box::new([Counter::noop()]),
-            budget_refusals: Counter::noop(),
+            hedges: Counter::noop(),
+            hedges_won: Counter::noop(),
+            budget_refusals: std::array::from_fn(|_| Counter::noop()),
             endpoints_active: Gauge::noop(),
             endpoints_ejected: Gauge::noop(),
             endpoints_draining: Gauge::noop(),
             panic_mode: Gauge::noop(),
-            ejections: std::array::from_fn(|_| Counter::noop()),
+            ejections: Box::new([]),
+            ejections_refused: Box::new([]),
+            ejections_not_enforced: Box::new([]),
             readmissions: std::array::from_fn(|_| Counter::noop()),
             discovery_refreshes: Counter::noop(),
             discovery_errors: Counter::noop(),
@@ -324,8 +345,14 @@ impl Default for BalancerMetrics {
 
 impl BalancerMetrics {
     /// Registers the balancer's series with the recorder in effect now,
-    /// named `name` if given; attempts up to `max_retries` retries.
-    pub(crate) fn register(name: Option<&str>, max_retries: u32) -> Self {
+    /// named `name` if given: attempts up to `max_resends` after the first,
+    /// ejections by each of `detectors` (their names, in the order their
+    /// indices will be given).
+    pub(crate) fn register(
+        name: Option<&str>,
+        max_resends: u32,
+        detectors: &[&'static str],
+    ) -> Self {
         describe();
         let name = name.map(|name| Label::new(BALANCER_LABEL, name.to_owned()));
         let labels = |extra: &[(&'static str, &'static str)]| -> Vec<Label> {
@@ -338,7 +365,7 @@ impl BalancerMetrics {
                 )
                 .collect()
         };
-        let attempts = (0..=max_retries)
+        let attempts = (0..=max_resends)
             .map(|resend| {
                 let mut labels = labels(&[]);
                 labels.push(Label::new("http.request.resend_count", resend.to_string()));
@@ -346,16 +373,26 @@ impl BalancerMetrics {
             })
             .collect();
         let state = |state| gauge(ENDPOINTS, labels(&[("state", state)]));
+        let by_detector = |name| {
+            detectors
+                .iter()
+                .map(|&detector| counter(name, labels(&[("detector", detector)])))
+                .collect()
+        };
         BalancerMetrics {
             registered: true,
             attempts,
-            budget_refusals: counter(BUDGET_REFUSALS, labels(&[])),
+            hedges: counter(HEDGES, labels(&[])),
+            hedges_won: counter(HEDGES_WON, labels(&[])),
+            budget_refusals: EXTRA_KINDS
+                .map(|kind| counter(BUDGET_REFUSALS, labels(&[("kind", kind)]))),
             endpoints_active: state("active"),
             endpoints_ejected: state("ejected"),
             endpoints_draining: state("draining"),
             panic_mode: gauge(PANIC_MODE, labels(&[])),
-            ejections: EJECTION_REASONS
-                .map(|reason| counter(EJECTIONS, labels(&[("reason", reason)]))),
+            ejections: by_detector(EJECTIONS),
+            ejections_refused: by_detector(EJECTIONS_REFUSED),
+            ejections_not_enforced: by_detector(EJECTIONS_NOT_ENFORCED),
             readmissions: READMISSION_REASONS
                 .map(|reason| counter(READMISSIONS, labels(&[("reason", reason)]))),
             discovery_refreshes: counter(DISCOVERY_REFRESHES, labels(&[])),
@@ -400,8 +437,23 @@ impl BalancerMetrics {
     }
 
     /// Counts a retry the budget refused.
-    pub(crate) fn budget_refused(&self) {
-        self.budget_refusals.increment(1);
+    pub(crate) fn retry_refused(&self) {
+        self.budget_refusals[0].increment(1);
+    }
+
+    /// Counts a hedge the budget refused.
+    pub(crate) fn hedge_refused(&self) {
+        self.budget_refusals[1].increment(1);
+    }
+
+    /// Counts a hedge sent (its attempt is counted by [`Self::attempt`]).
+    pub(crate) fn hedged(&self) {
+        self.hedges.increment(1);
+    }
+
+    /// Counts a request a hedge answered first.
+    pub(crate) fn hedge_won(&self) {
+        self.hedges_won.increment(1);
     }
 
     /// Sets the endpoint gauges from the ejection book: `active` endpoints
@@ -418,9 +470,26 @@ impl BalancerMetrics {
         self.endpoints_draining.set(draining as f64);
     }
 
-    /// Counts an ejection.
-    pub(crate) fn ejected(&self, reason: EjectionReason) {
-        self.ejections[reason as usize].increment(1);
+    /// Counts an ejection by the detector at `detector` (its index in the
+    /// names given at registration).
+    pub(crate) fn ejected(&self, detector: usize) {
+        if let Some(counter) = self.ejections.get(detector) {
+            counter.increment(1);
+        }
+    }
+
+    /// Counts an ejection the maximum ejection percent refused.
+    pub(crate) fn ejection_refused(&self, detector: usize) {
+        if let Some(counter) = self.ejections_refused.get(detector) {
+            counter.increment(1);
+        }
+    }
+
+    /// Counts an ejection the enforcement draw skipped.
+    pub(crate) fn ejection_not_enforced(&self, detector: usize) {
+        if let Some(counter) = self.ejections_not_enforced.get(detector) {
+            counter.increment(1);
+        }
     }
 
     /// Counts a re-admission.
@@ -595,7 +664,7 @@ mod tests {
         let recorder = metrics_util::debugging::DebuggingRecorder::new();
         let snapshotter = recorder.snapshotter();
         let endpoint = ::metrics::with_local_recorder(&recorder, || {
-            let balancer = Arc::new(BalancerMetrics::register(Some("b"), 0));
+            let balancer = Arc::new(BalancerMetrics::register(Some("b"), 0, &[]));
             let endpoint = balancer.endpoint("10.0.0.1", 80);
             for method in [Method::GET, Method::POST] {
                 for status in 200..300 {

@@ -40,16 +40,16 @@ use echo::echo_server::{Echo, EchoServer};
 use echo::{EchoReply, EchoRequest};
 
 /// How a test server answers unary calls: its `Code` as a number.
-const ANSWER_OK: u8 = 0;
+pub(crate) const ANSWER_OK: u8 = 0;
 
 /// A tonic Echo server on 127.0.0.1 that answers with its name, or with
 /// the status code it is told to (switchable while it runs). Its streams
 /// send one reply at once and each further one when a permit is added to
 /// `stream_gate`. Stops when dropped.
-struct EchoBackend {
-    url: String,
-    answer: Arc<AtomicU8>,
-    stream_gate: Arc<Semaphore>,
+pub(crate) struct EchoBackend {
+    pub(crate) url: String,
+    pub(crate) answer: Arc<AtomicU8>,
+    pub(crate) stream_gate: Arc<Semaphore>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -107,7 +107,7 @@ impl Echo for EchoService {
     }
 }
 
-async fn echo_backend() -> EchoBackend {
+pub(crate) async fn echo_backend() -> EchoBackend {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let answer = Arc::new(AtomicU8::new(ANSWER_OK));
@@ -131,7 +131,7 @@ async fn echo_backend() -> EchoBackend {
     }
 }
 
-fn request(message: &str) -> EchoRequest {
+pub(crate) fn request(message: &str) -> EchoRequest {
     EchoRequest {
         message: message.to_owned(),
         count: 1,
@@ -140,7 +140,7 @@ fn request(message: &str) -> EchoRequest {
 
 /// Calls `unary` `n` times in a row; how many answers each server gave,
 /// and the errors' codes.
-async fn call_unary(
+pub(crate) async fn call_unary(
     client: &mut EchoClient<BalancedChannel>,
     n: usize,
 ) -> (HashMap<String, usize>, Vec<Code>) {
@@ -434,7 +434,7 @@ async fn no_endpoint_is_unavailable_and_an_endpoint_with_a_path_is_refused() {
 
 /// An HTTP/2 server on 127.0.0.1 that is not gRPC: it answers every
 /// request with `answer`'s response. Stops with the test's runtime.
-async fn h2_backend<F>(answer: F) -> String
+pub(crate) async fn h2_backend<F>(answer: F) -> String
 where
     F: Fn() -> http::Response<Full<Bytes>> + Clone + Send + Sync + 'static,
 {
@@ -523,47 +523,76 @@ async fn answers_that_are_not_grpc_have_their_documented_outcome_and_leave_nothi
 /// A tonic Echo server on 127.0.0.1 that can be killed as a crash kills
 /// it: its serve task owns the listener and every connection, so aborting
 /// the task closes them all at once, with no GOAWAY, and the port then
-/// refuses connections. Counts its open connections and the unary calls
-/// it answered.
-struct KillableBackend {
-    url: String,
-    open_connections: Arc<AtomicUsize>,
-    answered: Arc<AtomicUsize>,
+/// refuses connections. It can also send a graceful GOAWAY on every open
+/// connection, and keep listening ([`KillableBackend::goaway`]) or not
+/// ([`KillableBackend::drain`]): hyper's graceful shutdown, whose calls
+/// in flight finish. Counts its open connections and the unary calls it
+/// answered.
+pub(crate) struct KillableBackend {
+    pub(crate) url: String,
+    addr: std::net::SocketAddr,
+    pub(crate) open_connections: Arc<AtomicUsize>,
+    /// Bumped for a GOAWAY: a connection accepted before shuts down
+    /// gracefully.
+    goaways: tokio::sync::watch::Sender<u32>,
+    /// Set to stop listening.
+    stop_listening: tokio::sync::watch::Sender<bool>,
+    pub(crate) answered: Arc<AtomicUsize>,
     /// Unary calls wait, while this is set, for a permit that never comes.
-    gated: Arc<std::sync::atomic::AtomicBool>,
+    pub(crate) gated: Arc<std::sync::atomic::AtomicBool>,
     /// Unary calls that entered the handler.
-    received: Arc<AtomicUsize>,
+    pub(crate) received: Arc<AtomicUsize>,
+    /// Streams send one reply at once and each further one for a permit.
+    pub(crate) stream_gate: Arc<Semaphore>,
+    /// How long unary calls take, in ms (0 at first).
+    pub(crate) delay_ms: Arc<AtomicUsize>,
     task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl KillableBackend {
-    async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+    pub(crate) async fn start() -> Self {
+        Self::start_at("127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// A server on `addr` (a killed server's, to start it again).
+    async fn start_at(addr: std::net::SocketAddr) -> Self {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let url = format!("http://{addr}");
         let backend = KillableService {
             name: url.clone(),
             answered: Arc::default(),
             received: Arc::default(),
             gate: Arc::new(Semaphore::new(0)),
             gated: Arc::default(),
+            delay_ms: Arc::default(),
             stream_gate: Arc::new(Semaphore::new(0)),
         };
         let open_connections = Arc::new(AtomicUsize::new(0));
-        let (answered, received, gated) = (
+        let (answered, received, gated, delay_ms, stream_gate) = (
             backend.answered.clone(),
             backend.received.clone(),
             backend.gated.clone(),
+            backend.delay_ms.clone(),
+            backend.stream_gate.clone(),
         );
         let routes = tonic::service::Routes::new(EchoServer::new(backend));
         let open = open_connections.clone();
+        let (goaways, goaway) = tokio::sync::watch::channel(0u32);
+        let (stop_listening, mut stop) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
             let mut connections = tokio::task::JoinSet::new();
             loop {
                 tokio::select! {
                     accepted = listener.accept() => {
                         let Ok((stream, _)) = accepted else { continue };
+                        if *stop.borrow() {
+                            break;
+                        }
                         let routes = routes.clone();
                         let open = OpenConnection::new(open.clone());
+                        let mut goaway = goaway.clone();
+                        let born = *goaway.borrow_and_update();
                         connections.spawn(async move {
                             let _open = open;
                             let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
@@ -572,28 +601,58 @@ impl KillableBackend {
                                     tower::Service::call(&mut routes, request.map(tonic::body::Body::new)).await
                                 }
                             });
-                            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                                .serve_connection(TokioIo::new(stream), service)
-                                .await;
+                            let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                                .serve_connection(TokioIo::new(stream), service);
+                            let mut connection = std::pin::pin!(connection);
+                            tokio::select! {
+                                _ = connection.as_mut() => return,
+                                _ = goaway.wait_for(|g| *g > born) => {}
+                            }
+                            // GOAWAY; the calls open finish, then it closes.
+                            connection.as_mut().graceful_shutdown();
+                            let _ = connection.await;
                         });
                     }
                     Some(_) = connections.join_next() => {}
+                    _ = stop.changed() => break,
                 }
             }
+            drop(listener);
+            while connections.join_next().await.is_some() {}
         });
         KillableBackend {
             url,
+            addr,
             open_connections,
+            goaways,
+            stop_listening,
             answered,
             gated,
             received,
+            delay_ms,
+            stream_gate,
             task: std::sync::Mutex::new(Some(task)),
         }
     }
 
+    /// Sends a graceful GOAWAY on every open connection (hyper's graceful
+    /// shutdown: the calls open finish, then the connection closes) and
+    /// keeps listening, as a server does at a connection's maximum age.
+    fn goaway(&self) {
+        self.goaways.send_modify(|g| *g += 1);
+    }
+
+    /// Drains the server: it stops listening (the port refuses
+    /// connections) and sends a graceful GOAWAY on every open connection;
+    /// the calls open finish.
+    pub(crate) fn drain(&self) {
+        self.stop_listening.send_replace(true);
+        self.goaway();
+    }
+
     /// Kills the server: every connection closes at once and the port
     /// refuses connections.
-    async fn kill(&self) {
+    pub(crate) async fn kill(&self) {
         let task = self.task.lock().unwrap().take();
         if let Some(task) = task {
             task.abort();
@@ -633,6 +692,7 @@ struct KillableService {
     received: Arc<AtomicUsize>,
     gate: Arc<Semaphore>,
     gated: Arc<std::sync::atomic::AtomicBool>,
+    delay_ms: Arc<AtomicUsize>,
     stream_gate: Arc<Semaphore>,
 }
 
@@ -642,6 +702,10 @@ impl Echo for KillableService {
         self.received.fetch_add(1, Ordering::SeqCst);
         if self.gated.load(Ordering::SeqCst) {
             let _ = self.gate.acquire().await.map(|p| p.forget());
+        }
+        let delay = self.delay_ms.load(Ordering::SeqCst) as u64;
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
         }
         self.answered.fetch_add(1, Ordering::SeqCst);
         Ok(Response::new(EchoReply {
@@ -680,7 +744,7 @@ impl Echo for KillableService {
 }
 
 /// Waits until `done` holds, polling; panics with `what` after 10 s.
-async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+pub(crate) async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !done() {
         assert!(tokio::time::Instant::now() < deadline, "never: {what}");
@@ -690,7 +754,7 @@ async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
 
 /// Sends `total` unary calls, `concurrency` at a time, through `client`;
 /// calls `at_half` once half of them are answered. Returns the errors.
-async fn burst<F, Fut>(
+pub(crate) async fn burst<F, Fut>(
     client: &EchoClient<BalancedChannel>,
     total: usize,
     concurrency: usize,
@@ -1023,7 +1087,12 @@ async fn a_session_key_in_the_tonic_requests_extensions_picks_the_endpoint() {
 /// was not processed), written as raw HTTP/2 frames so that the GOAWAY
 /// surely comes after the stream was sent. Returns its URL; it stops with
 /// the test's runtime.
-async fn goaway_backend() -> String {
+pub(crate) async fn goaway_backend() -> String {
+    goaway_backend_after(Duration::ZERO).await
+}
+
+/// [`goaway_backend`], whose GOAWAY comes `delay` after the HEADERS.
+async fn goaway_backend_after(delay: Duration) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -1051,6 +1120,7 @@ async fn goaway_backend() -> String {
                         break;
                     }
                 }
+                tokio::time::sleep(delay).await;
                 let settings = [0, 0, 0, 4, 0, 0, 0, 0, 0];
                 // GOAWAY: length 8, type 7, stream 0; last stream id 0, NO_ERROR.
                 let goaway = [0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
@@ -1081,14 +1151,410 @@ async fn a_call_refused_by_a_goaway_goes_to_another_endpoint() {
     let mut client = EchoClient::new(balancer.grpc().unwrap());
     let reply = client.unary(request("x")).await.unwrap().into_inner();
     assert_eq!(reply.server, good.url);
+    // Sent there once more (its channel connects again: GOAWAY again),
+    // then to the other; a connection going away is charged to no
+    // endpoint.
     let refused = balancer.stats().endpoint(&going_away).unwrap();
     assert_eq!(
         (
-            refused.failures.connect,
+            refused.client_errors,
             refused.failures.total(),
             refused.in_flight
         ),
-        (1, 1, 0),
+        (1, 0, 0),
         "{refused:?}"
+    );
+}
+
+/// How many unary calls the servers answered, together.
+fn answered_by_all(backends: &[KillableBackend]) -> usize {
+    backends
+        .iter()
+        .map(|b| b.answered.load(Ordering::SeqCst))
+        .sum()
+}
+
+/// The goal for a drain: a server that drains while unary calls
+/// (not marked safe) run 32 at a time (hyper's graceful shutdown: GOAWAY
+/// on its connection, then it stops listening, the calls it holds finish)
+/// costs the caller nothing. Every call is answered exactly once, the
+/// drained server answers the calls it held and takes no more, and nothing
+/// stays in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_server_costs_no_caller_error_and_finishes_the_calls_it_holds() {
+    let backends = futures::future::join_all((0..4).map(|_| KillableBackend::start())).await;
+    let mut builder = Balancer::builder();
+    for backend in &backends {
+        backend.delay_ms.store(1, Ordering::SeqCst);
+        builder = builder.endpoint(&backend.url);
+    }
+    let balancer = builder.build().unwrap();
+    let client = EchoClient::new(balancer.grpc().unwrap());
+    let victim = &backends[3];
+    let mut answered_at_drain = 0;
+    let errors = burst(&client, 4_000, 32, || async {
+        answered_at_drain = victim.answered.load(Ordering::SeqCst);
+        victim.drain();
+    })
+    .await;
+    assert!(errors.is_empty(), "{} errors: {:?}", errors.len(), errors);
+    assert_eq!(answered_by_all(&backends), 4_000);
+    eventually("the drained server's connection closes", || {
+        victim.open_connections.load(Ordering::SeqCst) == 0
+    })
+    .await;
+    // It answered every call it took (none was cut), at most the calls
+    // open at the drain after it, and it listens no more.
+    let answered = victim.answered.load(Ordering::SeqCst);
+    assert!(answered_at_drain > 0);
+    assert_eq!(victim.received.load(Ordering::SeqCst), answered);
+    assert!(
+        answered - answered_at_drain <= 32,
+        "{answered_at_drain} then {answered}"
+    );
+    assert!(tokio::net::TcpStream::connect(victim.addr).await.is_err());
+    let stats = balancer.stats();
+    let drained = stats.endpoint(&victim.url).unwrap();
+    assert_eq!(drained.successes, answered as u64, "{drained:?}");
+    assert_eq!(drained.failures.closed, 0, "{drained:?}");
+    for endpoint in &stats.endpoints {
+        assert_eq!(endpoint.in_flight, 0, "{endpoint:?}");
+    }
+}
+
+/// Servers that send a graceful GOAWAY and keep listening (as at a
+/// connection's maximum age), all four at once while unary calls (not
+/// marked safe) run 32 at a time: the caller sees no error, every call is
+/// answered once, every server takes calls on a new connection after, and
+/// nothing stays in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_sending_goaway_and_listening_on_cost_no_caller_error_and_keep_taking_calls() {
+    let backends = futures::future::join_all((0..4).map(|_| KillableBackend::start())).await;
+    let mut builder = Balancer::builder();
+    for backend in &backends {
+        backend.delay_ms.store(1, Ordering::SeqCst);
+        builder = builder.endpoint(&backend.url);
+    }
+    let balancer = builder.policy(Policy::round_robin()).build().unwrap();
+    let client = EchoClient::new(balancer.grpc().unwrap());
+    let mut answered_at_goaway = Vec::new();
+    let errors = burst(&client, 4_000, 32, || async {
+        for backend in &backends {
+            answered_at_goaway.push(backend.answered.load(Ordering::SeqCst));
+            backend.goaway();
+        }
+    })
+    .await;
+    assert!(errors.is_empty(), "{} errors: {:?}", errors.len(), errors);
+    assert_eq!(answered_by_all(&backends), 4_000);
+    let stats = balancer.stats();
+    for (backend, before) in backends.iter().zip(answered_at_goaway) {
+        // Round robin: each takes a quarter of the calls after the GOAWAY.
+        let after = backend.answered.load(Ordering::SeqCst) - before;
+        assert!(
+            after >= 400,
+            "{}: {after} calls after its GOAWAY",
+            backend.url
+        );
+        let endpoint = stats.endpoint(&backend.url).unwrap();
+        assert_eq!(
+            (endpoint.in_flight, endpoint.ejected),
+            (0, false),
+            "{endpoint:?}"
+        );
+        // A connection going away is no failure of the server's.
+        assert_eq!(endpoint.failures.total(), 0, "{endpoint:?}");
+    }
+    // The old connections closed, the new ones stay.
+    for backend in &backends {
+        eventually("one connection per server", || {
+            backend.open_connections.load(Ordering::SeqCst) == 1
+        })
+        .await;
+    }
+}
+
+/// A GOAWAY after a stream started: the stream finishes on its
+/// connection (a success, its messages all read), a new call goes to the
+/// same server, and the connection closes once its calls ended; when the server then dies
+/// under a stream, the stream fails and counts as closed. Nothing stays
+/// in flight, no call is lost from the counts.
+#[tokio::test]
+async fn a_goaway_after_a_stream_started_lets_it_finish_and_a_connection_closed_under_it_counts_as_closed(
+) {
+    let server = KillableBackend::start().await;
+    let balancer = Balancer::builder().endpoint(&server.url).build().unwrap();
+    let mut client = EchoClient::new(balancer.grpc().unwrap());
+    let stats = || balancer.stats().endpoint(&server.url).unwrap();
+    let three = EchoRequest {
+        message: String::new(),
+        count: 3,
+    };
+
+    let mut stream = client.stream(three.clone()).await.unwrap().into_inner();
+    assert_eq!(stream.message().await.unwrap().unwrap().message, "0");
+    server.goaway();
+    // A new call goes to the same server.
+    let reply = client.unary(request("after")).await.unwrap().into_inner();
+    assert_eq!(reply.server, server.url);
+    assert_eq!(stats().in_flight, 1);
+    server.stream_gate.add_permits(2);
+    assert_eq!(stream.message().await.unwrap().unwrap().message, "1");
+    assert_eq!(stream.message().await.unwrap().unwrap().message, "2");
+    assert!(stream.message().await.unwrap().is_none());
+    let ended = stats();
+    assert_eq!(
+        (ended.successes, ended.failures.total(), ended.in_flight),
+        (2, 0, 0),
+        "{ended:?}"
+    );
+    eventually(
+        "the connection that sent the GOAWAY closes once its calls ended",
+        || server.open_connections.load(Ordering::SeqCst) == 0,
+    )
+    .await;
+
+    // A GOAWAY, then the server dies with the stream open (on a new
+    // connection: the channel connects again).
+    let mut stream = client.stream(three).await.unwrap().into_inner();
+    assert_eq!(stream.message().await.unwrap().unwrap().message, "0");
+    server.goaway();
+    server.kill().await;
+    let status = stream.message().await.unwrap_err();
+    assert_ne!(status.code(), Code::Ok);
+    let died = stats();
+    assert_eq!(
+        (
+            died.requests,
+            died.successes,
+            died.failures.closed,
+            died.failures.total(),
+            died.in_flight
+        ),
+        (3, 2, 1, 1, 0),
+        "{died:?}"
+    );
+}
+
+/// A server killed, its calls sent to the other server by a transparent
+/// retry (a refused connection), ejected, then started again on the same
+/// port: once its ejection ends it takes calls again, through the same
+/// endpoint's channel, and the caller never saw an error.
+#[tokio::test]
+async fn a_server_started_again_on_its_port_gets_calls_once_readmitted() {
+    let victim = KillableBackend::start().await;
+    let other = KillableBackend::start().await;
+    let balancer = Balancer::builder()
+        .endpoint(&victim.url)
+        .endpoint(&other.url)
+        .policy(Policy::round_robin())
+        .outlier_detection(
+            OutlierDetection::default()
+                .consecutive_failures(1)
+                .base_ejection_time(Duration::from_millis(200))
+                .max_ejection_percent(50),
+        )
+        .build()
+        .unwrap();
+    let mut client = EchoClient::new(balancer.grpc().unwrap());
+    let (served, errors) = call_unary(&mut client, 4).await;
+    assert_eq!((served.get(&victim.url), errors), (Some(&2), vec![]));
+
+    victim.kill().await;
+    let (served, errors) = call_unary(&mut client, 4).await;
+    assert_eq!((served.get(&other.url), errors), (Some(&4), vec![]));
+    let dead = balancer.stats().endpoint(&victim.url).unwrap();
+    assert!(dead.ejected, "{dead:?}");
+    assert_eq!(
+        (dead.failures.connect, dead.failures.total()),
+        (1, 1),
+        "{dead:?}"
+    );
+
+    let addr = victim.addr;
+    drop(victim);
+    let back = KillableBackend::start_at(addr).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while back.answered.load(Ordering::SeqCst) == 0 {
+        let (_, errors) = call_unary(&mut client, 2).await;
+        assert_eq!(errors, []);
+        assert!(tokio::time::Instant::now() < deadline, "never re-admitted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Back in the rotation: every other call.
+    let (served, errors) = call_unary(&mut client, 10).await;
+    assert_eq!((served.get(&back.url), errors), (Some(&5), vec![]));
+    let stats = balancer.stats();
+    let readmitted = stats.endpoint(&back.url).unwrap();
+    assert!(!readmitted.ejected, "{readmitted:?}");
+    for endpoint in &stats.endpoints {
+        assert_eq!(endpoint.in_flight, 0, "{endpoint:?}");
+    }
+}
+
+/// A tonic Echo server on 127.0.0.1 that records the `grpc-timeout` of
+/// each call it gets (`None` for a call without one). Stops with the
+/// test's runtime.
+pub(crate) async fn timeout_recording_backend(
+) -> (String, Arc<std::sync::Mutex<Vec<Option<String>>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let routes = tonic::service::Routes::new(EchoServer::new(EchoService {
+        name: url.clone(),
+        answer: Arc::new(AtomicU8::new(ANSWER_OK)),
+        stream_gate: Arc::new(Semaphore::new(0)),
+    }));
+    let recorder = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (routes, recorder) = (routes.clone(), recorder.clone());
+            tokio::spawn(async move {
+                let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                    let timeout = request
+                        .headers()
+                        .get("grpc-timeout")
+                        .map(|v| v.to_str().unwrap().to_owned());
+                    recorder.lock().unwrap().push(timeout);
+                    let mut routes = routes.clone();
+                    async move {
+                        tower::Service::call(&mut routes, request.map(tonic::body::Body::new)).await
+                    }
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (url, seen)
+}
+
+/// A `grpc-timeout` value in the format the balancer and tonic write:
+/// digits, then one of `m`, `u`, `n`.
+pub(crate) fn grpc_timeout(value: &str) -> Duration {
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let n: u64 = digits.parse().unwrap();
+    match unit {
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        other => panic!("unit {other} in {value}"),
+    }
+}
+
+/// A retry's `grpc-timeout` is the caller's less the time the failed
+/// attempt took: a call with a 2 s timeout, refused by a GOAWAY 300 ms
+/// after it was sent (not processed), sent there once more (its
+/// connection went away: the channel connects again) and refused again,
+/// reaches the other server with at most 1.4 s left. A `grpc-timeout` that does
+/// not follow the format reaches it as the caller wrote it. A call sent
+/// once keeps its header as it was.
+#[tokio::test]
+async fn a_retry_carries_the_callers_grpc_timeout_less_the_time_already_spent() {
+    let going_away = goaway_backend_after(Duration::from_millis(300)).await;
+    let (recording, seen) = timeout_recording_backend().await;
+    let balancer = Balancer::builder()
+        .endpoint(&going_away)
+        .endpoint(&recording)
+        .policy(Policy::round_robin())
+        .outlier_detection(OutlierDetection::disabled())
+        .build()
+        .unwrap();
+    let mut client = EchoClient::new(balancer.grpc().unwrap());
+
+    // Round robin: the first call goes to the server that sends GOAWAY.
+    let mut call = Request::new(request("retried"));
+    call.set_timeout(Duration::from_secs(2));
+    let reply = client.unary(call).await.unwrap().into_inner();
+    assert_eq!(reply.server, recording);
+    let left = grpc_timeout(seen.lock().unwrap()[0].as_deref().unwrap());
+    assert!(
+        left <= Duration::from_millis(1_400) && left >= Duration::from_millis(900),
+        "{left:?} left"
+    );
+
+    // The second goes to the recording server at once: the caller's value.
+    let mut call = Request::new(request("direct"));
+    call.set_timeout(Duration::from_secs(2));
+    client.unary(call).await.unwrap();
+    assert_eq!(seen.lock().unwrap()[1].as_deref(), Some("2000000u"));
+
+    // A malformed value: passed on as it is, on the retry too.
+    let mut call = Request::new(request("malformed"));
+    call.metadata_mut()
+        .insert("grpc-timeout", "soon".parse().unwrap());
+    let reply = client.unary(call).await.unwrap().into_inner();
+    assert_eq!(reply.server, recording);
+    assert_eq!(seen.lock().unwrap()[2].as_deref(), Some("soon"));
+    let stats = balancer.stats();
+    for endpoint in &stats.endpoints {
+        assert_eq!(endpoint.in_flight, 0, "{endpoint:?}");
+    }
+}
+
+/// A call whose deadline is spent when its attempt fails is not sent
+/// again: it ends with DEADLINE_EXCEEDED, and the next server never sees
+/// it. Here the first server holds the call past the caller's 300 ms
+/// (its GOAWAY would come at 300 ms): tonic's own timer, from the
+/// `grpc-timeout`, ends the attempt at the deadline, with the call marked
+/// safe to retry.
+#[tokio::test]
+async fn a_call_whose_deadline_is_spent_is_not_sent_again_and_ends_with_deadline_exceeded() {
+    let going_away = goaway_backend_after(Duration::from_millis(300)).await;
+    let (recording, seen) = timeout_recording_backend().await;
+    let balancer = Balancer::builder()
+        .endpoint(&going_away)
+        .endpoint(&recording)
+        .policy(Policy::round_robin())
+        .outlier_detection(OutlierDetection::disabled())
+        .build()
+        .unwrap();
+    let mut client = EchoClient::new(
+        balancer
+            .grpc_options(GrpcOptions::new().safe_to_retry(["/echo.Echo/Unary"]))
+            .unwrap(),
+    );
+    let mut call = Request::new(request("late"));
+    call.set_timeout(Duration::from_millis(300));
+    let status = client.unary(call).await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    // The last attempt's own status under it: tonic's timer, which ends
+    // the attempt at the deadline (CANCELLED, "Timeout expired").
+    let source = std::error::Error::source(&status).unwrap();
+    let attempt = source.downcast_ref::<Status>().unwrap();
+    assert_eq!(attempt.code(), Code::Cancelled, "{attempt:?}");
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "{:?}",
+        seen.lock().unwrap()
+    );
+    let stats = balancer.stats();
+    for endpoint in &stats.endpoints {
+        assert_eq!(endpoint.in_flight, 0, "{endpoint:?}");
+    }
+}
+
+/// A balancer of one endpoint (a load balancer's address, say) whose
+/// server sends GOAWAY while unary calls run 32 at a time: there is no
+/// other endpoint to retry on, but a call its connection dropped unsent
+/// is sent once more to the same one, so the caller sees no error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_endpoint_sending_goaway_under_load_costs_no_caller_error() {
+    let server = KillableBackend::start().await;
+    server.delay_ms.store(1, Ordering::SeqCst);
+    let balancer = Balancer::builder().endpoint(&server.url).build().unwrap();
+    let client = EchoClient::new(balancer.grpc().unwrap());
+    let errors = burst(&client, 2_000, 32, || async {
+        server.goaway();
+    })
+    .await;
+    assert!(errors.is_empty(), "{} errors: {:?}", errors.len(), errors);
+    assert_eq!(server.answered.load(Ordering::SeqCst), 2_000);
+    let stats = balancer.stats().endpoint(&server.url).unwrap();
+    assert_eq!(
+        (stats.in_flight, stats.failures.total()),
+        (0, 0),
+        "{stats:?}"
     );
 }

@@ -7,7 +7,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use http::StatusCode;
-use tower_lb::{Balancer, HealthEvent, OutlierDetection, Policy, Retries, Selection};
+use tower_lb::{Balancer, Detector, HealthEvent, OutlierDetection, Policy, Retries, Selection};
 
 fn url(i: usize) -> String {
     format!("http://10.0.0.{}:8080", i + 1)
@@ -222,27 +222,56 @@ async fn round_robin_and_weighted_round_robin_share_an_ejected_endpoints_turns_b
 }
 
 #[tokio::test(start_paused = true)]
-async fn reading_stats_neither_readmits_nor_fires_events() {
+async fn an_ejection_ends_at_its_time_with_no_request_and_the_event_and_stats_show_it() {
     let (detection, events) = events();
     let detection = detection.base_ejection_time(Duration::from_secs(1));
     let balancer = balancer(2, detection.max_ejection_percent(50));
     for _ in 0..5 {
         select_on(&balancer, 0).finish(StatusCode::SERVICE_UNAVAILABLE);
     }
-    assert!(matches!(next_event(&events), HealthEvent::Ejected { .. }));
-    tokio::time::advance(Duration::from_secs(2)).await;
-    for _ in 0..100 {
-        let stats = balancer.stats();
-        // The ejection is over as far as anyone can read...
-        assert!(!stats.endpoints[0].ejected);
-    }
-    // ... but nothing happened until a pick noticed.
-    assert!(events.recv_timeout(Duration::from_millis(50)).is_err());
-    balancer.select(&get()).unwrap().finish(StatusCode::OK);
     assert!(matches!(
         next_event(&events),
-        HealthEvent::Readmitted { .. }
+        HealthEvent::Ejected {
+            detector: Detector::ConsecutiveFailures,
+            ..
+        }
     ));
+    let stats = balancer.stats();
+    assert_eq!(
+        stats.endpoints[0].ejected_by,
+        Some(Detector::ConsecutiveFailures)
+    );
+    assert_eq!(stats.ejections.active, 1);
+    assert_eq!(stats.ejections.enforced(Detector::ConsecutiveFailures), 1);
+    // Not a moment early: reading stats changes nothing.
+    tokio::time::advance(Duration::from_millis(999)).await;
+    assert!(balancer.stats().endpoints[0].ejected);
+    assert!(events.recv_timeout(Duration::from_millis(50)).is_err());
+    // At its time, with no request: the sweeper re-admits it (this task
+    // waits without blocking the runtime the sweeper runs on).
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let waiting = std::time::Instant::now();
+    let event = loop {
+        if let Ok(event) = events.try_recv() {
+            break event;
+        }
+        assert!(waiting.elapsed() < Duration::from_secs(5), "no return");
+        tokio::task::yield_now().await;
+    };
+    match event {
+        HealthEvent::Readmitted {
+            endpoint, after, ..
+        } => {
+            assert_eq!(endpoint, url(0));
+            assert_eq!(after, Duration::from_secs(1));
+        }
+        other => panic!("expected a return, got {other:?}"),
+    }
+    let stats = balancer.stats();
+    assert!(!stats.endpoints[0].ejected);
+    assert_eq!(stats.endpoints[0].ejected_by, None);
+    assert_eq!(stats.ejections.active, 0);
+    assert_eq!(stats.ejections.total, 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -367,4 +396,67 @@ fn rotations_hand_over_turns_under_concurrency_without_ever_failing() {
             }
         });
     }
+}
+
+/// The sweeper task holds only a weak reference: dropping the balancer
+/// ends it, an ejection waiting to end included.
+#[tokio::test(start_paused = true)]
+async fn the_sweeper_task_ends_when_the_balancer_is_dropped() {
+    let tasks = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    let before = tasks();
+    let balancer = balancer(4, OutlierDetection::default());
+    assert_eq!(tasks(), before + 1, "one sweeper per balancer");
+    for _ in 0..5 {
+        select_on(&balancer, 0).finish(StatusCode::SERVICE_UNAVAILABLE);
+    }
+    assert!(balancer.stats().endpoints[0].ejected);
+    tokio::task::yield_now().await;
+    drop(balancer);
+    for _ in 0..3 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(tasks(), before, "the sweeper outlived its balancer");
+}
+
+/// A balancer built outside any runtime starts its sweeper from its first
+/// pick inside one: the success rate then judges at the interval.
+#[test]
+fn a_balancer_built_outside_a_runtime_starts_its_sweeper_from_the_first_pick_in_one() {
+    let detection = OutlierDetection::disabled()
+        .success_rate(tower_lb::SuccessRate::default().request_volume(10))
+        .interval(Duration::from_secs(10));
+    let balancer = balancer(5, detection);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        // Round robin: 20 requests each; endpoint 3 fails 10 of its 20.
+        let mut sent = [0; 5];
+        for _ in 0..100 {
+            let selection = balancer.select(&get()).unwrap();
+            let i = (0..5).position(|i| url(i) == selection.endpoint()).unwrap();
+            let failed = i == 3 && sent[i] < 10;
+            sent[i] += 1;
+            selection.finish(if failed {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::OK
+            });
+        }
+        tokio::time::advance(Duration::from_secs(10)).await;
+        tokio::task::yield_now().await;
+        let by: Vec<_> = balancer
+            .stats()
+            .endpoints
+            .iter()
+            .map(|e| e.ejected_by)
+            .collect();
+        assert_eq!(by, [None, None, None, Some(Detector::SuccessRate), None]);
+    });
 }

@@ -4,9 +4,11 @@
 //!
 //! The model is the documented behaviour written plainly (no atomics, no
 //! concurrency): consecutive failures eject for `base × times` (at most
-//! `max`); at most `max_ejection_percent` of the active set (at least one)
-//! is out; an ejection ends when its time is up, noticed by the next pick,
-//! in panic mode too; a returning, refused, drained or re-added endpoint
+//! `max`), the multiplier going up while `base × times` is below `max` and
+//! down by one at every interval sweep an interval or more after the
+//! return (Envoy); at most `max_ejection_percent` of the active set (at
+//! least one) is out; an ejection ends at its time (the sweeper, or the
+//! next pick), in panic mode too; a returning, refused, drained or re-added endpoint
 //! starts with clean counts, and answers to requests sent before such a
 //! change do not count. After every step the balancer's stats must match it,
 //! and the invariants the docs promise are checked by name.
@@ -55,6 +57,7 @@ struct Config {
     panic: u32,
     base_ms: u64,
     max_ms: u64,
+    interval_ms: u64,
     policy: u8,
 }
 
@@ -65,15 +68,17 @@ fn config() -> impl Strategy<Value = Config> {
         prop_oneof![Just(0u32), Just(50)],
         100u64..2_000,
         1u64..5,
+        200u64..3_000,
         0u8..4,
     )
         .prop_map(
-            |(threshold, percent, panic, base_ms, factor, policy)| Config {
+            |(threshold, percent, panic, base_ms, factor, interval_ms, policy)| Config {
                 threshold,
                 percent,
                 panic,
                 base_ms,
                 max_ms: base_ms * factor,
+                interval_ms,
                 policy,
             },
         )
@@ -98,6 +103,8 @@ struct Model {
     members: Vec<Option<(usize, u32)>>,
     /// Ejected instances with their end, in the order ejected.
     book: Vec<(usize, u64)>,
+    /// When the next interval sweep is due.
+    next_sweep: u64,
 }
 
 impl Model {
@@ -128,8 +135,10 @@ impl Model {
     }
 
     fn readmit(&mut self, instance: usize, now: u64) {
+        // Back at its time (or now, if the set shrank first).
+        let until = self.instances[instance].until.unwrap_or(now);
         self.instances[instance].until = None;
-        self.instances[instance].returned = now.max(1);
+        self.instances[instance].returned = until.min(now).max(1);
         self.new_epoch(instance);
     }
 
@@ -146,6 +155,36 @@ impl Model {
             for i in expired {
                 self.readmit(i, now);
             }
+        }
+    }
+
+    /// What the sweeper does when time moves: ends the ejections whose
+    /// time is up, then runs the interval sweeps due since the last, as
+    /// one: every active endpoint in rotation, back for an interval or more
+    /// at a sweep, has its multiplier brought down by one for that sweep.
+    fn sweep(&mut self, now: u64) {
+        self.before_pick(now);
+        if now < self.next_sweep {
+            return;
+        }
+        let interval = self.config.interval_ms;
+        let due = self.next_sweep;
+        let sweeps: Vec<u64> = (0..)
+            .map(|j| due + j * interval)
+            .take_while(|&at| at <= now)
+            .collect();
+        self.next_sweep = due + sweeps.len() as u64 * interval;
+        let members: Vec<(usize, u32)> = self.members.iter().flatten().copied().collect();
+        for (instance, weight) in members {
+            let i = &mut self.instances[instance];
+            if weight == 0 || i.retired || i.until.is_some() || i.returned == 0 {
+                continue;
+            }
+            let down = sweeps
+                .iter()
+                .filter(|&&at| at >= i.returned + interval)
+                .count();
+            i.times = i.times.saturating_sub(down as u32);
         }
     }
 
@@ -168,10 +207,9 @@ impl Model {
         }
         let config = self.config.clone();
         let i = &mut self.instances[instance];
-        if i.returned > 0 && now.saturating_sub(i.returned) >= config.max_ms {
-            i.times = 0;
+        if config.base_ms * u64::from(i.times) < config.max_ms {
+            i.times += 1;
         }
-        i.times += 1;
         let duration = (config.base_ms * u64::from(i.times)).min(config.max_ms);
         let until = now + duration.max(1);
         i.until = Some(until);
@@ -223,7 +261,8 @@ fn run(config: Config, initial: Vec<u32>, steps: Vec<Step>) -> Result<(), TestCa
         .max_ejection_percent(config.percent)
         .panic_threshold(config.panic)
         .base_ejection_time(Duration::from_millis(config.base_ms))
-        .max_ejection_time(Duration::from_millis(config.max_ms));
+        .max_ejection_time(Duration::from_millis(config.max_ms))
+        .interval(Duration::from_millis(config.interval_ms));
     let policy: Policy = match config.policy {
         0 => Policy::round_robin(),
         1 => Policy::weighted_round_robin(),
@@ -250,6 +289,7 @@ fn run(config: Config, initial: Vec<u32>, steps: Vec<Step>) -> Result<(), TestCa
             .build()
             .unwrap();
         let mut model = Model {
+            next_sweep: config.interval_ms,
             config,
             instances: Vec::new(),
             members: vec![None; POOL],
@@ -310,7 +350,12 @@ fn run(config: Config, initial: Vec<u32>, steps: Vec<Step>) -> Result<(), TestCa
                         drop(held.swap_remove(index % held.len()));
                     }
                 }
-                Step::Advance { ms } => tokio::time::advance(Duration::from_millis(ms)).await,
+                Step::Advance { ms } => {
+                    tokio::time::advance(Duration::from_millis(ms)).await;
+                    // The sweeper, woken by its timer, runs now.
+                    tokio::task::yield_now().await;
+                    model.sweep(now());
+                }
                 Step::Add { endpoint, weight } => {
                     let added = balancer.add(url(endpoint), weight);
                     prop_assert_eq!(added.is_ok(), model.members[endpoint].is_none());

@@ -205,7 +205,7 @@ async fn a_known_run_gives_exact_counts_n_requests_one_ejection_k_retries() {
         assert_eq!(m.gauge(ACTIVE, &labels), 0.0, "{port}");
     }
     assert_eq!(
-        m.counter("tower_lb.ejections", &[("reason", "consecutive_failures")]),
+        m.counter("tower_lb.ejections", &[("detector", "consecutive_5xx")]),
         1
     );
     assert_eq!(m.counter("tower_lb.ejections", &[]), 1);
@@ -252,6 +252,10 @@ async fn a_retry_the_budget_refuses_is_counted() {
     }
     assert_eq!(failed, 2, "the refused ones fail");
     let m = recorded.read();
+    assert_eq!(
+        m.counter("tower_lb.retry_budget.refusals", &[("kind", "retry")]),
+        2
+    );
     assert_eq!(m.counter("tower_lb.retry_budget.refusals", &[]), 2);
     assert_eq!(
         m.counter("tower_lb.attempts", &[("http.request.resend_count", "1")]),

@@ -1,5 +1,7 @@
 //! Any request target, routed to an endpoint with a base path: a URI on the
-//! endpoint's scheme and authority, or `InvalidRequest`.
+//! endpoint's scheme and authority, or `InvalidRequest` (a target that cannot
+//! be joined to the base path), or `InvalidTarget` (one that would leave
+//! the base path, or of a form the balancer does not route).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -20,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
             request.uri().authority().map(|a| a.as_str()),
             Some("127.0.0.1:8080")
         ),
-        Err(Error::InvalidRequest { .. }) => {}
+        Err(Error::InvalidRequest { .. } | Error::InvalidTarget { .. }) => {}
         Err(other) => panic!("unexpected {other:?}"),
     }
 });

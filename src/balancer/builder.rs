@@ -9,6 +9,7 @@ use crate::affinity::LearnedHomes;
 use crate::clock::Clock;
 use crate::endpoint::{Counters, Endpoint, EndpointUrl, Labels, Member};
 use crate::health::{HealthShared, OutlierDetection, Retries};
+use crate::hedge::Hedging;
 use crate::membership::Snapshot;
 use crate::policy::Policy;
 use crate::random::SharedRng;
@@ -28,6 +29,7 @@ pub struct BalancerBuilder {
     policy: Policy,
     outlier_detection: OutlierDetection,
     retry: Retries,
+    hedge: Option<Hedging>,
     seed: Option<u64>,
     error: Option<Error>,
     /// The balancer's name in its metrics.
@@ -99,6 +101,28 @@ impl BalancerBuilder {
     /// budget. [`Retries::disabled`] turns retries off.
     pub fn retry(mut self, retry: Retries) -> Self {
         self.retry = retry;
+        self
+    }
+
+    /// Hedges slow requests: a request safe to send twice that has had no
+    /// answer after a delay is sent to another endpoint too, and the first
+    /// answer wins (see [`Hedging`]). Off by default. Hedges draw on the
+    /// retry budget set with [`Retries::budget`], shared with retries
+    /// (kept even when retries are [`Retries::disabled`]).
+    ///
+    /// ```
+    /// use tower_lb::{Balancer, Hedging};
+    ///
+    /// let balancer = Balancer::builder()
+    ///     .endpoint("http://127.0.0.1:8081")
+    ///     .endpoint("http://127.0.0.1:8082")
+    ///     .hedge(Hedging::default().max_attempts(3))
+    ///     .build()?;
+    /// assert_eq!(balancer.stats().extra.hedges, 0);
+    /// # Ok::<(), tower_lb::Error>(())
+    /// ```
+    pub fn hedge(mut self, hedging: Hedging) -> Self {
+        self.hedge = Some(hedging);
         self
     }
 
@@ -185,29 +209,38 @@ impl BalancerBuilder {
         policy.validate()?;
         self.outlier_detection.validate()?;
         self.retry.validate()?;
+        if let Some(hedge) = &self.hedge {
+            hedge.validate()?;
+        }
         if !self.endpoints.is_empty() && self.endpoints.iter().all(|(_, weight, _)| *weight == 0) {
             return Err(Error::ZeroTotalWeight);
         }
         let clock = Clock::default();
+        let rng = Arc::new(self.seed.map_or_else(SharedRng::unseeded, SharedRng::new));
         #[cfg(feature = "metrics")]
         let metrics = Arc::new(crate::telemetry::BalancerMetrics::register(
             self.name.as_deref(),
-            self.retry.max_retries,
+            self.retry
+                .max_retries
+                .max(self.hedge.as_ref().map_or(0, |h| h.max_extra_attempts())),
+            &crate::health::Detector::ALL.map(crate::health::Detector::envoy_name),
         ));
-        let health = HealthShared::new(self.outlier_detection, clock);
         #[cfg(feature = "metrics")]
-        let health = health.with_metrics(metrics.clone());
+        let health =
+            HealthShared::reporting(self.outlier_detection, clock, rng.clone(), metrics.clone());
+        #[cfg(not(feature = "metrics"))]
+        let health = HealthShared::new(self.outlier_detection, clock, rng.clone());
         let counters = Counters {
             #[cfg(feature = "metrics")]
             metrics: metrics.clone(),
             clock,
-            rng: Arc::new(self.seed.map_or_else(SharedRng::unseeded, SharedRng::new)),
+            rng: rng.clone(),
             rtt: Arc::new(
                 policy
                     .rtt_model_on(clock)
                     .timing_every_request(policy.reads_latency()),
             ),
-            health: Arc::new(health),
+            health,
             in_flight: policy.counts_total_in_flight().then(Default::default),
             ..Counters::default()
         };
@@ -245,7 +278,8 @@ impl BalancerBuilder {
                     let learned = learned.with_metrics(metrics);
                     Arc::new(learned)
                 }),
-                retrying: self.retry.start(clock),
+                retrying: self.retry.start(clock, self.hedge.is_some()),
+                hedger: self.hedge.map(|hedge| hedge.start(clock)),
                 #[cfg(feature = "cookies")]
                 site_cookies: std::sync::OnceLock::new(),
                 writer: Mutex::new(()),

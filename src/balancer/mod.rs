@@ -22,8 +22,11 @@ pub(crate) use handles::{LaneHandle, LaneHandles};
 #[cfg(feature = "cookies")]
 use crate::affinity::SiteCookies;
 use crate::affinity::{LearnedHomes, RequestInfo, RequestKey, SessionKey};
-use crate::endpoint::{Counters, DiscoveryStats, EndpointCore, EndpointState, Stats, Ticket};
-use crate::health::Retrying;
+use crate::endpoint::{
+    Counters, DiscoveryStats, EndpointCore, EndpointState, ExtraAttempts, Stats, Ticket,
+};
+use crate::health::{Extra, Retrying};
+use crate::hedge::Hedger;
 use crate::membership::Snapshot;
 use crate::policy::Policy;
 use crate::refresh::ConnectFailures;
@@ -58,6 +61,8 @@ struct Shared {
     counters: Counters,
     /// Retry settings and budget; `None` when retries are off.
     retrying: Option<Arc<Retrying>>,
+    /// Hedging settings and latency estimate; `None` when hedging is off.
+    hedger: Option<Hedger>,
     /// Which endpoint issued each affinity cookie, when the key reads cookies.
     learned: Option<Arc<LearnedHomes>>,
     /// The cookies of the client behind the balancer, filed under one
@@ -149,7 +154,22 @@ impl Balancer {
     pub fn stats(&self) -> Stats {
         let mut stats = self.snapshot().stats();
         stats.discovery = self.discovery_stats().clone();
+        stats.extra = self.extra_attempts();
         stats
+    }
+
+    /// The budget's grants and refusals, and the hedges that won.
+    fn extra_attempts(&self) -> ExtraAttempts {
+        let counts = self.shared.retrying.as_ref().map(|r| r.budget.counts());
+        let counts = counts.unwrap_or_default();
+        let (retry, hedge) = (Extra::Retry as usize, Extra::Hedge as usize);
+        ExtraAttempts {
+            retries: counts.granted[retry],
+            hedges: counts.granted[hedge],
+            retries_refused: counts.refused[retry],
+            hedges_refused: counts.refused[hedge],
+            hedges_won: self.shared.hedger.as_ref().map_or(0, Hedger::won),
+        }
     }
 
     fn discovery_stats(&self) -> std::sync::MutexGuard<'_, Option<DiscoveryStats>> {
@@ -393,6 +413,17 @@ impl Balancer {
     /// The retry settings and budget, when retries are on.
     pub(crate) fn retrying(&self) -> Option<&Arc<Retrying>> {
         self.shared.retrying.as_ref()
+    }
+
+    /// The balancer's own metric series.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn metrics(&self) -> &crate::telemetry::BalancerMetrics {
+        &self.shared.counters.metrics
+    }
+
+    /// The hedging settings and latency estimate, when hedging is on.
+    pub(crate) fn hedger(&self) -> Option<&Hedger> {
+        self.shared.hedger.as_ref()
     }
 
     /// The affinity cookies the jar holds for `request`, if a jar is in use,

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use futures::StreamExt;
+use futures_util::StreamExt;
 use tower::discover::{Change, Discover};
 
 use super::Balancer;
@@ -253,7 +253,7 @@ impl Balancer {
         V: IntoEndpoint,
     {
         let mut changes = std::pin::pin!(changes);
-        let changes = futures::stream::poll_fn(move |cx| changes.as_mut().poll_discover(cx));
+        let changes = futures_util::stream::poll_fn(move |cx| changes.as_mut().poll_discover(cx));
         let mut batches = std::pin::pin!(changes.ready_chunks(DISCOVERY_BATCH));
         while let Some(batch) = batches.next().await {
             let mut parsed = Vec::with_capacity(batch.len());

@@ -5,7 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use futures::stream::{self, BoxStream, StreamExt};
+use futures_util::stream::{self, BoxStream, StreamExt};
 use hickory_resolver::config::{
     ConnectionConfig, LookupIpStrategy, NameServerConfig, ResolverConfig,
 };
@@ -20,14 +20,14 @@ use crate::endpoint::{Endpoint, MAX_WEIGHT};
 use crate::error::BoxError;
 
 /// The shortest wait between two look-ups, by default.
-const DEFAULT_MIN_REFRESH: Duration = Duration::from_secs(1);
+pub(crate) const DEFAULT_MIN_REFRESH: Duration = Duration::from_secs(1);
 /// The longest wait between two look-ups, by default.
-const DEFAULT_MAX_REFRESH: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_MAX_REFRESH: Duration = Duration::from_secs(30);
 
 /// How long one query waits for a name server's answer, by default.
-const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 /// How many times a failed query is retried, by default.
-const DEFAULT_RETRIES: usize = 2;
+pub(crate) const DEFAULT_RETRIES: usize = 2;
 /// The shortest wait for an answer a user can set.
 const MIN_QUERY_TIMEOUT: Duration = Duration::from_millis(10);
 /// The longest wait for an answer a user can set (a longer one would only

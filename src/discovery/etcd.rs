@@ -8,7 +8,7 @@ use etcd_client::{
     Client, ConnectOptions, EventType, GetOptions, KvClient, WatchOptions, WatchResponse,
     WatchStream,
 };
-use futures::stream::{self, BoxStream, FuturesUnordered, StreamExt};
+use futures_util::stream::{self, BoxStream, FuturesUnordered, StreamExt};
 use serde::Deserialize;
 use tokio::time::Instant;
 
@@ -103,6 +103,11 @@ fn default_options() -> ConnectOptions {
         .with_keep_alive_while_idle(true)
 }
 
+/// The first wait before an attempt after a failed one, by default.
+pub(crate) const DEFAULT_MIN_RETRY: Duration = Duration::from_millis(100);
+/// The longest wait between attempts, by default.
+pub(crate) const DEFAULT_MAX_RETRY: Duration = Duration::from_secs(1);
+
 /// One endpoint's value.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -128,8 +133,8 @@ impl EtcdSource {
         EtcdSource {
             endpoints: endpoints.into_iter().map(Into::into).collect(),
             prefix: prefix.into(),
-            min_retry: Duration::from_millis(100),
-            max_retry: Duration::from_secs(1),
+            min_retry: DEFAULT_MIN_RETRY,
+            max_retry: DEFAULT_MAX_RETRY,
             options: None,
             max_message_size: None,
         }

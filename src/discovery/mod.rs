@@ -45,8 +45,9 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use futures::stream::BoxStream;
-use futures::{FutureExt, Stream, StreamExt};
+use futures_util::future::{self, Either};
+use futures_util::stream::BoxStream;
+use futures_util::{FutureExt, Stream, StreamExt};
 use tokio::sync::watch;
 
 use crate::balancer::{Balancer, WeakBalancer};
@@ -56,8 +57,14 @@ use crate::refresh::ConnectFailures;
 
 #[cfg(feature = "dns")]
 pub use dns::DnsSource;
+#[cfg(all(feature = "dns", feature = "serde"))]
+pub(crate) use dns::{
+    DEFAULT_MAX_REFRESH, DEFAULT_MIN_REFRESH, DEFAULT_QUERY_TIMEOUT, DEFAULT_RETRIES,
+};
 #[cfg(feature = "etcd")]
 pub use etcd::EtcdSource;
+#[cfg(all(feature = "etcd", feature = "serde"))]
+pub(crate) use etcd::{DEFAULT_MAX_RETRY, DEFAULT_MIN_RETRY};
 
 /// A source of endpoint sets: it becomes a stream whose every item is the
 /// whole current set (or an error), and the balancer applies each one.
@@ -359,10 +366,11 @@ async fn follow(
     mut sets: BoxStream<'static, Result<Vec<Endpoint>, BoxError>>,
 ) {
     loop {
-        let next = tokio::select! {
-            next = sets.next() => next,
-            // The sender lives in the balancer: an error means it is gone.
-            _ = dropped.changed() => return,
+        // The sender lives in the balancer: `changed` ends when it is gone.
+        let gone = std::pin::pin!(dropped.changed());
+        let next = match future::select(sets.next(), gone).await {
+            Either::Left((next, _)) => next,
+            Either::Right(_) => return,
         };
         let Some(balancer) = balancer.upgrade() else {
             return;

@@ -12,7 +12,7 @@ use super::rtt::{RttEstimate, RttModel};
 use super::served::{ServedBy, ServedSlot};
 use super::{Counters, EndpointUrl, Labels};
 use crate::clock::Clock;
-use crate::health::{EndpointHealth, HealthShared};
+use crate::health::{Detector, EndpointHealth, HealthShared};
 use crate::outcome::Outcome;
 use crate::refresh::ConnectFailures;
 
@@ -83,9 +83,15 @@ impl EndpointCore {
         self.refused.load(Ordering::Relaxed) && self.health_status().0
     }
 
-    /// Whether it is ejected now, and how many times it has been.
-    pub(crate) fn health_status(&self) -> (bool, u32) {
+    /// Whether it is ejected now, its ejection multiplier, and the detector
+    /// behind the ejection.
+    pub(crate) fn health_status(&self) -> (bool, u32, Option<Detector>) {
         self.health.status(self.clock.now_ms())
+    }
+
+    /// The endpoint's health, for the balancer's interval sweep.
+    pub(crate) fn health(&self) -> &Arc<EndpointHealth> {
+        &self.health
     }
 
     /// The endpoint's health epoch: answers to requests sent in an earlier

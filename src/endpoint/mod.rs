@@ -19,7 +19,7 @@ pub(crate) use rtt::{RttModel, DEFAULT_DECAY, DEFAULT_PENALTY, DEFAULT_RTT};
 pub use served::ServedBy;
 pub use spec::{Endpoint, IntoEndpoint, Labels};
 pub(crate) use state::{EndpointState, InFlight};
-pub use stats::{DiscoveryStats, EndpointStats, FailureCounts, Stats};
+pub use stats::{DiscoveryStats, EndpointStats, ExtraAttempts, FailureCounts, Stats};
 pub(crate) use url::EndpointUrl;
 
 /// The largest weight an endpoint may have.

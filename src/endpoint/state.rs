@@ -101,7 +101,7 @@ impl EndpointState {
 
     /// A consistent-enough copy of the counters for [`crate::Stats`].
     pub(crate) fn stats(&self, weight: u32, labels: &Labels) -> EndpointStats {
-        let (ejected, times_ejected) = self.health_status();
+        let (ejected, times_ejected, ejected_by) = self.health_status();
         let estimate = self.rtt_nanos_at(self.rtt_model().stamp_now());
         // Read while requests finish, the sum can be off by those finishing
         // at that moment; once traffic stops it is exact.
@@ -129,6 +129,7 @@ impl EndpointState {
             client_errors: counts.client_errors,
             ejected,
             times_ejected,
+            ejected_by,
         }
     }
 }

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use super::{EndpointUrl, Labels};
+use crate::health::{Detector, EjectionStats};
 
 /// The state of every endpoint in the set, in the order they were added.
 ///
@@ -31,6 +32,39 @@ pub struct Stats {
     /// [`on_event`](crate::OutlierDetection::on_event) callback because its
     /// queue was full (the callback was slower than events came).
     pub health_events_dropped: u64,
+    /// Ejections: how many now, how many each detector made, how many the
+    /// maximum share refused.
+    pub ejections: EjectionStats,
+    /// Extra attempts (retries and hedges) the budget granted and refused.
+    pub extra: ExtraAttempts,
+}
+
+/// Extra attempts of the balancer's requests, all drawn from one budget
+/// (see [`Retries::budget`](crate::Retries::budget)): retries after a
+/// failure, and hedges beside a slow attempt (see
+/// [`Hedging`](crate::Hedging)). A refused one was not sent.
+///
+/// ```
+/// let balancer = tower_lb::Balancer::builder()
+///     .endpoint("http://127.0.0.1:8081")
+///     .build()?;
+/// let extra = balancer.stats().extra;
+/// assert_eq!(extra.retries + extra.hedges, 0);
+/// # Ok::<(), tower_lb::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ExtraAttempts {
+    /// Retries sent.
+    pub retries: u64,
+    /// Hedges sent.
+    pub hedges: u64,
+    /// Retries the budget refused.
+    pub retries_refused: u64,
+    /// Hedges the budget refused (the attempt waiting went on alone).
+    pub hedges_refused: u64,
+    /// Requests whose answer came from a hedge, not the first attempt.
+    pub hedges_won: u64,
 }
 
 impl Stats {
@@ -114,8 +148,12 @@ pub struct EndpointStats {
     pub latency_ewma: Option<Duration>,
     /// Ejected by outlier detection: no new requests until its time is up.
     pub ejected: bool,
-    /// Ejections in a row (reset by a clean spell).
+    /// The ejection multiplier: up by one at each ejection (while `base ×
+    /// multiplier` is below the maximum), down by one for every interval
+    /// the endpoint stays in rotation.
     pub times_ejected: u32,
+    /// The detector behind the current ejection; `None` when not ejected.
+    pub ejected_by: Option<Detector>,
 }
 
 /// What the discovery task did: sets applied, endpoints skipped as

@@ -119,9 +119,17 @@ pub(super) fn status_for(error: Error) -> Status {
             let message = format!("the channel is not ready: {detail}");
             (code, message, Error::NotReady(source))
         }
+        // The error's own words speak of discovery, which the caller of a
+        // gRPC method never called.
+        Error::NoRuntime => (
+            Code::Unavailable,
+            "a balanced gRPC channel needs a tokio runtime: make the call from within one"
+                .to_owned(),
+            Error::NoRuntime,
+        ),
         other => {
             let code = match other {
-                Error::NoEndpointAvailable | Error::NoRuntime => Code::Unavailable,
+                Error::NoEndpointAvailable => Code::Unavailable,
                 _ => Code::Internal,
             };
             (code, other.to_string(), other)

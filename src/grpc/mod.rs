@@ -19,12 +19,14 @@
 //!
 //! The parts: `options` (what the user sets), `channel` (each endpoint's
 //! channel and the statuses calls fail with), `request` (a call's request,
-//! its body read ahead so it can be sent again), `future` (a call's
-//! attempts, through the request pipeline's trip) and `body` (the answer's
-//! body, which ends the last attempt).
+//! its body read ahead so it can be sent again), `deadline` (a retry's
+//! `grpc-timeout`: the time left), `future` (a call's attempts, through
+//! the request pipeline's trip) and `body` (the answer's body, which ends
+//! the last attempt).
 
 mod body;
 mod channel;
+mod deadline;
 mod future;
 mod options;
 mod request;
@@ -47,7 +49,9 @@ use crate::error::Error;
 use crate::health::Retryable;
 use crate::per_endpoint::{shared_with, Services};
 use crate::pipeline::Trip;
+use crate::request::sealed::Route;
 use channel::{channel_for, endpoint_for, status_for, EndpointChannel};
+use deadline::Deadline;
 use request::{GrpcRequest, RequestBody};
 
 /// A balanced gRPC channel: give it to a generated client
@@ -77,7 +81,12 @@ use request::{GrpcRequest, RequestBody};
 /// unary calls up to 64 KiB); calls marked safe to retry
 /// ([`GrpcOptions::safe_to_retry`], [`Retryable`]) also when answered
 /// UNAVAILABLE. Retries follow the balancer's [`Retries`](crate::Retries)
-/// and draw on its budget.
+/// and draw on its budget. A call its connection dropped unsent as the
+/// connection went away (closed, or a graceful GOAWAY: a server draining or
+/// rotating its connections) is first sent once more to the same endpoint,
+/// and is charged to none. A retry's `grpc-timeout` is the caller's less
+/// the time already spent; a call whose deadline is spent is not sent
+/// again and fails with DEADLINE_EXCEEDED.
 #[derive(Clone)]
 pub struct BalancedChannel {
     balancer: Balancer,
@@ -234,9 +243,22 @@ impl Service<http::Request<tonic::body::Body>> for BalancedChannel {
             self.handles
                 .hold(&self.balancer, Some((&self.channels, Arc::clone)))
         });
+        // A call the trip keeps no copy of (one endpoint, retries off): a
+        // copy of its own, already routed, in case its connection goes
+        // away with it unsent.
+        let spare = match held {
+            None => request.try_clone(),
+            Some(_) => None,
+        };
+        // The call's grpc-timeout, to give another attempt only the time
+        // left.
+        let deadline = (held.is_some() || spare.is_some())
+            .then(|| Deadline::of(request.0.headers(), tokio::time::Instant::now()))
+            .flatten();
         match channel_for(&self.channels, request, attempt) {
             Ok((channel, request, attempt)) => {
-                GrpcResponseFuture::sending(channel, request, attempt, trip, held)
+                let spare = spare.map(|copy| (channel.clone(), copy));
+                GrpcResponseFuture::sending(channel, request, attempt, trip, held, deadline, spare)
             }
             Err(status) => GrpcResponseFuture::failed(status),
         }

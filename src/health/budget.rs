@@ -25,6 +25,25 @@ pub(crate) struct RetryBudget {
     share: f64,
     /// Retries allowed per second with no requests at all.
     reserve_per_second: f64,
+    /// Withdrawals granted and refused, by [`Extra`] kind.
+    granted: [AtomicU64; 2],
+    refused: [AtomicU64; 2],
+}
+
+/// What an extra attempt is, for the budget's counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Extra {
+    /// Sent again after a failed attempt.
+    Retry = 0,
+    /// Sent beside an attempt still waiting.
+    Hedge = 1,
+}
+
+/// The budget's counts since it was made, by kind (retry, hedge).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct BudgetCounts {
+    pub(crate) granted: [u64; 2],
+    pub(crate) refused: [u64; 2],
 }
 
 #[derive(Debug, Default)]
@@ -46,6 +65,8 @@ impl RetryBudget {
             buckets: (0..seconds).map(|_| Bucket::default()).collect(),
             share,
             reserve_per_second: f64::from(reserve_per_second),
+            granted: Default::default(),
+            refused: Default::default(),
         }
     }
 
@@ -89,8 +110,29 @@ impl RetryBudget {
         self.deposit_at(self.clock.now());
     }
 
-    /// Takes one retry from the budget, if there is one.
-    pub(crate) fn withdraw(&self) -> bool {
+    /// Takes one extra attempt of kind `kind` from the budget, if there is
+    /// one; counts the grant or the refusal.
+    pub(crate) fn withdraw(&self, kind: Extra) -> bool {
+        let granted = self.try_withdraw();
+        let counts = if granted {
+            &self.granted
+        } else {
+            &self.refused
+        };
+        counts[kind as usize].fetch_add(1, Ordering::Relaxed);
+        granted
+    }
+
+    /// The grants and refusals so far.
+    pub(crate) fn counts(&self) -> BudgetCounts {
+        let load = |c: &[AtomicU64; 2]| c.each_ref().map(|c| c.load(Ordering::Relaxed));
+        BudgetCounts {
+            granted: load(&self.granted),
+            refused: load(&self.refused),
+        }
+    }
+
+    fn try_withdraw(&self) -> bool {
         let (bucket, now) = self.current();
         let window = self.buckets.len() as u64;
         let (mut deposits, mut withdrawals) = (0i64, 0i64);
@@ -121,15 +163,18 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn retries_are_a_share_of_requests_plus_a_reserve() {
         let budget = RetryBudget::new(Clock::default(), Duration::from_secs(10), 0.2, 0);
-        assert!(!budget.withdraw(), "no requests, no reserve: no retry");
+        assert!(
+            !budget.withdraw(Extra::Retry),
+            "no requests, no reserve: no retry"
+        );
         for _ in 0..100 {
             budget.deposit();
         }
-        let granted = (0..100).filter(|_| budget.withdraw()).count();
+        let granted = (0..100).filter(|_| budget.withdraw(Extra::Retry)).count();
         assert_eq!(granted, 20);
 
         let reserve = RetryBudget::new(Clock::default(), Duration::from_secs(10), 0.0, 1);
-        let granted = (0..100).filter(|_| reserve.withdraw()).count();
+        let granted = (0..100).filter(|_| reserve.withdraw(Extra::Retry)).count();
         assert_eq!(granted, 10, "one a second over a ten-second window");
     }
 
@@ -140,15 +185,18 @@ mod tests {
             budget.deposit();
         }
         tokio::time::advance(Duration::from_secs(5)).await;
-        assert_eq!((0..10).filter(|_| budget.withdraw()).count(), 10);
+        assert_eq!(
+            (0..10).filter(|_| budget.withdraw(Extra::Retry)).count(),
+            10
+        );
         // Eleven seconds after the deposits they no longer count.
         tokio::time::advance(Duration::from_secs(6)).await;
-        assert!(!budget.withdraw());
+        assert!(!budget.withdraw(Extra::Retry));
         // Once the retries have left the window too, new requests count alone.
         tokio::time::advance(Duration::from_secs(5)).await;
         for _ in 0..10 {
             budget.deposit();
         }
-        assert_eq!((0..10).filter(|_| budget.withdraw()).count(), 2);
+        assert_eq!((0..10).filter(|_| budget.withdraw(Extra::Retry)).count(), 2);
     }
 }

@@ -63,11 +63,12 @@ impl EventQueue {
                 endpoint,
                 times,
                 duration,
+                detector,
             } => {
-                tracing::warn!(%endpoint, times, duration_ms = crate::clock::millis(*duration), "endpoint ejected")
+                tracing::warn!(%endpoint, times, duration_ms = crate::clock::millis(*duration), detector = detector.envoy_name(), "endpoint ejected")
             }
-            HealthEvent::Readmitted { endpoint } => {
-                tracing::info!(%endpoint, "endpoint readmitted")
+            HealthEvent::Readmitted { endpoint, after } => {
+                tracing::info!(%endpoint, after_ms = crate::clock::millis(*after), "endpoint readmitted")
             }
         }
         if let Some(sender) = &self.sender {

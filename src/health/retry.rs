@@ -27,7 +27,10 @@ use crate::Error;
 ///   ([`Retries::idempotent_failures`]), for requests safe to send twice.
 ///
 /// Retries draw on a budget: 20% of the requests of the last 10 s plus 10 a
-/// second, so retries cannot multiply an outage.
+/// second, so retries cannot multiply an outage. Hedges (see
+/// [`Hedging`](crate::Hedging)) draw on the same budget, so a fleet that
+/// slows down is not flooded by both; [`Stats::extra`](crate::Stats::extra)
+/// counts the grants and refusals of each kind.
 ///
 /// A request is retried only if it can be sent twice: a `reqwest::Request`
 /// whose body is in memory (`try_clone`), or an `http::Request` whose body
@@ -138,6 +141,12 @@ impl Retries {
         self
     }
 
+    /// The budget's window, percent and reserve per second, as set.
+    #[cfg(feature = "serde")]
+    pub(crate) fn budget_settings(&self) -> (Duration, Percent, u32) {
+        (self.budget_window, self.budget_percent, self.budget_reserve)
+    }
+
     fn enabled(&self) -> bool {
         (self.connect_errors || self.closed_connections || self.idempotent_failures)
             && self.max_retries > 0
@@ -160,9 +169,14 @@ impl Retries {
         Err(Error::InvalidPolicy { reason })
     }
 
-    /// The live retry state, `None` when retries are off.
-    pub(crate) fn start(self, clock: Clock) -> Option<Arc<Retrying>> {
-        self.enabled().then(|| {
+    /// The live retry state and budget, `None` when retries are off and
+    /// requests are not `hedged` (hedges draw on the same budget; without
+    /// retries, the policy kept allows none).
+    pub(crate) fn start(mut self, clock: Clock, hedged: bool) -> Option<Arc<Retrying>> {
+        if !self.enabled() {
+            self.max_retries = 0;
+        }
+        (self.max_retries > 0 || hedged).then(|| {
             Arc::new(Retrying {
                 budget: RetryBudget::new(
                     clock,

@@ -275,3 +275,25 @@ pub fn assert_settled(balancer: &Balancer) {
         );
     }
 }
+
+/// Holds tokio's paused clock still while it lives: the clock then moves
+/// only by `tokio::time::advance`, never on its own while the test waits
+/// for a real server.
+///
+/// Under `start_paused`, tokio moves the clock to the next timer whenever
+/// the runtime has nothing to do, and waiting for a server on another
+/// thread (wiremock's) is nothing to do: with a balancer's sweeper waiting
+/// for an ejection to end or for the next interval, a request to such a
+/// server would jump the clock there. A running `spawn_blocking` task
+/// stops that (tokio's rule on a current-thread runtime: the blocking task
+/// may be about to wake something); this guard keeps one running.
+pub struct ClockHold(#[allow(dead_code)] std::sync::mpsc::Sender<()>);
+
+/// Holds the paused clock still until the guard is dropped.
+pub fn hold_clock() -> ClockHold {
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    tokio::task::spawn_blocking(move || {
+        let _ = released.recv();
+    });
+    ClockHold(release)
+}

@@ -4,18 +4,28 @@
 //! `Channel::balance_list`, and one plain `Channel` to a single server,
 //! against tonic servers on 127.0.0.1.
 //!
-//! `cargo run --release -p tower-lb-bench --bin grpc_compare`
+//! `cargo run --release -p tower-lb-bench --bin grpc_compare [FLEET...]`
+//! (the fleets: equal slow killed drain goaway unavailable; all when none
+//! is named)
 //!
 //! Each server is a process of its own (this binary, run as
-//! `grpc_compare serve NAME DELAY_MS PORT`), so the client's CPU time
+//! `grpc_compare serve NAME DELAY_MS PORT MODE`), so the client's CPU time
 //! (getrusage, user + system of this process) is the client's alone, and
 //! a server can be killed (SIGKILL) as a crash would end it. Four servers,
-//! a closed loop of 32 unary calls, three fleets:
+//! a closed loop of 32 unary calls, six fleets:
 //!
 //! 1. all equal (2 ms each): rounds in rotating order, medians;
 //! 2. one server 10x slower (20 ms, a delay in the server);
 //! 3. one server killed (SIGKILL) after 1.5 s and started again on the
-//!    same port 3 s later, in a 6 s run.
+//!    same port 3 s later, in a 6 s run;
+//! 4. one server drains after 1.5 s (tonic's graceful shutdown: it stops
+//!    listening, sends GOAWAY, lets the calls open finish), 4 s run;
+//! 5. one server sends GOAWAY on each connection 200 ms after it opened
+//!    and keeps listening (tonic's `max_connection_age`), 4 s run;
+//! 6. one server answers every call UNAVAILABLE, 4 s run.
+//!
+//! Fleets 4 to 6 leave out the plain `Channel` (to s0, whom nothing
+//! happens to) and add the calls the odd server got.
 //!
 //! Reported per client: calls/s, CPU µs per call, p50/p99 of answered
 //! calls, errors returned to the caller (by code), the share of answered
@@ -24,8 +34,9 @@
 //! baseline for CPU and latency.
 //!
 //! Prints markdown tables; writes `target/bench/grpc_compare.json` and the
-//! plots `docs/grpc/latency_slow_fleet.svg` and
-//! `docs/grpc/killed_server_timeline.svg`.
+//! plots `docs/grpc/latency_slow_fleet.svg`,
+//! `docs/grpc/killed_server_timeline.svg` and
+//! `docs/grpc/drained_server_timeline.svg`.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write as _};
@@ -73,6 +84,16 @@ const KILL_AT: Duration = Duration::from_millis(1_500);
 const DOWN_FOR: Duration = Duration::from_secs(3);
 /// Fleet 3's timeline: calls and errors per bucket.
 const BUCKET: Duration = Duration::from_millis(100);
+/// Fleets 4 to 6 (a server that drains, one that sends GOAWAY and keeps
+/// listening, one that answers UNAVAILABLE): the run's length, and when
+/// the drain starts.
+const TROUBLED_RUN: Duration = Duration::from_secs(4);
+const DRAIN_AT: Duration = Duration::from_millis(1_500);
+/// Fleet 5: the odd server's `max_connection_age`.
+const MAX_AGE: Duration = Duration::from_millis(200);
+/// The clients of fleets 4 to 6: the plain `Channel` goes to s0 only, so
+/// the odd server's trouble never reaches it.
+const BALANCING_CLIENTS: [Client; 3] = [Client::TowerLb, Client::TowerLbSafe, Client::BalanceList];
 /// The odd server: the slow one, or the killed one.
 const ODD: &str = "s3";
 
@@ -103,6 +124,8 @@ enum Client {
     BalanceList,
     /// One `Channel` to server s0 (never the odd one).
     Plain,
+    /// `Balancer::grpc()` with round robin (the Nagle fleet only).
+    TowerLbRoundRobin,
 }
 
 impl Client {
@@ -112,22 +135,30 @@ impl Client {
             Client::TowerLbSafe => "tower-lb, least time, unary marked safe",
             Client::BalanceList => "tonic balance_list",
             Client::Plain => "tonic Channel, one server",
+            Client::TowerLbRoundRobin => "tower-lb grpc(), round robin",
         }
     }
 }
 
 // ---- the server process ----
 
-/// The Echo service of one server: answers after `delay`, naming itself.
+/// The Echo service of one server: answers after `delay`, naming itself,
+/// or UNAVAILABLE when `unavailable`; counts the unary calls it got.
 struct Named {
     name: String,
     delay: Duration,
+    unavailable: bool,
+    received: Arc<AtomicUsize>,
 }
 
 #[tonic::async_trait]
 impl Echo for Named {
     async fn unary(&self, request: Request<EchoRequest>) -> Result<Response<EchoReply>, Status> {
+        self.received.fetch_add(1, Ordering::Relaxed);
         tokio::time::sleep(self.delay).await;
+        if self.unavailable {
+            return Err(Status::unavailable(format!("{} is unavailable", self.name)));
+        }
         Ok(Response::new(EchoReply {
             server: self.name.clone(),
             message: request.into_inner().message,
@@ -144,19 +175,81 @@ impl Echo for Named {
     }
 }
 
-/// `serve NAME DELAY_MS PORT`: serves Echo on 127.0.0.1:PORT (0: any),
-/// prints `listening ADDR`, and exits when its stdin closes (the bench
-/// ended or died) or when killed.
+/// How a server behaves beyond its delay.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Mode {
+    /// Answers every call.
+    Ok,
+    /// Answers every unary call UNAVAILABLE (trailers-only, as tonic
+    /// fails a call before any message).
+    Unavailable,
+    /// Sends a graceful GOAWAY on each connection this long after it
+    /// opened (tonic's `max_connection_age`) and keeps listening.
+    MaxAge(Duration),
+    /// Answers every call, with Nagle's algorithm left on (no
+    /// TCP_NODELAY on its sockets).
+    Nagle,
+}
+
+impl Mode {
+    fn arg(self) -> String {
+        match self {
+            Mode::Ok => "ok".into(),
+            Mode::Unavailable => "unavailable".into(),
+            Mode::MaxAge(age) => format!("max-age-{}", age.as_millis()),
+            Mode::Nagle => "nagle".into(),
+        }
+    }
+
+    fn parse(arg: &str) -> Result<Self, BoxError> {
+        Ok(match arg {
+            "ok" => Mode::Ok,
+            "unavailable" => Mode::Unavailable,
+            "nagle" => Mode::Nagle,
+            _ => match arg.strip_prefix("max-age-") {
+                Some(ms) => Mode::MaxAge(Duration::from_millis(ms.parse()?)),
+                None => return Err(format!("unknown mode {arg:?}").into()),
+            },
+        })
+    }
+}
+
+/// `serve NAME DELAY_MS PORT MODE`: serves Echo on 127.0.0.1:PORT (0:
+/// any), prints `listening ADDR`. Reads commands on stdin: `drain` (a
+/// graceful shutdown: it stops listening, sends GOAWAY on its
+/// connections, lets the calls open finish, then exits), `count` (prints
+/// `received N`, the unary calls it got). Exits when its stdin closes (the
+/// bench ended or died) or when killed.
 fn serve(args: &[String]) -> Result<(), BoxError> {
-    let [name, delay_ms, port] = args else {
-        return Err("usage: grpc_compare serve NAME DELAY_MS PORT".into());
+    let [name, delay_ms, port, mode] = args else {
+        return Err("usage: grpc_compare serve NAME DELAY_MS PORT MODE".into());
     };
     let delay = Duration::from_millis(delay_ms.parse()?);
     let port: u16 = port.parse()?;
-    std::thread::spawn(|| {
-        let mut sink = Vec::new();
-        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
-        std::process::exit(0);
+    let mode = Mode::parse(mode)?;
+    let received = Arc::new(AtomicUsize::new(0));
+    let (drain, drained) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn({
+        let received = received.clone();
+        move || {
+            let mut drain = Some(drain);
+            for line in std::io::stdin().lock().lines() {
+                match line.as_deref().map(str::trim) {
+                    Ok("drain") => {
+                        if let Some(drain) = drain.take() {
+                            let _ = drain.send(());
+                        }
+                    }
+                    Ok("count") => {
+                        println!("received {}", received.load(Ordering::Relaxed));
+                        let _ = std::io::stdout().flush();
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+            std::process::exit(0);
+        }
     });
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -179,14 +272,24 @@ fn serve(args: &[String]) -> Result<(), BoxError> {
         // TCP_NODELAY as tonic's `serve` sets it (`serve_with_incoming`
         // leaves sockets as they come): with Nagle on, a reply's frames
         // wait for the client's delayed ACK, 40 ms here.
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        tonic::transport::Server::builder()
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(mode != Mode::Nagle));
+        let mut server = tonic::transport::Server::builder();
+        if let Mode::MaxAge(age) = mode {
+            server = server.max_connection_age(age);
+        }
+        server
             .add_service(EchoServer::new(Named {
                 name: name.clone(),
                 delay,
+                unavailable: mode == Mode::Unavailable,
+                received,
             }))
-            .serve_with_incoming(incoming)
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = drained.await;
+            })
             .await?;
+        // Drained: stay up (listening no more) until the bench ends.
+        std::future::pending::<()>().await;
         Ok(())
     })
 }
@@ -194,25 +297,27 @@ fn serve(args: &[String]) -> Result<(), BoxError> {
 /// A server process, and its address once it listens.
 struct ServerProcess {
     child: Child,
+    stdout: BufReader<std::process::ChildStdout>,
     url: String,
     port: u16,
 }
 
 impl ServerProcess {
-    fn start(name: &str, delay: Duration, port: u16) -> Result<Self, BoxError> {
+    fn start(name: &str, delay: Duration, port: u16, mode: Mode) -> Result<Self, BoxError> {
         let mut child = Command::new(std::env::current_exe()?)
             .args([
                 "serve",
                 name,
                 &delay.as_millis().to_string(),
                 &port.to_string(),
+                &mode.arg(),
             ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut stdout = BufReader::new(child.stdout.take().ok_or("no stdout")?);
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line)?;
+        stdout.read_line(&mut line)?;
         let addr: std::net::SocketAddr = line
             .trim()
             .strip_prefix("listening ")
@@ -220,9 +325,30 @@ impl ServerProcess {
             .parse()?;
         Ok(ServerProcess {
             child,
+            stdout,
             url: format!("http://{addr}"),
             port: addr.port(),
         })
+    }
+
+    /// Sends a command line to the server.
+    fn tell(&mut self, command: &str) -> Result<(), BoxError> {
+        let stdin = self.child.stdin.as_mut().ok_or("no stdin")?;
+        writeln!(stdin, "{command}")?;
+        stdin.flush()?;
+        Ok(())
+    }
+
+    /// How many unary calls the server got.
+    fn received(&mut self) -> Result<usize, BoxError> {
+        self.tell("count")?;
+        let mut line = String::new();
+        self.stdout.read_line(&mut line)?;
+        Ok(line
+            .trim()
+            .strip_prefix("received ")
+            .ok_or_else(|| format!("server said {line:?}"))?
+            .parse()?)
     }
 
     /// SIGKILL, as a crash: the kernel closes its sockets.
@@ -238,12 +364,16 @@ impl Drop for ServerProcess {
     }
 }
 
-fn start_fleet(odd_delay: Duration) -> Result<Vec<ServerProcess>, BoxError> {
+fn start_fleet(odd_delay: Duration, odd_mode: Mode) -> Result<Vec<ServerProcess>, BoxError> {
     (0..SERVERS)
         .map(|i| {
             let name = format!("s{i}");
-            let delay = if name == ODD { odd_delay } else { FAST };
-            ServerProcess::start(&name, delay, 0)
+            let (delay, mode) = if name == ODD {
+                (odd_delay, odd_mode)
+            } else {
+                (FAST, Mode::Ok)
+            };
+            ServerProcess::start(&name, delay, 0, mode)
         })
         .collect()
 }
@@ -270,11 +400,16 @@ enum Caller {
 impl Caller {
     fn new(client: Client, urls: &[String]) -> Result<Self, BoxError> {
         Ok(match client {
-            Client::TowerLb | Client::TowerLbSafe => {
+            Client::TowerLb | Client::TowerLbSafe | Client::TowerLbRoundRobin => {
+                let policy: Policy = if client == Client::TowerLbRoundRobin {
+                    Policy::round_robin()
+                } else {
+                    Policy::least_response_time().into()
+                };
                 let balancer = urls
                     .iter()
                     .fold(Balancer::builder(), |b, url| b.endpoint(url))
-                    .policy(Policy::least_response_time())
+                    .policy(policy)
                     .outlier_detection(OutlierDetection::default())
                     .build()?;
                 let channel = if client == Client::TowerLbSafe {
@@ -429,11 +564,21 @@ async fn closed_loop(
     duration: Duration,
     max_calls: usize,
 ) -> Result<Run, BoxError> {
+    closed_loop_of(CONCURRENCY, caller, duration, max_calls).await
+}
+
+/// [`closed_loop`] with `concurrency` callers.
+async fn closed_loop_of(
+    concurrency: usize,
+    caller: Caller,
+    duration: Duration,
+    max_calls: usize,
+) -> Result<Run, BoxError> {
     let cpu_before = cpu_time()?;
     let start = Instant::now();
     let deadline = start + duration;
     let next = Arc::new(AtomicUsize::new(0));
-    let workers: Vec<_> = (0..CONCURRENCY)
+    let workers: Vec<_> = (0..concurrency)
         .map(|_| {
             let (mut caller, next) = (caller.clone(), next.clone());
             tokio::spawn(async move {
@@ -467,7 +612,7 @@ async fn closed_loop(
 /// after `odd_delay`; with `kill`, the odd server is killed at
 /// [`KILL_AT`] and started again on its port [`DOWN_FOR`] later.
 async fn run_once(client: Client, odd_delay: Duration, kill: bool) -> Result<Run, BoxError> {
-    let mut fleet = start_fleet(odd_delay)?;
+    let mut fleet = start_fleet(odd_delay, Mode::Ok)?;
     let urls: Vec<String> = fleet.iter().map(|s| s.url.clone()).collect();
     let caller = Caller::new(client, &urls)?;
     if !kill {
@@ -480,7 +625,7 @@ async fn run_once(client: Client, odd_delay: Duration, kill: bool) -> Result<Run
         let mut odd = odd;
         tokio::task::spawn_blocking(move || odd.kill()).await?;
         tokio::time::sleep(DOWN_FOR).await;
-        tokio::task::spawn_blocking(move || ServerProcess::start(ODD, FAST, port)).await?
+        tokio::task::spawn_blocking(move || ServerProcess::start(ODD, FAST, port, Mode::Ok)).await?
     });
     let run = closed_loop(caller, KILLED_RUN, usize::MAX).await?;
     let _back = crash.await??;
@@ -513,9 +658,16 @@ const QUANTILES: [f64; 15] = [
 ];
 
 fn print_table(title: &str, rows: &[Value]) {
+    let received = rows.iter().any(|r| r.get("odd_received").is_some());
     println!("\n{title}\n");
-    println!("| client | calls/s | CPU µs per call | p50 ms | p99 ms | errors to the caller | odd server's share |");
-    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| client | calls/s | CPU µs per call | p50 ms | p99 ms | errors to the caller | odd server's share |{}",
+        if received { " calls s3 got |" } else { "" }
+    );
+    println!(
+        "|---|---|---|---|---|---|---|{}",
+        if received { "---|" } else { "" }
+    );
     for row in rows {
         let errors = match row["errors_by_code"].as_object() {
             Some(codes) if !codes.is_empty() => {
@@ -530,8 +682,12 @@ fn print_table(title: &str, rows: &[Value]) {
         let share = row["odd_share"]
             .as_f64()
             .map_or_else(|| "n/a".to_owned(), |s| format!("{:.2}%", s * 100.0));
+        let got = row
+            .get("odd_received")
+            .and_then(Value::as_u64)
+            .map_or_else(String::new, |n| format!(" {n} |"));
         println!(
-            "| {} | {:.0} | {:.1} | {:.2} | {:.2} | {} | {} |",
+            "| {} | {:.0} | {:.1} | {:.2} | {:.2} | {} | {} |{}",
             row["client"].as_str().unwrap_or("?"),
             row["calls_per_s"].as_f64().unwrap_or(0.0),
             row["cpu_us_per_call"].as_f64().unwrap_or(0.0),
@@ -539,6 +695,7 @@ fn print_table(title: &str, rows: &[Value]) {
             row["p99_ms"].as_f64().unwrap_or(0.0),
             errors,
             share,
+            got,
         );
     }
 }
@@ -644,6 +801,160 @@ async fn killed_fleet() -> Result<Value, BoxError> {
     }))
 }
 
+/// Fleets 4 to 6: what is wrong with the odd server.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Trouble {
+    /// It drains at [`DRAIN_AT`]: a graceful shutdown (it stops
+    /// listening, sends GOAWAY on its connections, the calls open finish).
+    Drains,
+    /// It sends a graceful GOAWAY on each connection [`MAX_AGE`] after it
+    /// opened, and keeps listening.
+    Goaway,
+    /// It answers every unary call UNAVAILABLE (after 2 ms).
+    Unavailable,
+}
+
+impl Trouble {
+    fn key(self) -> &'static str {
+        match self {
+            Trouble::Drains => "drain",
+            Trouble::Goaway => "goaway",
+            Trouble::Unavailable => "unavailable",
+        }
+    }
+
+    fn title(self) -> String {
+        match self {
+            Trouble::Drains => format!(
+                "4. s3 drains at {:.1} s (GOAWAY, stops listening, calls open finish); {:.0} s run",
+                DRAIN_AT.as_secs_f64(),
+                TROUBLED_RUN.as_secs_f64()
+            ),
+            Trouble::Goaway => format!(
+                "5. s3 sends GOAWAY on each connection {} ms after it opened and keeps listening \
+                 (max_connection_age); {:.0} s run",
+                MAX_AGE.as_millis(),
+                TROUBLED_RUN.as_secs_f64()
+            ),
+            Trouble::Unavailable => format!(
+                "6. s3 answers every call UNAVAILABLE; {:.0} s run",
+                TROUBLED_RUN.as_secs_f64()
+            ),
+        }
+    }
+}
+
+/// One run of `client` against a fresh fleet whose odd server has
+/// `trouble`; with the unary calls the odd server got.
+async fn run_troubled(client: Client, trouble: Trouble) -> Result<(Run, usize), BoxError> {
+    let mode = match trouble {
+        Trouble::Drains => Mode::Ok,
+        Trouble::Goaway => Mode::MaxAge(MAX_AGE),
+        Trouble::Unavailable => Mode::Unavailable,
+    };
+    let mut fleet = start_fleet(FAST, mode)?;
+    let urls: Vec<String> = fleet.iter().map(|s| s.url.clone()).collect();
+    let caller = Caller::new(client, &urls)?;
+    let odd = fleet.pop().ok_or("no odd server")?;
+    let odd = tokio::spawn(async move {
+        let mut odd = odd;
+        if trouble == Trouble::Drains {
+            tokio::time::sleep(DRAIN_AT).await;
+            odd.tell("drain")?;
+        }
+        Ok::<_, BoxError>(odd)
+    });
+    let run = closed_loop(caller, TROUBLED_RUN, usize::MAX).await?;
+    let mut odd = odd.await??;
+    let received = tokio::task::spawn_blocking(move || odd.received()).await??;
+    Ok((run, received))
+}
+
+async fn troubled_fleet(trouble: Trouble) -> Result<Value, BoxError> {
+    let mut rows = Vec::new();
+    for client in BALANCING_CLIENTS {
+        let (run, received) = run_troubled(client, trouble).await?;
+        let mut row = row_json(client, &run);
+        row["odd_received"] = json!(received);
+        row["timeline"] = json!(run.timeline());
+        rows.push(row);
+    }
+    print_table(&trouble.title(), &rows);
+    Ok(json!({
+        "fleet": trouble.key(),
+        "run_s": TROUBLED_RUN.as_secs_f64(),
+        "drain_at_s": DRAIN_AT.as_secs_f64(),
+        "max_age_ms": MAX_AGE.as_millis() as u64,
+        "bucket_ms": BUCKET.as_millis() as u64,
+        "rows": rows,
+    }))
+}
+
+/// The Nagle fleet: four equal servers (2 ms) that leave Nagle's
+/// algorithm on, at these concurrencies.
+const NAGLE_CONCURRENCY: [usize; 2] = [32, 4];
+const NAGLE_CLIENTS: [Client; 4] = [
+    Client::TowerLb,
+    Client::TowerLbRoundRobin,
+    Client::BalanceList,
+    Client::Plain,
+];
+/// A call slower than this waited for a delayed ACK (the servers answer
+/// after 2 ms).
+const STALLED: Duration = Duration::from_millis(30);
+
+/// Fleet 7 (run only when named): servers that leave Nagle on, where a
+/// reply's last frames may wait for the client's delayed ACK (40 ms).
+/// Reported: the share of calls over [`STALLED`], and each server's share.
+async fn nagle_fleet() -> Result<Value, BoxError> {
+    let mut rows = Vec::new();
+    for concurrency in NAGLE_CONCURRENCY {
+        println!("\n7. servers with Nagle on, {concurrency} calls at a time\n");
+        println!("| client | calls/s | p50 ms | p99 ms | calls over 30 ms | shares s0/s1/s2/s3 |");
+        println!("|---|---|---|---|---|---|");
+        for client in NAGLE_CLIENTS {
+            let fleet = (0..SERVERS)
+                .map(|i| ServerProcess::start(&format!("s{i}"), FAST, 0, Mode::Nagle))
+                .collect::<Result<Vec<_>, _>>()?;
+            let urls: Vec<String> = fleet.iter().map(|s| s.url.clone()).collect();
+            let caller = Caller::new(client, &urls)?;
+            let run = closed_loop_of(concurrency, caller, MAX_TIME, MAX_CALLS).await?;
+            let latencies = run.answered();
+            let stalled = latencies.iter().filter(|&&l| l > STALLED).count() as f64
+                / latencies.len().max(1) as f64;
+            let shares: Vec<f64> = (0..SERVERS)
+                .map(|i| {
+                    let name = format!("s{i}");
+                    run.calls
+                        .iter()
+                        .filter(|c| c.outcome.as_deref() == Ok(name.as_str()))
+                        .count() as f64
+                        / latencies.len().max(1) as f64
+                })
+                .collect();
+            println!(
+                "| {} | {:.0} | {:.2} | {:.2} | {:.2}% | {} |",
+                client.name(),
+                run.calls_per_s(),
+                percentile_ms(&latencies, 50.0),
+                percentile_ms(&latencies, 99.0),
+                stalled * 100.0,
+                shares
+                    .iter()
+                    .map(|s| format!("{:.0}%", s * 100.0))
+                    .collect::<Vec<_>>()
+                    .join(" / ")
+            );
+            let mut row = row_json(client, &run);
+            row["concurrency"] = json!(concurrency);
+            row["stalled_share"] = json!(stalled);
+            row["shares"] = json!(shares);
+            rows.push(row);
+        }
+    }
+    Ok(json!({ "fleet": "nagle", "rows": rows }))
+}
+
 // ---- plots ----
 
 fn plots_dir() -> PathBuf {
@@ -708,17 +1019,16 @@ fn latency_plot(rows: &[Value], path: &Path) -> Result<(), BoxError> {
 
 /// Answered calls per second (top) and errors returned to the caller per
 /// 100 ms (bottom) over the killed fleet's run, one line per client.
-fn timeline_plot(rows: &[Value], path: &Path) -> Result<(), BoxError> {
+fn timeline_plot(
+    rows: &[Value],
+    path: &Path,
+    title: &str,
+    marks: &[f64],
+    end: f64,
+) -> Result<(), BoxError> {
     let root = SVGBackend::new(path, (900, 640)).into_drawing_area();
     root.fill(&WHITE)?;
-    let root = root.titled(
-        &format!(
-            "one server of four killed at {:.1} s, back at {:.1} s",
-            KILL_AT.as_secs_f64(),
-            (KILL_AT + DOWN_FOR).as_secs_f64()
-        ),
-        ("sans-serif", 20),
-    )?;
+    let root = root.titled(title, ("sans-serif", 20))?;
     let (top, bottom) = root.split_vertically(340);
     let bucket_s = BUCKET.as_secs_f64();
     let series = |row: &Value, errors: bool| -> Vec<(f64, f64)> {
@@ -734,8 +1044,6 @@ fn timeline_plot(rows: &[Value], path: &Path) -> Result<(), BoxError> {
             })
             .collect()
     };
-    let end = KILLED_RUN.as_secs_f64();
-    let marks = [KILL_AT.as_secs_f64(), (KILL_AT + DOWN_FOR).as_secs_f64()];
     for (area, errors) in [(&top, false), (&bottom, true)] {
         let max = rows
             .iter()
@@ -756,7 +1064,7 @@ fn timeline_plot(rows: &[Value], path: &Path) -> Result<(), BoxError> {
                 "answered calls/s"
             })
             .draw()?;
-        for mark in marks {
+        for &mark in marks {
             chart.draw_series(LineSeries::new(
                 vec![(mark, 0.0), (mark, max * 1.1)],
                 BLACK.mix(0.4).stroke_width(1),
@@ -786,27 +1094,86 @@ fn timeline_plot(rows: &[Value], path: &Path) -> Result<(), BoxError> {
     Ok(())
 }
 
-async fn compare() -> Result<(), BoxError> {
+/// The fleets, by the names the command line takes.
+const FLEETS: [&str; 7] = [
+    "equal",
+    "slow",
+    "killed",
+    "drain",
+    "goaway",
+    "unavailable",
+    "nagle",
+];
+
+/// Runs the fleets named in `wanted` (all when empty).
+async fn compare(wanted: &[String]) -> Result<(), BoxError> {
+    if let Some(unknown) = wanted.iter().find(|w| !FLEETS.contains(&w.as_str())) {
+        return Err(format!("unknown fleet {unknown:?}: the fleets are {FLEETS:?}").into());
+    }
+    // The Nagle fleet runs only when named: it is an investigation.
+    let runs =
+        |fleet: &str| (wanted.is_empty() && fleet != "nagle") || wanted.iter().any(|w| w == fleet);
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
         "gRPC clients: {SERVERS} tonic servers (a process each) on 127.0.0.1, closed loop of \
          {CONCURRENCY} unary calls, runs of {MAX_CALLS} calls or {} s, {cores} cores",
         MAX_TIME.as_secs()
     );
-    let equal = equal_fleet().await?;
-    let slow = slow_fleet().await?;
-    let killed = killed_fleet().await?;
     let dir = plots_dir();
     std::fs::create_dir_all(&dir)?;
     let rows = |fleet: &Value| fleet["rows"].as_array().cloned().unwrap_or_default();
-    latency_plot(&rows(&slow), &dir.join("latency_slow_fleet.svg"))?;
-    timeline_plot(&rows(&killed), &dir.join("killed_server_timeline.svg"))?;
+    let mut fleets = Vec::new();
+    if runs("equal") {
+        fleets.push(equal_fleet().await?);
+    }
+    if runs("slow") {
+        let slow = slow_fleet().await?;
+        latency_plot(&rows(&slow), &dir.join("latency_slow_fleet.svg"))?;
+        fleets.push(slow);
+    }
+    if runs("killed") {
+        let killed = killed_fleet().await?;
+        timeline_plot(
+            &rows(&killed),
+            &dir.join("killed_server_timeline.svg"),
+            &format!(
+                "one server of four killed at {:.1} s, back at {:.1} s",
+                KILL_AT.as_secs_f64(),
+                (KILL_AT + DOWN_FOR).as_secs_f64()
+            ),
+            &[KILL_AT.as_secs_f64(), (KILL_AT + DOWN_FOR).as_secs_f64()],
+            KILLED_RUN.as_secs_f64(),
+        )?;
+        fleets.push(killed);
+    }
+    for trouble in [Trouble::Drains, Trouble::Goaway, Trouble::Unavailable] {
+        if !runs(trouble.key()) {
+            continue;
+        }
+        let fleet = troubled_fleet(trouble).await?;
+        if trouble == Trouble::Drains {
+            timeline_plot(
+                &rows(&fleet),
+                &dir.join("drained_server_timeline.svg"),
+                &format!(
+                    "one server of four drains at {:.1} s (GOAWAY, stops listening)",
+                    DRAIN_AT.as_secs_f64()
+                ),
+                &[DRAIN_AT.as_secs_f64()],
+                TROUBLED_RUN.as_secs_f64(),
+            )?;
+        }
+        fleets.push(fleet);
+    }
+    if runs("nagle") {
+        fleets.push(nagle_fleet().await?);
+    }
     let report = json!({
         "bench": "grpc_compare",
         "cores": cores,
         "concurrency": CONCURRENCY,
         "max_calls": MAX_CALLS,
-        "fleets": [equal, slow, killed],
+        "fleets": fleets,
     });
     let path = json_path("grpc_compare");
     if let Some(parent) = path.parent() {
@@ -829,5 +1196,5 @@ fn main() -> Result<(), BoxError> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
-        .block_on(compare())
+        .block_on(compare(&args))
 }
