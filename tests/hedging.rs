@@ -29,8 +29,8 @@ use crate::support::{assert_settled, backend_name, client, Client, BACKEND};
 
 /// A hyper server on 127.0.0.1 that answers `status` after `delay_ms` of
 /// tokio time (changeable while it runs), naming itself, and counts the
-/// requests it received by path.
-struct Backend {
+/// requests it received by path (the metrics tests use it too).
+pub(crate) struct Backend {
     addr: SocketAddr,
     delay_ms: Arc<AtomicU64>,
     status: Arc<AtomicU16>,
@@ -38,7 +38,7 @@ struct Backend {
 }
 
 impl Backend {
-    async fn start(name: &'static str, delay_ms: u64) -> Self {
+    pub(crate) async fn start(name: &'static str, delay_ms: u64) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let delay = Arc::new(AtomicU64::new(delay_ms));
@@ -81,7 +81,7 @@ impl Backend {
         }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 

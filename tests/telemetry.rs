@@ -7,18 +7,21 @@
 //! and tests running at once never share one.
 #![cfg(feature = "metrics")]
 
+use crate::hedging::Backend;
 use crate::support;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::stream::{self, StreamExt};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use metrics_util::MetricKind;
 use proptest::prelude::*;
 use support::*;
 use tower::ServiceExt;
-use tower_lb::{Balancer, OutlierDetection, Policy, RequestKey, Retries};
+use tower_lb::{
+    Balancer, Detector, Hedging, OutlierDetection, Policy, RequestKey, Retries, SuccessRate,
+};
 use wiremock::matchers::any;
 use wiremock::{Mock, ResponseTemplate};
 
@@ -209,6 +212,9 @@ async fn a_known_run_gives_exact_counts_n_requests_one_ejection_k_retries() {
         1
     );
     assert_eq!(m.counter("tower_lb.ejections", &[]), 1);
+    assert_eq!(m.counter("tower_lb.ejections.refused", &[]), 0);
+    assert_eq!(m.counter("tower_lb.ejections.not_enforced", &[]), 0);
+    assert_eq!(m.counter("tower_lb.hedges", &[]), 0);
     assert_eq!(m.counter("tower_lb.readmissions", &[]), 0);
     assert_eq!(m.gauge("tower_lb.endpoints", &[("state", "active")]), 2.0);
     assert_eq!(m.gauge("tower_lb.endpoints", &[("state", "ejected")]), 1.0);
@@ -446,6 +452,292 @@ async fn discovery_refreshes_errors_and_skips_are_counted() {
     assert_eq!(m.counter("tower_lb.discovery.errors", &[]), 2);
     assert_eq!(m.counter("tower_lb.discovery.skipped", &[]), 1);
     assert_eq!(m.gauge("tower_lb.endpoints", &[("state", "active")]), 2.0);
+}
+
+/// Lets the sweeper task run what the clock made due.
+async fn let_the_sweeper_run() {
+    for _ in 0..8 {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Five backends, two answering 503 to everything, success rate alone
+/// (factor 1, 10 requests an interval): at the interval's end the sweeper
+/// judges both outliers, ejects one (`detector="success_rate"`) and the
+/// maximum ejection percent refuses the other; 30 s later (the base
+/// ejection time) the sweeper task takes the ejected one back on the
+/// clock, with no request to notice: one re-admission, `time_up`.
+#[tokio::test(start_paused = true)]
+async fn a_success_rate_ejection_is_counted_under_its_detector_one_refused_by_max_percent_and_the_sweepers_readmission(
+) {
+    let _clock = hold_clock();
+    let recorder = DebuggingRecorder::new();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let mut recorded = Recorded::new(&recorder);
+    let mut servers = backends(3).await;
+    servers.push(backend("d", ResponseTemplate::new(503)).await);
+    servers.push(backend("e", ResponseTemplate::new(503)).await);
+    let interval = Duration::from_secs(10);
+    let balancer = servers
+        .iter()
+        .fold(Balancer::builder(), |b, s| b.endpoint(s.uri()))
+        .policy(Policy::round_robin())
+        .outlier_detection(
+            OutlierDetection::disabled()
+                .success_rate(SuccessRate::default().stdev_factor(1.0).request_volume(10))
+                .interval(interval)
+                .base_ejection_time(Duration::from_secs(30)),
+        )
+        .retry(Retries::disabled())
+        .build()
+        .unwrap();
+    send_in_turn(&client(&balancer), 100).await;
+    tokio::time::advance(interval).await;
+    let_the_sweeper_run().await;
+
+    let stats = balancer.stats();
+    assert_eq!(stats.ejections.enforced(Detector::SuccessRate), 1);
+    assert_eq!(stats.ejections.refused_by_max_percent, 1);
+    let m = recorded.read();
+    let by_rate = [("detector", "success_rate")];
+    assert_eq!(m.counter("tower_lb.ejections", &by_rate), 1);
+    assert_eq!(m.counter("tower_lb.ejections", &[]), 1);
+    assert_eq!(m.counter("tower_lb.ejections.refused", &by_rate), 1);
+    assert_eq!(m.counter("tower_lb.ejections.refused", &[]), 1);
+    assert_eq!(m.counter("tower_lb.ejections.not_enforced", &[]), 0);
+    assert_eq!(m.gauge("tower_lb.endpoints", &[("state", "ejected")]), 1.0);
+    assert_eq!(m.gauge("tower_lb.endpoints", &[("state", "active")]), 4.0);
+    assert_eq!(m.counter("tower_lb.readmissions", &[]), 0);
+    // Every detector has its series, at 0 but the one that fired.
+    for detector in [
+        "consecutive_5xx",
+        "consecutive_gateway_failure",
+        "consecutive_local_origin_failure",
+        "failure_percentage",
+        "success_rate_local_origin",
+        "failure_percentage_local_origin",
+    ] {
+        assert_eq!(
+            m.counter("tower_lb.ejections", &[("detector", detector)]),
+            0
+        );
+        assert!(m
+            .counters
+            .keys()
+            .any(|(name, labels)| name == "tower_lb.ejections"
+                && labels.iter().any(|(k, v)| k == "detector" && v == detector)));
+    }
+
+    // No request from here on: the sweeper's timer ends the ejection.
+    tokio::time::advance(Duration::from_secs(30)).await;
+    let_the_sweeper_run().await;
+    let m = recorded.read();
+    assert_eq!(
+        m.counter("tower_lb.readmissions", &[("reason", "time_up")]),
+        1
+    );
+    assert_eq!(m.counter("tower_lb.readmissions", &[]), 1);
+    // (A gauge set back to 0 reads as unset here: the active ones show it.)
+    assert_eq!(m.gauge("tower_lb.endpoints", &[("state", "active")]), 5.0);
+    assert_eq!(balancer.stats().ejections.active, 0);
+    assert_settled(&balancer);
+}
+
+/// An ejection ends early when the set shrinks below what the ejections
+/// may hold (half of the set, at least one not promised): counted as
+/// `set_shrank`, not `time_up`.
+#[tokio::test]
+async fn an_ejection_ended_by_the_set_shrinking_is_counted_as_set_shrank() {
+    let recorder = DebuggingRecorder::new();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let mut recorded = Recorded::new(&recorder);
+    let ok = backends(2).await;
+    let failing = backend("c", ResponseTemplate::new(503)).await;
+    let balancer = Balancer::builder()
+        .endpoint(ok[0].uri())
+        .endpoint(ok[1].uri())
+        .endpoint(failing.uri())
+        .policy(Policy::round_robin())
+        .outlier_detection(
+            OutlierDetection::default()
+                .consecutive_failures(1)
+                .max_ejection_percent(50)
+                .always_eject_one(false)
+                .base_ejection_time(Duration::from_secs(600))
+                .max_ejection_time(Duration::from_secs(600)),
+        )
+        .retry(Retries::disabled())
+        .build()
+        .unwrap();
+    send_in_turn(&client(&balancer), 3).await;
+    let m = recorded.read();
+    assert_eq!(
+        m.counter("tower_lb.ejections", &[("detector", "consecutive_5xx")]),
+        1
+    );
+    // Three in the set allow one ejection, two still do, one none.
+    balancer.remove(ok[0].uri()).unwrap();
+    assert_eq!(recorded.read().counter("tower_lb.readmissions", &[]), 0);
+    balancer.remove(ok[1].uri()).unwrap();
+    let m = recorded.read();
+    assert_eq!(
+        m.counter("tower_lb.readmissions", &[("reason", "set_shrank")]),
+        1
+    );
+    assert_eq!(
+        m.counter("tower_lb.readmissions", &[("reason", "time_up")]),
+        0
+    );
+    assert_eq!(m.gauge("tower_lb.endpoints", &[("state", "active")]), 1.0);
+    assert_eq!(balancer.stats().ejections.active, 0);
+}
+
+/// A detector that fires while its enforcement percentage is 0 ejects
+/// nothing; each time is counted under it as `not_enforced`.
+#[tokio::test]
+async fn a_detection_the_enforcement_draw_skips_is_counted_as_not_enforced() {
+    let recorder = DebuggingRecorder::new();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let mut recorded = Recorded::new(&recorder);
+    let ok = backends(1).await;
+    let failing = backend("b", ResponseTemplate::new(503)).await;
+    let balancer = Balancer::builder()
+        .endpoint(ok[0].uri())
+        .endpoint(failing.uri())
+        .policy(Policy::round_robin())
+        .outlier_detection(
+            OutlierDetection::default()
+                .consecutive_failures(1)
+                .enforcing(Detector::ConsecutiveFailures, 0),
+        )
+        .retry(Retries::disabled())
+        .build()
+        .unwrap();
+    send_in_turn(&client(&balancer), 4).await;
+    let m = recorded.read();
+    assert_eq!(
+        m.counter(
+            "tower_lb.ejections.not_enforced",
+            &[("detector", "consecutive_5xx")]
+        ),
+        2
+    );
+    assert_eq!(m.counter("tower_lb.ejections", &[]), 0);
+    assert_eq!(balancer.stats().ejections.not_enforced, 2);
+}
+
+/// A GET to a slow backend is hedged to a fast one after 100 ms and the
+/// hedge wins: one hedge sent and won, the hedge's attempt counted with
+/// `http.request.resend_count` 1, the first attempt's duration recorded
+/// as cancelled when it loses.
+#[tokio::test(start_paused = true)]
+async fn a_hedge_is_counted_sent_and_won_with_resend_count_one() {
+    let recorder = DebuggingRecorder::new();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let mut recorded = Recorded::new(&recorder);
+    let slow = Backend::start("slow", 10_000).await;
+    let fast = Backend::start("fast", 5).await;
+    let balancer = Balancer::builder()
+        .endpoint(slow.url())
+        .endpoint(fast.url())
+        .policy(Policy::round_robin())
+        .hedge(Hedging::after(Duration::from_millis(100)))
+        .build()
+        .unwrap();
+    let response = client(&balancer).oneshot(get("/a")).await.unwrap();
+    assert_eq!(backend_name(&response), "fast");
+    assert_settled(&balancer);
+
+    let m = recorded.read();
+    assert_eq!(m.counter("tower_lb.hedges", &[]), 1);
+    assert_eq!(m.counter("tower_lb.hedges.won", &[]), 1);
+    assert_eq!(
+        m.counter("tower_lb.attempts", &[("http.request.resend_count", "0")]),
+        1
+    );
+    assert_eq!(
+        m.counter("tower_lb.attempts", &[("http.request.resend_count", "1")]),
+        1
+    );
+    assert_eq!(m.counter("tower_lb.retry_budget.refusals", &[]), 0);
+    let (slow_port, fast_port) = (slow.url(), fast.url());
+    let (slow_port, fast_port) = (
+        slow_port.rsplit(':').next().unwrap(),
+        fast_port.rsplit(':').next().unwrap(),
+    );
+    assert_eq!(
+        m.recorded(
+            DURATION,
+            &[("server.port", slow_port), ("error.type", "cancelled")]
+        ),
+        1
+    );
+    assert_eq!(
+        m.recorded(
+            DURATION,
+            &[
+                ("server.port", fast_port),
+                ("http.response.status_code", "200")
+            ]
+        ),
+        1
+    );
+    assert_eq!(m.recorded(DURATION, &[]), 2);
+    for port in [slow_port, fast_port] {
+        assert_eq!(m.gauge(ACTIVE, &[("server.port", port)]), 0.0);
+    }
+}
+
+/// Forty GETs at once to two slow backends, hedged after 10 ms, under a
+/// budget of 10% of requests and no reserve: 4 hedges are sent, the
+/// budget refuses 36, counted as `kind="hedge"` (and no retry refusal).
+#[tokio::test(start_paused = true)]
+async fn a_hedge_the_budget_refuses_is_counted_by_its_kind() {
+    let recorder = DebuggingRecorder::new();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let mut recorded = Recorded::new(&recorder);
+    let backends = [
+        Backend::start("a", 1_000).await,
+        Backend::start("b", 1_000).await,
+    ];
+    let balancer = Balancer::builder()
+        .endpoint(backends[0].url())
+        .endpoint(backends[1].url())
+        .policy(Policy::round_robin())
+        .hedge(Hedging::after(Duration::from_millis(10)))
+        .retry(Retries::disabled().budget(Duration::from_secs(10), 10, 0))
+        .build()
+        .unwrap();
+    let client = client(&balancer);
+    let answered = stream::iter(0..40)
+        .map(|i| client.clone().oneshot(get(&format!("/{i}"))))
+        .buffer_unordered(40)
+        .filter(|answer| std::future::ready(answer.is_ok()))
+        .count()
+        .await;
+    assert_eq!(answered, 40);
+    assert_settled(&balancer);
+
+    let m = recorded.read();
+    assert_eq!(
+        m.counter("tower_lb.retry_budget.refusals", &[("kind", "hedge")]),
+        36
+    );
+    assert_eq!(
+        m.counter("tower_lb.retry_budget.refusals", &[("kind", "retry")]),
+        0
+    );
+    assert_eq!(m.counter("tower_lb.hedges", &[]), 4);
+    assert_eq!(
+        m.counter("tower_lb.attempts", &[("http.request.resend_count", "0")]),
+        40
+    );
+    assert_eq!(
+        m.counter("tower_lb.attempts", &[("http.request.resend_count", "1")]),
+        4
+    );
+    let extra = balancer.stats().extra;
+    assert_eq!((extra.hedges, extra.hedges_refused), (4, 36));
 }
 
 proptest! {
