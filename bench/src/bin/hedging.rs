@@ -69,8 +69,8 @@ async fn start(index: u64, all_slow: Arc<AtomicBool>) -> std::io::Result<Backend
             tokio::spawn(async move {
                 let answer = service_fn(move |_request| {
                     let n = count.fetch_add(1, Ordering::Relaxed);
-                    let slow =
-                        all_slow.load(Ordering::Relaxed) || mix(index << 40 | n) % SLOW_ONE_IN == 0;
+                    let slow = all_slow.load(Ordering::Relaxed)
+                        || mix(index << 40 | n).is_multiple_of(SLOW_ONE_IN);
                     let name = name.clone();
                     async move {
                         tokio::time::sleep(if slow { SLOW } else { FAST }).await;
