@@ -50,6 +50,7 @@
 #![warn(missing_docs)]
 #![warn(missing_debug_implementations)]
 
+mod active_checks;
 mod affinity;
 mod balancer;
 mod clock;
@@ -115,7 +116,7 @@ pub use grpc::{
     KEEP_ALIVE_INTERVAL, KEEP_ALIVE_TIMEOUT, REQUEST_BUFFER,
 };
 pub use health::{
-    Detector, EjectionStats, FailurePercentage, HealthEvent, OutlierDetection, Retries, Retryable,
+    ActiveHealthCheck, CheckStats, Detector, EjectionStats, FailurePercentage, HealthEvent, OutlierDetection, Retries, Retryable,
     SuccessRate,
 };
 pub use layer::BalanceLayer;

@@ -39,6 +39,7 @@
 //! A removed or drained endpoint holds nothing: its ejection ends with its
 //! membership.
 
+mod active;
 mod book;
 mod budget;
 mod detector;
@@ -56,6 +57,7 @@ use http::StatusCode;
 
 pub(crate) use book::HealthShared;
 pub(crate) use detector::EndpointHealth;
+pub use active::{ActiveHealthCheck, CheckStats};
 pub use ejections::{Detector, EjectionStats};
 pub(crate) use retry::{safe_to_send_twice, Retrying};
 pub use retry::{Retries, Retryable};
@@ -146,7 +148,7 @@ pub struct OutlierDetection {
     pub(crate) success_rate: Option<SuccessRate>,
     pub(crate) failure_percentage: Option<FailurePercentage>,
     /// Enforcement percentage by detector, in [`Detector::ALL`] order.
-    pub(crate) enforcing: [Percent; 7],
+    pub(crate) enforcing: [Percent; 8],
     pub(crate) interval: Duration,
     pub(crate) base_ejection_time: Duration,
     pub(crate) max_ejection_time: Duration,
@@ -172,7 +174,7 @@ impl Default for OutlierDetection {
             split_local_origin: false,
             success_rate: None,
             failure_percentage: None,
-            enforcing: [Percent::new(100.0); 7],
+            enforcing: [Percent::new(100.0); 8],
             interval: Duration::from_secs(10),
             base_ejection_time: Duration::from_secs(30),
             max_ejection_time: Duration::from_secs(300),
