@@ -35,6 +35,7 @@ mod learned_affinity;
 mod least_time;
 mod no_panic;
 mod per_endpoint;
+mod properties_checks;
 mod properties_detectors;
 mod properties_health;
 mod properties_inputs;

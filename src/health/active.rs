@@ -1,7 +1,7 @@
 //! Active health checks, the health side: their settings
 //! ([`ActiveHealthCheck`]), each endpoint's check counts, and what a check's
 //! outcome does to the endpoint's place in the ejection book. The task that
-//! sends the checks is `crate::active_checks`; this module never sends
+//! sends the checks is in `active_checks.rs`, above the balancer; this module never sends
 //! anything.
 //!
 //! How checks combine with outlier detection (Envoy's semantics, where
