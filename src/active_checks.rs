@@ -162,7 +162,7 @@ where
     })?;
     let health = balancer.health();
     health.start_checks(&check);
-    let checker = Checker {
+    let mut checker = Checker {
         balancer: balancer.downgrade(),
         wake: health.checks_wake(),
         interval: millis(check.interval).max(1),
@@ -170,6 +170,8 @@ where
         check: Arc::new(check),
         slots: HashMap::new(),
     };
+    // The first round's times count from now, not from the task's start.
+    checker.follow(&balancer.active_endpoints(), health.now_ms());
     let task = runtime.spawn(checker.run(balancer.dropped(), target));
     balancer.replace_checks_task(task.abort_handle());
     Ok(())
@@ -283,6 +285,12 @@ impl Checker {
             let path = &self.check.path;
             self.slots.entry(key(endpoint)).or_insert_with(|| {
                 let phase = (i as u64).saturating_mul(interval) / n;
+                // From its arrival in the set, if the task is late to see it.
+                let now = endpoint
+                    .health()
+                    .checks
+                    .waiting_since()
+                    .map_or(now, |t| t.min(now));
                 Slot {
                     endpoint: Arc::downgrade(endpoint),
                     health: endpoint.health().clone(),

@@ -116,8 +116,8 @@ pub use grpc::{
     KEEP_ALIVE_INTERVAL, KEEP_ALIVE_TIMEOUT, REQUEST_BUFFER,
 };
 pub use health::{
-    ActiveHealthCheck, CheckStats, Detector, EjectionStats, FailurePercentage, HealthEvent, OutlierDetection, Retries, Retryable,
-    SuccessRate,
+    ActiveHealthCheck, CheckStats, Detector, EjectionStats, FailurePercentage, HealthEvent,
+    OutlierDetection, Retries, Retryable, SuccessRate,
 };
 pub use layer::BalanceLayer;
 pub use per_endpoint::PerEndpointService;

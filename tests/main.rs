@@ -15,6 +15,7 @@ mod acceptance;
 mod acceptance_config;
 mod acceptance_discovery;
 mod accounting;
+mod active_checks;
 mod affinity;
 mod bounded_loads;
 mod config;

@@ -78,9 +78,7 @@ impl Model {
             (Model::In { failures }, false) => Model::In {
                 failures: failures + 1,
             },
-            (Model::Failing { passes }, true) if passes + 1 >= healthy => {
-                Model::In { failures: 0 }
-            }
+            (Model::Failing { passes }, true) if passes + 1 >= healthy => Model::In { failures: 0 },
             (Model::Failing { passes }, true) => Model::Failing { passes: passes + 1 },
             (Model::Failing { .. }, false) => Model::Failing { passes: 0 },
         }
@@ -116,7 +114,12 @@ fn run(
             outcomes
                 .iter()
                 .enumerate()
-                .map(|(i, o)| (format!("10.0.0.{}:8080", i + 1), o.iter().copied().collect()))
+                .map(|(i, o)| {
+                    (
+                        format!("10.0.0.{}:8080", i + 1),
+                        o.iter().copied().collect(),
+                    )
+                })
                 .collect(),
         ));
         let start = Instant::now();
@@ -142,7 +145,10 @@ fn run(
         for round in 0..rounds {
             // By the end of round `round`, endpoint i (phase i × I / n)
             // has had `round + 1` checks.
-            tokio::time::sleep_until(start + Duration::from_millis((round as u64 + 1) * INTERVAL_MS - 1)).await;
+            tokio::time::sleep_until(
+                start + Duration::from_millis((round as u64 + 1) * INTERVAL_MS - 1),
+            )
+            .await;
             let stats = balancer.stats();
             let now_ms = (Instant::now() - start).as_millis() as u64;
             for i in 0..n {

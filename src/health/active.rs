@@ -107,7 +107,10 @@ impl ActiveHealthCheck {
     /// The statuses that pass, as ranges (`[200..=200]` for Envoy's
     /// default). Default `[200..=299]`. Anything else fails, as do connect
     /// errors and timeouts.
-    pub fn expected_statuses(mut self, ranges: impl IntoIterator<Item = RangeInclusive<u16>>) -> Self {
+    pub fn expected_statuses(
+        mut self,
+        ranges: impl IntoIterator<Item = RangeInclusive<u16>>,
+    ) -> Self {
         self.expected = ranges.into_iter().collect();
         self
     }
@@ -168,7 +171,10 @@ impl ActiveHealthCheck {
             })
         };
         if !self.path.starts_with('/') {
-            return invalid(&format!("the path must start with '/', not {:?}", self.path));
+            return invalid(&format!(
+                "the path must start with '/', not {:?}",
+                self.path
+            ));
         }
         if self.path.parse::<http::uri::PathAndQuery>().is_err() {
             return invalid(&format!("{:?} is not a valid path", self.path));
@@ -239,6 +245,8 @@ pub(crate) struct EndpointChecks {
     failing: AtomicBool,
     /// In the book, held out for its first check: no events for that.
     pub(super) awaiting_first: AtomicBool,
+    /// When it began waiting for its first check, in milliseconds.
+    since: AtomicU64,
     passes: AtomicU32,
     failures: AtomicU32,
     sent: AtomicU64,
@@ -247,6 +255,12 @@ pub(crate) struct EndpointChecks {
 }
 
 impl EndpointChecks {
+    /// When it joined the set (or checks started), if no check has
+    /// answered since: its first check counts from then.
+    pub(crate) fn waiting_since(&self) -> Option<u64> {
+        (!self.answered.load(Ordering::Relaxed)).then(|| self.since.load(Ordering::Relaxed))
+    }
+
     pub(crate) fn stats(&self) -> CheckStats {
         CheckStats {
             sent: self.sent.load(Ordering::Relaxed),
@@ -327,6 +341,7 @@ impl HealthShared {
         if until != IN_ROTATION {
             self.hold(endpoint);
         } else if !endpoint.checks.answered.load(Ordering::Relaxed) {
+            endpoint.checks.since.store(now, Ordering::Relaxed);
             self.take_out_for_checks(endpoint, now, true);
         }
     }
@@ -354,7 +369,10 @@ impl HealthShared {
         let first = !checks.answered.swap(true, Ordering::Relaxed);
         if passed {
             checks.failures.store(0, Ordering::Relaxed);
-            let passes = checks.passes.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+            let passes = checks
+                .passes
+                .fetch_add(1, Ordering::Relaxed)
+                .saturating_add(1);
             let needed = self.checking.healthy_threshold.load(Ordering::Relaxed);
             if checks.failing.load(Ordering::Relaxed) && passes < needed {
                 return;
@@ -365,7 +383,10 @@ impl HealthShared {
             }
         } else {
             checks.passes.store(0, Ordering::Relaxed);
-            let failures = checks.failures.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+            let failures = checks
+                .failures
+                .fetch_add(1, Ordering::Relaxed)
+                .saturating_add(1);
             let limit = self.checking.unhealthy_threshold.load(Ordering::Relaxed);
             if (first || failures >= limit) && !checks.failing.swap(true, Ordering::Relaxed) {
                 self.take_out_for_checks(endpoint, self.now_ms(), false);

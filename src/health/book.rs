@@ -470,7 +470,10 @@ impl HealthShared {
         endpoint.start_new_epoch();
         // Back at its time, whoever noticed (the sweeper, a pick), or now
         // if it ends early (the set shrank) or late (it was held).
-        let quiet = endpoint.checks.awaiting_first.swap(false, Ordering::Relaxed);
+        let quiet = endpoint
+            .checks
+            .awaiting_first
+            .swap(false, Ordering::Relaxed);
         let returned = if endpoint.held.load(Ordering::Relaxed) {
             now
         } else {
@@ -603,7 +606,12 @@ impl HealthShared {
     /// the maximum ejection percentage; `quiet` when it only waits for its
     /// first check: no event, no count); one already out stays out, as
     /// its ejection says.
-    pub(super) fn take_out_for_checks(&self, endpoint: &Arc<EndpointHealth>, now: u64, quiet: bool) {
+    pub(super) fn take_out_for_checks(
+        &self,
+        endpoint: &Arc<EndpointHealth>,
+        now: u64,
+        quiet: bool,
+    ) {
         let mut book = self.book();
         let until = endpoint.ejected_until.load(Ordering::Relaxed);
         if until == RETIRED {

@@ -55,9 +55,9 @@ use std::time::Duration;
 
 use http::StatusCode;
 
+pub use active::{ActiveHealthCheck, CheckStats};
 pub(crate) use book::HealthShared;
 pub(crate) use detector::EndpointHealth;
-pub use active::{ActiveHealthCheck, CheckStats};
 pub use ejections::{Detector, EjectionStats};
 pub(crate) use retry::{safe_to_send_twice, Retrying};
 pub use retry::{Retries, Retryable};
