@@ -161,7 +161,7 @@ where
         reason: "active health checks run on a tokio runtime: start them inside one".into(),
     })?;
     let health = balancer.health();
-    health.start_checks(&check);
+    let generation = health.start_checks(&check);
     let mut checker = Checker {
         balancer: balancer.downgrade(),
         wake: health.checks_wake(),
@@ -172,7 +172,7 @@ where
     };
     // The first round's times count from now, not from the task's start.
     checker.follow(&balancer.active_endpoints(), health.now_ms());
-    let task = runtime.spawn(checker.run(balancer.dropped(), target));
+    let task = runtime.spawn(checker.run(balancer.dropped(), target, generation));
     balancer.replace_checks_task(task.abort_handle());
     Ok(())
 }
@@ -202,6 +202,18 @@ struct Checker {
     slots: HashMap<usize, Slot>,
 }
 
+/// Turns the checks' side of the book off when the task ends other than
+/// by being replaced (its runtime shut down under a living balancer).
+struct Stops(WeakBalancer, u64);
+
+impl Drop for Stops {
+    fn drop(&mut self) {
+        if let Some(balancer) = self.0.upgrade() {
+            balancer.health().stop_checks(self.1);
+        }
+    }
+}
+
 /// What woke the task.
 enum Woke {
     Done(usize, bool),
@@ -210,7 +222,7 @@ enum Woke {
 }
 
 impl Checker {
-    async fn run<S, B, T>(mut self, mut dropped: watch::Receiver<()>, target: T)
+    async fn run<S, B, T>(mut self, mut dropped: watch::Receiver<()>, target: T, generation: u64)
     where
         S: Service<http::Request<B>> + Send + 'static,
         S::Future: Send,
@@ -219,6 +231,7 @@ impl Checker {
         B: Default + Send + 'static,
         T: Target<S>,
     {
+        let _stops = Stops(self.balancer.clone(), generation);
         let mut running: FuturesUnordered<Running> = FuturesUnordered::new();
         let mut done = None;
         loop {

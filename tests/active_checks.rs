@@ -16,7 +16,9 @@ use tower_lb::{
 use wiremock::matchers::{any, path};
 use wiremock::{Mock, ResponseTemplate};
 
-use crate::support::{assert_settled, client, hold_clock, name, plain_reqwest, send, Server};
+use crate::support::{
+    assert_settled, client, hold_clock, name, plain_reqwest, send, RefusingPort, Server,
+};
 
 /// Every check the inner service sent: the backend's authority and the
 /// paused clock's time; and how many were in flight at once.
@@ -170,7 +172,7 @@ fn is_out(balancer: &Balancer, server: &Server) -> bool {
 #[tokio::test(start_paused = true)]
 async fn a_backend_whose_health_path_fails_is_out_before_any_user_request_reaches_it() {
     let _clock = hold_clock();
-    let mut servers = backends(3).await;
+    let servers = backends(3).await;
     let balancer = balancer(&servers, OutlierDetection::default());
     let recorder = Arc::new(Recorder::default());
     balancer
@@ -209,7 +211,8 @@ async fn a_backend_whose_health_path_fails_is_out_before_any_user_request_reache
         0,
         "none since its health failed"
     );
-    drop(servers.remove(2));
+    // Now it is dead: every request it gets fails.
+    answer(&servers[2], "c", 503, 500).await;
     // 60 user requests over the next three intervals: none fails, none
     // went to "c".
     for _ in 0..3 {
@@ -220,16 +223,13 @@ async fn a_backend_whose_health_path_fails_is_out_before_any_user_request_reache
         step(&balancer, &recorder, 1_000).await;
     }
     assert_eq!(reached, 10, "c had its share before, none after");
+    assert_eq!(user_requests(&servers[2]).await, 0);
     let stats = balancer.stats();
-    let gone = stats
-        .endpoints
-        .iter()
-        .find(|e| e.url != servers[0].uri() && e.url != servers[1].uri())
-        .unwrap();
+    let gone = stats.endpoint(servers[2].uri()).unwrap();
     assert_eq!(gone.requests, 10, "{gone:?}");
     assert!(gone.ejected && gone.checks.failed >= 5, "{gone:?}");
-    // Checks are not requests.
-    for (i, server) in servers.iter().enumerate() {
+    // Checks are not requests ("c"'s record went with its reset answers).
+    for (i, server) in servers[..2].iter().enumerate() {
         let entry = stats.endpoint(server.uri()).unwrap();
         assert_eq!(entry.requests as usize, user_requests(server).await, "{i}");
         assert!(entry.checks.sent >= 4);
@@ -464,4 +464,120 @@ async fn at_most_concurrency_checks_are_in_flight() {
     .await;
     assert_eq!(recorder.total(), 6);
     assert_eq!(recorder.most_in_flight.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn per_endpoint_services_carry_the_checks_and_a_dead_backend_is_out() {
+    let _clock = hold_clock();
+    let servers = backends(2).await;
+    // A backend that is gone: its port refuses connections.
+    let dead = RefusingPort::new();
+    let balancer = Balancer::builder()
+        .endpoint(servers[0].uri())
+        .endpoint(servers[1].uri())
+        .endpoint(&dead.url)
+        .policy(Policy::round_robin())
+        .retry(Retries::disabled())
+        .build()
+        .unwrap();
+    let made = Arc::new(AtomicUsize::new(0));
+    let service = {
+        let made = made.clone();
+        balancer.per_endpoint(move |_url: &str| {
+            made.fetch_add(1, Ordering::SeqCst);
+            HttpToReqwest::new(plain_reqwest())
+        })
+    };
+    service
+        .health_checks::<reqwest::Body>(check().interval_jitter(Duration::ZERO))
+        .unwrap();
+    let dead_url = dead.url.clone();
+    let recorder = Recorder::default();
+    step(&balancer, &recorder, 100).await;
+    assert_eq!(made.load(Ordering::SeqCst), 3, "one service per endpoint");
+    let stats = balancer.stats();
+    let out: Vec<bool> = stats.endpoints.iter().map(|e| e.ejected).collect();
+    assert_eq!(out, [false, false, true], "{stats:?}");
+    assert_eq!(
+        stats.endpoint(&dead_url).unwrap().ejected_by,
+        Some(Detector::ActiveCheck)
+    );
+    for _ in 0..10 {
+        let answer = service
+            .clone()
+            .oneshot(crate::support::get("/r"))
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+    }
+}
+
+#[test]
+fn bad_settings_are_typed_errors_and_checks_need_a_runtime() {
+    let balancer = Balancer::builder()
+        .endpoint("http://127.0.0.1:1")
+        .build()
+        .unwrap();
+    let service = HttpToReqwest::new(plain_reqwest());
+    let outside = balancer.health_checks::<_, reqwest::Body>(check(), service.clone());
+    assert!(
+        matches!(&outside, Err(tower_lb::Error::InvalidPolicy { reason, .. }) if reason.contains("runtime")),
+        "{outside:?}"
+    );
+    let bad = [
+        ActiveHealthCheck::new("health"),
+        ActiveHealthCheck::new("/a b"),
+        check().interval(Duration::ZERO),
+        check().timeout(Duration::ZERO),
+        check().unhealthy_threshold(0),
+        check().healthy_threshold(0),
+        check().concurrency(0),
+        check().expected_statuses([]),
+        check().expected_statuses([300..=200]),
+        check().expected_statuses([0..=1_000]),
+    ];
+    for setting in bad {
+        let error = balancer.health_checks::<_, reqwest::Body>(setting.clone(), service.clone());
+        assert!(
+            matches!(&error, Err(tower_lb::Error::InvalidPolicy { .. })),
+            "{setting:?}: {error:?}"
+        );
+    }
+    // Nothing was started: no endpoint waits for a check.
+    assert!(!balancer.stats().endpoints[0].ejected);
+}
+
+#[test]
+fn extreme_settings_never_panic_and_a_runtime_gone_lets_the_endpoints_back() {
+    let balancer = Balancer::builder()
+        .endpoint("http://127.0.0.1:1")
+        .endpoint("http://127.0.0.1:2")
+        .build()
+        .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let extreme = ActiveHealthCheck::new("/h")
+            .interval(Duration::MAX)
+            .interval_jitter(Duration::MAX)
+            .timeout(Duration::MAX)
+            .unhealthy_threshold(u32::MAX)
+            .healthy_threshold(u32::MAX)
+            .concurrency(usize::MAX);
+        balancer
+            .health_checks::<_, reqwest::Body>(extreme, HttpToReqwest::new(plain_reqwest()))
+            .unwrap();
+        assert!(balancer.stats().endpoints.iter().all(|e| e.ejected));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    });
+    // The runtime, and the checks' task with it, is gone: nothing holds
+    // the endpoints out for checks that never come.
+    drop(runtime);
+    let stats = balancer.stats();
+    assert!(stats.endpoints.iter().all(|e| !e.ejected), "{stats:?}");
+    let request = http::Request::get("/").body(()).unwrap();
+    assert!(balancer.select(&request).is_ok());
 }

@@ -230,6 +230,8 @@ pub struct CheckStats {
 #[derive(Debug, Default)]
 pub(crate) struct Checking {
     on: AtomicBool,
+    /// Which start of the checks is the current one.
+    generation: AtomicU64,
     healthy_threshold: AtomicU32,
     unhealthy_threshold: AtomicU32,
     /// Wakes the checker: the set changed.
@@ -274,9 +276,15 @@ impl EndpointChecks {
     /// Forgets the endpoint's check state (it left the set): back in it,
     /// it waits for a first check again. The counts stay.
     pub(super) fn reset(&self) {
+        self.reset_state();
+        self.awaiting_first.store(false, Ordering::Relaxed);
+    }
+
+    /// Forgets the streaks and the verdict, keeping `awaiting_first` (the
+    /// book's readmission reads it).
+    fn reset_state(&self) {
         self.answered.store(false, Ordering::Relaxed);
         self.failing.store(false, Ordering::Relaxed);
-        self.awaiting_first.store(false, Ordering::Relaxed);
         self.passes.store(0, Ordering::Relaxed);
         self.failures.store(0, Ordering::Relaxed);
     }
@@ -286,8 +294,10 @@ impl HealthShared {
     /// Turns the checks' side of the book on with `check`'s thresholds:
     /// every endpoint not checked yet is out until its first check passes,
     /// and every ejection running now needs a passing check to end.
-    pub(crate) fn start_checks(&self, check: &ActiveHealthCheck) {
+    /// Returns this start's generation, for [`stop_checks`](Self::stop_checks).
+    pub(crate) fn start_checks(&self, check: &ActiveHealthCheck) -> u64 {
         let checking = &self.checking;
+        let generation = checking.generation.fetch_add(1, Ordering::SeqCst) + 1;
         checking
             .healthy_threshold
             .store(check.healthy_threshold, Ordering::Relaxed);
@@ -301,6 +311,27 @@ impl HealthShared {
             self.await_first_check(member, now);
         }
         checking.wake.notify_one();
+        generation
+    }
+
+    /// Turns the checks' side of the book off, if `generation` is still the
+    /// current start (their task ended with its runtime, not replaced):
+    /// nothing is held for a check any more, and an endpoint waiting for
+    /// its first check comes in. Without this, a balancer outliving its
+    /// checks' runtime would keep endpoints out for checks that never come.
+    pub(crate) fn stop_checks(&self, generation: u64) {
+        let checking = &self.checking;
+        if checking.generation.load(Ordering::SeqCst) != generation
+            || !checking.on.swap(false, Ordering::SeqCst)
+        {
+            return;
+        }
+        for member in self.members_now() {
+            member.checks.reset_state();
+            if member.held.load(Ordering::Relaxed) {
+                self.release(&member);
+            }
+        }
     }
 
     /// The instant `ms` milliseconds after the balancer's clock began.
