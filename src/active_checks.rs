@@ -25,6 +25,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::{poll_fn, Future};
+use std::marker::PhantomData;
 use std::pin::{pin, Pin};
 use std::sync::{Arc, Weak};
 use std::task::Poll;
@@ -125,14 +126,16 @@ where
 }
 
 /// Which service sends an endpoint's check.
-trait Target<S>: Send + 'static {
-    fn service(&self, endpoint: &Arc<EndpointState>) -> Option<S>;
+trait Target: Send + 'static {
+    type Service;
+    fn service(&self, endpoint: &Arc<EndpointState>) -> Option<Self::Service>;
 }
 
 /// One service for every endpoint.
 struct OneService<S>(S);
 
-impl<S: Clone + Send + 'static> Target<S> for OneService<S> {
+impl<S: Clone + Send + 'static> Target for OneService<S> {
+    type Service = S;
     fn service(&self, _: &Arc<EndpointState>) -> Option<S> {
         Some(self.0.clone())
     }
@@ -141,7 +144,8 @@ impl<S: Clone + Send + 'static> Target<S> for OneService<S> {
 /// Each endpoint's own.
 struct EachService<S>(ServiceFor<S>);
 
-impl<S: 'static> Target<S> for EachService<S> {
+impl<S: 'static> Target for EachService<S> {
+    type Service = S;
     fn service(&self, endpoint: &Arc<EndpointState>) -> Option<S> {
         (self.0)(endpoint)
     }
@@ -154,8 +158,28 @@ where
     S::Response: BalanceResponse,
     S::Error: Into<BoxError>,
     B: Default + Send + 'static,
-    T: Target<S>,
+    T: Target<Service = S>,
 {
+    if check.is_grpc() {
+        return Err(Error::InvalidPolicy {
+            reason: "active health check: a gRPC check goes through BalancedChannel::health_checks"
+                .into(),
+        });
+    }
+    let probe = HttpProbe {
+        target,
+        check: Arc::new(check.clone()),
+        body: PhantomData,
+    };
+    start_probing(balancer, check, probe)
+}
+
+/// Starts the checks' task with `probe` sending each check.
+pub(crate) fn start_probing<P: Probe>(
+    balancer: &Balancer,
+    check: ActiveHealthCheck,
+    probe: P,
+) -> Result<(), Error> {
     check.validate()?;
     let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::InvalidPolicy {
         reason: "active health checks run on a tokio runtime: start them inside one".into(),
@@ -172,9 +196,48 @@ where
     };
     // The first round's times count from now, not from the task's start.
     checker.follow(&balancer.active_endpoints(), health.now_ms());
-    let task = runtime.spawn(checker.run(balancer.dropped(), target, generation));
+    let task = runtime.spawn(checker.run(balancer.dropped(), probe, generation));
     balancer.replace_checks_task(task.abort_handle());
     Ok(())
+}
+
+/// One check's answer: whether it passed.
+pub(crate) type Verdict = Pin<Box<dyn Future<Output = bool> + Send>>;
+
+/// How a check is sent: an HTTP request, or gRPC's health protocol.
+pub(crate) trait Probe: Send + 'static {
+    /// Checks `endpoint` at `uri` (its URL and the check's path; `None`
+    /// when they make no URI), within the check's timeout.
+    fn probe(&self, endpoint: &Arc<EndpointState>, uri: Option<http::Uri>) -> Verdict;
+}
+
+/// An HTTP check through a service of `target`'s.
+struct HttpProbe<T, B> {
+    target: T,
+    check: Arc<ActiveHealthCheck>,
+    body: PhantomData<fn() -> B>,
+}
+
+impl<B, T> Probe for HttpProbe<T, B>
+where
+    T: Target,
+    T::Service: Service<http::Request<B>> + Send + 'static,
+    <T::Service as Service<http::Request<B>>>::Future: Send,
+    <T::Service as Service<http::Request<B>>>::Response: BalanceResponse,
+    <T::Service as Service<http::Request<B>>>::Error: Into<BoxError>,
+    B: Default + Send + 'static,
+{
+    fn probe(&self, endpoint: &Arc<EndpointState>, uri: Option<http::Uri>) -> Verdict {
+        let request = uri.and_then(|uri| {
+            http::Request::builder()
+                .method(self.check.method.clone())
+                .uri(uri)
+                .header(USER_AGENT, HeaderValue::from_static(AGENT))
+                .body(B::default())
+                .ok()
+        });
+        send(self.target.service(endpoint), request, self.check.clone())
+    }
 }
 
 /// A check in flight: the endpoint's key and whether it passed.
@@ -222,15 +285,7 @@ enum Woke {
 }
 
 impl Checker {
-    async fn run<S, B, T>(mut self, mut dropped: watch::Receiver<()>, target: T, generation: u64)
-    where
-        S: Service<http::Request<B>> + Send + 'static,
-        S::Future: Send,
-        S::Response: BalanceResponse,
-        S::Error: Into<BoxError>,
-        B: Default + Send + 'static,
-        T: Target<S>,
-    {
+    async fn run<P: Probe>(mut self, mut dropped: watch::Receiver<()>, probe: P, generation: u64) {
         let _stops = Stops(self.balancer.clone(), generation);
         let mut running: FuturesUnordered<Running> = FuturesUnordered::new();
         let mut done = None;
@@ -245,7 +300,7 @@ impl Checker {
                 if let Some((key, passed)) = done.take() {
                     self.finished(key, passed, now, &health);
                 }
-                self.launch(now, &health, &target, &mut running);
+                self.launch(now, &health, &probe, &mut running);
                 let next = if running.len() >= self.check.concurrency {
                     None
                 } else {
@@ -343,20 +398,13 @@ impl Checker {
 
     /// Sends the checks due by `now`, earliest first, while fewer than
     /// `concurrency` are in flight.
-    fn launch<S, B, T>(
+    fn launch<P: Probe>(
         &mut self,
         now: u64,
         health: &crate::health::HealthShared,
-        target: &T,
+        probe: &P,
         running: &mut FuturesUnordered<Running>,
-    ) where
-        S: Service<http::Request<B>> + Send + 'static,
-        S::Future: Send,
-        S::Response: BalanceResponse,
-        S::Error: Into<BoxError>,
-        B: Default + Send + 'static,
-        T: Target<S>,
-    {
+    ) {
         let mut due: Vec<(u64, usize)> = (self.slots.iter())
             .filter(|(_, s)| !s.running && s.due <= now)
             .map(|(k, s)| (s.due, *k))
@@ -374,20 +422,8 @@ impl Checker {
             };
             slot.running = true;
             health.check_sent(&slot.health);
-            let request = slot.uri.clone().and_then(|uri| {
-                http::Request::builder()
-                    .method(self.check.method.clone())
-                    .uri(uri)
-                    .header(USER_AGENT, HeaderValue::from_static(AGENT))
-                    .body(B::default())
-                    .ok()
-            });
-            running.push(send(
-                key,
-                target.service(&endpoint),
-                request,
-                self.check.clone(),
-            ));
+            let verdict = probe.probe(&endpoint, slot.uri.clone());
+            running.push(Box::pin(async move { (key, verdict.await) }));
         }
     }
 }
@@ -395,11 +431,10 @@ impl Checker {
 /// One check: whether `service` answers `request` within the timeout with
 /// an expected status.
 fn send<S, B>(
-    key: usize,
     service: Option<S>,
     request: Option<http::Request<B>>,
     check: Arc<ActiveHealthCheck>,
-) -> Running
+) -> Verdict
 where
     S: Service<http::Request<B>> + Send + 'static,
     S::Future: Send,
@@ -409,17 +444,16 @@ where
 {
     Box::pin(async move {
         let (Some(mut service), Some(request)) = (service, request) else {
-            return (key, false);
+            return false;
         };
         let call = async {
             poll_fn(|cx| service.poll_ready(cx)).await.ok()?;
             service.call(request).await.ok().map(|r| r.status())
         };
-        let passed = matches!(
+        matches!(
             tokio::time::timeout(check.timeout, call).await,
             Ok(Some(status)) if check.passes(status)
-        );
-        (key, passed)
+        )
     })
 }
 

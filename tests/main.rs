@@ -26,6 +26,7 @@ mod discovery_dns;
 mod discovery_etcd;
 mod golden;
 mod grpc;
+mod grpc_health;
 mod hash_quality;
 mod health;
 mod health_scenarios;

@@ -79,6 +79,9 @@ pub struct ActiveHealthCheck {
     pub(crate) unhealthy_threshold: u32,
     pub(crate) healthy_threshold: u32,
     pub(crate) concurrency: usize,
+    /// The service a gRPC health check asks about (`""`: the server as a
+    /// whole); `None` for an HTTP check.
+    pub(crate) grpc_service: Option<String>,
 }
 
 impl ActiveHealthCheck {
@@ -95,7 +98,33 @@ impl ActiveHealthCheck {
             unhealthy_threshold: 3,
             healthy_threshold: 2,
             concurrency: 8,
+            grpc_service: None,
         }
+    }
+
+    /// A gRPC health check (feature `tonic`): the health-checking
+    /// protocol's `grpc.health.v1.Health/Check` for `service` (`""` asks
+    /// about the server as a whole), passing when the answer is `SERVING`;
+    /// for [`BalancedChannel::health_checks`](crate::BalancedChannel::health_checks).
+    /// The other settings are [`ActiveHealthCheck::new`]'s; the path,
+    /// method and expected statuses are the protocol's.
+    ///
+    /// ```
+    /// let check = tower_lb::ActiveHealthCheck::grpc("shop.Catalog").unhealthy_threshold(2);
+    /// # let _ = check;
+    /// ```
+    #[cfg(feature = "tonic")]
+    pub fn grpc(service: impl Into<String>) -> Self {
+        ActiveHealthCheck {
+            grpc_service: Some(service.into()),
+            method: Method::POST,
+            ..ActiveHealthCheck::new("/grpc.health.v1.Health/Check")
+        }
+    }
+
+    /// Whether this is a gRPC health check.
+    pub(crate) fn is_grpc(&self) -> bool {
+        self.grpc_service.is_some()
     }
 
     /// The check's method. Default `GET`.
