@@ -98,7 +98,8 @@ pub enum HealthEvent {
         /// stays in rotation.
         times: u32,
         /// How long it is out: `base × times`, capped at the maximum, plus
-        /// the jitter.
+        /// the jitter; zero for [`Detector::ActiveCheck`], out until its
+        /// checks pass.
         duration: Duration,
         /// The detector that ejected it.
         detector: Detector,
