@@ -337,7 +337,13 @@ impl HealthShared {
         let members = self.members_now();
         let now = self.now_ms();
         for member in &members {
-            self.await_first_check(member, now);
+            let until = member.ejected_until.load(Ordering::Relaxed);
+            if until != IN_ROTATION && until != RETIRED {
+                // Out already: back only once a check passes.
+                self.hold(member);
+            } else {
+                self.await_first_check(member, now);
+            }
         }
         checking.wake.notify_one();
         generation
@@ -388,19 +394,14 @@ impl HealthShared {
         }
     }
 
-    /// With checks on, an endpoint of the set that no check has answered
-    /// yet is held out for its first one; an ejected one needs a pass.
+    /// With checks on, an endpoint in rotation that no check has answered
+    /// yet (new in the set, or back in it) is held out for its first one.
     pub(super) fn await_first_check(&self, endpoint: &Arc<EndpointHealth>, now: u64) {
         if !self.checks_on() {
             return;
         }
         let until = endpoint.ejected_until.load(Ordering::Relaxed);
-        if until == RETIRED {
-            return;
-        }
-        if until != IN_ROTATION {
-            self.hold(endpoint);
-        } else if !endpoint.checks.answered.load(Ordering::Relaxed) {
+        if until == IN_ROTATION && !endpoint.checks.answered.load(Ordering::Relaxed) {
             endpoint.checks.since.store(now, Ordering::Relaxed);
             self.take_out_for_checks(endpoint, now, true);
         }
