@@ -308,7 +308,9 @@ impl OutlierDetection {
     /// [`Percent`], 0 to 100; Envoy's `enforcing_*`), drawn from the
     /// balancer's generator (seeded with
     /// [`BalancerBuilder::seed`](crate::BalancerBuilder::seed)). Default 100
-    /// for every detector; [`OutlierDetection::envoy`] has Envoy's.
+    /// for every detector; [`OutlierDetection::envoy`] has Envoy's. A
+    /// failing active check ([`Detector::ActiveCheck`]) always takes its
+    /// endpoint out: a share given for it is ignored.
     pub fn enforcing(mut self, detector: Detector, percent: impl Into<Percent>) -> Self {
         if let Some(slot) = self.enforcing.get_mut(detector.index()) {
             *slot = percent.into();
