@@ -54,6 +54,7 @@
 #![warn(missing_docs)]
 #![warn(missing_debug_implementations)]
 
+mod active_checks;
 mod affinity;
 mod balancer;
 mod clock;
@@ -123,8 +124,8 @@ pub use grpc::{
     KEEP_ALIVE_INTERVAL, KEEP_ALIVE_TIMEOUT, REQUEST_BUFFER,
 };
 pub use health::{
-    Detector, EjectionStats, FailurePercentage, HealthEvent, OutlierDetection, Retries, Retryable,
-    SuccessRate,
+    ActiveHealthCheck, CheckStats, Detector, EjectionStats, FailurePercentage, HealthEvent,
+    OutlierDetection, Retries, Retryable, SuccessRate,
 };
 pub use hedge::{Hedge, Hedging};
 pub use layer::BalanceLayer;

@@ -124,6 +124,11 @@ impl Snapshot {
         (secure, if shared { base } else { "" })
     }
 
+    /// The endpoints that take new requests (ejected ones included).
+    pub(crate) fn active(&self) -> &[Arc<EndpointState>] {
+        &self.active
+    }
+
     /// How many endpoints take new requests (ejected ones included).
     pub(crate) fn takers(&self) -> usize {
         self.active.len()

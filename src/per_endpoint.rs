@@ -218,6 +218,12 @@ where
         }
     }
 
+    /// The balancer and how an endpoint's service is found, for its
+    /// active health checks.
+    pub(crate) fn check_parts(&self) -> (&Balancer, &ServiceFor<S>) {
+        (&self.balancer, &self.service_for)
+    }
+
     /// Follows a discovery stream of `Change<url, service>` (any tower
     /// [`Discover`] with the endpoint's URL as the key; a `Stream` of
     /// `Result<Change<K, S>, E>` is one) until it ends:

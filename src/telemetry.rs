@@ -114,14 +114,18 @@ const STATUS_ERROR: u8 = 8;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ReadmissionReason {
     /// Its ejection time was up (noticed by the sweeper task, a pick, or
-    /// a set change), or it was released after it.
+    /// a set change), or its active checks stopped holding it (their
+    /// runtime ended).
     TimeUp = 0,
     /// The set shrank below what the current ejections may hold, and its
     /// ejection was among those ending soonest.
     SetShrank = 1,
+    /// Held out for its active checks, a passing check let it back (its
+    /// ejection time, if any, was up).
+    CheckPassed = 2,
 }
 
-const READMISSION_REASONS: [&str; 2] = ["time_up", "set_shrank"];
+const READMISSION_REASONS: [&str; 3] = ["time_up", "set_shrank", "check_passed"];
 
 /// The `kind` label of the budget's refusals, by `Extra`'s order.
 const EXTRA_KINDS: [&str; 2] = ["retry", "hedge"];
@@ -301,7 +305,7 @@ pub(crate) struct BalancerMetrics {
     ejections: Box<[Counter]>,
     ejections_refused: Box<[Counter]>,
     ejections_not_enforced: Box<[Counter]>,
-    readmissions: [Counter; 2],
+    readmissions: [Counter; 3],
     discovery_refreshes: Counter,
     discovery_errors: Counter,
     discovery_skipped: Counter,

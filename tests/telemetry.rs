@@ -20,9 +20,10 @@ use proptest::prelude::*;
 use support::*;
 use tower::ServiceExt;
 use tower_lb::{
-    Balancer, Detector, Hedging, OutlierDetection, Policy, RequestKey, Retries, SuccessRate,
+    ActiveHealthCheck, Balancer, Detector, Hedging, HttpToReqwest, OutlierDetection, Policy,
+    RequestKey, Retries, SuccessRate,
 };
-use wiremock::matchers::any;
+use wiremock::matchers::{any, path};
 use wiremock::{Mock, ResponseTemplate};
 
 /// A series: its name and its labels, sorted.
@@ -624,6 +625,107 @@ async fn a_detection_the_enforcement_draw_skips_is_counted_as_not_enforced() {
     );
     assert_eq!(m.counter("tower_lb.ejections", &[]), 0);
     assert_eq!(balancer.stats().ejections.not_enforced, 2);
+}
+
+/// Mounts a wiremock server's health path answering `health` (and 200
+/// elsewhere).
+async fn health_answers(server: &Server, health: u16) {
+    server.reset().await;
+    Mock::given(path("/health"))
+        .respond_with(ResponseTemplate::new(health))
+        .with_priority(1)
+        .mount(server)
+        .await;
+    Mock::given(any())
+        .respond_with(ResponseTemplate::new(200))
+        .mount(server)
+        .await;
+}
+
+/// Moves the paused clock on by 50 ms steps, up to `ms`, until `done`
+/// holds; after each step, waits on the wall clock until every check sent
+/// is answered and counted (the checks go to real servers).
+async fn advance_until(balancer: &Balancer, ms: u64, what: &str, mut done: impl FnMut() -> bool) {
+    let answered = || {
+        (balancer.stats().endpoints.iter())
+            .all(|e| e.checks.passed + e.checks.failed == e.checks.sent)
+    };
+    for _ in 0..ms.div_ceil(50) {
+        tokio::time::advance(Duration::from_millis(50)).await;
+        let stepped = std::time::Instant::now();
+        loop {
+            for _ in 0..4 {
+                tokio::task::yield_now().await;
+            }
+            if answered() {
+                break;
+            }
+            assert!(
+                stepped.elapsed() < Duration::from_secs(10),
+                "{what}: checks unanswered"
+            );
+            tokio::task::spawn_blocking(|| std::thread::sleep(Duration::from_millis(2)))
+                .await
+                .unwrap();
+        }
+        if done() {
+            return;
+        }
+    }
+    panic!("{what}: not within {ms} ms");
+}
+
+/// Active checks: endpoints waiting for their first check are neither
+/// ejections nor re-admissions; a failing check takes one out, counted
+/// under `detector="active_health_check"`; a passing one lets it back,
+/// counted as `reason="check_passed"`.
+#[tokio::test(start_paused = true)]
+async fn an_active_checks_ejection_and_the_passing_check_that_ends_it_are_counted() {
+    let _clock = hold_clock();
+    let recorder = DebuggingRecorder::new();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let mut recorded = Recorded::new(&recorder);
+    let servers = backends(3).await;
+    for server in &servers {
+        health_answers(server, 200).await;
+    }
+    let balancer = servers
+        .iter()
+        .fold(Balancer::builder(), |b, s| b.endpoint(s.uri()))
+        .policy(Policy::round_robin())
+        .build()
+        .unwrap();
+    let check = ActiveHealthCheck::new("/health")
+        .interval(Duration::from_secs(1))
+        .unhealthy_threshold(1)
+        .healthy_threshold(1);
+    balancer
+        .health_checks::<_, reqwest::Body>(check, HttpToReqwest::new(plain_reqwest()))
+        .unwrap();
+    let out = |i: usize| balancer.stats().endpoints[i].ejected;
+    advance_until(&balancer, 1_500, "in after the first checks", || {
+        (0..3).all(|i| !out(i))
+    })
+    .await;
+    let m = recorded.read();
+    assert_eq!(m.counter("tower_lb.ejections", &[]), 0);
+    assert_eq!(m.counter("tower_lb.readmissions", &[]), 0);
+
+    health_answers(&servers[2], 503).await;
+    advance_until(&balancer, 3_000, "out for a failing check", || out(2)).await;
+    health_answers(&servers[2], 200).await;
+    advance_until(&balancer, 3_000, "back for a passing check", || !out(2)).await;
+    let m = recorded.read();
+    assert_eq!(
+        m.counter("tower_lb.ejections", &[("detector", "active_health_check")]),
+        1
+    );
+    assert_eq!(m.counter("tower_lb.ejections", &[]), 1);
+    assert_eq!(
+        m.counter("tower_lb.readmissions", &[("reason", "check_passed")]),
+        1
+    );
+    assert_eq!(m.counter("tower_lb.readmissions", &[]), 1);
 }
 
 /// A GET to a slow backend is hedged to a fast one after 100 ms and the

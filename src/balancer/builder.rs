@@ -289,6 +289,7 @@ impl BalancerBuilder {
                 discovery: Mutex::new(None),
                 dropped: tokio::sync::watch::channel(()).0,
                 discovery_task: Mutex::new(None),
+                checks_task: Mutex::new(None),
                 on_removal: Mutex::new(Vec::new()),
             }),
         })

@@ -86,6 +86,8 @@ struct Shared {
     /// The discovery task following the current source, stopped when
     /// another source takes over.
     discovery_task: Mutex<Option<tokio::task::AbortHandle>>,
+    /// The active health checks' task, stopped when others take over.
+    checks_task: Mutex<Option<tokio::task::AbortHandle>>,
     /// Told when endpoints leave the set (see [`OnRemoval`]); taken by
     /// updates and registrations only.
     on_removal: Mutex<Vec<Weak<dyn OnRemoval>>>,
@@ -209,6 +211,28 @@ impl Balancer {
         if let Some(previous) = previous {
             previous.abort();
         }
+    }
+
+    /// Makes `task` the one active-check task, stopping the one before.
+    pub(crate) fn replace_checks_task(&self, task: tokio::task::AbortHandle) {
+        let mut current = self
+            .shared
+            .checks_task
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(previous) = current.replace(task) {
+            previous.abort();
+        }
+    }
+
+    /// The balancer's health: ejections, detectors, checks.
+    pub(crate) fn health(&self) -> &Arc<crate::health::HealthShared> {
+        &self.shared.counters.health
+    }
+
+    /// The endpoints taking requests now (ejected ones included).
+    pub(crate) fn active_endpoints(&self) -> Vec<Arc<EndpointState>> {
+        self.snapshot().active().to_vec()
     }
 
     pub(crate) fn replace_discovery_task(&self, task: tokio::task::AbortHandle) {

@@ -12,7 +12,7 @@ use super::rtt::{RttEstimate, RttModel};
 use super::served::{ServedBy, ServedSlot};
 use super::{Counters, EndpointUrl, Labels};
 use crate::clock::Clock;
-use crate::health::{Detector, EndpointHealth, HealthShared};
+use crate::health::{CheckStats, Detector, EndpointHealth, HealthShared};
 use crate::outcome::Outcome;
 use crate::refresh::ConnectFailures;
 
@@ -87,6 +87,11 @@ impl EndpointCore {
     /// behind the ejection.
     pub(crate) fn health_status(&self) -> (bool, u32, Option<Detector>) {
         self.health.status(self.clock.now_ms())
+    }
+
+    /// The endpoint's active checks, for stats.
+    pub(crate) fn check_stats(&self) -> CheckStats {
+        self.health.checks.stats()
     }
 
     /// The endpoint's health, for the balancer's interval sweep.

@@ -130,6 +130,7 @@ impl EndpointState {
             ejected,
             times_ejected,
             ejected_by,
+            checks: self.check_stats(),
         }
     }
 }

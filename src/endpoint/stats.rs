@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::{EndpointUrl, Labels};
-use crate::health::{Detector, EjectionStats};
+use crate::health::{CheckStats, Detector, EjectionStats};
 
 /// The state of every endpoint in the set, in the order they were added.
 ///
@@ -154,6 +154,10 @@ pub struct EndpointStats {
     pub times_ejected: u32,
     /// The detector behind the current ejection; `None` when not ejected.
     pub ejected_by: Option<Detector>,
+    /// Its active health checks (all zero unless
+    /// [`Balancer::health_checks`](crate::Balancer::health_checks) runs);
+    /// never counted as requests.
+    pub checks: CheckStats,
 }
 
 /// What the discovery task did: sets applied, endpoints skipped as

@@ -28,6 +28,7 @@ mod body;
 mod channel;
 mod deadline;
 mod future;
+mod health;
 mod options;
 mod request;
 

@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+use super::active::{Checking, CHECKS};
 use super::detector::{EndpointHealth, IN_ROTATION, RETIRED};
 use super::events::EventQueue;
 use super::statistics;
@@ -56,7 +57,7 @@ pub(crate) struct HealthShared {
     book: Mutex<Vec<Ejection>>,
     events: EventQueue,
     /// Ejections made, by detector (in [`Detector::ALL`] order).
-    enforced: [AtomicU64; 7],
+    enforced: [AtomicU64; 8],
     not_enforced: AtomicU64,
     refused: AtomicU64,
     /// Whether a sweeper task runs for this balancer (see `sweeper.rs`);
@@ -71,6 +72,8 @@ pub(crate) struct HealthShared {
     /// reason (no-ops unless set).
     #[cfg(feature = "metrics")]
     metrics: Arc<BalancerMetrics>,
+    /// Active health checks, once started (see `active.rs`).
+    pub(super) checking: Checking,
 }
 
 /// Health with default settings and no sweeper (for counters that serve
@@ -90,6 +93,16 @@ impl Default for HealthShared {
 struct Ejection {
     endpoint: Weak<EndpointHealth>,
     until: u64,
+    /// Why: an outlier detector, or [`CHECKS`] (failing active checks,
+    /// which the maximum ejection percentage does not limit).
+    detector: Detector,
+}
+
+impl Ejection {
+    /// Whether the maximum ejection percentage counts it.
+    fn limited(&self) -> bool {
+        self.detector != CHECKS
+    }
 }
 
 impl HealthShared {
@@ -148,6 +161,7 @@ impl HealthShared {
             this,
             #[cfg(feature = "metrics")]
             metrics: Arc::default(),
+            checking: Checking::default(),
         }
     }
 
@@ -181,6 +195,16 @@ impl HealthShared {
         self.members.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The endpoints taking requests now.
+    pub(super) fn members_now(&self) -> Vec<Arc<EndpointHealth>> {
+        self.members().clone()
+    }
+
+    /// The balancer's generator.
+    pub(super) fn rng(&self) -> &SharedRng {
+        &self.rng
+    }
+
     /// Runs the sweeps due by now over the set as it stands. Called before
     /// the set changes: a sweep due before the change judges the members of
     /// before it (an endpoint drained since does not miss its multiplier's
@@ -195,15 +219,18 @@ impl HealthShared {
     /// may hold, those ending soonest end now.
     pub(crate) fn set_active(&self, active: Vec<Arc<EndpointHealth>>) {
         let count = active.len();
-        *self.members() = active;
+        *self.members() = active.clone();
         self.active.store(count, Ordering::SeqCst);
         let allowed = self.allowed(count);
         let mut book = self.book();
         book.retain(|e| e.endpoint.strong_count() > 0);
-        if book.len() > allowed {
-            book.sort_by_key(|e| e.until);
+        let limited = book.iter().filter(|e| e.limited()).count();
+        if limited > allowed {
+            // Those ending soonest end now; ejections for failing checks
+            // are not the limit's to end.
+            book.sort_by_key(|e| (!e.limited(), e.until));
             let now = self.now_ms();
-            let extra = book.len() - allowed;
+            let extra = limited - allowed;
             for ejection in book.drain(..extra) {
                 if let Some(endpoint) = ejection.endpoint.upgrade() {
                     let _readmitted = self.readmit(&endpoint, now);
@@ -216,6 +243,14 @@ impl HealthShared {
         }
         self.publish(&book);
         drop(book);
+        // With checks on, a newcomer is out until its first check passes.
+        if self.checks_on() {
+            let now = self.now_ms();
+            for member in &active {
+                self.await_first_check(member, now);
+            }
+            self.checking.wake.notify_one();
+        }
         // A returning member may bring a multiplier the sweeps must bring
         // down.
         self.wake.notify_one();
@@ -306,7 +341,7 @@ impl HealthShared {
         }
         let now = self.now_ms();
         if now >= self.next_expiry.load(Ordering::Relaxed) {
-            self.readmit_expired(now);
+            self.readmit_expired(now, None);
             if self.ejected.load(Ordering::Relaxed) == 0 {
                 return None;
             }
@@ -358,7 +393,7 @@ impl HealthShared {
     /// come down by one. One caller runs each interval's sweep.
     pub(super) fn sweep(&self, now: u64) {
         if now >= self.next_expiry.load(Ordering::Relaxed) {
-            self.readmit_expired(now);
+            self.readmit_expired(now, None);
         }
         let due = self.next_sweep.load(Ordering::SeqCst);
         if now < due {
@@ -423,7 +458,8 @@ impl HealthShared {
     /// Ends every ejection whose time is up at `now` and that nothing
     /// holds out. Another caller doing the same at the same moment is
     /// enough: this one does not wait.
-    fn readmit_expired(&self, now: u64) {
+    /// `released`: the endpoint a passing check has just released, if any.
+    fn readmit_expired(&self, now: u64, released: Option<&EndpointHealth>) {
         let mut book = match self.book.try_lock() {
             Ok(book) => book,
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
@@ -437,12 +473,17 @@ impl HealthShared {
                 return true;
             }
             let _readmitted = self.readmit(&endpoint, now);
-            // A held endpoint released late comes back here too, as its
-            // time is up (the active checks, when they call `release`,
-            // may give it a reason of its own).
+            // Back as a check passed (its time was up, the check's release
+            // let it in), or as its time came (the check had passed).
             #[cfg(feature = "metrics")]
             if _readmitted {
-                self.metrics.readmitted(ReadmissionReason::TimeUp);
+                let by_check = released.is_some_and(|r| std::ptr::eq(r, &*endpoint))
+                    && endpoint.checks.answered();
+                self.metrics.readmitted(if by_check {
+                    ReadmissionReason::CheckPassed
+                } else {
+                    ReadmissionReason::TimeUp
+                });
             }
             false
         });
@@ -472,7 +513,8 @@ impl HealthShared {
     }
 
     /// Puts `endpoint` back in rotation, with clean counts (the caller has
-    /// taken it out of the book); whether it was out.
+    /// taken it out of the book); whether that ended an ejection (not an
+    /// endpoint's wait for its first check).
     fn readmit(&self, endpoint: &EndpointHealth, now: u64) -> bool {
         let until = endpoint.ejected_until.load(Ordering::Relaxed);
         if until == IN_ROTATION || until == RETIRED {
@@ -481,6 +523,10 @@ impl HealthShared {
         endpoint.start_new_epoch();
         // Back at its time, whoever noticed (the sweeper, a pick), or now
         // if it ends early (the set shrank) or late (it was held).
+        let quiet = endpoint
+            .checks
+            .awaiting_first
+            .swap(false, Ordering::Relaxed);
         let returned = if endpoint.held.load(Ordering::Relaxed) {
             now
         } else {
@@ -492,6 +538,10 @@ impl HealthShared {
         endpoint.ejected_until.store(IN_ROTATION, Ordering::Relaxed);
         endpoint.ejected_by.store(0, Ordering::Relaxed);
         let began = endpoint.ejected_at.load(Ordering::Relaxed);
+        if quiet {
+            // In for its first passing check: it was never ejected.
+            return false;
+        }
         self.events.send(HealthEvent::Readmitted {
             endpoint: endpoint.name.to_string(),
             after: Duration::from_millis(returned.saturating_sub(began)),
@@ -520,7 +570,7 @@ impl HealthShared {
         }
         let config = &self.config;
         let active = self.active.load(Ordering::Relaxed);
-        if book.len() >= self.allowed(active) {
+        if book.iter().filter(|e| e.limited()).count() >= self.allowed(active) {
             self.refused.fetch_add(1, Ordering::Relaxed);
             #[cfg(feature = "metrics")]
             self.metrics.ejection_refused(detector.index());
@@ -562,9 +612,14 @@ impl HealthShared {
             .ejected_by
             .store(detector.index() as u8 + 1, Ordering::Relaxed);
         endpoint.start_new_epoch();
+        // With active checks on, it comes back only once a check passes.
+        if self.checks_on() {
+            endpoint.held.store(true, Ordering::Relaxed);
+        }
         book.push(Ejection {
             endpoint: Arc::downgrade(endpoint),
             until,
+            detector,
         });
         self.publish(&book);
         drop(book);
@@ -588,7 +643,6 @@ impl HealthShared {
     /// (Envoy's `successful_active_health_check_uneject_host`). Holding an
     /// endpoint in rotation keeps it in until it is next ejected, then out
     /// until released.
-    #[allow(dead_code)] // the active health checks call it
     pub(crate) fn hold(&self, endpoint: &EndpointHealth) {
         let book = self.book();
         endpoint.held.store(true, Ordering::Relaxed);
@@ -597,15 +651,76 @@ impl HealthShared {
 
     /// Lets `endpoint` come back: at once if its ejection time is up, else
     /// when it is.
-    #[allow(dead_code)] // the active health checks call it
     pub(crate) fn release(&self, endpoint: &EndpointHealth) {
         {
             let book = self.book();
             endpoint.held.store(false, Ordering::Relaxed);
             self.publish(&book);
         }
-        self.readmit_expired(self.now_ms());
+        self.readmit_expired(self.now_ms(), Some(endpoint));
         self.wake.notify_one();
+    }
+
+    /// Takes `endpoint` out for its active checks, held until a check
+    /// passes: an endpoint in rotation is ejected with [`CHECKS`] (whatever
+    /// the maximum ejection percentage; `quiet` when it only waits for its
+    /// first check: no event, no count); one already out stays out, as
+    /// its ejection says.
+    pub(super) fn take_out_for_checks(
+        &self,
+        endpoint: &Arc<EndpointHealth>,
+        now: u64,
+        quiet: bool,
+    ) {
+        let mut book = self.book();
+        let until = endpoint.ejected_until.load(Ordering::Relaxed);
+        if until == RETIRED {
+            return;
+        }
+        endpoint.held.store(true, Ordering::Relaxed);
+        let news = if until == IN_ROTATION {
+            let until = now.max(1);
+            endpoint.ejected_until.store(until, Ordering::Relaxed);
+            endpoint.ejected_at.store(now, Ordering::Relaxed);
+            endpoint
+                .ejected_by
+                .store(CHECKS.index() as u8 + 1, Ordering::Relaxed);
+            endpoint
+                .checks
+                .awaiting_first
+                .store(quiet, Ordering::Relaxed);
+            endpoint.start_new_epoch();
+            book.push(Ejection {
+                endpoint: Arc::downgrade(endpoint),
+                until,
+                detector: CHECKS,
+            });
+            !quiet
+        } else {
+            // Out for its first check, and that check failed: now an
+            // ejection of its own.
+            !quiet
+                && endpoint
+                    .checks
+                    .awaiting_first
+                    .swap(false, Ordering::Relaxed)
+        };
+        self.publish(&book);
+        drop(book);
+        self.wake.notify_one();
+        if news {
+            if let Some(count) = self.enforced.get(CHECKS.index()) {
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+            #[cfg(feature = "metrics")]
+            self.metrics.ejected(CHECKS.index());
+            self.events.send(HealthEvent::Ejected {
+                endpoint: endpoint.name.to_string(),
+                times: endpoint.times_ejected.load(Ordering::Relaxed),
+                duration: Duration::ZERO,
+                detector: CHECKS,
+            });
+        }
     }
 
     /// Takes `endpoint` out of health accounting when it leaves the active
@@ -617,6 +732,8 @@ impl HealthShared {
             return;
         }
         endpoint.ejected_by.store(0, Ordering::Relaxed);
+        endpoint.held.store(false, Ordering::Relaxed);
+        endpoint.checks.reset();
         endpoint.start_new_epoch();
         book.retain(|e| !std::ptr::eq(e.endpoint.as_ptr(), Arc::as_ptr(endpoint)));
         self.publish(&book);

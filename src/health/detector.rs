@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use http::StatusCode;
 
+use super::active::EndpointChecks;
 use super::book::HealthShared;
 use super::Detector;
 use crate::outcome::Outcome;
@@ -45,6 +46,8 @@ pub(crate) struct EndpointHealth {
     pub(super) times_ejected: AtomicU32,
     /// When it last came back from an ejection; 0 if never.
     pub(super) returned_ms: AtomicU64,
+    /// Its active checks.
+    pub(crate) checks: EndpointChecks,
 }
 
 /// One interval's outcomes of one endpoint.
@@ -97,6 +100,7 @@ impl EndpointHealth {
             held: AtomicBool::new(false),
             times_ejected: AtomicU32::new(0),
             returned_ms: AtomicU64::new(0),
+            checks: EndpointChecks::default(),
         }
     }
 

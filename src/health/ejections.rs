@@ -6,8 +6,8 @@ use std::fmt;
 
 /// The detector behind an ejection, named as in Envoy's outlier detection.
 ///
-/// `#[non_exhaustive]`: later detectors (an active health check) add
-/// variants, so match with a `_` arm.
+/// `#[non_exhaustive]`: later detectors add variants, so match with a `_`
+/// arm.
 ///
 /// ```
 /// use tower_lb::{Detector, OutlierDetection};
@@ -43,11 +43,17 @@ pub enum Detector {
     /// Failure percentage over local-origin outcomes, with local-origin
     /// errors split (Envoy's `failure_percentage_local_origin`).
     LocalOriginFailurePercentage,
+    /// Active health checks: `unhealthy_threshold` checks failed in a row
+    /// (see [`ActiveHealthCheck`](crate::ActiveHealthCheck)). Out until
+    /// `healthy_threshold` checks pass in a row; never refused by the
+    /// maximum ejection percentage, and no enforcement draw (Envoy's
+    /// `FAILED_ACTIVE_HC`, which is not an outlier ejection).
+    ActiveCheck,
 }
 
 impl Detector {
     /// Every detector, in the order of the variants.
-    pub(crate) const ALL: [Detector; 7] = [
+    pub(crate) const ALL: [Detector; 8] = [
         Detector::ConsecutiveFailures,
         Detector::ConsecutiveGatewayFailures,
         Detector::ConsecutiveLocalOriginFailures,
@@ -55,6 +61,7 @@ impl Detector {
         Detector::FailurePercentage,
         Detector::LocalOriginSuccessRate,
         Detector::LocalOriginFailurePercentage,
+        Detector::ActiveCheck,
     ];
 
     /// The detector's place in [`Detector::ALL`], for counters.
@@ -63,7 +70,8 @@ impl Detector {
     }
 
     /// Envoy's name for the detector (as in its `ejections_enforced_*`
-    /// statistics).
+    /// statistics; `active_health_check` for [`Detector::ActiveCheck`],
+    /// which Envoy counts as `health_check.failure`).
     pub fn envoy_name(self) -> &'static str {
         match self {
             Detector::ConsecutiveFailures => "consecutive_5xx",
@@ -73,6 +81,7 @@ impl Detector {
             Detector::FailurePercentage => "failure_percentage",
             Detector::LocalOriginSuccessRate => "success_rate_local_origin",
             Detector::LocalOriginFailurePercentage => "failure_percentage_local_origin",
+            Detector::ActiveCheck => "active_health_check",
         }
     }
 

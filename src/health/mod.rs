@@ -39,6 +39,7 @@
 //! A removed or drained endpoint holds nothing: its ejection ends with its
 //! membership.
 
+mod active;
 mod book;
 mod budget;
 mod detector;
@@ -54,6 +55,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 
+pub use active::{ActiveHealthCheck, CheckStats};
 pub(crate) use book::HealthShared;
 pub(crate) use budget::Extra;
 pub(crate) use detector::EndpointHealth;
@@ -97,7 +99,8 @@ pub enum HealthEvent {
         /// stays in rotation.
         times: u32,
         /// How long it is out: `base × times`, capped at the maximum, plus
-        /// the jitter.
+        /// the jitter; zero for [`Detector::ActiveCheck`], out until its
+        /// checks pass.
         duration: Duration,
         /// The detector that ejected it.
         detector: Detector,
@@ -147,7 +150,7 @@ pub struct OutlierDetection {
     pub(crate) success_rate: Option<SuccessRate>,
     pub(crate) failure_percentage: Option<FailurePercentage>,
     /// Enforcement percentage by detector, in [`Detector::ALL`] order.
-    pub(crate) enforcing: [Percent; 7],
+    pub(crate) enforcing: [Percent; 8],
     pub(crate) interval: Duration,
     pub(crate) base_ejection_time: Duration,
     pub(crate) max_ejection_time: Duration,
@@ -173,7 +176,7 @@ impl Default for OutlierDetection {
             split_local_origin: false,
             success_rate: None,
             failure_percentage: None,
-            enforcing: [Percent::new(100.0); 7],
+            enforcing: [Percent::new(100.0); 8],
             interval: Duration::from_secs(10),
             base_ejection_time: Duration::from_secs(30),
             max_ejection_time: Duration::from_secs(300),
@@ -305,7 +308,9 @@ impl OutlierDetection {
     /// [`Percent`], 0 to 100; Envoy's `enforcing_*`), drawn from the
     /// balancer's generator (seeded with
     /// [`BalancerBuilder::seed`](crate::BalancerBuilder::seed)). Default 100
-    /// for every detector; [`OutlierDetection::envoy`] has Envoy's.
+    /// for every detector; [`OutlierDetection::envoy`] has Envoy's. A
+    /// failing active check ([`Detector::ActiveCheck`]) always takes its
+    /// endpoint out: a share given for it is ignored.
     pub fn enforcing(mut self, detector: Detector, percent: impl Into<Percent>) -> Self {
         if let Some(slot) = self.enforcing.get_mut(detector.index()) {
             *slot = percent.into();
