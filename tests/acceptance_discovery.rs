@@ -580,8 +580,12 @@ mod etcd {
             balancer.stats().endpoints.len() == 1 + 8 * 50
         })
         .await;
+        // Not starved: sets keep coming while the writes do. (A bound on
+        // liveness, not on speed: 300 ms failed once on a machine busy with
+        // other builds; a starved follower shows no set at all for the
+        // stream's 2 s.)
         assert!(
-            longest_gap < Duration::from_millis(300),
+            longest_gap < Duration::from_secs(1),
             "no set for {longest_gap:?} during a steady stream"
         );
     }
