@@ -458,7 +458,9 @@ impl HealthShared {
     /// Ends every ejection whose time is up at `now` and that nothing
     /// holds out. Another caller doing the same at the same moment is
     /// enough: this one does not wait.
-    /// `released`: the endpoint a passing check has just released, if any.
+    /// `released`: the endpoint a passing check has just released, if any
+    /// (read for metrics only).
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
     fn readmit_expired(&self, now: u64, released: Option<&EndpointHealth>) {
         let mut book = match self.book.try_lock() {
             Ok(book) => book,
