@@ -28,6 +28,11 @@ pub(crate) enum Outcome {
     ClientError,
     /// The wrapped service failed in some other way.
     OtherError,
+    /// The endpoint signalled overload (a 429, a 503 with `Retry-After`, a
+    /// gRPC RESOURCE_EXHAUSTED, or UNAVAILABLE with pushback; see
+    /// `overload`): it is held off, and the answer is neither a health
+    /// failure nor a response time.
+    Overloaded,
 }
 
 impl Outcome {
@@ -211,6 +216,16 @@ pub(crate) fn connection_went_away(error: &(dyn StdError + 'static)) -> bool {
 const GRPC_DEADLINE_EXCEEDED: u8 = 4;
 #[cfg(feature = "tonic")]
 const GRPC_UNAVAILABLE: u8 = 14;
+
+/// gRPC's RESOURCE_EXHAUSTED.
+#[cfg(feature = "tonic")]
+const GRPC_RESOURCE_EXHAUSTED: u8 = 8;
+
+/// Whether a `grpc-status` value is RESOURCE_EXHAUSTED.
+#[cfg(feature = "tonic")]
+pub(crate) fn is_grpc_resource_exhausted(value: &HeaderValue) -> bool {
+    grpc_code(value.as_bytes()) == Some(GRPC_RESOURCE_EXHAUSTED)
+}
 
 /// Whether a `grpc-status` value is UNAVAILABLE.
 #[cfg(feature = "tonic")]
