@@ -36,6 +36,7 @@ mod inflight_crash;
 mod learned_affinity;
 mod least_time;
 mod no_panic;
+mod overload;
 mod per_endpoint;
 mod properties_detectors;
 mod properties_health;
