@@ -53,7 +53,9 @@ impl Outcome {
     /// - UNAVAILABLE (14): a server error, seen as 503 (a gateway status);
     /// - DEADLINE_EXCEEDED (4): a timeout;
     /// - RESOURCE_EXHAUSTED (8): the server is overloaded, not broken: a
-    ///   success for health;
+    ///   success for health here; with overload signals on (the default),
+    ///   the pipeline makes it [`Outcome::Overloaded`], as it does
+    ///   UNAVAILABLE with `grpc-retry-pushback-ms` (see `overload`);
     /// - every other code, OK included: an answer from a working endpoint,
     ///   a success;
     /// - a `grpc-status` that is not a code (not 0 to 16 in decimal): an
