@@ -8,6 +8,7 @@ use super::{EndpointState, EndpointUrl, Labels, RttModel};
 use crate::clock::Clock;
 use crate::health::HealthShared;
 use crate::lanes::PerLane;
+use crate::overload::Holds;
 use crate::random::SharedRng;
 use crate::refresh::ConnectFailures;
 
@@ -32,6 +33,8 @@ pub(crate) struct Counters {
     pub(crate) health: Arc<HealthShared>,
     /// Connect failures since discovery last looked (a hint to look again).
     pub(crate) connect_failures: Arc<ConnectFailures>,
+    /// Overload settings, and whether any endpoint may be held off.
+    pub(crate) holds: Arc<Holds>,
 }
 
 /// An endpoint, its weight and its labels.
