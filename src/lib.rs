@@ -75,6 +75,7 @@ mod membership;
 #[cfg(feature = "reqwest-middleware")]
 mod middleware;
 mod outcome;
+mod overload;
 mod per_endpoint;
 mod percent;
 mod pipeline;
@@ -129,6 +130,7 @@ pub use health::{
 };
 pub use hedge::{Hedge, Hedging};
 pub use layer::BalanceLayer;
+pub use overload::{HoldReason, Overload};
 pub use per_endpoint::PerEndpointService;
 pub use percent::Percent;
 pub use policy::{

@@ -76,11 +76,30 @@ impl Snapshot {
     ) -> Option<&Arc<EndpointState>> {
         let ctx = self.context(key, excluded, now);
         // A custom picker's answer is checked as every built-in's is made:
-        // an endpoint out of range, ejected or already tried is no answer.
-        self.picker
+        // an endpoint out of range, ejected, held off or already tried is
+        // no answer.
+        let picked = self
+            .picker
             .pick(&ctx)
-            .filter(|&i| !self.checks_answers || ctx.available(i))
-            .and_then(|i| self.active.get(i))
+            .filter(|&i| !self.checks_answers || ctx.available(i));
+        match picked {
+            Some(i) => self.active.get(i),
+            None if ctx.skip_held_at.is_some() => self.soonest_back(&ctx),
+            None => None,
+        }
+    }
+
+    /// When no endpoint may take a request because those that otherwise
+    /// would are held off for overload: the one whose hold ends first (the
+    /// first in the set among equals). Fails open, as panic mode does:
+    /// the request goes where the wait is shortest rather than nowhere.
+    #[cold]
+    fn soonest_back(&self, ctx: &PickContext<'_>) -> Option<&Arc<EndpointState>> {
+        let open = ctx.ignoring_holds();
+        (0..self.active.len())
+            .filter(|&i| open.available(i))
+            .filter_map(|i| self.active.get(i))
+            .min_by_key(|endpoint| endpoint.held_until_ms())
     }
 
     /// Where a request with key hash `key` would go now, without sending
@@ -106,6 +125,7 @@ impl Snapshot {
             in_flight: counters.in_flight.as_deref(),
             excluded,
             skip_ejected_at: counters.health.filter_time(),
+            skip_held_at: counters.holds.filter_time(&counters.clock),
             rng: &counters.rng,
             now,
         }
@@ -139,16 +159,20 @@ impl Snapshot {
         self.active.iter().any(|a| Arc::ptr_eq(a, endpoint))
     }
 
-    /// Whether `endpoint` may take a request now: active, and not ejected
-    /// (outside panic mode), with the same check every policy makes. Ends
-    /// due ejections first, as a pick does.
+    /// Whether `endpoint` may take a request now: active, not ejected
+    /// (outside panic mode) and not held off, with the same check every
+    /// policy makes. Ends due ejections first, as a pick does.
     pub(crate) fn takes(&self, endpoint: &Arc<EndpointState>) -> bool {
+        let counters = &self.counters;
         self.is_active(endpoint)
-            && self
-                .counters
+            && counters
                 .health
                 .filter_time()
                 .is_none_or(|now| !endpoint.is_ejected(now))
+            && counters
+                .holds
+                .filter_time(&counters.clock)
+                .is_none_or(|now| !endpoint.is_held(now))
     }
 
     /// Requests sent to the current endpoints since they joined.

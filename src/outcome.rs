@@ -25,9 +25,19 @@ pub(crate) enum Outcome {
     Closed,
     /// The client failed the request itself (a request it could not build,
     /// an error of the caller's own body stream): charged to no endpoint.
+    /// Only the clients' errors (reqwest, hyper, tonic) make it.
+    #[cfg_attr(
+        not(any(feature = "reqwest", feature = "hyper", feature = "tonic")),
+        allow(dead_code)
+    )]
     ClientError,
     /// The wrapped service failed in some other way.
     OtherError,
+    /// The endpoint signalled overload (a 429, a 503 with `Retry-After`, a
+    /// gRPC RESOURCE_EXHAUSTED, or UNAVAILABLE with pushback; see
+    /// `overload`): it is held off, and the answer is neither a health
+    /// failure nor a response time.
+    Overloaded,
 }
 
 impl Outcome {
@@ -48,7 +58,9 @@ impl Outcome {
     /// - UNAVAILABLE (14): a server error, seen as 503 (a gateway status);
     /// - DEADLINE_EXCEEDED (4): a timeout;
     /// - RESOURCE_EXHAUSTED (8): the server is overloaded, not broken: a
-    ///   success for health;
+    ///   success for health here; with overload signals on (the default),
+    ///   the pipeline makes it [`Outcome::Overloaded`], as it does
+    ///   UNAVAILABLE with `grpc-retry-pushback-ms` (see `overload`);
     /// - every other code, OK included: an answer from a working endpoint,
     ///   a success;
     /// - a `grpc-status` that is not a code (not 0 to 16 in decimal): an
@@ -211,6 +223,16 @@ pub(crate) fn connection_went_away(error: &(dyn StdError + 'static)) -> bool {
 const GRPC_DEADLINE_EXCEEDED: u8 = 4;
 #[cfg(feature = "tonic")]
 const GRPC_UNAVAILABLE: u8 = 14;
+
+/// gRPC's RESOURCE_EXHAUSTED.
+#[cfg(feature = "tonic")]
+const GRPC_RESOURCE_EXHAUSTED: u8 = 8;
+
+/// Whether a `grpc-status` value is RESOURCE_EXHAUSTED.
+#[cfg(feature = "tonic")]
+pub(crate) fn is_grpc_resource_exhausted(value: &HeaderValue) -> bool {
+    grpc_code(value.as_bytes()) == Some(GRPC_RESOURCE_EXHAUSTED)
+}
 
 /// Whether a `grpc-status` value is UNAVAILABLE.
 #[cfg(feature = "tonic")]

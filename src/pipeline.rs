@@ -25,6 +25,7 @@ use crate::error::BoxError;
 use crate::health::{safe_to_send_twice, Extra};
 use crate::hedge::Hedge;
 use crate::outcome::Outcome;
+use crate::overload::{self, Overload, Signal};
 use crate::request::sealed::Route;
 #[cfg(feature = "metrics")]
 use crate::telemetry::MethodClass;
@@ -47,6 +48,8 @@ pub(crate) enum Answer<'a> {
     Grpc {
         status: StatusCode,
         grpc_status: Option<&'a http::HeaderValue>,
+        /// Its `grpc-retry-pushback-ms`, from the same headers or trailers.
+        pushback: Option<&'a http::HeaderValue>,
     },
     /// The client refused to send the request to this endpoint (its
     /// configuration does not allow it): charged to no endpoint.
@@ -161,12 +164,13 @@ impl Attempt {
 
     /// Classifies and records how the attempt ended; returns the outcome.
     pub(crate) fn end(self, answer: Answer<'_>) -> Outcome {
-        let (outcome, status) = classify(answer);
+        let classified = self.classify(answer);
+        let outcome = classified.0;
         #[cfg(feature = "metrics")]
         let attempt = self.answered(&answer);
         #[cfg(not(feature = "metrics"))]
         let attempt = self;
-        attempt.end_as(outcome, status);
+        attempt.end_as(classified);
         outcome
     }
 
@@ -177,9 +181,19 @@ impl Attempt {
         self
     }
 
-    /// Records an attempt already classified as `outcome`, with `status`
-    /// if the endpoint answered.
-    fn end_as(self, outcome: Outcome, status: Option<StatusCode>) {
+    /// The outcome of `answer` to this attempt, under its balancer's
+    /// overload settings.
+    fn classify(&self, answer: Answer<'_>) -> Classified {
+        classify(answer, self.in_flight.core().overload())
+    }
+
+    /// Records an attempt already classified: its outcome, with the status
+    /// if the endpoint answered; holds the endpoint off for an overload
+    /// signal.
+    fn end_as(self, (outcome, status, signal): Classified) {
+        if let Some(signal) = signal {
+            self.in_flight.core().hold_off(signal);
+        }
         let latency = self.in_flight.finish(outcome, status);
         let _entered = self.span.enter();
         tracing::debug!(
@@ -190,8 +204,34 @@ impl Attempt {
     }
 }
 
-/// The outcome of an answer, and its status if the endpoint answered.
-fn classify(answer: Answer<'_>) -> (Outcome, Option<StatusCode>) {
+/// An answer's outcome, its status if the endpoint answered, and its
+/// overload signal if it gave one.
+type Classified = (Outcome, Option<StatusCode>, Option<Signal>);
+
+/// The outcome of an answer, its status if the endpoint answered, and,
+/// when `overload` reads signals, its overload signal (the outcome is then
+/// [`Outcome::Overloaded`]).
+fn classify(answer: Answer<'_>, overload: &Overload) -> Classified {
+    let signal = match answer {
+        Answer::Response { status, headers } => overload::http_signal(status, headers),
+        #[cfg(feature = "tonic")]
+        Answer::Grpc {
+            grpc_status,
+            pushback,
+            ..
+        } => overload::grpc_signal(grpc_status, pushback),
+        _ => None,
+    };
+    let (outcome, status) = classify_health(answer);
+    match signal.filter(|_| overload.is_enabled()) {
+        Some(signal) => (Outcome::Overloaded, status, Some(signal)),
+        None => (outcome, status, None),
+    }
+}
+
+/// The outcome of an answer, overload aside, and its status if the
+/// endpoint answered.
+fn classify_health(answer: Answer<'_>) -> (Outcome, Option<StatusCode>) {
     match answer {
         Answer::Response { status, .. } => (Outcome::from_status(status), Some(status)),
         Answer::Failed(error) => (Outcome::from_error(error), None),
@@ -199,6 +239,7 @@ fn classify(answer: Answer<'_>) -> (Outcome, Option<StatusCode>) {
         Answer::Grpc {
             status,
             grpc_status,
+            ..
         } => Outcome::from_grpc(status, grpc_status),
         #[cfg(feature = "tonic")]
         Answer::Refused => (Outcome::ClientError, None),
@@ -468,13 +509,14 @@ impl<R: Route> Trip<R> {
         attempt: Attempt,
         answer: Answer<'_>,
     ) -> Result<Outcome, Attempt> {
-        let (outcome, status) = classify(answer);
+        let classified = attempt.classify(answer);
+        let outcome = classified.0;
         if outcome == Outcome::Success {
             return Err(attempt);
         }
         #[cfg(feature = "metrics")]
         let attempt = attempt.answered(&answer);
-        attempt.end_as(outcome, status);
+        attempt.end_as(classified);
         Ok(outcome)
     }
 
@@ -498,7 +540,8 @@ impl<R: Route> Trip<R> {
         {
             learned.learn(headers, endpoint);
         }
-        let (outcome, status) = classify(answer);
+        let classified = attempt.classify(answer);
+        let outcome = classified.0;
         // The endpoint's core is taken (a reference count other cores
         // write too) only for a retry, to leave it out of the next pick.
         let balancer = balancer.filter(|balancer| {
@@ -514,7 +557,7 @@ impl<R: Route> Trip<R> {
         let keep = attempt.endpoint.is_some();
         #[cfg(feature = "metrics")]
         let attempt = attempt.answered(&answer);
-        attempt.end_as(outcome, status);
+        attempt.end_as(classified);
         let next = tried
             .and_then(|(balancer, tried)| self.retry(balancer, tried, keep, outcome, extensions));
         match next {

@@ -126,13 +126,35 @@ impl Selection {
     }
 
     /// Reports an answer with `status`: a 5xx counts as a failure for the
-    /// latency estimate and outlier detection, anything else as a success.
+    /// latency estimate and outlier detection, a 429 as an overload signal
+    /// naming no time (the endpoint is held off for the default penalty;
+    /// see [`Overload`](crate::Overload)), anything else as a success. To
+    /// pass on a `Retry-After`, use
+    /// [`finish_with_headers`](Self::finish_with_headers).
     pub fn finish(self, status: StatusCode) {
-        let headers = HeaderMap::new();
-        self.attempt.end(Answer::Response {
-            status,
-            headers: &headers,
-        });
+        self.finish_with_headers(status, &HeaderMap::new());
+    }
+
+    /// Reports an answer with `status` and its `headers`, as the layer
+    /// reads them: a 429, or a 503 with `Retry-After`, holds the endpoint
+    /// off for the time the header names (see
+    /// [`Overload`](crate::Overload)).
+    ///
+    /// ```
+    /// use tower_lb::Balancer;
+    ///
+    /// let balancer = Balancer::builder().endpoint("http://127.0.0.1:8081").build()?;
+    /// let selection = balancer.select(&http::Request::get("/").body(())?)?;
+    /// let mut headers = http::HeaderMap::new();
+    /// headers.insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("2"));
+    /// selection.finish_with_headers(http::StatusCode::TOO_MANY_REQUESTS, &headers);
+    /// let stats = balancer.stats();
+    /// assert_eq!(stats.endpoints[0].overloaded, 1);
+    /// assert!(stats.endpoints[0].held_off_until.is_some());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn finish_with_headers(self, status: StatusCode, headers: &HeaderMap) {
+        self.attempt.end(Answer::Response { status, headers });
     }
 
     /// Reports a request that got no answer: the error is classified as the

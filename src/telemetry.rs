@@ -94,7 +94,7 @@ const OTHER_METHOD: u8 = 9;
 /// `error.type` values for attempts with no error status (an attempt
 /// answered with a status of 400 or more takes the status as its error
 /// type, as OpenTelemetry asks).
-const ERROR_TYPES: [&str; 8] = [
+const ERROR_TYPES: [&str; 9] = [
     "",
     "connect_error",
     "timeout",
@@ -103,12 +103,13 @@ const ERROR_TYPES: [&str; 8] = [
     "_OTHER",
     "cancelled",
     "server_error",
+    "overloaded",
 ];
 const NO_ERROR: u8 = 0;
 const OTHER_ERROR: u8 = 5;
 const CANCELLED: u8 = 6;
 /// The error type is the status.
-const STATUS_ERROR: u8 = 8;
+const STATUS_ERROR: u8 = 9;
 
 /// Why an endpoint came back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -180,6 +181,7 @@ impl SeriesKey {
             (Some(Outcome::ClientError), _) => 4,
             (Some(Outcome::OtherError), _) => OTHER_ERROR,
             (Some(Outcome::ServerError), _) => 7,
+            (Some(Outcome::Overloaded), _) => 8,
         };
         SeriesKey::new(method, status, error)
     }

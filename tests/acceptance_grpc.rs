@@ -149,7 +149,7 @@ async fn every_policy_balances_generated_client_calls_as_documented() {
 /// status 1 to 16 (trailers-only, as tonic answers an error): the caller
 /// gets the code; the endpoint's stats count it as the table says; an
 /// unmarked call is never retried; a call marked safe is retried on
-/// UNAVAILABLE, and on DEADLINE_EXCEEDED only under
+/// UNAVAILABLE, and on DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED only under
 /// `Retries::idempotent_failures()`.
 #[tokio::test]
 async fn every_grpc_status_is_counted_charged_and_retried_as_the_outcome_table_says() {
@@ -179,7 +179,10 @@ async fn every_grpc_status_is_counted_charged_and_retried_as_the_outcome_table_s
             }
             // Round robin: the first call goes to the first endpoint.
             let answer = client.unary(call).await;
-            let retried = marked && (code == 14 || (code == 4 && idempotent_failures));
+            // RESOURCE_EXHAUSTED is an overload signal, retried as a
+            // timeout is (docs/health.md, "Overload signals").
+            let retried =
+                marked && (code == 14 || ((code == 4 || code == 8) && idempotent_failures));
             let case = format!("code {code}, marked {marked}, idempotent {idempotent_failures}");
             match &answer {
                 Ok(reply) => {
@@ -200,6 +203,7 @@ async fn every_grpc_status_is_counted_charged_and_retried_as_the_outcome_table_s
             let counted = match code {
                 4 => stats.failures.timeout == 1 && stats.failures.total() == 1,
                 14 => stats.failures.server_error == 1 && stats.failures.total() == 1,
+                8 => stats.overloaded == 1 && stats.failures.total() == 0,
                 _ => stats.successes == 1 && stats.failures.total() == 0,
             };
             assert!(counted, "{case}: {stats:?}");

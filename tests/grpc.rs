@@ -49,6 +49,8 @@ pub(crate) const ANSWER_OK: u8 = 0;
 pub(crate) struct EchoBackend {
     pub(crate) url: String,
     pub(crate) answer: Arc<AtomicU8>,
+    /// A `grpc-retry-pushback-ms` sent with every error status, when set.
+    pub(crate) pushback: Arc<std::sync::Mutex<Option<&'static str>>>,
     pub(crate) stream_gate: Arc<Semaphore>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -62,6 +64,7 @@ impl Drop for EchoBackend {
 struct EchoService {
     name: String,
     answer: Arc<AtomicU8>,
+    pushback: Arc<std::sync::Mutex<Option<&'static str>>>,
     stream_gate: Arc<Semaphore>,
 }
 
@@ -70,7 +73,12 @@ impl Echo for EchoService {
     async fn unary(&self, request: Request<EchoRequest>) -> Result<Response<EchoReply>, Status> {
         let code = Code::from(i32::from(self.answer.load(Ordering::Relaxed)));
         if code != Code::Ok {
-            return Err(Status::new(code, format!("{} answers {code:?}", self.name)));
+            let mut metadata = tonic::metadata::MetadataMap::new();
+            if let Some(ms) = *self.pushback.lock().unwrap() {
+                metadata.insert("grpc-retry-pushback-ms", ms.parse().unwrap());
+            }
+            let message = format!("{} answers {code:?}", self.name);
+            return Err(Status::with_metadata(code, message, metadata));
         }
         Ok(Response::new(EchoReply {
             server: self.name.clone(),
@@ -112,9 +120,11 @@ pub(crate) async fn echo_backend() -> EchoBackend {
     let url = format!("http://{}", listener.local_addr().unwrap());
     let answer = Arc::new(AtomicU8::new(ANSWER_OK));
     let stream_gate = Arc::new(Semaphore::new(0));
+    let pushback = Arc::default();
     let service = EchoService {
         name: url.clone(),
         answer: answer.clone(),
+        pushback: Arc::clone(&pushback),
         stream_gate: stream_gate.clone(),
     };
     let task = tokio::spawn(async move {
@@ -126,6 +136,7 @@ pub(crate) async fn echo_backend() -> EchoBackend {
     EchoBackend {
         url,
         answer,
+        pushback,
         stream_gate,
         task,
     }
@@ -255,7 +266,7 @@ async fn a_server_answering_unavailable_is_ejected_and_readmitted_when_it_recove
 }
 
 #[tokio::test]
-async fn a_server_answering_resource_exhausted_is_not_ejected() {
+async fn a_server_answering_resource_exhausted_is_held_off_not_ejected() {
     let good = echo_backend().await;
     let busy = echo_backend().await;
     busy.answer
@@ -265,19 +276,76 @@ async fn a_server_answering_resource_exhausted_is_not_ejected() {
         .endpoint(&busy.url)
         .outlier_detection(
             OutlierDetection::default()
-                .consecutive_failures(3)
+                .consecutive_failures(1)
                 .max_ejection_percent(50),
         )
         .build()
         .unwrap();
     let mut client = EchoClient::new(balancer.grpc().unwrap());
     let (served, errors) = call_unary(&mut client, 40).await;
-    // Every other call reaches the busy server, which keeps answering.
-    assert_eq!(served.get(&good.url), Some(&20));
-    assert_eq!(errors, [Code::ResourceExhausted; 20]);
+    // Its first RESOURCE_EXHAUSTED (no pushback) holds the busy server off
+    // for the default 5 s: the good one takes the rest.
+    assert_eq!(
+        served.get(&good.url).copied().unwrap_or(0) + errors.len(),
+        40
+    );
+    assert!(errors.len() <= 1, "{errors:?}");
     let stats = balancer.stats().endpoint(&busy.url).unwrap();
     assert!(!stats.ejected, "{stats:?}");
-    assert_eq!((stats.successes, stats.failures.total()), (20, 0));
+    assert_eq!(
+        (stats.overloaded, stats.failures.total()),
+        (errors.len() as u64, 0)
+    );
+    assert_eq!(balancer.stats().ejections.total, 0);
+}
+
+#[tokio::test]
+async fn resource_exhausted_with_pushback_holds_the_server_off_that_long_and_never_ejects_it() {
+    let good = echo_backend().await;
+    let busy = echo_backend().await;
+    busy.answer
+        .store(Code::ResourceExhausted as u8, Ordering::Relaxed);
+    *busy.pushback.lock().unwrap() = Some("1500");
+    let balancer = Balancer::builder()
+        .endpoint(&busy.url)
+        .endpoint(&good.url)
+        .policy(Policy::round_robin())
+        .outlier_detection(OutlierDetection::default().consecutive_failures(1))
+        .build()
+        .unwrap();
+    let mut client = EchoClient::new(balancer.grpc().unwrap());
+    // Round robin: the first call reaches the busy server.
+    let first = client.unary(request("0")).await.unwrap_err();
+    assert_eq!(first.code(), Code::ResourceExhausted);
+    let held_at = std::time::Instant::now();
+    let stats = balancer.stats().endpoint(&busy.url).unwrap();
+    let until = stats.held_off_until.expect("held off");
+    let hold = until.saturating_duration_since(held_at);
+    assert!(
+        hold <= Duration::from_millis(1500) && hold > Duration::from_millis(1300),
+        "held {hold:?} for a pushback of 1500 ms"
+    );
+    // While held, every call goes to the good server.
+    let mut during = 0;
+    while std::time::Instant::now() + Duration::from_millis(100) < until {
+        let reply = client.unary(request("x")).await.unwrap();
+        assert_eq!(reply.into_inner().server, good.url);
+        during += 1;
+        if during == 50 {
+            break;
+        }
+    }
+    // After it, the busy server gets calls again (and is held again).
+    busy.answer.store(ANSWER_OK, Ordering::Relaxed);
+    let wait = until.saturating_duration_since(std::time::Instant::now());
+    tokio::time::sleep(wait + Duration::from_millis(20)).await;
+    let (served, errors) = call_unary(&mut client, 4).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(served.get(&busy.url), Some(&2), "{served:?}");
+    let stats = balancer.stats().endpoint(&busy.url).unwrap();
+    assert!(!stats.ejected && stats.times_ejected == 0, "{stats:?}");
+    assert_eq!((stats.overloaded, stats.failures.total()), (1, 0));
+    println!("grpc: RESOURCE_EXHAUSTED with pushback 1500 ms: held {hold:?}, {during} calls meanwhile all to the other server");
 }
 
 #[tokio::test]
@@ -1403,6 +1471,7 @@ pub(crate) async fn timeout_recording_backend(
     let routes = tonic::service::Routes::new(EchoServer::new(EchoService {
         name: url.clone(),
         answer: Arc::new(AtomicU8::new(ANSWER_OK)),
+        pushback: Arc::default(),
         stream_gate: Arc::new(Semaphore::new(0)),
     }));
     let recorder = seen.clone();

@@ -38,6 +38,7 @@ mod inflight_crash;
 mod learned_affinity;
 mod least_time;
 mod no_panic;
+mod overload;
 mod per_endpoint;
 mod properties_checks;
 mod properties_detectors;

@@ -11,6 +11,7 @@ use crate::endpoint::{Counters, Endpoint, EndpointUrl, Labels, Member};
 use crate::health::{HealthShared, OutlierDetection, Retries};
 use crate::hedge::Hedging;
 use crate::membership::Snapshot;
+use crate::overload::{Holds, Overload};
 use crate::policy::Policy;
 use crate::random::SharedRng;
 use crate::Error;
@@ -28,6 +29,7 @@ pub struct BalancerBuilder {
     endpoints: Vec<(EndpointUrl, u32, Labels)>,
     policy: Policy,
     outlier_detection: OutlierDetection,
+    overload: Overload,
     retry: Retries,
     hedge: Option<Hedging>,
     seed: Option<u64>,
@@ -93,6 +95,27 @@ impl BalancerBuilder {
     /// [`OutlierDetection::disabled`] turns it off.
     pub fn outlier_detection(mut self, detection: OutlierDetection) -> Self {
         self.outlier_detection = detection;
+        self
+    }
+
+    /// Sets how endpoints that signal overload (a 429, a 503 with
+    /// `Retry-After`, gRPC RESOURCE_EXHAUSTED or pushback) are held off;
+    /// the default is [`Overload::default`] (5 s where the answer names no
+    /// time, 300 s at most), and [`Overload::disabled`] turns it off. See
+    /// docs/health.md, "Overload signals".
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_lb::{Balancer, Overload};
+    ///
+    /// let balancer = Balancer::builder()
+    ///     .endpoint("http://127.0.0.1:8081")
+    ///     .overload(Overload::default().max_hold(Duration::from_secs(30)))
+    ///     .build()?;
+    /// # Ok::<(), tower_lb::Error>(())
+    /// ```
+    pub fn overload(mut self, overload: Overload) -> Self {
+        self.overload = overload;
         self
     }
 
@@ -241,6 +264,7 @@ impl BalancerBuilder {
                     .timing_every_request(policy.reads_latency()),
             ),
             health,
+            holds: Arc::new(Holds::new(self.overload)),
             in_flight: policy.counts_total_in_flight().then(Default::default),
             ..Counters::default()
         };

@@ -11,9 +11,10 @@ use tokio::time::Instant;
 use super::rtt::{RttEstimate, RttModel};
 use super::served::{ServedBy, ServedSlot};
 use super::{Counters, EndpointUrl, Labels};
-use crate::clock::Clock;
-use crate::health::{CheckStats, Detector, EndpointHealth, HealthShared};
+use crate::clock::{millis, Clock};
+use crate::health::{CheckStats, Detector, EndpointHealth, HealthEvent, HealthShared};
 use crate::outcome::Outcome;
+use crate::overload::{Holds, Overload, Signal};
 use crate::refresh::ConnectFailures;
 
 /// An endpoint's address, estimate and health.
@@ -39,6 +40,11 @@ pub(crate) struct EndpointCore {
     /// The endpoint's metric series, registered as it joined the set.
     #[cfg(feature = "metrics")]
     pub(crate) metrics: crate::telemetry::EndpointMetrics,
+    /// The balancer's overload settings and its flag of running holds.
+    holds: Arc<Holds>,
+    /// Held off until then (milliseconds of the balancer's clock; 0 when
+    /// it never was): no new requests before, unless every endpoint is.
+    held_until: AtomicU64,
 }
 
 impl EndpointCore {
@@ -57,6 +63,53 @@ impl EndpointCore {
             connect_failures: counters.connect_failures.clone(),
             refused: AtomicBool::new(false),
             clock: counters.clock,
+            holds: counters.holds.clone(),
+            held_until: AtomicU64::new(0),
+        }
+    }
+
+    /// The balancer's overload settings.
+    pub(crate) fn overload(&self) -> &Overload {
+        &self.holds.config
+    }
+
+    /// Whether the endpoint is held off at `now` (milliseconds of the
+    /// balancer's clock). A pure read.
+    pub(crate) fn is_held(&self, now: u64) -> bool {
+        self.held_until.load(Ordering::Relaxed) > now
+    }
+
+    /// When its hold ends (milliseconds; at or before now when it is not
+    /// held).
+    pub(crate) fn held_until_ms(&self) -> u64 {
+        self.held_until.load(Ordering::Relaxed)
+    }
+
+    /// The end of its current hold, `None` when it is not held.
+    pub(crate) fn held_off_until(&self) -> Option<Instant> {
+        let until = self.held_until_ms();
+        (until > self.clock.now_ms()).then(|| self.clock.at_ms(until))
+    }
+
+    /// Holds the endpoint off for the time `signal` asks (capped; the
+    /// default penalty where it names none): a longer hold than the current
+    /// one extends it, a shorter one changes nothing. A hold that begins
+    /// (the endpoint was not held) is announced as a health event.
+    pub(crate) fn hold_off(&self, signal: Signal) {
+        let wait = self.holds.config.hold_for(signal.asked);
+        if wait.is_zero() {
+            return;
+        }
+        let now = self.clock.now_ms();
+        let until = now.saturating_add(millis(wait).max(1));
+        let before = self.held_until.fetch_max(until, Ordering::Relaxed);
+        self.holds.note(until);
+        if before <= now {
+            self.health_shared.announce(HealthEvent::HeldOff {
+                endpoint: self.url.as_str().to_owned(),
+                duration: Duration::from_millis(until - now),
+                reason: signal.reason,
+            });
         }
     }
 
@@ -145,7 +198,10 @@ impl EndpointCore {
         timing: Option<(Duration, Instant)>,
         sent_in: u32,
     ) {
-        if outcome == Outcome::ClientError {
+        // A client error tells nothing of the endpoint; an overload signal
+        // is neither a failure nor a response time (a fast 429 is no fast
+        // answer): its hold is what it tells.
+        if matches!(outcome, Outcome::ClientError | Outcome::Overloaded) {
             return;
         }
         if outcome == Outcome::ConnectError {

@@ -33,6 +33,7 @@ pub(crate) struct Lane {
     other_errors: AtomicU64,
     cancelled: AtomicU64,
     client_errors: AtomicU64,
+    overloaded: AtomicU64,
 }
 
 /// A request's hold on its lane: the lane's in-flight count is the number
@@ -68,6 +69,7 @@ pub(crate) struct LaneCounts {
     pub(crate) other_errors: u64,
     pub(crate) cancelled: u64,
     pub(crate) client_errors: u64,
+    pub(crate) overloaded: u64,
 }
 
 impl std::ops::Add for LaneCounts {
@@ -84,6 +86,7 @@ impl std::ops::Add for LaneCounts {
             other_errors: self.other_errors + other.other_errors,
             cancelled: self.cancelled + other.cancelled,
             client_errors: self.client_errors + other.client_errors,
+            overloaded: self.overloaded + other.overloaded,
         }
     }
 }
@@ -100,6 +103,7 @@ impl LaneCounts {
             + self.other_errors
             + self.cancelled
             + self.client_errors
+            + self.overloaded
     }
 }
 
@@ -116,6 +120,7 @@ impl Lane {
             other_errors: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
             client_errors: AtomicU64::new(0),
+            overloaded: AtomicU64::new(0),
         }
     }
 
@@ -137,6 +142,7 @@ impl Lane {
             Outcome::Closed => &self.closed,
             Outcome::OtherError => &self.other_errors,
             Outcome::ClientError => &self.client_errors,
+            Outcome::Overloaded => &self.overloaded,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -160,6 +166,7 @@ impl Lane {
             other_errors: load(&self.other_errors),
             cancelled: load(&self.cancelled),
             client_errors: load(&self.client_errors),
+            overloaded: load(&self.overloaded),
         }
     }
 }

@@ -8,6 +8,7 @@ use super::{EndpointState, EndpointUrl, Labels, RttModel};
 use crate::clock::Clock;
 use crate::health::HealthShared;
 use crate::lanes::PerLane;
+use crate::overload::Holds;
 use crate::random::SharedRng;
 use crate::refresh::ConnectFailures;
 
@@ -35,6 +36,8 @@ pub(crate) struct Counters {
     /// The balancer's metric series (no-ops by default).
     #[cfg(feature = "metrics")]
     pub(crate) metrics: Arc<crate::telemetry::BalancerMetrics>,
+    /// Overload settings, and whether any endpoint may be held off.
+    pub(crate) holds: Arc<Holds>,
 }
 
 /// An endpoint, its weight and its labels.

@@ -127,6 +127,8 @@ impl EndpointState {
             failures,
             cancelled: counts.cancelled,
             client_errors: counts.client_errors,
+            overloaded: counts.overloaded,
+            held_off_until: self.held_off_until().map(Instant::into_std),
             ejected,
             times_ejected,
             ejected_by,

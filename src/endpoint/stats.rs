@@ -113,7 +113,7 @@ impl Stats {
 ///
 /// Every started request is counted exactly once more when it ends, so once
 /// traffic stops `requests == successes + failures.total() + cancelled +
-/// client_errors` and `in_flight == 0`.
+/// client_errors + overloaded` and `in_flight == 0`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct EndpointStats {
@@ -137,6 +137,15 @@ pub struct EndpointStats {
     /// the caller's body stream failing): charged to no endpoint, so not
     /// failures, and left out of health and the response-time estimate.
     pub client_errors: u64,
+    /// Answers that signalled overload (a 429, a 503 with `Retry-After`,
+    /// gRPC RESOURCE_EXHAUSTED or UNAVAILABLE with pushback; see
+    /// [`Overload`](crate::Overload)): neither successes nor failures, and
+    /// left out of health and the response-time estimate.
+    pub overloaded: u64,
+    /// When the endpoint's current hold ends (on tokio's clock, the
+    /// balancer's, as a `std` instant): until then it gets no new requests
+    /// unless every endpoint is held. `None` when it is not held off.
+    pub held_off_until: Option<std::time::Instant>,
     /// The endpoint's response-time estimate, the one the
     /// least-response-time policy reads: a moving average of the time to
     /// the response head that rises at once with a slower answer and decays

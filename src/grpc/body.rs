@@ -58,11 +58,13 @@ impl Body for GrpcBody {
             Some(Ok(frame)) => frame.trailers_ref().map(|trailers| Answer::Grpc {
                 status: http::StatusCode::OK,
                 grpc_status: trailers.get(Status::GRPC_STATUS),
+                pushback: trailers.get(crate::overload::GRPC_PUSHBACK),
             }),
             Some(Err(status)) => Some(Answer::Failed(status)),
             None => Some(Answer::Grpc {
                 status: http::StatusCode::OK,
                 grpc_status: None,
+                pushback: None,
             }),
         };
         if let Some(answer) = answer {

@@ -306,6 +306,7 @@ impl Future for GrpcResponseFuture {
                 let answer = Answer::Grpc {
                     status: parts.status,
                     grpc_status: parts.headers.get(Status::GRPC_STATUS),
+                    pushback: parts.headers.get(crate::overload::GRPC_PUSHBACK),
                 };
                 let (trip, held) = (this.trip.as_mut(), this.held.as_deref());
                 match end_attempt(trip, held, *this.deadline, attempt, answer) {

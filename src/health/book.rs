@@ -303,6 +303,12 @@ impl HealthShared {
             .count()
     }
 
+    /// Logs `event` and queues it for the callback (an event from outside
+    /// the book: an endpoint held off for overload).
+    pub(crate) fn announce(&self, event: HealthEvent) {
+        self.events.send(event);
+    }
+
     /// Health events dropped because the callback's queue was full.
     pub(crate) fn events_dropped(&self) -> u64 {
         self.events.dropped()

@@ -70,6 +70,13 @@ impl EventQueue {
             HealthEvent::Readmitted { endpoint, after } => {
                 tracing::info!(%endpoint, after_ms = crate::clock::millis(*after), "endpoint readmitted")
             }
+            HealthEvent::HeldOff {
+                endpoint,
+                duration,
+                reason,
+            } => {
+                tracing::info!(%endpoint, duration_ms = crate::clock::millis(*duration), %reason, "endpoint held off")
+            }
         }
         if let Some(sender) = &self.sender {
             match sender.try_send(event) {

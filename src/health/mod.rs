@@ -113,6 +113,21 @@ pub enum HealthEvent {
         /// How long it was out.
         after: Duration,
     },
+    /// The endpoint signalled overload and gets no new requests for
+    /// `duration` (unless every endpoint is held off): not an ejection, and
+    /// not counted by any detector. Sent when a hold begins, not when a
+    /// held endpoint's later answers extend it; nothing is sent when it
+    /// ends. See [`Overload`](crate::Overload).
+    #[non_exhaustive]
+    HeldOff {
+        /// The endpoint's canonical URL.
+        endpoint: String,
+        /// How long it is held off: the time its answer named, capped, or
+        /// the default penalty.
+        duration: Duration,
+        /// The signal.
+        reason: crate::HoldReason,
+    },
 }
 
 type StatusFilter = dyn Fn(StatusCode) -> bool + Send + Sync;

@@ -214,7 +214,9 @@ impl Retrying {
         match outcome {
             Outcome::ConnectError => self.policy.connect_errors,
             Outcome::Closed => safe && self.policy.closed_connections,
-            Outcome::Timeout | Outcome::ServerError => safe && self.policy.idempotent_failures,
+            Outcome::Timeout | Outcome::ServerError | Outcome::Overloaded => {
+                safe && self.policy.idempotent_failures
+            }
             Outcome::Success | Outcome::ClientError | Outcome::OtherError => false,
         }
     }

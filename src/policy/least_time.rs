@@ -277,6 +277,7 @@ mod tests {
             in_flight: None,
             excluded: &[],
             skip_ejected_at: None,
+            skip_held_at: None,
             rng: &SharedRng::new(11),
             now: Some(tokio::time::Instant::now()),
         };

@@ -51,6 +51,9 @@ pub struct PickContext<'a> {
     /// When some endpoints are ejected (and the balancer is not in panic
     /// mode), the health clock's time now: picks skip ejected endpoints.
     pub(crate) skip_ejected_at: Option<u64>,
+    /// When some endpoint may be held off for overload, the balancer's
+    /// time now (milliseconds): picks skip held endpoints.
+    pub(crate) skip_held_at: Option<u64>,
     /// The balancer's random number generator: every random choice draws
     /// from it.
     pub(crate) rng: &'a SharedRng,
@@ -88,8 +91,8 @@ impl<'a> PickContext<'a> {
     }
 
     /// Whether endpoint `i` may take this request: not ejected (outside
-    /// panic mode) and not already tried by it. Every built-in policy
-    /// makes this one check; a picker should too.
+    /// panic mode), not held off for overload, and not already tried by
+    /// it. Every built-in policy makes this one check; a picker should too.
     pub fn is_available(&self, i: usize) -> bool {
         self.available(i)
     }
@@ -129,9 +132,21 @@ impl<'a> PickContext<'a> {
         if self.excluded.iter().any(|e| endpoint.has_core(e)) {
             return false;
         }
+        if self.skip_held_at.is_some_and(|now| endpoint.is_held(now)) {
+            return false;
+        }
         match self.skip_ejected_at {
             None => true,
             Some(now) => !endpoint.is_ejected(now),
+        }
+    }
+
+    /// The same request with held-off endpoints taken as available: for
+    /// the pick of last resort when every endpoint is held.
+    pub(crate) fn ignoring_holds(&self) -> PickContext<'a> {
+        PickContext {
+            skip_held_at: None,
+            ..*self
         }
     }
 
@@ -545,6 +560,7 @@ pub(crate) mod test_support {
             in_flight: None,
             excluded: &[],
             skip_ejected_at: None,
+            skip_held_at: None,
             rng,
             now: Some(Instant::now()),
         }

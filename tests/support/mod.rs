@@ -269,7 +269,7 @@ pub fn assert_settled(balancer: &Balancer) {
         assert_eq!(e.in_flight, 0, "{} still has requests in flight", e.url);
         assert_eq!(
             e.requests,
-            e.successes + e.failures.total() + e.cancelled + e.client_errors,
+            e.successes + e.failures.total() + e.cancelled + e.client_errors + e.overloaded,
             "{}: requests and outcomes disagree: {e:?}",
             e.url
         );
