@@ -886,7 +886,15 @@ async fn a_killed_server_costs_no_caller_error_for_unary_calls_at_concurrency_32
         &errors[..errors.len().min(5)]
     );
     assert!(answered_before_kill > 0);
-    assert_eq!(victim.answered.load(Ordering::SeqCst), answered_before_kill);
+    // Nothing new reached it: hyper runs each stream's handler as a task of
+    // its own, which the kill does not abort, so the (at most 32) calls it
+    // held may still finish their handlers after `kill` returns; their
+    // answers go nowhere, and the retries answered every caller.
+    let answered_after = victim.answered.load(Ordering::SeqCst);
+    assert!(
+        answered_after <= answered_before_kill + 32,
+        "{answered_after} answered, {answered_before_kill} before the kill"
+    );
     let stats = balancer.stats();
     let dead = stats.endpoint(&victim.url).unwrap();
     assert!(dead.ejected, "{dead:?}");
