@@ -206,8 +206,8 @@ impl BalancerConfig {
     }
 
     /// A [`BalancerBuilder`] with every setting of this config but
-    /// discovery, for code to add what a file cannot say (a policy of its
-    /// own, a health-event callback) before building.
+    /// discovery and health checks, for code to add what a file cannot say (a
+    /// policy of its own, a health-event callback) before building.
     ///
     /// Errors: [`Error::InvalidConfig`] naming the first unusable field.
     ///
