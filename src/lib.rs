@@ -103,6 +103,8 @@ pub use config::{
     LeastTimeConfig, OutlierConfig, OutlierPreset, PolicyConfig, RetryBudgetConfig, RetryConfig,
     SuccessRateConfig,
 };
+#[cfg(feature = "serde")]
+pub use config::{HealthCheckConfig, HedgeConfig, OverloadConfig, StatusRange};
 #[cfg(feature = "cookies")]
 pub use cookie_jar::BalancedCookieJar;
 #[cfg(feature = "dns")]

@@ -464,6 +464,269 @@ async fn a_yaml_dns_service_follows_its_srv_records_and_weights() {
     assert_eq!(seen, [("a".into(), 6), ("b".into(), 2)].into());
 }
 
+/// Waits on the wall clock (the paused one held still) until `check`
+/// holds, for at most 10 s.
+async fn until<F: std::future::Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
+    let started = std::time::Instant::now();
+    while !check().await {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{what}: not within 10 s"
+        );
+        tokio::task::spawn_blocking(|| std::thread::sleep(Duration::from_millis(2)))
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_configured_hedge_delay_sends_the_slow_requests_hedge_to_another_backend() {
+    // The paused clock moves only when the test advances it: the hedge's
+    // 20 ms are the test's, while "a" holds its answer for 30 s of the
+    // wall clock (wiremock's own runtime).
+    let _clock = hold_clock();
+    let slow = backend(
+        "a",
+        ResponseTemplate::new(200).set_delay(Duration::from_secs(30)),
+    )
+    .await;
+    let fast = backend("b", ResponseTemplate::new(200)).await;
+    let urls = [slow.uri(), fast.uri()];
+    let config = |hedge: &str| {
+        let text = format!(
+            "endpoints = [\"{{0}}\", \"{{1}}\"]\npolicy = \"round_robin\"\n[hedge]\n{hedge}"
+        );
+        from_toml(&with_urls(&text, &urls)).unwrap()
+    };
+    let balancer = config("delay = \"20ms\"").build().unwrap();
+    let requests = client(&balancer);
+    let started = tokio::time::Instant::now();
+    let answer = tokio::spawn({
+        let requests = requests.clone();
+        async move { send(&requests, "/search").await }
+    });
+    // Round robin: the first attempt goes to "a", which holds it.
+    until("the first attempt reached a", || async {
+        received(&slow).await == 1
+    })
+    .await;
+    tokio::time::advance(Duration::from_millis(19)).await;
+    for _ in 0..8 {
+        tokio::task::yield_now().await;
+    }
+    tokio::task::spawn_blocking(|| std::thread::sleep(Duration::from_millis(50)))
+        .await
+        .unwrap();
+    assert_eq!(received(&fast).await, 0, "no hedge before the delay");
+    assert!(!answer.is_finished());
+    // At 20 ms the hedge goes to "b", whose answer wins.
+    tokio::time::advance(Duration::from_millis(1)).await;
+    assert_eq!(answer.await.unwrap().unwrap(), "b");
+    assert_eq!(started.elapsed(), Duration::from_millis(20));
+    assert_eq!((received(&slow).await, received(&fast).await), (1, 1));
+    let extra = balancer.stats().extra;
+    assert_eq!((extra.hedges, extra.hedges_won), (1, 1), "{extra:?}");
+    assert_eq!(balancer.stats().endpoint(&urls[0]).unwrap().cancelled, 1);
+    assert_settled(&balancer);
+
+    // on_request: a request that does not ask is never hedged.
+    let balancer = config("delay = \"20ms\"\non_request = true")
+        .build()
+        .unwrap();
+    let requests = client(&balancer);
+    let answer = tokio::spawn({
+        let requests = requests.clone();
+        async move { send(&requests, "/search").await }
+    });
+    until("the request reached a", || async {
+        received(&slow).await == 2
+    })
+    .await;
+    tokio::time::advance(Duration::from_secs(1)).await;
+    for _ in 0..8 {
+        tokio::task::yield_now().await;
+    }
+    tokio::task::spawn_blocking(|| std::thread::sleep(Duration::from_millis(50)))
+        .await
+        .unwrap();
+    assert_eq!(received(&fast).await, 1, "not hedged");
+    assert_eq!(balancer.stats().extra.hedges, 0);
+    answer.abort();
+    let _ = answer.await;
+    assert_settled(&balancer);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_overload_sections_penalty_holds_a_429_endpoint_that_long() {
+    let _clock = hold_clock();
+    let servers = backends(3).await;
+    answer(&servers[0], "a", 429).await;
+    let urls: Vec<String> = servers.iter().map(|s| s.uri()).collect();
+    let build = |overload: &str| {
+        let text = format!(
+            "endpoints = [\"{{0}}\", \"{{1}}\", \"{{2}}\"]\npolicy = \"round_robin\"\n[overload]\n{overload}"
+        );
+        from_toml(&with_urls(&text, &urls))
+            .unwrap()
+            .build()
+            .unwrap()
+    };
+    let balancer = build("default_penalty = \"3s\"\nmax_hold = \"1m\"");
+    let requests = client(&balancer);
+    // Round robin: the first request reaches "a"; its 429 names no time.
+    let response = requests.clone().oneshot(get("/")).await.unwrap();
+    assert_eq!(response.status(), 429);
+    let held_at = tokio::time::Instant::now();
+    let stats = balancer.stats().endpoint(&urls[0]).unwrap();
+    assert_eq!(
+        stats.held_off_until,
+        Some((held_at + Duration::from_secs(3)).into_std())
+    );
+    assert!(!stats.ejected);
+    answer(&servers[0], "a", 200).await;
+    for _ in 0..10 {
+        assert_ne!(send(&requests, "/").await.unwrap(), "a");
+    }
+    tokio::time::advance(Duration::from_millis(2_999)).await;
+    for _ in 0..10 {
+        assert_ne!(send(&requests, "/").await.unwrap(), "a");
+    }
+    // (Counted since `answer` reset it, after the 429.)
+    assert_eq!(received(&servers[0]).await, 0, "held off for 3 s");
+    tokio::time::advance(Duration::from_millis(1)).await;
+    let back = spread(&balancer, 9).await;
+    assert_eq!(back.get("a"), Some(&3), "{back:?}");
+    assert_settled(&balancer);
+
+    // max_hold caps the time the answer names.
+    servers[0].reset().await;
+    Mock::given(any_request())
+        .respond_with(
+            ResponseTemplate::new(429)
+                .insert_header("retry-after", "600")
+                .insert_header(BACKEND, "a"),
+        )
+        .mount(&servers[0])
+        .await;
+    let balancer = build("max_hold = \"1m\"");
+    let response = client(&balancer).oneshot(get("/")).await.unwrap();
+    assert_eq!(response.status(), 429);
+    let now = tokio::time::Instant::now();
+    let stats = balancer.stats().endpoint(&urls[0]).unwrap();
+    assert_eq!(
+        stats.held_off_until,
+        Some((now + Duration::from_secs(60)).into_std())
+    );
+
+    // enabled = false: a 429 holds nothing.
+    let balancer = build("enabled = false");
+    let seen = spread(&balancer, 9).await;
+    assert_eq!(seen.get("a"), Some(&3), "{seen:?}");
+    assert_eq!(
+        balancer.stats().endpoint(&urls[0]).unwrap().held_off_until,
+        None
+    );
+}
+
+/// Mounts `name`'s answers: `health` on /healthz, 200 elsewhere.
+async fn health(server: &Server, name: &str, health: u16) {
+    server.reset().await;
+    Mock::given(wiremock::matchers::path("/healthz"))
+        .respond_with(ResponseTemplate::new(health))
+        .with_priority(1)
+        .mount(server)
+        .await;
+    Mock::given(any_request())
+        .respond_with(ResponseTemplate::new(200).insert_header(BACKEND, name))
+        .mount(server)
+        .await;
+}
+
+/// Moves the paused clock by `ms`, then waits until every check sent is
+/// answered and counted.
+async fn step(balancer: &Balancer, ms: u64) {
+    tokio::time::advance(Duration::from_millis(ms)).await;
+    for _ in 0..4 {
+        tokio::task::yield_now().await;
+    }
+    until("checks answered", || async {
+        (balancer.stats().endpoints.iter())
+            .all(|e| e.checks.passed + e.checks.failed == e.checks.sent)
+    })
+    .await;
+    for _ in 0..4 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn health_checks_from_config_take_a_backend_with_a_failing_health_path_out() {
+    let _clock = hold_clock();
+    let mut servers = Vec::new();
+    for i in 0..3 {
+        let server = Server::start().await;
+        health(&server, &name(i), 200).await;
+        servers.push(server);
+    }
+    let urls: Vec<String> = servers.iter().map(|s| s.uri()).collect();
+    let text = with_urls(
+        r#"
+endpoints = ["{0}", "{1}", "{2}"]
+policy = "round_robin"
+retry = { enabled = false }
+
+[health_checks]
+path = "/healthz"
+expected_statuses = ["200-299"]
+interval = "1s"
+interval_jitter = "0s"
+timeout = "500ms"
+unhealthy_threshold = 2
+"#,
+        &urls,
+    );
+    let config = from_toml(&text).unwrap();
+    let balancer = config.build().unwrap();
+    let inner = tower_lb::HttpToReqwest::new(plain_reqwest());
+    // As docs/configuration.md shows it.
+    if let Some(check) = config.health_checks().unwrap() {
+        balancer
+            .health_checks::<_, reqwest::Body>(check, inner.clone())
+            .unwrap();
+    }
+    step(&balancer, 100).await;
+    let in_all = |b: &Balancer| b.stats().endpoints.iter().all(|e| !e.ejected);
+    assert!(
+        in_all(&balancer),
+        "in after the first checks: {:?}",
+        balancer.stats()
+    );
+
+    // "b"'s health path fails: out after two failed checks.
+    health(&servers[1], "b", 503).await;
+    let mut intervals = 0;
+    while !balancer.stats().endpoint(&urls[1]).unwrap().ejected {
+        step(&balancer, 1_000).await;
+        intervals += 1;
+        assert!(
+            intervals <= 3,
+            "out within the unhealthy threshold's checks"
+        );
+    }
+    let stats = balancer.stats();
+    let b = stats.endpoint(&urls[1]).unwrap();
+    assert_eq!(b.ejected_by, Some(tower_lb::Detector::ActiveCheck));
+    assert!(b.checks.failing && b.checks.failed >= 2, "{:?}", b.checks);
+    let seen = spread(&balancer, 30).await;
+    assert_eq!(seen.get("b"), None, "{seen:?}");
+    let user_requests = (servers[1].received_requests().await.unwrap())
+        .iter()
+        .filter(|r| r.url.path() != "/healthz")
+        .count();
+    assert_eq!(user_requests, 0);
+    assert_settled(&balancer);
+}
+
 // ---- errors: the path, the reason as documented ----
 
 #[test]
@@ -623,6 +886,24 @@ fn json_value() -> impl Strategy<Value = serde_json::Value> {
         "port",
         "service",
         "prefix",
+        "hedge",
+        "delay",
+        "percentile",
+        "max_attempts",
+        "on_request",
+        "overload",
+        "default_penalty",
+        "max_hold",
+        "health_checks",
+        "path",
+        "method",
+        "expected_statuses",
+        "timeout",
+        "interval_jitter",
+        "unhealthy_threshold",
+        "healthy_threshold",
+        "concurrency",
+        "grpc_service",
         "x",
     ]);
     let leaf = prop_oneof![
@@ -650,6 +931,10 @@ fn json_value() -> impl Strategy<Value = serde_json::Value> {
             "ü",
             "weighted_round_robin",
             "envoy",
+            "/healthz",
+            "GET",
+            "200-299",
+            "2xx",
         ])
         .prop_map(|s| json!(s)),
         "\\PC{0,8}".prop_map(Value::from),
@@ -724,6 +1009,12 @@ fn a_list_where_a_table_belongs_is_an_error_in_every_format() {
         (
             from_json(r#"{"discovery": {"etcd": [["http://127.0.0.1:2379"], "/a/"]}}"#),
             "discovery.etcd",
+        ),
+        (from_json(r#"{"hedge": ["20ms"]}"#), "hedge"),
+        (from_json(r#"{"overload": [false]}"#), "overload"),
+        (
+            from_json(r#"{"health_checks": ["/healthz"]}"#),
+            "health_checks",
         ),
         (from_json("[7, []]"), "."),
         (from_toml("outlier = [true, 3]"), "outlier"),

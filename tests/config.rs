@@ -13,6 +13,10 @@ use proptest::prelude::*;
 use support::*;
 use tower::ServiceExt;
 use tower_lb::{
+    ActiveHealthCheck, HealthCheckConfig, HedgeConfig, Hedging, Overload, OverloadConfig,
+    StatusRange,
+};
+use tower_lb::{
     Balancer, BalancerConfig, Detector, DiscoveryConfig, DnsConfig, EndpointConfig,
     EnforcingConfig, Error, EtcdConfig, FailurePercentage, FailurePercentageConfig, FallbackConfig,
     HashConfig, IpFamily, KeySourceConfig, LeastTimeConfig, OutlierConfig, OutlierDetection,
@@ -46,8 +50,34 @@ fn example_in_code(urls: &[String]) -> Balancer {
         .policy(example_policy())
         .outlier_detection(example_outlier())
         .retry(example_retries())
+        .hedge(example_hedging())
+        .overload(example_overload())
         .build()
         .expect("the example's settings build")
+}
+
+fn example_hedging() -> Hedging {
+    Hedging::after(Duration::from_millis(50))
+        .max_attempts(2)
+        .on_request()
+}
+
+fn example_overload() -> Overload {
+    Overload::default()
+        .default_penalty(Duration::from_secs(2))
+        .max_hold(Duration::from_secs(60))
+}
+
+fn example_check() -> ActiveHealthCheck {
+    ActiveHealthCheck::new("/healthz")
+        .method(http::Method::GET)
+        .expected_statuses([200..=200, 204..=206])
+        .interval(Duration::from_secs(5))
+        .interval_jitter(Duration::from_millis(500))
+        .timeout(Duration::from_secs(1))
+        .unhealthy_threshold(3)
+        .healthy_threshold(2)
+        .concurrency(4)
 }
 
 fn example_policy() -> Policy {
@@ -150,6 +180,18 @@ async fn the_example_file_builds_the_same_balancer_as_code() {
         debug(&config.retry.as_ref().unwrap().to_retries().unwrap()),
         debug(&example_retries())
     );
+    assert_eq!(
+        debug(&config.hedge.as_ref().unwrap().to_hedging().unwrap()),
+        debug(&example_hedging())
+    );
+    assert_eq!(
+        config.overload.as_ref().unwrap().to_overload().unwrap(),
+        example_overload()
+    );
+    assert_eq!(
+        debug(&config.health_checks().unwrap().expect("a check")),
+        debug(&example_check())
+    );
     let endpoints = |b: &Balancer| {
         let mut seen: Vec<_> = (b.stats().endpoints.iter())
             .map(|e| (e.url.clone(), e.weight, debug(&e.labels)))
@@ -222,6 +264,18 @@ retry:
   idempotent_failures: true
   max_retries: 2
   budget: { window: 10s, percent: 20, reserve_per_second: 5 }
+hedge: { delay: 50ms, max_attempts: 2, on_request: true }
+overload: { default_penalty: 2s, max_hold: 1m }
+health_checks:
+  path: /healthz
+  method: GET
+  expected_statuses: [200, 204-206]
+  interval: 5s
+  interval_jitter: 500ms
+  timeout: 1s
+  unhealthy_threshold: 3
+  healthy_threshold: 2
+  concurrency: 4
 "#;
     let from_yaml =
         BalancerConfig::from_deserializer(serde_norway::Deserializer::from_str(yaml)).unwrap();
@@ -251,6 +305,13 @@ retry:
         "retry": {
             "idempotent_failures": true, "max_retries": 2,
             "budget": { "window": "10s", "percent": 20, "reserve_per_second": 5 }
+        },
+        "hedge": { "delay": "50ms", "max_attempts": 2, "on_request": true },
+        "overload": { "default_penalty": "2s", "max_hold": "1m" },
+        "health_checks": {
+            "path": "/healthz", "method": "GET", "expected_statuses": [200, "204-206"],
+            "interval": "5s", "interval_jitter": "500ms", "timeout": "1s",
+            "unhealthy_threshold": 3, "healthy_threshold": 2, "concurrency": 4
         }
     });
     assert_eq!(BalancerConfig::from_deserializer(json).unwrap(), config);
@@ -335,7 +396,7 @@ fn each_kind_of_mistake_names_its_field_and_reason() {
         ),
         (
             json!({ "color": "blue" }),
-            "color: unknown field `color`, expected one of `seed`, `endpoints`, `policy`, `outlier`, `retry`, `discovery`",
+            "color: unknown field `color`, expected one of `seed`, `endpoints`, `policy`, `outlier`, `retry`, `discovery`, `hedge`, `overload`, `health_checks`",
         ),
         // Found while building: the builder's words, at the field.
         (
@@ -437,6 +498,79 @@ fn each_kind_of_mistake_names_its_field_and_reason() {
         (
             json!({ "policy": { "maglev": { "key": [{ "cookie": "a=b" }] } } }),
             r#"policy.maglev.key[0].cookie: "a=b" is not a valid cookie name"#,
+        ),
+        // Hedging, overload signals, active health checks.
+        (
+            json!({ "hedge": { "after": "20ms" } }),
+            "hedge.after: unknown field `after`, expected one of `delay`, `percentile`, `max_attempts`, `on_request`",
+        ),
+        (
+            json!({ "hedge": { "delay": "20ms", "percentile": 95 } }),
+            "hedge.percentile: give delay or percentile, not both",
+        ),
+        (
+            json!({ "hedge": { "percentile": 150 } }),
+            "hedge.percentile: the delay's percentile must be 0 to 100 percent, not 150%",
+        ),
+        (
+            json!({ "hedge": { "percentile": 0 } }),
+            "hedge.percentile: the delay's percentile must be above 0",
+        ),
+        (
+            json!({ "hedge": { "delay": "20ms", "max_attempts": 9 } }),
+            "hedge.max_attempts: 2 to 5 attempts per request, not 9",
+        ),
+        (
+            json!({ "overload": { "penalty": "1s" } }),
+            "overload.penalty: unknown field `penalty`, expected one of `enabled`, `default_penalty`, `max_hold`",
+        ),
+        (
+            json!({ "overload": { "enabled": false, "default_penalty": "1s" } }),
+            "overload.default_penalty: set while overload signals are off (enabled = false)",
+        ),
+        (
+            json!({ "health_checks": { "interval": "5s" } }),
+            "health_checks.path: required: give path (an HTTP check) or grpc_service (a gRPC check)",
+        ),
+        (
+            json!({ "health_checks": { "path": "healthz" } }),
+            r#"health_checks.path: the path must start with '/', not "healthz""#,
+        ),
+        (
+            json!({ "health_checks": { "path": "/healthz", "method": "GE T" } }),
+            r#"health_checks.method: "GE T" is not an HTTP method"#,
+        ),
+        (
+            json!({ "health_checks": { "path": "/healthz", "expected_statuses": [200, "2xx"] } }),
+            r#"health_checks.expected_statuses[1]: invalid status "2xx" (expected a status code, as 200, or a range, as "200-299")"#,
+        ),
+        (
+            json!({ "health_checks": { "path": "/healthz", "expected_statuses": [70000] } }),
+            r#"health_checks.expected_statuses[0]: invalid status 70000 (expected a status code, as 200, or a range, as "200-299")"#,
+        ),
+        (
+            json!({ "health_checks": { "path": "/healthz", "expected_statuses": ["299-200"] } }),
+            "health_checks.expected_statuses: expected statuses must be non-empty ranges within 100..=999",
+        ),
+        (
+            json!({ "health_checks": { "path": "/healthz", "timeout": "0s" } }),
+            "health_checks.timeout: the interval and the timeout must be above zero",
+        ),
+        (
+            json!({ "health_checks": { "path": "/healthz", "unhealthy_threshold": 0 } }),
+            "health_checks.unhealthy_threshold: the thresholds must be at least 1",
+        ),
+        (
+            json!({ "health_checks": { "path": "/healthz", "concurrency": 0 } }),
+            "health_checks.concurrency: the concurrency must be at least 1",
+        ),
+        (
+            json!({ "health_checks": { "grpc_service": "shop.Catalog", "path": "/healthz" } }),
+            "health_checks.path: a gRPC check's path, method and statuses are the protocol's: leave it out with grpc_service",
+        ),
+        (
+            json!({ "health_checks": { "path": "/healthz", "jitter": "1s" } }),
+            "health_checks.jitter: unknown field `jitter`, expected one of `path`, `method`, `expected_statuses`, `interval`, `interval_jitter`, `timeout`, `unhealthy_threshold`, `healthy_threshold`, `concurrency`, `grpc_service`",
         ),
         (
             json!({ "discovery": {
@@ -692,6 +826,111 @@ fn a_percentage_with_seventeen_digits_reads_back_exactly() {
     let json = serde_json::to_string(&config).unwrap();
     let back = BalancerConfig::from_deserializer(&mut serde_json::Deserializer::from_str(&json));
     assert_eq!(back.unwrap(), config);
+}
+
+#[test]
+fn a_grpc_health_check_needs_the_tonic_feature() {
+    let config = BalancerConfig::from_deserializer(serde_json::json!({
+        "health_checks": { "grpc_service": "shop.Catalog", "interval": "5s" }
+    }))
+    .unwrap();
+    #[cfg(feature = "tonic")]
+    {
+        let check = config.health_checks().unwrap().expect("a check");
+        let in_code = ActiveHealthCheck::grpc("shop.Catalog").interval(Duration::from_secs(5));
+        assert_eq!(format!("{check:?}"), format!("{in_code:?}"));
+        config.build().unwrap();
+    }
+    #[cfg(not(feature = "tonic"))]
+    assert_eq!(
+        config.build().unwrap_err().to_string(),
+        "health_checks.grpc_service: gRPC health checks need tower-lb's cargo feature \"tonic\", which this build does not have"
+    );
+}
+
+/// Each hedge, overload and health-check setting is the builder call of
+/// its name; a section left empty is the builder's defaults.
+#[test]
+fn hedge_overload_and_check_settings_are_the_builder_calls_of_their_names() {
+    let debug = |value: &dyn std::fmt::Debug| format!("{value:?}");
+    let hedging = |toml: &str| {
+        let config = from_toml(&format!("[hedge]\n{toml}")).unwrap();
+        debug(&config.hedge.unwrap().to_hedging().unwrap())
+    };
+    let hedge_cases = [
+        ("", Hedging::default()),
+        (
+            "percentile = 99.5",
+            Hedging::percentile(tower_lb::Percent::new(99.5)),
+        ),
+        (
+            "delay = \"20ms\"",
+            Hedging::after(Duration::from_millis(20)),
+        ),
+        (
+            "percentile = 90\nmax_attempts = 3\non_request = true",
+            Hedging::percentile(90).max_attempts(3).on_request(),
+        ),
+        ("on_request = false", Hedging::default()),
+    ];
+    for (toml, in_code) in hedge_cases {
+        assert_eq!(hedging(toml), debug(&in_code), "{toml}");
+    }
+
+    let overload = |toml: &str| {
+        let config = from_toml(&format!("[overload]\n{toml}")).unwrap();
+        config.overload.unwrap().to_overload().unwrap()
+    };
+    assert_eq!(overload(""), Overload::default());
+    assert_eq!(overload("enabled = true"), Overload::default());
+    assert_eq!(overload("enabled = false"), Overload::disabled());
+    assert_eq!(
+        overload("max_hold = \"30s\""),
+        Overload::default().max_hold(Duration::from_secs(30))
+    );
+
+    let check = |toml: &str| {
+        let config = from_toml(&format!("[health_checks]\n{toml}")).unwrap();
+        debug(&config.health_checks().unwrap().expect("a check"))
+    };
+    let check_cases = [
+        ("path = \"/h\"", ActiveHealthCheck::new("/h")),
+        (
+            "path = \"/h\"\nmethod = \"HEAD\"\nexpected_statuses = [\"200-204\", 302, \" 400 - 404 \"]",
+            ActiveHealthCheck::new("/h")
+                .method(http::Method::HEAD)
+                .expected_statuses([200..=204, 302..=302, 400..=404]),
+        ),
+        (
+            "path = \"/h\"\ninterval = \"2s\"\ntimeout = \"300ms\"\nhealthy_threshold = 1",
+            ActiveHealthCheck::new("/h")
+                .interval(Duration::from_secs(2))
+                .timeout(Duration::from_millis(300))
+                .healthy_threshold(1),
+        ),
+    ];
+    for (toml, in_code) in check_cases {
+        assert_eq!(check(toml), debug(&in_code), "{toml}");
+    }
+    assert_eq!(
+        BalancerConfig::default()
+            .health_checks()
+            .unwrap()
+            .map(|c| debug(&c)),
+        None
+    );
+    // A range of one code is written as the code, and reads back.
+    let mut section = HealthCheckConfig::default();
+    section.path = Some("/h".into());
+    section.expected_statuses = Some(vec![StatusRange::code(200), StatusRange::new(300, 399)]);
+    let mut config = BalancerConfig::default();
+    config.health_checks = Some(section);
+    let text = toml::to_string(&config).unwrap();
+    assert!(
+        text.contains(r#"expected_statuses = [200, "300-399"]"#),
+        "{text}"
+    );
+    assert_eq!(from_toml(&text).unwrap(), config);
 }
 
 // ---- round trip ----
@@ -984,26 +1223,94 @@ fn discovery() -> impl Strategy<Value = DiscoveryConfig> {
     })
 }
 
+fn hedge() -> impl Strategy<Value = HedgeConfig> {
+    (
+        some(duration()),
+        some(number()),
+        some(prop_oneof![0u32..8, any::<u32>()]),
+        some(any::<bool>()),
+    )
+        .prop_map(|(delay, percentile, attempts, on_request)| {
+            let mut hedge = HedgeConfig::default();
+            (hedge.delay, hedge.percentile) = (delay, percentile);
+            (hedge.max_attempts, hedge.on_request) = (attempts, on_request);
+            hedge
+        })
+}
+
+fn overload() -> impl Strategy<Value = OverloadConfig> {
+    (some(any::<bool>()), some(duration()), some(duration())).prop_map(|(enabled, penalty, max)| {
+        let mut overload = OverloadConfig::default();
+        overload.enabled = enabled;
+        (overload.default_penalty, overload.max_hold) = (penalty, max);
+        overload
+    })
+}
+
+fn health_checks() -> impl Strategy<Value = HealthCheckConfig> {
+    let status = (any::<u16>(), prop_oneof![Just(0u16), any::<u16>()])
+        .prop_map(|(first, span)| StatusRange::new(first, first.saturating_add(span)));
+    let method = prop_oneof![
+        Just("GET".to_owned()),
+        Just("HEAD".to_owned()),
+        "[A-Za-z -]{0,6}",
+    ];
+    (
+        (
+            some(prop_oneof![text(), text().prop_map(|t| format!("/{t}"))]),
+            some(method),
+            some(proptest::collection::vec(status, 0..4)),
+        ),
+        (some(duration()), some(duration()), some(duration())),
+        (some(count()), some(count()), some(0usize..20)),
+        some(text()),
+    )
+        .prop_map(|((path, method, statuses), times, counts, grpc)| {
+            let mut check = HealthCheckConfig::default();
+            (check.path, check.method, check.expected_statuses) = (path, method, statuses);
+            (check.interval, check.interval_jitter, check.timeout) = times;
+            (
+                check.unhealthy_threshold,
+                check.healthy_threshold,
+                check.concurrency,
+            ) = counts;
+            check.grpc_service = grpc;
+            check
+        })
+}
+
 fn config() -> impl Strategy<Value = BalancerConfig> {
     (
-        // TOML integers stop at i64::MAX.
-        some(0u64..=i64::MAX as u64),
-        proptest::collection::vec(endpoint(), 0..4),
-        some(policy()),
-        some(outlier()),
-        some(retry()),
-        some(discovery()),
+        (
+            // TOML integers stop at i64::MAX.
+            some(0u64..=i64::MAX as u64),
+            proptest::collection::vec(endpoint(), 0..4),
+            some(policy().boxed()),
+            some(outlier().boxed()),
+            some(retry().boxed()),
+            some(discovery().boxed()),
+        ),
+        (
+            some(hedge().boxed()),
+            some(overload().boxed()),
+            some(health_checks().boxed()),
+        ),
     )
-        .prop_map(|(seed, endpoints, policy, outlier, retry, discovery)| {
-            let mut config = BalancerConfig::default();
-            config.seed = seed;
-            config.endpoints = endpoints;
-            config.policy = policy;
-            config.outlier = outlier;
-            config.retry = retry;
-            config.discovery = discovery;
-            config
-        })
+        .prop_map(
+            |((seed, endpoints, policy, outlier, retry, discovery), (hedge, overload, checks))| {
+                let mut config = BalancerConfig::default();
+                config.seed = seed;
+                config.endpoints = endpoints;
+                config.policy = policy;
+                config.outlier = outlier;
+                config.retry = retry;
+                config.discovery = discovery;
+                config.hedge = hedge;
+                config.overload = overload;
+                config.health_checks = checks;
+                config
+            },
+        )
 }
 
 proptest! {
@@ -1033,5 +1340,8 @@ proptest! {
         again.discovery = None;
         let rebuilt = again.build().map(|b| format!("{b:?}")).map_err(|e| e.to_string());
         prop_assert_eq!(built, rebuilt);
+        let check = config.health_checks().map(|c| format!("{c:?}")).map_err(|e| e.to_string());
+        let again = from_toml(&toml_text).unwrap().health_checks();
+        prop_assert_eq!(check, again.map(|c| format!("{c:?}")).map_err(|e| e.to_string()));
     }
 }

@@ -5,8 +5,12 @@
 //! - **The builder decides.** A config is turned into builder calls
 //!   (`BalancerBuilder`, [`Policy`](crate::Policy),
 //!   [`OutlierDetection`](crate::OutlierDetection),
-//!   [`Retries`](crate::Retries), [`DnsSource`](crate::DnsSource),
+//!   [`Retries`](crate::Retries), [`Hedging`](crate::Hedging),
+//!   [`Overload`](crate::Overload), [`DnsSource`](crate::DnsSource),
 //!   [`EtcdSource`](crate::EtcdSource)); defaults and rules are theirs.
+//!   Active health checks need the service they go through, so code
+//!   starts them: [`BalancerConfig::health_checks`] gives the
+//!   [`ActiveHealthCheck`](crate::ActiveHealthCheck).
 //!   A setting left out is a builder method not called.
 //! - **Every mistake names its field.** Reading goes through
 //!   `serde_path_to_error` ([`BalancerConfig::from_deserializer`]), so a
@@ -26,11 +30,14 @@
 //!
 //! docs/configuration.md has the whole schema.
 
+mod checks;
 mod discovery;
 mod duration;
 mod endpoint;
+mod hedge;
 mod named;
 mod outlier;
+mod overload;
 mod policy;
 mod retry;
 mod table;
@@ -41,17 +48,21 @@ use std::fmt::Display;
 use serde::de::DeserializeSeed;
 use serde::{Deserialize, Deserializer, Serialize};
 
+pub use checks::{HealthCheckConfig, StatusRange};
 pub use discovery::{DiscoveryConfig, DnsConfig, EtcdConfig, IpFamily};
 pub use endpoint::EndpointConfig;
+pub use hedge::HedgeConfig;
 pub use outlier::{
     EnforcingConfig, FailurePercentageConfig, OutlierConfig, OutlierPreset, SuccessRateConfig,
 };
+pub use overload::OverloadConfig;
 pub use policy::{FallbackConfig, HashConfig, KeySourceConfig, LeastTimeConfig, PolicyConfig};
 pub use retry::{RetryBudgetConfig, RetryConfig};
 
 use crate::balancer::{Balancer, BalancerBuilder};
 use crate::discovery::Discovery;
 use crate::error::Error;
+use crate::health::ActiveHealthCheck;
 
 /// Every setting of a [`Balancer`], as data: read it with serde from a
 /// configuration file (TOML, YAML, JSON, ...), then
@@ -141,6 +152,29 @@ pub struct BalancerConfig {
         deserialize_with = "table::option"
     )]
     pub discovery: Option<DiscoveryConfig>,
+    /// Hedged requests ([`BalancerBuilder::hedge`]); left out, none.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "table::option"
+    )]
+    pub hedge: Option<HedgeConfig>,
+    /// Overload signals ([`BalancerBuilder::overload`]); left out, on with
+    /// a 5 s penalty and a 5 min cap.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "table::option"
+    )]
+    pub overload: Option<OverloadConfig>,
+    /// Active health checks, started by code with the service they go
+    /// through: see [`BalancerConfig::health_checks`].
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "table::option"
+    )]
+    pub health_checks: Option<HealthCheckConfig>,
 }
 
 impl BalancerConfig {
@@ -172,8 +206,8 @@ impl BalancerConfig {
     }
 
     /// A [`BalancerBuilder`] with every setting of this config but
-    /// discovery, for code to add what a file cannot say (a policy of its
-    /// own, a health-event callback) before building.
+    /// discovery and health checks, for code to add what a file cannot say (a
+    /// policy of its own, a health-event callback) before building.
     ///
     /// Errors: [`Error::InvalidConfig`] naming the first unusable field.
     ///
@@ -220,6 +254,14 @@ impl BalancerConfig {
         if let Some(retry) = &self.retry {
             let retries = retry.to_retries().map_err(|e| within("retry", e))?;
             builder = builder.retry(retries);
+        }
+        if let Some(hedge) = &self.hedge {
+            let hedging = hedge.to_hedging().map_err(|e| within("hedge", e))?;
+            builder = builder.hedge(hedging);
+        }
+        if let Some(overload) = &self.overload {
+            let overload = overload.to_overload().map_err(|e| within("overload", e))?;
+            builder = builder.overload(overload);
         }
         if let Some(seed) = self.seed {
             builder = builder.seed(seed);
@@ -268,6 +310,8 @@ impl BalancerConfig {
         if let Some(discovery) = &self.discovery {
             discovery.check().map_err(|e| within("discovery", e))?;
         }
+        // Started by code, but a mistake in them is found with the rest.
+        self.health_checks()?;
         let balancer = self.builder()?.build().map_err(|error| match error {
             Error::InvalidPolicy { reason } => invalid("policy", reason),
             Error::InvalidConfig { .. } | Error::NoRuntime => error,
@@ -278,6 +322,52 @@ impl BalancerConfig {
             None => None,
         };
         Ok((balancer, discovery))
+    }
+
+    /// The config's active health check (`None` without a
+    /// `[health_checks]` section), for code to start with the service the
+    /// checks go through, which a file cannot name:
+    /// [`Balancer::health_checks`] (one inner service for every endpoint),
+    /// [`PerEndpointService::health_checks`](crate::PerEndpointService::health_checks),
+    /// or, for a gRPC check, `BalancedChannel::health_checks`.
+    /// [`BalancerConfig::build`] checks this section too, without starting
+    /// anything.
+    ///
+    /// Errors: [`Error::InvalidConfig`] naming the field
+    /// (`health_checks.interval: the interval and the timeout must be above
+    /// zero`).
+    ///
+    /// ```
+    /// # #[cfg(feature = "reqwest")]
+    /// use tower_lb::{BalancerConfig, HttpToReqwest};
+    ///
+    /// # #[cfg(not(feature = "reqwest"))]
+    /// # fn main() {}
+    /// # #[cfg(feature = "reqwest")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let text = r#"
+    ///     endpoints = ["http://127.0.0.1:8081", "http://127.0.0.1:8082"]
+    ///
+    ///     [health_checks]
+    ///     path = "/healthz"
+    ///     interval = "5s"
+    /// "#;
+    /// let config = BalancerConfig::from_deserializer(toml::Deserializer::parse(text)?)?;
+    /// let balancer = config.build()?;
+    /// let inner = HttpToReqwest::new(reqwest::Client::new());
+    /// if let Some(check) = config.health_checks()? {
+    ///     balancer.health_checks::<_, reqwest::Body>(check, inner.clone())?;
+    /// }
+    /// let client = tower::ServiceBuilder::new().layer(balancer.layer()).service(inner);
+    /// # let _ = client;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn health_checks(&self) -> Result<Option<ActiveHealthCheck>, Error> {
+        (self.health_checks.as_ref())
+            .map(|section| (section.to_health_check()).map_err(|e| within("health_checks", e)))
+            .transpose()
     }
 }
 
@@ -329,11 +419,16 @@ pub(crate) fn within(prefix: &str, error: Error) -> Error {
 /// The words of a builder's error, without the part the path now says.
 fn reason_of(error: &Error) -> String {
     match error {
-        Error::InvalidPolicy { reason } => ["outlier detection: ", "retry: "]
-            .iter()
-            .find_map(|prefix| reason.strip_prefix(prefix))
-            .unwrap_or(reason)
-            .to_owned(),
+        Error::InvalidPolicy { reason } => [
+            "outlier detection: ",
+            "retry: ",
+            "hedge: ",
+            "active health check: ",
+        ]
+        .iter()
+        .find_map(|prefix| reason.strip_prefix(prefix))
+        .unwrap_or(reason)
+        .to_owned(),
         other => other.to_string(),
     }
 }
