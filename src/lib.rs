@@ -84,6 +84,7 @@ mod reqwest_url;
 mod response;
 mod selection;
 mod service;
+mod slow_start;
 mod target;
 
 pub use affinity::{key_hash, RequestInfo, RequestKey, SessionKey};
@@ -134,6 +135,7 @@ pub use reqwest_http::HttpToReqwest;
 pub use response::ResponseFuture;
 pub use selection::Selection;
 pub use service::{BalanceService, NoRetries, WithRetries};
+pub use slow_start::SlowStart;
 pub use target::TargetRefusal;
 /// The discovery event type [`Balancer::apply`] and [`Balancer::follow`] take.
 pub use tower::discover::Change;

@@ -104,6 +104,8 @@ impl Snapshot {
             skip_ejected_at: counters.health.filter_time(),
             rng: &counters.rng,
             now,
+            ramp: (counters.ramps.as_deref())
+                .and_then(|ramps| Some((ramps, ramps.ramping_at(&counters.clock)?))),
         }
     }
 

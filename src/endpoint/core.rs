@@ -36,6 +36,10 @@ pub(crate) struct EndpointCore {
     pub(crate) clock: Clock,
     /// What a response names as its endpoint: the URL and current labels.
     served: ServedSlot,
+    /// When it last joined the takers (added, or back from drained), in
+    /// milliseconds of the clock, for slow start; 0 when it was there from
+    /// the start.
+    joined_ms: AtomicU64,
 }
 
 impl EndpointCore {
@@ -52,7 +56,19 @@ impl EndpointCore {
             connect_failures: counters.connect_failures.clone(),
             refused: AtomicBool::new(false),
             clock: counters.clock,
+            joined_ms: AtomicU64::new(0),
         }
+    }
+
+    /// Begins its slow-start window at `at_ms` (it joined the takers).
+    pub(crate) fn joined_at(&self, at_ms: u64) {
+        self.joined_ms.store(at_ms.max(1), Ordering::Relaxed);
+    }
+
+    /// When its slow-start window began: when it last joined the takers
+    /// or came back from an ejection; 0 when neither happened.
+    pub(crate) fn ramp_start_ms(&self) -> u64 {
+        (self.joined_ms.load(Ordering::Relaxed)).max(self.health.returned_ms())
     }
 
     /// The endpoint as a response names it (one reference count).

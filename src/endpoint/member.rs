@@ -10,6 +10,7 @@ use crate::health::HealthShared;
 use crate::lanes::PerLane;
 use crate::random::SharedRng;
 use crate::refresh::ConnectFailures;
+use crate::slow_start::Ramps;
 
 /// Counters that outlive snapshots.
 #[derive(Clone, Debug, Default)]
@@ -32,6 +33,8 @@ pub(crate) struct Counters {
     pub(crate) health: Arc<HealthShared>,
     /// Connect failures since discovery last looked (a hint to look again).
     pub(crate) connect_failures: Arc<ConnectFailures>,
+    /// Slow start, when it is on.
+    pub(crate) ramps: Option<Arc<Ramps>>,
 }
 
 /// An endpoint, its weight and its labels.
