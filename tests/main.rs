@@ -46,6 +46,7 @@ mod properties_ring;
 mod requests;
 mod retry_services;
 mod select;
+mod slow_start;
 mod selection;
 mod served_by;
 mod sticky_keys;
