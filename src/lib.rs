@@ -94,7 +94,7 @@ pub use config::{
     BalancerConfig, DiscoveryConfig, DnsConfig, EndpointConfig, EnforcingConfig, EtcdConfig,
     FailurePercentageConfig, FallbackConfig, HashConfig, IpFamily, KeySourceConfig,
     LeastTimeConfig, OutlierConfig, OutlierPreset, PolicyConfig, RetryBudgetConfig, RetryConfig,
-    SuccessRateConfig,
+    SlowStartConfig, SuccessRateConfig,
 };
 #[cfg(feature = "cookies")]
 pub use cookie_jar::BalancedCookieJar;

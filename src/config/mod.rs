@@ -33,6 +33,7 @@ mod named;
 mod outlier;
 mod policy;
 mod retry;
+mod slow_start;
 mod table;
 
 use std::collections::HashSet;
@@ -48,6 +49,7 @@ pub use outlier::{
 };
 pub use policy::{FallbackConfig, HashConfig, KeySourceConfig, LeastTimeConfig, PolicyConfig};
 pub use retry::{RetryBudgetConfig, RetryConfig};
+pub use slow_start::SlowStartConfig;
 
 use crate::balancer::{Balancer, BalancerBuilder};
 use crate::discovery::Discovery;
@@ -133,6 +135,13 @@ pub struct BalancerConfig {
         deserialize_with = "table::option"
     )]
     pub retry: Option<RetryConfig>,
+    /// Slow start ([`BalancerBuilder::slow_start`]); left out, off.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "table::option"
+    )]
+    pub slow_start: Option<SlowStartConfig>,
     /// Where endpoints come from at runtime ([`Balancer::discover`]): DNS
     /// (feature `dns`) or etcd (feature `etcd`).
     #[serde(
@@ -220,6 +229,10 @@ impl BalancerConfig {
         if let Some(retry) = &self.retry {
             let retries = retry.to_retries().map_err(|e| within("retry", e))?;
             builder = builder.retry(retries);
+        }
+        if let Some(slow_start) = &self.slow_start {
+            let slow_start = (slow_start.to_slow_start()).map_err(|e| within("slow_start", e))?;
+            builder = builder.slow_start(slow_start);
         }
         if let Some(seed) = self.seed {
             builder = builder.seed(seed);
