@@ -250,8 +250,14 @@ mod tests {
             // Never a panic, never a share outside (0, 1].
             assert_eq!(absurd.factor(Duration::from_millis(1)), 1.0);
         }
-        assert!(SlowStart::new(window).min_weight_percent(0).validate().is_ok());
-        assert!(SlowStart::new(window).min_weight_percent(100).validate().is_ok());
+        assert!(SlowStart::new(window)
+            .min_weight_percent(0)
+            .validate()
+            .is_ok());
+        assert!(SlowStart::new(window)
+            .min_weight_percent(100)
+            .validate()
+            .is_ok());
     }
 
     #[tokio::test(start_paused = true)]

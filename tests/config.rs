@@ -995,17 +995,19 @@ fn config() -> impl Strategy<Value = BalancerConfig> {
         some(discovery()),
         some(slow_start()),
     )
-        .prop_map(|(seed, endpoints, policy, outlier, retry, discovery, slow_start)| {
-            let mut config = BalancerConfig::default();
-            config.seed = seed;
-            config.endpoints = endpoints;
-            config.policy = policy;
-            config.outlier = outlier;
-            config.retry = retry;
-            config.discovery = discovery;
-            config.slow_start = slow_start;
-            config
-        })
+        .prop_map(
+            |(seed, endpoints, policy, outlier, retry, discovery, slow_start)| {
+                let mut config = BalancerConfig::default();
+                config.seed = seed;
+                config.endpoints = endpoints;
+                config.policy = policy;
+                config.outlier = outlier;
+                config.retry = retry;
+                config.discovery = discovery;
+                config.slow_start = slow_start;
+                config
+            },
+        )
 }
 
 fn slow_start() -> impl Strategy<Value = SlowStartConfig> {
@@ -1066,11 +1068,22 @@ fn slow_start_reads_round_trips_and_names_its_mistakes() {
     for (bad, path) in [
         (r#"slow_start = { aggression = 2.0 }"#, "slow_start.window"),
         (r#"slow_start = { window = "0s" }"#, "slow_start.window"),
-        (r#"slow_start = { window = "1s", aggression = -1.0 }"#, "slow_start.aggression"),
-        (r#"slow_start = { window = "1s", min_weight_percent = 101 }"#, "slow_start.min_weight_percent"),
-        (r#"slow_start = { window = "1s", ramp = 3 }"#, "slow_start.ramp"),
+        (
+            r#"slow_start = { window = "1s", aggression = -1.0 }"#,
+            "slow_start.aggression",
+        ),
+        (
+            r#"slow_start = { window = "1s", min_weight_percent = 101 }"#,
+            "slow_start.min_weight_percent",
+        ),
+        (
+            r#"slow_start = { window = "1s", ramp = 3 }"#,
+            "slow_start.ramp",
+        ),
     ] {
-        let error = from_toml(bad).and_then(|config| config.build()).unwrap_err();
+        let error = from_toml(bad)
+            .and_then(|config| config.build())
+            .unwrap_err();
         assert!(
             matches!(&error, Error::InvalidConfig { path: p, .. } if p == path),
             "{bad}: {error}"

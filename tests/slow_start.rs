@@ -5,9 +5,10 @@
 
 use crate::support;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 use std::time::Duration;
+use std::time::Instant;
 
 use proptest::prelude::*;
 use support::*;
@@ -262,14 +263,16 @@ fn absurd_settings_are_refused_with_a_typed_error() {
 }
 
 /// A backend with a cold cache: its first `cold` answers take 50 ms, then
-/// 1 ms. Records when each slow request arrived.
+/// 1 ms. Records when each slow request arrived, and counts every request.
 struct ColdCache {
     cold: usize,
     slow_arrivals: Arc<Mutex<Vec<Instant>>>,
+    served: Arc<AtomicUsize>,
 }
 
 impl Respond for ColdCache {
     fn respond(&self, _: &Request) -> ResponseTemplate {
+        self.served.fetch_add(1, Ordering::Relaxed);
         let mut slow = self.slow_arrivals.lock().unwrap();
         let delay = if slow.len() < self.cold {
             slow.push(Instant::now());
@@ -283,17 +286,31 @@ impl Respond for ColdCache {
     }
 }
 
-/// What a cold newcomer went through: slow answers it served in the run,
-/// and the most of them under way at once (arrived within 50 ms).
+/// What a cold newcomer went through: slow answers in its first 500 ms,
+/// requests it served in the run, the slow answers among them, and the most slow ones under way at once
+/// (arrived within 50 ms of each other).
 #[derive(Debug)]
 struct Burst {
+    /// Slow answers that began in the first 500 ms after it joined.
+    early: usize,
+    served: usize,
     slow: usize,
     at_once: usize,
 }
 
+impl std::fmt::Display for Burst {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} slow in its first 500 ms, {} served ({} slow), at most {} slow at once",
+            self.early, self.served, self.slow, self.at_once
+        )
+    }
+}
+
 /// A cold backend (first 100 answers in 50 ms, then 1 ms) added to four
-/// warm ones (5 ms) under least time, 32 requests in flight, for 2,000
-/// requests after it joined.
+/// warm ones (5 ms) under least time, 32 requests in flight, for 10,000
+/// requests after it joined (about 2 s).
 async fn cold_newcomer(slow_start: Option<SlowStart>) -> Burst {
     let mut warm = Vec::new();
     for i in 0..4 {
@@ -302,10 +319,12 @@ async fn cold_newcomer(slow_start: Option<SlowStart>) -> Burst {
     }
     let cold = Server::start().await;
     let slow_arrivals = Arc::new(Mutex::new(Vec::new()));
+    let served = Arc::new(AtomicUsize::new(0));
     Mock::given(any_request())
         .respond_with(ColdCache {
             cold: 100,
             slow_arrivals: slow_arrivals.clone(),
+            served: served.clone(),
         })
         .mount(&cold)
         .await;
@@ -324,8 +343,9 @@ async fn cold_newcomer(slow_start: Option<SlowStart>) -> Burst {
     for result in send_many(&client, 400, 32).await {
         result.unwrap();
     }
+    let joined = Instant::now();
     balancer.add(cold.uri(), 1).unwrap();
-    for result in send_many(&client, 2_000, 32).await {
+    for result in send_many(&client, 10_000, 32).await {
         result.unwrap();
     }
     assert_settled(&balancer);
@@ -340,21 +360,27 @@ async fn cold_newcomer(slow_start: Option<SlowStart>) -> Burst {
         .max()
         .unwrap_or(0);
     Burst {
+        early: (arrivals.iter())
+            .filter(|&&t| t.duration_since(joined) < Duration::from_millis(500))
+            .count(),
+        served: served.load(Ordering::Relaxed),
         slow: arrivals.len(),
         at_once,
     }
 }
 
 /// Under least time, a newcomer whose first answers are slow no longer
-/// draws a burst of slow requests with slow start on: fewer slow answers
-/// over the run, fewer under way at once.
+/// draws a burst of slow requests with slow start on: far fewer slow
+/// answers in its first 500 ms, fewer over the run. (The most under way at
+/// once is printed, not checked: a few either way, it varies from run to
+/// run.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cold_newcomer_draws_no_burst_of_slow_requests_with_slow_start() {
     let without = cold_newcomer(None).await;
-    let with = cold_newcomer(Some(SlowStart::new(Duration::from_secs(10)))).await;
-    println!("cold newcomer under least time: without slow start {without:?}, with {with:?}");
+    let with = cold_newcomer(Some(SlowStart::new(Duration::from_secs(2)))).await;
+    println!("cold newcomer under least time: without slow start {without}; with {with}");
     assert!(
-        with.slow < without.slow && with.at_once <= without.at_once,
+        with.early * 2 < without.early && with.slow < without.slow,
         "with slow start {with:?}, without {without:?}"
     );
 }

@@ -231,7 +231,9 @@ impl BalancerBuilder {
             ),
             health: HealthShared::new(self.outlier_detection, clock, rng),
             in_flight: policy.counts_total_in_flight().then(Default::default),
-            ramps: self.slow_start.map(|settings| Arc::new(Ramps::new(settings))),
+            ramps: self
+                .slow_start
+                .map(|settings| Arc::new(Ramps::new(settings))),
             ..Counters::default()
         };
         if let Some(ramps) = &counters.ramps {
