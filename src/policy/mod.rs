@@ -144,6 +144,35 @@ impl<'a> PickContext<'a> {
     /// unless the endpoint is in its window ([`SlowStart`](crate::SlowStart)),
     /// then between the minimum share and 1. A custom picker that weighs
     /// endpoints multiplies their weights by it.
+    ///
+    /// ```
+    /// use tower_lb::{Candidates, PickContext, Picker, SelectionPolicy};
+    ///
+    /// /// The available endpoint with the most slow-start factor per
+    /// /// request in flight: a newcomer in its window waits its turn.
+    /// #[derive(Debug)]
+    /// struct Roomiest;
+    ///
+    /// impl SelectionPolicy for Roomiest {
+    ///     fn build(&self, _: &Candidates<'_>) -> Box<dyn Picker> {
+    ///         Box::new(Roomiest)
+    ///     }
+    /// }
+    ///
+    /// impl Picker for Roomiest {
+    ///     fn pick(&self, ctx: &PickContext<'_>) -> Option<usize> {
+    ///         let room = |i: usize| ctx.slow_start_factor(i) / (ctx.in_flight(i) + 1) as f64;
+    ///         (0..ctx.len())
+    ///             .filter(|&i| ctx.is_available(i))
+    ///             .max_by(|&a, &b| room(a).total_cmp(&room(b)))
+    ///     }
+    /// }
+    /// # let balancer = tower_lb::Balancer::builder()
+    /// #     .endpoint("http://127.0.0.1:8081")
+    /// #     .policy(tower_lb::Policy::custom(Roomiest))
+    /// #     .build()?;
+    /// # Ok::<(), tower_lb::Error>(())
+    /// ```
     pub fn slow_start_factor(&self, i: usize) -> f64 {
         match (self.ramp, self.endpoints.get(i)) {
             (Some((ramps, now)), Some(endpoint)) => ramps.factor(endpoint.ramp_start_ms(), now),
