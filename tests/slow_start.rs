@@ -238,6 +238,23 @@ async fn an_endpoint_back_from_ejection_restarts_its_window() {
     assert_eq!(share_of_new(&balancer, 1_000), 0.5);
 }
 
+/// A minimum of 0% is allowed: at the start of its window the newcomer
+/// gets no request under any policy, and nothing panics or divides 0 by 0.
+#[tokio::test(start_paused = true)]
+async fn a_zero_minimum_gives_a_newcomer_nothing_at_first() {
+    let slow_start = SlowStart::new(Duration::from_secs(30)).min_weight_percent(0);
+    for policy in [
+        Policy::weighted_round_robin(),
+        Policy::random(),
+        Policy::least_response_time().into(),
+        Policy::maglev().bounded_loads().into(),
+    ] {
+        let balancer = with_newcomer(policy.clone(), slow_start, 1, 1);
+        let share = share_of_new(&balancer, 2_000);
+        assert!(share < 0.01, "{policy:?}: {share}");
+    }
+}
+
 /// Absurd settings are typed errors at `build()`, never a panic.
 #[test]
 fn absurd_settings_are_refused_with_a_typed_error() {

@@ -193,7 +193,9 @@ impl LeastTimePicker {
             // Slow start: the effective weight is weight × factor, divided
             // into the queue and into the cost, so a fresh endpoint looks
             // dear until its window has run.
-            let factor = ctx.slow_start_factor(i);
+            // A minimum of 0% makes the factor 0 at first: a thousandth
+            // keeps the cost a number (not 0 / 0) and the endpoint dear.
+            let factor = ctx.slow_start_factor(i).max(1e-3);
             return endpoint.rtt_nanos_at(now) * (queue / factor + 1.0) / factor;
         }
         endpoint.rtt_nanos_at(now) * (queue + 1.0)
