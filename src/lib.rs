@@ -90,6 +90,7 @@ mod reqwest_url;
 mod response;
 mod selection;
 mod service;
+mod slow_start;
 mod target;
 #[cfg(feature = "metrics")]
 mod telemetry;
@@ -101,7 +102,7 @@ pub use config::{
     BalancerConfig, DiscoveryConfig, DnsConfig, EndpointConfig, EnforcingConfig, EtcdConfig,
     FailurePercentageConfig, FallbackConfig, HashConfig, IpFamily, KeySourceConfig,
     LeastTimeConfig, OutlierConfig, OutlierPreset, PolicyConfig, RetryBudgetConfig, RetryConfig,
-    SuccessRateConfig,
+    SlowStartConfig, SuccessRateConfig,
 };
 #[cfg(feature = "serde")]
 pub use config::{HealthCheckConfig, HedgeConfig, OverloadConfig, StatusRange};
@@ -145,6 +146,7 @@ pub use reqwest_http::HttpToReqwest;
 pub use response::ResponseFuture;
 pub use selection::Selection;
 pub use service::{BalanceService, NoRetries, WithRetries};
+pub use slow_start::SlowStart;
 pub use target::TargetRefusal;
 /// The discovery event type [`Balancer::apply`] and [`Balancer::follow`] take.
 pub use tower::discover::Change;

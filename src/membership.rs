@@ -128,6 +128,8 @@ impl Snapshot {
             skip_held_at: counters.holds.filter_time(&counters.clock),
             rng: &counters.rng,
             now,
+            ramp: (counters.ramps.as_deref())
+                .and_then(|ramps| Some((ramps, ramps.ramping_at(&counters.clock)?))),
         }
     }
 

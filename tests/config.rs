@@ -21,7 +21,7 @@ use tower_lb::{
     EnforcingConfig, Error, EtcdConfig, FailurePercentage, FailurePercentageConfig, FallbackConfig,
     HashConfig, IpFamily, KeySourceConfig, LeastTimeConfig, OutlierConfig, OutlierDetection,
     OutlierPreset, Policy, PolicyConfig, RequestKey, Retries, RetryBudgetConfig, RetryConfig,
-    SuccessRate, SuccessRateConfig,
+    SlowStart, SlowStartConfig, SuccessRate, SuccessRateConfig,
 };
 
 const EXAMPLE: &str = include_str!("../examples/tower-lb.toml");
@@ -396,7 +396,7 @@ fn each_kind_of_mistake_names_its_field_and_reason() {
         ),
         (
             json!({ "color": "blue" }),
-            "color: unknown field `color`, expected one of `seed`, `endpoints`, `policy`, `outlier`, `retry`, `discovery`, `hedge`, `overload`, `health_checks`",
+            "color: unknown field `color`, expected one of `seed`, `endpoints`, `policy`, `outlier`, `retry`, `slow_start`, `discovery`, `hedge`, `overload`, `health_checks`",
         ),
         // Found while building: the builder's words, at the field.
         (
@@ -1294,10 +1294,14 @@ fn config() -> impl Strategy<Value = BalancerConfig> {
             some(hedge().boxed()),
             some(overload().boxed()),
             some(health_checks().boxed()),
+            some(slow_start().boxed()),
         ),
     )
         .prop_map(
-            |((seed, endpoints, policy, outlier, retry, discovery), (hedge, overload, checks))| {
+            |(
+                (seed, endpoints, policy, outlier, retry, discovery),
+                (hedge, overload, checks, slow_start),
+            )| {
                 let mut config = BalancerConfig::default();
                 config.seed = seed;
                 config.endpoints = endpoints;
@@ -1305,12 +1309,23 @@ fn config() -> impl Strategy<Value = BalancerConfig> {
                 config.outlier = outlier;
                 config.retry = retry;
                 config.discovery = discovery;
+                config.slow_start = slow_start;
                 config.hedge = hedge;
                 config.overload = overload;
                 config.health_checks = checks;
                 config
             },
         )
+}
+
+fn slow_start() -> impl Strategy<Value = SlowStartConfig> {
+    (some(duration()), some(number()), some(number())).prop_map(|(window, aggression, min)| {
+        let mut slow_start = SlowStartConfig::default();
+        slow_start.window = window;
+        slow_start.aggression = aggression;
+        slow_start.min_weight_percent = min;
+        slow_start
+    })
 }
 
 proptest! {
@@ -1343,5 +1358,46 @@ proptest! {
         let check = config.health_checks().map(|c| format!("{c:?}")).map_err(|e| e.to_string());
         let again = from_toml(&toml_text).unwrap().health_checks();
         prop_assert_eq!(check, again.map(|c| format!("{c:?}")).map_err(|e| e.to_string()));
+    }
+}
+
+/// `slow_start = { window, aggression, min_weight_percent }` reads as the
+/// same `SlowStart` as in code, writes back as it was read, and each
+/// mistake names its field.
+#[test]
+fn slow_start_reads_round_trips_and_names_its_mistakes() {
+    let text = r#"
+        endpoints = [{ url = "http://127.0.0.1:8081" }]
+        slow_start = { window = "30s", aggression = 1.0, min_weight_percent = 10 }
+    "#;
+    let config = from_toml(text).unwrap();
+    let slow_start = config.slow_start.as_ref().unwrap().to_slow_start().unwrap();
+    assert_eq!(slow_start, SlowStart::new(Duration::from_secs(30)));
+    let written = toml::to_string(&config).unwrap();
+    assert_eq!(from_toml(&written).unwrap(), config, "{written}");
+    assert!(config.build().is_ok());
+    for (bad, path) in [
+        (r#"slow_start = { aggression = 2.0 }"#, "slow_start.window"),
+        (r#"slow_start = { window = "0s" }"#, "slow_start.window"),
+        (
+            r#"slow_start = { window = "1s", aggression = -1.0 }"#,
+            "slow_start.aggression",
+        ),
+        (
+            r#"slow_start = { window = "1s", min_weight_percent = 101 }"#,
+            "slow_start.min_weight_percent",
+        ),
+        (
+            r#"slow_start = { window = "1s", ramp = 3 }"#,
+            "slow_start.ramp",
+        ),
+    ] {
+        let error = from_toml(bad)
+            .and_then(|config| config.build())
+            .unwrap_err();
+        assert!(
+            matches!(&error, Error::InvalidConfig { path: p, .. } if p == path),
+            "{bad}: {error}"
+        );
     }
 }

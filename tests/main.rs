@@ -52,6 +52,7 @@ mod retry_services;
 mod select;
 mod selection;
 mod served_by;
+mod slow_start;
 mod sticky_keys;
 mod telemetry;
 mod updates;

@@ -14,6 +14,7 @@ use crate::membership::Snapshot;
 use crate::overload::{Holds, Overload};
 use crate::policy::Policy;
 use crate::random::SharedRng;
+use crate::slow_start::{Ramps, SlowStart};
 use crate::Error;
 
 /// Builds a [`Balancer`] from a static list of endpoints and a policy.
@@ -32,6 +33,7 @@ pub struct BalancerBuilder {
     overload: Overload,
     retry: Retries,
     hedge: Option<Hedging>,
+    slow_start: Option<SlowStart>,
     seed: Option<u64>,
     error: Option<Error>,
     /// The balancer's name in its metrics.
@@ -149,6 +151,30 @@ impl BalancerBuilder {
         self
     }
 
+    /// Ramps endpoints up over a window as they join the set (added after
+    /// `build`, by hand or by discovery, or brought back from drained) and
+    /// as they come back from an ejection, instead of giving them their
+    /// whole share at once (see [`SlowStart`]). Off by default, as in
+    /// Envoy: with it, a returning endpoint stays under-used for the whole
+    /// window even when it is warm; turn it on for backends that are slow
+    /// while cold (caches, JIT, connection pools).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_lb::{Balancer, SlowStart};
+    ///
+    /// let balancer = Balancer::builder()
+    ///     .endpoint("http://127.0.0.1:8081")
+    ///     .slow_start(SlowStart::new(Duration::from_secs(30)))
+    ///     .build()?;
+    /// balancer.add("http://127.0.0.1:8082", 1)?; // 10% of its share at first
+    /// # Ok::<(), tower_lb::Error>(())
+    /// ```
+    pub fn slow_start(mut self, slow_start: SlowStart) -> Self {
+        self.slow_start = Some(slow_start);
+        self
+    }
+
     /// Seeds the balancer's random number generator, from which every
     /// random choice is drawn (the random policy, the candidates of least
     /// time). Two balancers with the same seed, the same endpoints and the
@@ -235,6 +261,9 @@ impl BalancerBuilder {
         if let Some(hedge) = &self.hedge {
             hedge.validate()?;
         }
+        if let Some(slow_start) = &self.slow_start {
+            slow_start.validate()?;
+        }
         if !self.endpoints.is_empty() && self.endpoints.iter().all(|(_, weight, _)| *weight == 0) {
             return Err(Error::ZeroTotalWeight);
         }
@@ -266,8 +295,14 @@ impl BalancerBuilder {
             health,
             holds: Arc::new(Holds::new(self.overload)),
             in_flight: policy.counts_total_in_flight().then(Default::default),
+            ramps: self
+                .slow_start
+                .map(|settings| Arc::new(Ramps::new(settings))),
             ..Counters::default()
         };
+        if let Some(ramps) = &counters.ramps {
+            counters.health.ramp_returns(ramps.clone());
+        }
         let members = self
             .endpoints
             .into_iter()

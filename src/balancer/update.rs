@@ -13,6 +13,7 @@ use crate::endpoint::{
     Counters, Endpoint, EndpointState, EndpointUrl, IntoEndpoint, Labels, Member, MAX_WEIGHT,
 };
 use crate::membership::Snapshot;
+use crate::slow_start::Ramps;
 use crate::Error;
 
 /// Most discovery changes applied in one rebuild of the set.
@@ -325,6 +326,9 @@ impl Balancer {
         let before = shared.snapshot.load_full();
         let mut members = before.members().to_vec();
         edit(&mut members)?;
+        if let Some(ramps) = &shared.counters.ramps {
+            begin_ramps(ramps, before.members(), &members, &shared.counters);
+        }
         // What responses name as the endpoint follows its labels.
         for member in &members {
             member.state.set_labels(&member.labels);
@@ -348,6 +352,24 @@ impl Balancer {
             self.removed(&removed);
         }
         Ok(())
+    }
+}
+
+/// Begins the slow-start window of every endpoint of `after` that takes
+/// requests and did not in `before` (new, or back from drained).
+fn begin_ramps(ramps: &Ramps, before: &[Member], after: &[Member], counters: &Counters) {
+    let took: HashSet<*const EndpointState> = before
+        .iter()
+        .filter(|m| m.weight > 0)
+        .map(|m| Arc::as_ptr(&m.state))
+        .collect();
+    let mut now = None;
+    for member in after {
+        if member.weight > 0 && !took.contains(&Arc::as_ptr(&member.state)) {
+            let at = *now.get_or_insert_with(|| counters.clock.now_ms().max(1));
+            member.state.joined_at(at);
+            ramps.begin(at);
+        }
     }
 }
 

@@ -40,6 +40,7 @@ mod outlier;
 mod overload;
 mod policy;
 mod retry;
+mod slow_start;
 mod table;
 
 use std::collections::HashSet;
@@ -58,6 +59,7 @@ pub use outlier::{
 pub use overload::OverloadConfig;
 pub use policy::{FallbackConfig, HashConfig, KeySourceConfig, LeastTimeConfig, PolicyConfig};
 pub use retry::{RetryBudgetConfig, RetryConfig};
+pub use slow_start::SlowStartConfig;
 
 use crate::balancer::{Balancer, BalancerBuilder};
 use crate::discovery::Discovery;
@@ -144,6 +146,13 @@ pub struct BalancerConfig {
         deserialize_with = "table::option"
     )]
     pub retry: Option<RetryConfig>,
+    /// Slow start ([`BalancerBuilder::slow_start`]); left out, off.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "table::option"
+    )]
+    pub slow_start: Option<SlowStartConfig>,
     /// Where endpoints come from at runtime ([`Balancer::discover`]): DNS
     /// (feature `dns`) or etcd (feature `etcd`).
     #[serde(
@@ -262,6 +271,10 @@ impl BalancerConfig {
         if let Some(overload) = &self.overload {
             let overload = overload.to_overload().map_err(|e| within("overload", e))?;
             builder = builder.overload(overload);
+        }
+        if let Some(slow_start) = &self.slow_start {
+            let slow_start = (slow_start.to_slow_start()).map_err(|e| within("slow_start", e))?;
+            builder = builder.slow_start(slow_start);
         }
         if let Some(seed) = self.seed {
             builder = builder.seed(seed);

@@ -45,6 +45,10 @@ pub(crate) struct EndpointCore {
     /// Held off until then (milliseconds of the balancer's clock; 0 when
     /// it never was): no new requests before, unless every endpoint is.
     held_until: AtomicU64,
+    /// When it last joined the takers (added, or back from drained), in
+    /// milliseconds of the clock, for slow start; 0 when it was there from
+    /// the start.
+    joined_ms: AtomicU64,
 }
 
 impl EndpointCore {
@@ -63,6 +67,7 @@ impl EndpointCore {
             connect_failures: counters.connect_failures.clone(),
             refused: AtomicBool::new(false),
             clock: counters.clock,
+            joined_ms: AtomicU64::new(0),
             holds: counters.holds.clone(),
             held_until: AtomicU64::new(0),
         }
@@ -111,6 +116,17 @@ impl EndpointCore {
                 reason: signal.reason,
             });
         }
+    }
+
+    /// Begins its slow-start window at `at_ms` (it joined the takers).
+    pub(crate) fn joined_at(&self, at_ms: u64) {
+        self.joined_ms.store(at_ms.max(1), Ordering::Relaxed);
+    }
+
+    /// When its slow-start window began: when it last joined the takers
+    /// or came back from an ejection; 0 when neither happened.
+    pub(crate) fn ramp_start_ms(&self) -> u64 {
+        (self.joined_ms.load(Ordering::Relaxed)).max(self.health.returned_ms())
     }
 
     /// The endpoint as a response names it (one reference count).

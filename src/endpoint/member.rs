@@ -11,6 +11,7 @@ use crate::lanes::PerLane;
 use crate::overload::Holds;
 use crate::random::SharedRng;
 use crate::refresh::ConnectFailures;
+use crate::slow_start::Ramps;
 
 /// Counters that outlive snapshots.
 #[derive(Clone, Debug, Default)]
@@ -38,6 +39,8 @@ pub(crate) struct Counters {
     pub(crate) metrics: Arc<crate::telemetry::BalancerMetrics>,
     /// Overload settings, and whether any endpoint may be held off.
     pub(crate) holds: Arc<Holds>,
+    /// Slow start, when it is on.
+    pub(crate) ramps: Option<Arc<Ramps>>,
 }
 
 /// An endpoint, its weight and its labels.

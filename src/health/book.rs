@@ -19,7 +19,7 @@
 //! nothing shared.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, TryLockError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError, Weak};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -31,6 +31,7 @@ use super::statistics;
 use super::{Detector, EjectionStats, HealthEvent, OutlierDetection};
 use crate::clock::{millis, Clock};
 use crate::random::SharedRng;
+use crate::slow_start::Ramps;
 #[cfg(feature = "metrics")]
 use crate::telemetry::{BalancerMetrics, ReadmissionReason};
 
@@ -74,6 +75,8 @@ pub(crate) struct HealthShared {
     metrics: Arc<BalancerMetrics>,
     /// Active health checks, once started (see `active.rs`).
     pub(super) checking: Checking,
+    /// Slow start, told when an endpoint comes back from an ejection.
+    ramps: OnceLock<Arc<Ramps>>,
 }
 
 /// Health with default settings and no sweeper (for counters that serve
@@ -162,7 +165,13 @@ impl HealthShared {
             #[cfg(feature = "metrics")]
             metrics: Arc::default(),
             checking: Checking::default(),
+            ramps: OnceLock::new(),
         }
+    }
+
+    /// Endpoints readmitted from now on ramp up under `ramps`.
+    pub(crate) fn ramp_returns(&self, ramps: Arc<Ramps>) {
+        let _ = self.ramps.set(ramps);
     }
 
     /// Health with default settings, for tests.
@@ -543,6 +552,9 @@ impl HealthShared {
         endpoint
             .returned_ms
             .store(returned.max(1), Ordering::Relaxed);
+        if let Some(ramps) = self.ramps.get() {
+            ramps.begin(returned.max(1));
+        }
         endpoint.ejected_until.store(IN_ROTATION, Ordering::Relaxed);
         endpoint.ejected_by.store(0, Ordering::Relaxed);
         let began = endpoint.ejected_at.load(Ordering::Relaxed);

@@ -104,6 +104,12 @@ impl EndpointHealth {
         }
     }
 
+    /// When it last came back from an ejection, in milliseconds of the
+    /// balancer's clock; 0 if never (slow start begins its window then).
+    pub(crate) fn returned_ms(&self) -> u64 {
+        self.returned_ms.load(Ordering::Relaxed)
+    }
+
     /// The epoch a request sent now belongs to.
     pub(crate) fn epoch(&self) -> u32 {
         self.epoch.load(Ordering::Relaxed)

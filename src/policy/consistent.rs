@@ -296,7 +296,14 @@ impl LoadBound {
         // Shares of the weight that may take this request: with some
         // endpoints out, the others' bounds must still add up to more than
         // all in flight, so that one fits and the walk ends early.
-        let total_weight = if ctx.skip_ejected_at.is_some() || ctx.is_retry() {
+        let total_weight = if ctx.ramp.is_some() {
+            // Slow start: shares of weight × factor, the available ones'.
+            (self.weights.iter().enumerate())
+                .filter(|&(i, _)| ctx.available(i))
+                .map(|(i, &weight)| f64::from(weight) * ctx.slow_start_factor(i))
+                .sum::<f64>()
+                .max(f64::MIN_POSITIVE)
+        } else if ctx.skip_ejected_at.is_some() || ctx.is_retry() {
             (self.weights.iter().enumerate())
                 .filter(|&(i, _)| ctx.available(i))
                 .map(|(_, &weight)| f64::from(weight))
@@ -310,7 +317,7 @@ impl LoadBound {
         // another set (a custom policy's mistake) from panicking.
         let fits = |i: usize| match (self.weights.get(i), ctx.endpoints.get(i)) {
             (Some(&weight), Some(endpoint)) => {
-                let share = f64::from(weight) / total_weight;
+                let share = f64::from(weight) * ctx.slow_start_factor(i) / total_weight;
                 let bound = (self.factor * share * all).ceil();
                 (endpoint.in_flight() + 1) as f64 <= bound
             }

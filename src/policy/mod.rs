@@ -29,6 +29,7 @@ use tokio::time::Instant;
 use crate::clock::Clock;
 use crate::endpoint::{Counters, EndpointCore, EndpointState, Member, RttModel};
 use crate::random::SharedRng;
+use crate::slow_start::Ramps;
 use crate::{Error, RequestKey};
 
 /// What a [`Picker`] may look at to choose an endpoint for one request:
@@ -61,6 +62,10 @@ pub struct PickContext<'a> {
     /// measured from the same reading) when the policy reads response-time
     /// estimates; `None` otherwise.
     pub(crate) now: Option<Instant>,
+    /// While some endpoint is in its slow-start window: the settings and
+    /// the clock's milliseconds now. `None` otherwise, and then no pick
+    /// does anything for slow start.
+    pub(crate) ramp: Option<(&'a Ramps, u64)>,
 }
 
 impl fmt::Debug for PickContext<'_> {
@@ -148,6 +153,68 @@ impl<'a> PickContext<'a> {
             skip_held_at: None,
             ..*self
         }
+    }
+
+    /// The factor slow start multiplies endpoint `i`'s weight by now: 1
+    /// unless the endpoint is in its window ([`SlowStart`](crate::SlowStart)),
+    /// then between the minimum share and 1. A custom picker that weighs
+    /// endpoints multiplies their weights by it.
+    ///
+    /// ```
+    /// use tower_lb::{Candidates, PickContext, Picker, SelectionPolicy};
+    ///
+    /// /// The available endpoint with the most slow-start factor per
+    /// /// request in flight: a newcomer in its window waits its turn.
+    /// #[derive(Debug)]
+    /// struct Roomiest;
+    ///
+    /// impl SelectionPolicy for Roomiest {
+    ///     fn build(&self, _: &Candidates<'_>) -> Box<dyn Picker> {
+    ///         Box::new(Roomiest)
+    ///     }
+    /// }
+    ///
+    /// impl Picker for Roomiest {
+    ///     fn pick(&self, ctx: &PickContext<'_>) -> Option<usize> {
+    ///         let room = |i: usize| ctx.slow_start_factor(i) / (ctx.in_flight(i) + 1) as f64;
+    ///         (0..ctx.len())
+    ///             .filter(|&i| ctx.is_available(i))
+    ///             .max_by(|&a, &b| room(a).total_cmp(&room(b)))
+    ///     }
+    /// }
+    /// # let balancer = tower_lb::Balancer::builder()
+    /// #     .endpoint("http://127.0.0.1:8081")
+    /// #     .policy(tower_lb::Policy::custom(Roomiest))
+    /// #     .build()?;
+    /// # Ok::<(), tower_lb::Error>(())
+    /// ```
+    pub fn slow_start_factor(&self, i: usize) -> f64 {
+        match (self.ramp, self.endpoints.get(i)) {
+            (Some((ramps, now)), Some(endpoint)) => ramps.factor(endpoint.ramp_start_ms(), now),
+            _ => 1.0,
+        }
+    }
+
+    /// Whether endpoint `i`, in its slow-start window, lets this turn (or
+    /// draw) go: it takes each with probability its factor, so that its
+    /// turns are thinned to weight × factor. Never outside a window.
+    #[inline]
+    pub(crate) fn declines(&self, i: usize) -> bool {
+        if self.ramp.is_none() {
+            return false;
+        }
+        self.declines_ramping(i)
+    }
+
+    #[cold]
+    fn declines_ramping(&self, i: usize) -> bool {
+        let factor = self.slow_start_factor(i);
+        if factor >= 1.0 {
+            return false;
+        }
+        // A uniform draw in [0, 1) from the top 53 bits.
+        let unit = (self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        unit >= factor
     }
 
     /// Whether this pick is a retry (another endpoint already failed the
@@ -563,6 +630,7 @@ pub(crate) mod test_support {
             skip_held_at: None,
             rng,
             now: Some(Instant::now()),
+            ramp: None,
         }
     }
 }

@@ -10,11 +10,20 @@
 //! proportions among the available ones exact); if a few draws in a row
 //! miss, most of the weight is out, and one exact draw over the available
 //! weight finishes the job.
+//!
+//! Slow start thins the draws of an endpoint in its window: a draw that
+//! lands on it is kept with probability its factor, else drawn again, so
+//! draws follow weight × factor.
 
 use super::{PickContext, Picker};
 
 /// Draws that may land on unavailable endpoints before the exact draw.
 const REJECTION_DRAWS: usize = 4;
+
+/// Draws that an endpoint in its slow-start window may let go before the
+/// exact draw (with every endpoint at a 10% share, one pick in 800 gets
+/// that far).
+const DECLINED_DRAWS: usize = 64;
 
 /// A draw in proportion to weight over the active endpoints.
 #[derive(Debug)]
@@ -79,9 +88,14 @@ impl WeightedDraw {
             return None;
         }
         let eligible = |i: usize| Some(i) != also_skip && ctx.available(i);
-        for _ in 0..REJECTION_DRAWS {
+        let (mut missed, mut declined) = (0, 0);
+        while missed < REJECTION_DRAWS && declined < DECLINED_DRAWS {
             let i = self.draw_one(ctx.rng.next_u64());
-            if eligible(i) {
+            if !eligible(i) {
+                missed += 1;
+            } else if ctx.declines(i) {
+                declined += 1;
+            } else {
                 return Some(i);
             }
         }

@@ -10,6 +10,13 @@
 //! instead of all falling to its neighbour in the cycle. Retries take spare
 //! turns too: they neither skip nor repeat anyone's turn in the main
 //! rotation, so the first attempts keep their exact shares.
+//!
+//! Slow start thins an endpoint's turns while it is in its window: each of
+//! its turns is taken with probability its factor and otherwise handed on
+//! as a spare turn (where it is thinned again), so its share is weight ×
+//! factor over the sum of everyone's. No rebuild and no lock: the factor
+//! comes from the endpoint's atomic state and the clock reading of the
+//! pick. Outside every window nothing is drawn and the cycle is exact.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -68,7 +75,7 @@ impl Rotation {
         for _ in 0..QUICK_MISSES.min(len) {
             position = self.cursor.spare.fetch_add(1, Ordering::Relaxed);
             let i = self.cycle[position % len] as usize;
-            if ctx.available(i) {
+            if ctx.available(i) && !ctx.declines(i) {
                 return Some(i);
             }
         }
@@ -102,7 +109,7 @@ impl Picker for Rotation {
             return self.spare_turn(ctx);
         }
         let i = self.cycle[next_slot(self.cursor.sequence.this_threads(), len)] as usize;
-        if ctx.available(i) {
+        if ctx.available(i) && !ctx.declines(i) {
             return Some(i);
         }
         self.spare_turn(ctx)
