@@ -12,6 +12,7 @@
 mod support;
 
 mod acceptance;
+mod acceptance_ahead;
 mod acceptance_config;
 mod acceptance_discovery;
 mod acceptance_grpc;
