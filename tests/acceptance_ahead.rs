@@ -377,3 +377,29 @@ async fn a_streaming_body_is_never_hedged() {
     assert_eq!(balancer.stats().extra.hedges, 0);
     assert_settled(&balancer);
 }
+
+#[cfg(feature = "serde")]
+#[test]
+fn slow_start_settings_invalid_in_a_config_file_name_the_field() {
+    for (setting, field) in [
+        (r#"window = "0s""#, "slow_start.window"),
+        (
+            r#"window = "30s", aggression = 0.0"#,
+            "slow_start.aggression",
+        ),
+        (
+            r#"window = "30s", min_weight_percent = 101"#,
+            "slow_start.min_weight_percent",
+        ),
+    ] {
+        let text = format!("endpoints = [\"{OLD}\"]\nslow_start = {{ {setting} }}\n");
+        let document = toml::Deserializer::parse(&text).expect("TOML syntax");
+        let error = tower_lb::BalancerConfig::from_deserializer(document)
+            .and_then(|config| config.build())
+            .unwrap_err();
+        assert!(
+            matches!(&error, Error::InvalidConfig { path, .. } if path == field),
+            "{setting}: {error:?}"
+        );
+    }
+}
