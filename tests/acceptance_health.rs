@@ -320,3 +320,32 @@ async fn a_removed_endpoints_checks_stop() {
     assert_eq!(checks_of(&servers[1]).await, before);
     assert_eq!(checks_of(&servers[0]).await, other + 3);
 }
+
+/// "base × times ejected": the second ejection of an endpoint back for no
+/// interval lasts 60 s (base 30 s), to the second.
+#[tokio::test(start_paused = true)]
+async fn a_second_ejection_lasts_twice_the_base() {
+    let _clock = hold_clock();
+    let servers = fleet(3, |i| if i == 0 { 100 } else { 0 }).await;
+    let lb = balancer(&servers, OutlierDetection::default());
+    let users = client(&lb);
+    for expected in [30, 60] {
+        let mut sent = 0;
+        while !out(&lb, &servers[0]) {
+            send(&users, "/r").await.unwrap();
+            sent += 1;
+            assert!(sent <= 15, "ejected after 5 of its requests");
+        }
+        tokio::time::advance(Duration::from_secs(expected - 1)).await;
+        for _ in 0..4 {
+            tokio::task::yield_now().await;
+        }
+        assert!(out(&lb, &servers[0]), "still out at {}s", expected - 1);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        for _ in 0..4 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!out(&lb, &servers[0]), "back at {expected}s");
+    }
+    assert_eq!(lb.stats().ejections.total, 2);
+}
