@@ -16,6 +16,7 @@ mod acceptance_ahead;
 mod acceptance_config;
 mod acceptance_discovery;
 mod acceptance_grpc;
+mod acceptance_health;
 mod accounting;
 mod active_checks;
 mod affinity;
