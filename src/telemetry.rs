@@ -39,6 +39,7 @@ use arc_swap::ArcSwap;
 use http::{Method, StatusCode};
 
 use crate::outcome::Outcome;
+use crate::overload::HoldReason;
 
 /// `http.client.request.duration`: seconds per attempt (OpenTelemetry).
 pub(crate) const REQUEST_DURATION: &str = "http.client.request.duration";
@@ -65,6 +66,9 @@ pub(crate) const EJECTIONS_REFUSED: &str = "tower_lb.ejections.refused";
 pub(crate) const EJECTIONS_NOT_ENFORCED: &str = "tower_lb.ejections.not_enforced";
 /// Re-admissions by `reason`.
 pub(crate) const READMISSIONS: &str = "tower_lb.readmissions";
+/// Endpoints held off by an overload signal (a hold beginning), by
+/// `reason`.
+pub(crate) const HOLDS: &str = "tower_lb.holds";
 /// 1 in panic mode, else 0.
 pub(crate) const PANIC_MODE: &str = "tower_lb.panic_mode";
 /// Endpoint sets applied from discovery.
@@ -127,6 +131,13 @@ pub(crate) enum ReadmissionReason {
 }
 
 const READMISSION_REASONS: [&str; 3] = ["time_up", "set_shrank", "check_passed"];
+/// The `reason` values of [`HOLDS`], in [`HoldReason`] order.
+const HOLD_REASONS: [&str; 4] = [
+    "too_many_requests",
+    "service_unavailable",
+    "resource_exhausted",
+    "grpc_unavailable",
+];
 
 /// The `kind` label of the budget's refusals, by `Extra`'s order.
 const EXTRA_KINDS: [&str; 2] = ["retry", "hedge"];
@@ -269,6 +280,10 @@ fn describe() {
         "Ejections a detector asked for that its enforcement percentage skipped, by detector."
     );
     describe_counter!(READMISSIONS, "Ejected endpoints taken back, by reason.");
+    describe_counter!(
+        HOLDS,
+        "Endpoints held off by an overload signal (429, 503 with Retry-After, gRPC pushback), by reason."
+    );
     describe_gauge!(
         PANIC_MODE,
         "1 while too few endpoints are healthy and ejections are ignored, else 0."
@@ -308,6 +323,8 @@ pub(crate) struct BalancerMetrics {
     ejections_refused: Box<[Counter]>,
     ejections_not_enforced: Box<[Counter]>,
     readmissions: [Counter; 3],
+    /// By reason, in [`HOLD_REASONS`] order.
+    holds: [Counter; 4],
     discovery_refreshes: Counter,
     discovery_errors: Counter,
     discovery_skipped: Counter,
@@ -341,6 +358,7 @@ impl Default for BalancerMetrics {
             ejections_refused: Box::new([]),
             ejections_not_enforced: Box::new([]),
             readmissions: std::array::from_fn(|_| Counter::noop()),
+            holds: std::array::from_fn(|_| Counter::noop()),
             discovery_refreshes: Counter::noop(),
             discovery_errors: Counter::noop(),
             discovery_skipped: Counter::noop(),
@@ -401,6 +419,7 @@ impl BalancerMetrics {
             ejections_not_enforced: by_detector(EJECTIONS_NOT_ENFORCED),
             readmissions: READMISSION_REASONS
                 .map(|reason| counter(READMISSIONS, labels(&[("reason", reason)]))),
+            holds: HOLD_REASONS.map(|reason| counter(HOLDS, labels(&[("reason", reason)]))),
             discovery_refreshes: counter(DISCOVERY_REFRESHES, labels(&[])),
             discovery_errors: counter(DISCOVERY_ERRORS, labels(&[])),
             discovery_skipped: counter(DISCOVERY_SKIPPED, labels(&[])),
@@ -501,6 +520,20 @@ impl BalancerMetrics {
     /// Counts a re-admission.
     pub(crate) fn readmitted(&self, reason: ReadmissionReason) {
         self.readmissions[reason as usize].increment(1);
+    }
+
+    /// Counts an endpoint held off by an overload signal (a hold that
+    /// begins; one that extends a running hold is not counted).
+    pub(crate) fn held_off(&self, reason: HoldReason) {
+        let index = match reason {
+            HoldReason::TooManyRequests => 0,
+            HoldReason::ServiceUnavailable => 1,
+            HoldReason::ResourceExhausted => 2,
+            HoldReason::GrpcUnavailable => 3,
+        };
+        if let Some(counter) = self.holds.get(index) {
+            counter.increment(1);
+        }
     }
 
     /// Adds what discovery did since the last call: sets applied, answers

@@ -903,3 +903,47 @@ proptest! {
         }
     }
 }
+
+/// An overload signal is its own series: a backend answering 429 with
+/// `Retry-After: 60` among two that answer 200, round robin, 30 requests
+/// in turn: it answers once, is held off for the rest (one hold, by its
+/// reason), and is never ejected.
+#[tokio::test]
+async fn a_429_with_retry_after_is_one_hold_by_its_reason_and_no_ejection() {
+    let recorder = DebuggingRecorder::new();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let mut recorded = Recorded::new(&recorder);
+    let ok = backends(2).await;
+    let limited = backend(
+        "c",
+        ResponseTemplate::new(429).insert_header("retry-after", "60"),
+    )
+    .await;
+    let balancer = Balancer::builder()
+        .endpoint(ok[0].uri())
+        .endpoint(ok[1].uri())
+        .endpoint(limited.uri())
+        .policy(Policy::round_robin())
+        .outlier_detection(OutlierDetection::default().consecutive_failures(1))
+        .retry(Retries::disabled())
+        .build()
+        .unwrap();
+    send_in_turn(&client(&balancer), 30).await;
+    assert_settled(&balancer);
+
+    let m = recorded.read();
+    assert_eq!(
+        m.counter("tower_lb.holds", &[("reason", "too_many_requests")]),
+        1
+    );
+    assert_eq!(m.counter("tower_lb.holds", &[]), 1);
+    assert_eq!(
+        m.recorded(DURATION, &[("http.response.status_code", "429")]),
+        1
+    );
+    assert_eq!(m.counter("tower_lb.ejections", &[]), 0);
+    assert_eq!(m.gauge("tower_lb.endpoints", &[("state", "ejected")]), 0.0);
+    let stats = balancer.stats();
+    let held = stats.endpoint(limited.uri()).unwrap();
+    assert_eq!((held.overloaded, held.requests), (1, 1));
+}

@@ -110,6 +110,8 @@ impl EndpointCore {
         let before = self.held_until.fetch_max(until, Ordering::Relaxed);
         self.holds.note(until);
         if before <= now {
+            #[cfg(feature = "metrics")]
+            self.metrics.balancer().held_off(signal.reason);
             self.health_shared.announce(HealthEvent::HeldOff {
                 endpoint: self.url.as_str().to_owned(),
                 duration: Duration::from_millis(until - now),
