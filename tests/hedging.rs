@@ -389,9 +389,16 @@ proptest! {
             let extra = balancer.stats().extra;
             let allowance = fleet.requests as f64 * f64::from(fleet.budget_percent) / 100.0;
             prop_assert!(extra.hedges as f64 <= allowance, "{:?} > {}", extra, allowance);
+            // Every attempt the balancer made is counted on its endpoint; a
+            // hedge sent at the instant the first attempt answers may be
+            // cancelled before its server reads it, so the servers may see
+            // fewer (a generated fleet with latency = delay did).
             let sent: usize = attempts.values().sum();
-            prop_assert_eq!(sent as u64, fleet.requests as u64 + extra.hedges);
+            prop_assert!(sent as u64 <= fleet.requests as u64 + extra.hedges);
+            prop_assert!(sent >= fleet.requests);
             let stats = balancer.stats();
+            let attempted: u64 = stats.endpoints.iter().map(|e| e.requests).sum();
+            prop_assert_eq!(attempted, fleet.requests as u64 + extra.hedges);
             prop_assert_eq!(stats.in_flight(), 0);
             for e in &stats.endpoints {
                 prop_assert_eq!(
