@@ -290,8 +290,8 @@ impl FailurePercentageConfig {
 /// let outlier: tower_lb::OutlierConfig = serde_json::from_str(
 ///     r#"{ "preset": "envoy", "enforcing": { "failure_percentage": 100, "consecutive_5xx": 50 } }"#,
 /// )?;
-/// let enforcing = outlier.enforcing.as_ref().unwrap();
-/// assert_eq!(enforcing.consecutive_failures, Some(50.0));
+/// let consecutive = outlier.enforcing.as_ref().and_then(|e| e.consecutive_failures);
+/// assert_eq!(consecutive, Some(50.0));
 /// # Ok::<(), serde_json::Error>(())
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
